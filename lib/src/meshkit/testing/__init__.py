@@ -1,0 +1,1 @@
+"""Test helpers shared by every member's tests (pytest plugin, root marker handling)."""
