@@ -51,12 +51,14 @@ def make_netns() -> Iterator[Callable[[], NamedNetns]]:
 
 @pytest.fixture
 def subnet() -> str:
-    """A random /24 prefix inside 10.78.0.0/16, e.g. ``10.78.37``; lowers collision odds between parallel runs."""
+    """A random /24 inside 10.78.0.0/16, e.g. ``10.78.37``; lowers collision odds between parallel runs."""
     return f"10.78.{secrets.randbelow(250) + 2}"
 
 
 @pytest.fixture
-def pod_and_peer(make_netns: Callable[[], NamedNetns], subnet: str) -> tuple[NamedNetns, NamedNetns, str, str]:
+def pod_and_peer(
+    make_netns: Callable[[], NamedNetns], subnet: str
+) -> tuple[NamedNetns, NamedNetns, str, str]:
     """A "pod" netns and a "peer" netns joined by a veth pair; returns (pod, peer, pod_ip, peer_ip)."""
     pod, peer = make_netns(), make_netns()
     tag = secrets.token_hex(3)

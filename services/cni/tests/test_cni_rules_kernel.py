@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from istio_cni.iptables import apply_pod_rules, remove_pod_rules
 from istio_cni.netns import Netns, in_netns
 from istio_cni.rules import PodRuleConfig

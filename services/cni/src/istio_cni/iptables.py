@@ -43,7 +43,8 @@ async def _restore(netns: Netns, family: Family, text: str) -> None:
         return
     result = await netns.run([family.restore_cmd, "--noflush"], stdin=text)
     if result.returncode != 0:
-        raise RuleError(f"{family.restore_cmd} failed in {netns.source}: {result.stderr.strip()}\ninput:\n{text}")
+        detail = f"{result.stderr.strip()}\ninput:\n{text}"
+        raise RuleError(f"{family.restore_cmd} failed in {netns.source}: {detail}")
 
 
 async def _save(netns: Netns, family: Family) -> str:

@@ -58,9 +58,12 @@ class Netns:
     def __repr__(self) -> str:
         return f"Netns({self.source!r}, inode={self.inode})"
 
-    async def run(self, argv: Sequence[str], stdin: str | None = None, timeout: float = 10.0) -> CommandResult:
+    async def run(
+        self, argv: Sequence[str], stdin: str | None = None, limit_s: float = 10.0
+    ) -> CommandResult:
         """Run ``argv`` inside this namespace; never raises on a non-zero exit (the caller decides)."""
-        return await run_command(["nsenter", f"--net=/proc/self/fd/{self.fd}", *argv], stdin, (self.fd,), timeout)
+        argv = ["nsenter", f"--net=/proc/self/fd/{self.fd}", *argv]
+        return await run_command(argv, stdin, (self.fd,), limit_s)
 
     async def check(self, argv: Sequence[str], stdin: str | None = None) -> str:
         result = await self.run(argv, stdin)
@@ -70,7 +73,7 @@ class Netns:
 
 
 async def run_command(
-    argv: Sequence[str], stdin: str | None = None, pass_fds: Sequence[int] = (), timeout: float = 10.0
+    argv: Sequence[str], stdin: str | None = None, pass_fds: Sequence[int] = (), limit_s: float = 10.0
 ) -> CommandResult:
     proc = await asyncio.create_subprocess_exec(
         *argv,
@@ -80,11 +83,12 @@ async def run_command(
         pass_fds=tuple(pass_fds),
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin is not None else None), timeout)
+        data = stdin.encode() if stdin is not None else None
+        out, err = await asyncio.wait_for(proc.communicate(data), limit_s)
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise NetnsError(f"{argv[0]} timed out after {timeout}s") from None
+        raise NetnsError(f"{argv[0]} timed out after {limit_s}s") from None
     return CommandResult(proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
 
 

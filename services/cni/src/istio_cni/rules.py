@@ -4,10 +4,10 @@ The rule text is exactly the spec's list; :func:`inpod_rules` returns it per tab
 family. Two renderings exist:
 
 * :func:`render_golden` - the full ruleset as a fresh ``iptables-restore`` file (what the golden files hold);
-* :func:`plan_apply` / :func:`plan_remove` - the input actually fed to ``iptables-restore --noflush`` given the
-  current ``iptables-save`` output of the pod netns. Declaring our chains flushes them, and the jumps from the
-  built-in chains are added only when missing, so applying twice leaves the same ruleset (idempotent), and the
-  whole change is one restore transaction (atomic).
+* :func:`plan_apply` / :func:`plan_remove` - the input actually fed to ``iptables-restore --noflush``,
+  given the current ``iptables-save`` output of the pod netns. Declaring our chains flushes them, and the
+  jumps from the built-in chains are added only when missing, so applying twice leaves the same ruleset
+  (idempotent), and the whole change is one restore transaction (atomic).
 
 Invariant: every rule we own lives in the chains ``ISTIO_PRERT``/``ISTIO_OUTPUT`` of mangle, nat and raw, plus
 exactly one jump into each from ``PREROUTING``/``OUTPUT``; removal deletes all of these and nothing else.
@@ -54,7 +54,7 @@ class Family(Enum):
 
 @dataclass(frozen=True, slots=True)
 class PodRuleConfig:
-    """What varies between pods: DNS capture, ingress mode and rerouted virtual interfaces (§3.2 annotations)."""
+    """What varies between pods: DNS capture, ingress mode, rerouted virtual interfaces (§3.2 annotations)."""
 
     dns_capture: bool = True
     ingress_mode: bool = False  # ambient.istio.io/bypass-inbound-capture
@@ -104,11 +104,19 @@ def _nat(family: Family, cfg: PodRuleConfig) -> TableRules:
             f" -j REDIRECT --to-ports {PORT_INBOUND}"
         )
     if cfg.dns_capture:
-        rules.append(f"-A {OUTPUT} ! -o lo -p udp -m mark ! --mark {mark} -m udp --dport 53 -j REDIRECT --to-port {PORT_DNS}")
-        rules.append(f"-A {OUTPUT} ! -d {lo} -p tcp --dport 53 -m mark ! --mark {mark} -j REDIRECT --to-ports {PORT_DNS}")
+        rules.append(
+            f"-A {OUTPUT} ! -o lo -p udp -m mark ! --mark {mark} -m udp --dport 53"
+            f" -j REDIRECT --to-port {PORT_DNS}"
+        )
+        rules.append(
+            f"-A {OUTPUT} ! -d {lo} -p tcp --dport 53 -m mark ! --mark {mark}"
+            f" -j REDIRECT --to-ports {PORT_DNS}"
+        )
     rules.append(f"-A {OUTPUT} -p tcp -m mark --mark {CONN_MARK} -j ACCEPT")
     rules.append(f"-A {OUTPUT} ! -d {lo} -o lo -j ACCEPT")
-    rules.append(f"-A {OUTPUT} ! -d {lo} -p tcp -m mark ! --mark {mark} -j REDIRECT --to-ports {PORT_OUTBOUND}")
+    rules.append(
+        f"-A {OUTPUT} ! -d {lo} -p tcp -m mark ! --mark {mark} -j REDIRECT --to-ports {PORT_OUTBOUND}"
+    )
     return TableRules(
         "nat", (PRERT, OUTPUT), (f"-A OUTPUT -j {OUTPUT}", f"-A PREROUTING -j {PRERT}"), tuple(rules)
     )
@@ -163,7 +171,7 @@ def parse_save(text: str) -> dict[str, tuple[set[str], list[str]]]:
 
 
 def plan_apply(tables: tuple[TableRules, ...], current_save: str) -> str:
-    """Restore input (for ``--noflush``) that makes the netns hold exactly ``tables`` plus whatever else it had.
+    """Restore input (``--noflush``) making the netns hold exactly ``tables`` plus whatever else it had.
 
     Tables we no longer want (raw after DNS capture was turned off) are cleaned as in :func:`plan_remove`.
     """
