@@ -237,7 +237,9 @@ def check(max_diff_lines: int = 40) -> int:
             )
         )
         for line in diff[:budget]:
-            print(f"    {line}", file=sys.stderr)
+            # Serialized descriptors are single huge lines; the file list above already says what changed.
+            shown = line if len(line) <= 150 else line[:150] + " ..."
+            print(f"    {shown}", file=sys.stderr)
         budget -= len(diff)
     print("genproto: run `uv run python scripts/genproto.py` and commit the result", file=sys.stderr)
     return 1
