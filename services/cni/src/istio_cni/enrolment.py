@@ -58,7 +58,7 @@ def selector_matches(selector: Obj | None, labels: Mapping[str, str]) -> bool:
 
 
 def _expression(expr: Obj, labels: Mapping[str, str]) -> bool:
-    key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+    key, op, values = str(expr.get("key")), expr.get("operator"), expr.get("values") or []
     if op == "In":
         return key in labels and labels[key] in values
     if op == "NotIn":

@@ -1,4 +1,4 @@
-"""HTTP/1.1 over a unix socket from the plugin to the node agent (``pluginevent.sock``), standard library only."""
+"""HTTP/1.1 over a unix socket from the plugin to the node agent (``pluginevent.sock``); stdlib only."""
 
 from __future__ import annotations
 
