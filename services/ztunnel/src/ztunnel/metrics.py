@@ -1,0 +1,127 @@
+"""ztunnel's Prometheus metrics with Istio's names and labels (behaviour.md §7.1-§7.2).
+
+Built on the registry the composition root passes in. Connection metrics are recorded at open (opened) and
+close (closed, failed); byte counters are incremented while copying. Labels are in upstream's order.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["TRAFFIC_LABELS", "DnsMetrics", "ProxyMetrics", "WorkloadManagerMetrics", "build_info"]
+
+TRAFFIC_LABELS = (
+    "reporter",
+    "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_service",
+    "destination_service_namespace",
+    "destination_service_name",
+    "destination_workload",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_cluster",
+    "request_protocol",
+    "response_flags",
+    "connection_security_policy",
+    "source_region",
+    "source_zone",
+    "destination_region",
+    "destination_zone",
+)
+
+#: response_flags values that count as a failed connection.
+FAILURE_FLAGS = frozenset(
+    {
+        "CONNECT",
+        "DENY",
+        "TLS_FAILURE",
+        "H2_HANDSHAKE_FAILURE",
+        "NETWORK_POLICY",
+        "IDENTITY_ERROR",
+        "CERT_REVOKED",
+    }
+)
+
+
+class ProxyMetrics:
+    """TCP connection metrics of the proxies."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = list(TRAFFIC_LABELS)
+        self.opened = Counter(
+            "istio_tcp_connections_opened", "Connections opened.", labels, registry=registry
+        )
+        self.closed = Counter(
+            "istio_tcp_connections_closed", "Connections closed.", labels, registry=registry
+        )
+        self.received_bytes = Counter(
+            "istio_tcp_received_bytes", "Bytes in the request direction.", labels, registry=registry
+        )
+        self.sent_bytes = Counter(
+            "istio_tcp_sent_bytes", "Bytes in the response direction.", labels, registry=registry
+        )
+        self.failed = Counter(
+            "istio_tcp_connections_failed", "Failed connections.", labels, registry=registry
+        )
+        self.sockets_open = Gauge(
+            "istio_tcp_sockets_open", "Open proxied sockets.", ["reporter"], registry=registry
+        )
+
+
+class DnsMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = [
+            "request_query_type",
+            "request_protocol",
+            "source_canonical_service",
+            "source_canonical_revision",
+        ]
+        self.requests = Counter("istio_dns_requests", "DNS requests.", labels, registry=registry)
+        self.upstream_requests = Counter(
+            "istio_dns_upstream_requests", "Forwarded DNS requests.", labels, registry=registry
+        )
+        self.upstream_failures = Counter(
+            "istio_dns_upstream_failures", "Failed forwarded DNS requests.", labels, registry=registry
+        )
+        self.upstream_duration = Histogram(
+            "istio_dns_upstream_request_duration_seconds",
+            "Forwarded DNS request duration.",
+            labels,
+            buckets=(0.0005, 0.001, 0.01, 0.1, 1, 5),
+            registry=registry,
+        )
+
+
+class WorkloadManagerMetrics:
+    """In-pod proxy counts; root registry names without the ``istio_`` prefix, as upstream."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.active = Gauge(
+            "workload_manager_active_proxy_count", "Running in-pod proxies.", registry=registry
+        )
+        self.pending = Gauge(
+            "workload_manager_pending_proxy_count", "In-pod proxies waiting to start.", registry=registry
+        )
+        self.started = Counter(
+            "workload_manager_proxies_started", "In-pod proxies started.", registry=registry
+        )
+        self.stopped = Counter(
+            "workload_manager_proxies_stopped", "In-pod proxies stopped.", registry=registry
+        )
+
+
+def build_info(registry: CollectorRegistry, tag: str) -> None:
+    Gauge("istio_build", "Build information.", ["component", "tag"], registry=registry).labels(
+        component="ztunnel", tag=tag
+    ).set(1)

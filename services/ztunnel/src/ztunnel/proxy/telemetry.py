@@ -1,0 +1,165 @@
+"""One record per proxied connection: the metrics and the access-log line derive from it (§7, STYLE 11).
+
+``ConnectionRecord`` is created when a connection is accepted and its endpoints are known; ``open()`` bumps
+``istio_tcp_connections_opened_total``, the relay reports bytes as they are copied (request direction =
+``received``, response direction = ``sent``, for both reporters), and ``close(error, flags)`` bumps the
+closed/failed counters and writes exactly one ``access`` log record ("connection complete"). Calling
+``close`` twice is harmless: only the first call counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from meshkit.identity.spiffe import Identity
+from meshkit.logs import kv
+from prometheus_client import Counter
+
+from ztunnel.metrics import FAILURE_FLAGS, TRAFFIC_LABELS, ProxyMetrics
+from ztunnel.state.records import Service, Workload
+
+__all__ = ["ConnectionRecord", "Endpoints"]
+
+access_log = logging.getLogger("access")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """Who talks to whom, as far as telemetry is concerned."""
+
+    direction: str  # "outbound" | "inbound"
+    src_addr: tuple[str, int]
+    dst_addr: tuple[str, int]
+    hbone_addr: str = ""
+    src_workload: Workload | None = None
+    src_identity: Identity | None = None
+    dst_workload: Workload | None = None
+    dst_identity: Identity | None = None
+    dst_service: Service | None = None
+    mtls: bool = False
+
+
+def _or_unknown(value: str | None) -> str:
+    return value or "unknown"
+
+
+def _labels(e: Endpoints, flags: str) -> dict[str, str]:
+    s, d, svc = e.src_workload, e.dst_workload, e.dst_service
+    values: dict[str, str] = {
+        "reporter": "source" if e.direction == "outbound" else "destination",
+        "source_workload": s.workload_name if s else "",
+        "source_canonical_service": s.canonical_name if s else "",
+        "source_canonical_revision": s.canonical_revision if s else "",
+        "source_workload_namespace": s.namespace if s else "",
+        "source_principal": e.src_identity.uri if e.src_identity else "",
+        "source_app": s.canonical_name if s else "",
+        "source_version": s.canonical_revision if s else "",
+        "source_cluster": s.cluster_id if s else "",
+        "destination_service": svc.hostname if svc else "",
+        "destination_service_namespace": svc.namespace if svc else "",
+        "destination_service_name": svc.name if svc else "",
+        "destination_workload": d.workload_name if d else "",
+        "destination_canonical_service": d.canonical_name if d else "",
+        "destination_canonical_revision": d.canonical_revision if d else "",
+        "destination_workload_namespace": d.namespace if d else "",
+        "destination_principal": e.dst_identity.uri if e.dst_identity else "",
+        "destination_app": d.canonical_name if d else "",
+        "destination_version": d.canonical_revision if d else "",
+        "destination_cluster": d.cluster_id if d else "",
+        "request_protocol": "tcp",
+        "response_flags": flags,
+        "connection_security_policy": "mutual_tls" if e.mtls else "unknown",
+        "source_region": s.locality.region if s else "",
+        "source_zone": s.locality.zone if s else "",
+        "destination_region": d.locality.region if d else "",
+        "destination_zone": d.locality.zone if d else "",
+    }
+    return {k: _or_unknown(values[k]) for k in TRAFFIC_LABELS}
+
+
+def _addr(addr: tuple[str, int]) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class ConnectionRecord:
+    """Telemetry of one connection, from open to close."""
+
+    __slots__ = (
+        "_closed",
+        "_recv",
+        "_sent",
+        "_start",
+        "endpoints",
+        "metrics",
+        "request_bytes",
+        "response_bytes",
+    )
+
+    def __init__(self, metrics: ProxyMetrics, endpoints: Endpoints) -> None:
+        self.metrics = metrics
+        self.endpoints = endpoints
+        self.request_bytes = 0
+        self.response_bytes = 0
+        self._start = time.monotonic()
+        self._closed = False
+        labels = _labels(endpoints, "-")
+        self._recv: Counter = metrics.received_bytes.labels(**labels)
+        self._sent: Counter = metrics.sent_bytes.labels(**labels)
+
+    def open(self) -> None:
+        self.metrics.opened.labels(**_labels(self.endpoints, "-")).inc()
+        self.metrics.sockets_open.labels(reporter=_labels(self.endpoints, "-")["reporter"]).inc()
+
+    def add_request_bytes(self, n: int) -> None:
+        """Bytes read from the initiating side and written upstream."""
+        self.request_bytes += n
+        self._recv.inc(n)
+
+    def add_response_bytes(self, n: int) -> None:
+        self.response_bytes += n
+        self._sent.inc(n)
+
+    def close(self, error: str | None = None, flags: str = "-") -> None:
+        if self._closed:
+            return
+        self._closed = True
+        labels = _labels(self.endpoints, flags)
+        self.metrics.closed.labels(**labels).inc()
+        self.metrics.sockets_open.labels(reporter=labels["reporter"]).dec()
+        if flags in FAILURE_FLAGS:
+            self.metrics.failed.labels(**labels).inc()
+        self._log(error)
+
+    def _log(self, error: str | None) -> None:
+        e = self.endpoints
+        inbound = e.direction == "inbound"
+        fields: dict[str, Any] = {"src.addr": _addr(e.src_addr)}
+        if e.src_workload is not None:
+            fields["src.workload"] = e.src_workload.name
+            fields["src.namespace"] = e.src_workload.namespace
+        if e.src_identity is not None and e.mtls:
+            fields["src.identity"] = e.src_identity.uri
+        fields["dst.addr"] = _addr(e.dst_addr)
+        if e.hbone_addr:
+            fields["dst.hbone_addr"] = e.hbone_addr
+        if e.dst_service is not None:
+            fields["dst.service"] = e.dst_service.hostname
+        if e.dst_workload is not None:
+            fields["dst.workload"] = e.dst_workload.name
+            fields["dst.namespace"] = e.dst_workload.namespace
+        if e.dst_identity is not None and e.mtls:
+            fields["dst.identity"] = e.dst_identity.uri
+        fields["direction"] = e.direction
+        # Access log is from the pod's point of view (behaviour.md §7.2, istio/istio#32399).
+        fields["bytes_sent"] = self.response_bytes if inbound else self.request_bytes
+        fields["bytes_recv"] = self.request_bytes if inbound else self.response_bytes
+        fields["duration"] = f"{int((time.monotonic() - self._start) * 1000)}ms"
+        if error:
+            fields["error"] = error
+            access_log.error("connection complete", extra=kv(**fields))
+        else:
+            access_log.info("connection complete", extra=kv(**fields))

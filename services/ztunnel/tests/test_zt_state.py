@@ -1,0 +1,157 @@
+"""State: the one updater, conversion + rejection, indexes, lookups, waits."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+from meshproto.istio.security import authorization_pb2 as authz_pb2
+from meshproto.istio.workload import workload_pb2 as wl_pb2
+from ztunnel.state.records import Service, Workload
+from ztunnel.state.state import ADDRESS_TYPE, AUTHORIZATION_TYPE, State
+
+
+def ip(text: str) -> bytes:
+    return ipaddress.ip_address(text).packed
+
+
+def wl_msg(uid: str, addr: str, **kw: object) -> wl_pb2.Address:
+    w = wl_pb2.Workload(uid=uid, name=uid, namespace="default", addresses=[ip(addr)], **kw)  # type: ignore[arg-type]
+    return wl_pb2.Address(workload=w)
+
+
+def svc_msg(name: str, vip: str, ns: str = "default") -> wl_pb2.Address:
+    s = wl_pb2.Service(
+        name=name,
+        namespace=ns,
+        hostname=f"{name}.{ns}.svc.cluster.local",
+        addresses=[wl_pb2.NetworkAddress(address=ip(vip))],
+        ports=[wl_pb2.Port(service_port=80, target_port=8080)],
+    )
+    return wl_pb2.Address(service=s)
+
+
+def test_apply_inserts_and_indexes() -> None:
+    state = State()
+    rejected = state.apply(
+        ADDRESS_TYPE,
+        [
+            ("w1", wl_msg("w1", "10.77.0.1").SerializeToString()),
+            ("default/a", svc_msg("a", "10.96.0.1").SerializeToString()),
+        ],
+        [],
+    )
+    assert rejected == []
+    wl = state.find_workload_by_ip("10.77.0.1")
+    assert wl is not None
+    assert wl.identity.uri == "spiffe://cluster.local/ns/default/sa/default"
+    svc = state.find_service_by_vip("10.96.0.1", "default")
+    assert svc is not None
+    assert svc.ports == {80: 8080}
+
+
+def test_bad_resource_rejected_alone() -> None:
+    state = State()
+    bad = wl_pb2.Address(workload=wl_pb2.Workload(uid="bad", addresses=[b"\x01\x02"]))
+    legacy = wl_pb2.Address(workload=wl_pb2.Workload(uid="legacy", tunnel_protocol=2))
+    rejected = state.apply_addresses(
+        [("bad", bad), ("legacy", legacy), ("empty", wl_pb2.Address()), ("ok", wl_msg("ok", "10.77.0.2"))], []
+    )
+    assert [name for name, _ in rejected] == ["bad", "legacy", "empty"]
+    assert "4 or 16" in rejected[0][1]
+    assert state.find_workload_by_ip("10.77.0.2") is not None
+
+
+def test_update_replaces_indexes() -> None:
+    state = State()
+    state.apply_addresses([("w", wl_msg("w", "10.77.0.1"))], [])
+    state.apply_addresses([("w", wl_msg("w", "10.77.0.9"))], [])
+    assert state.find_workload_by_ip("10.77.0.1") is None
+    assert state.find_workload_by_ip("10.77.0.9") is not None
+    state.apply_addresses([], ["w"])
+    assert state.find_workload_by_ip("10.77.0.9") is None
+    assert len(state.workloads) == 0
+
+
+def test_endpoints_staged_until_service_arrives() -> None:
+    state = State()
+    w = wl_pb2.Workload(
+        uid="w",
+        name="w",
+        namespace="default",
+        addresses=[ip("10.77.0.1")],
+        services={
+            "default/a.default.svc.cluster.local": wl_pb2.PortList(
+                ports=[wl_pb2.Port(service_port=80, target_port=9090)]
+            )
+        },
+    )
+    state.apply_addresses([("w", wl_pb2.Address(workload=w))], [])
+    assert "default/a.default.svc.cluster.local" in state.services.staged()
+    state.apply_addresses([("default/a", svc_msg("a", "10.96.0.1"))], [])
+    svc = state.find_service("default/a.default.svc.cluster.local")
+    assert svc is not None
+    assert [(wl.uid, ep.ports[80]) for wl, ep in state.endpoints(svc)] == [("w", 9090)]
+    assert state.services.staged() == {}
+    state.apply_addresses([], ["default/a.default.svc.cluster.local"])
+    assert state.find_service("default/a.default.svc.cluster.local") is None
+
+
+def test_vip_lookup_prefers_visible_then_same_namespace() -> None:
+    state = State()
+    state.insert_service(Service("a", "other", "a.other", vips=(("", "10.96.0.5"),), ports={80: 80}))
+    state.insert_service(Service("a", "mine", "a.mine", vips=(("", "10.96.0.5"),), ports={80: 80}))
+    state.insert_service(
+        Service("a", "hidden", "a.hidden", vips=(("", "10.96.0.6"),), ports={80: 80}, visibility="NAMESPACE")
+    )
+    found = state.find_service_by_vip("10.96.0.5", "mine")
+    assert found is not None
+    assert found.namespace == "mine"
+    assert state.find_service_by_vip("10.96.0.6", "mine") is None
+    assert state.find_service_by_vip("10.96.0.6", "hidden") is not None
+
+
+def test_policy_selection_and_listener() -> None:
+    state = State()
+    fired: list[int] = []
+    state.on_policy_change(lambda: fired.append(1))
+    pols = [
+        (
+            "default/ns-wide",
+            authz_pb2.Authorization(name="ns-wide", namespace="default", scope=authz_pb2.NAMESPACE),
+        ),
+        (
+            "istio-system/mesh",
+            authz_pb2.Authorization(name="mesh", namespace="istio-system", scope=authz_pb2.GLOBAL),
+        ),
+        (
+            "default/sel",
+            authz_pb2.Authorization(name="sel", namespace="default", scope=authz_pb2.WORKLOAD_SELECTOR),
+        ),
+        ("other/x", authz_pb2.Authorization(name="x", namespace="other", scope=authz_pb2.NAMESPACE)),
+    ]
+    assert state.apply(AUTHORIZATION_TYPE, [(n, p.SerializeToString()) for n, p in pols], []) == []
+    assert fired
+    wl = Workload("w", "w", "default", authorization_policies=("default/sel", "default/missing"))
+    assert [p.key for p in state.policies_for(wl)] == ["default/ns-wide", "default/sel", "istio-system/mesh"]
+    state.apply_authorizations([], ["default/sel"])
+    assert [p.key for p in state.policies_for(wl)] == ["default/ns-wide", "istio-system/mesh"]
+
+
+async def test_fetch_pod_workload_waits_for_arrival() -> None:
+    state = State()
+    waiter = asyncio.ensure_future(state.fetch_pod_workload("p", "default", "sa", "node1", 5.0))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    state.insert_workload(Workload("u", "p", "default", service_account="sa", node="node2"))
+    await asyncio.sleep(0)
+    assert not waiter.done()  # other node
+    state.insert_workload(Workload("u2", "p", "default", service_account="sa", node="node1"))
+    found = await asyncio.wait_for(waiter, 5)
+    assert found is not None
+    assert found.uid == "u2"
+
+
+async def test_fetch_times_out() -> None:
+    state = State()
+    assert await state.fetch_pod_workload("p", "default", "sa", "n", 0.01) is None
