@@ -189,13 +189,23 @@ class CertificateAuthority:
                 raise CsrError(f"CSR asks for SAN {name.value!r}, but the caller may only have {allowed}")
 
     def sign(
-        self, csr_pem: bytes | str, *, uris: Sequence[str] = (), dns: Sequence[str] = (), ttl_s: int = 0
+        self,
+        csr_pem: bytes | str,
+        *,
+        uris: Sequence[str] = (),
+        dns: Sequence[str] = (),
+        ttl_s: int = 0,
+        check_csr_sans: bool = True,
     ) -> IssuedCertificate:
-        """Validate ``csr_pem`` and issue a certificate whose SANs are exactly ``uris`` + ``dns``."""
+        """Validate ``csr_pem`` and issue a certificate whose SANs are exactly ``uris`` + ``dns``.
+
+        ``check_csr_sans=False`` is for istiod's own certificates, whose CSRs it makes itself.
+        """
         if not uris and not dns:
             raise SigningError("no subject alternative name to issue")
         csr = self.load_csr(csr_pem)
-        self.check_csr_sans(csr, uris, dns)
+        if check_csr_sans:
+            self.check_csr_sans(csr, uris, dns)
         lifetime = dt.timedelta(seconds=self.ttl(ttl_s))
         cert = self._build(csr, uris, dns, lifetime)
         return IssuedCertificate(cert, [to_pem([cert]).decode(), *self.bundle.chain_tail])
