@@ -9,7 +9,7 @@ Example::
 
     @dataclass(frozen=True, slots=True)
     class Settings:
-        xds_address: str = env("XDS_ADDRESS", "https://istiod.istio-system.svc:15012", "Where istiod serves xDS.")
+        xds_address: str = env("XDS_ADDRESS", "https://istiod.istio-system.svc:15012", "istiod's xDS.")
         debounce: float = env("PILOT_DEBOUNCE_AFTER", 0.1, "Push debounce, seconds.", parse=parse_duration)
 
     settings = load(Settings)              # from os.environ
@@ -19,10 +19,14 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import enum
+import math
 import os
 import re
+import types
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, get_type_hints
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
 
@@ -40,7 +44,7 @@ class SettingsError(ValueError):
         self.value = value
 
 
-def env(var: str, default: Any, help: str, *, parse: Callable[[str], Any] | None = None) -> Any:  # noqa: A002
+def env(var: str, default: Any, help: str, *, parse: Callable[[str], Any] | None = None) -> Any:
     """Declare a dataclass field bound to environment variable ``var``."""
     meta = {_META_VAR: var, _META_HELP: help, _META_PARSE: parse}
     if isinstance(default, list | dict | set):
@@ -48,19 +52,39 @@ def env(var: str, default: Any, help: str, *, parse: Callable[[str], Any] | None
     return dataclasses.field(default=default, metadata=meta)
 
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_duration(text: str) -> float:
-    """Parse ``100ms``, ``5s``, ``2m``, ``24h`` or a bare number of seconds into seconds."""
-    match = _DURATION.match(text.strip())
-    if match is None:
-        raise ValueError("expected a duration such as 100ms, 5s, 2m or 24h")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    """Seconds from a Go-style duration (``100ms``, ``5s``, ``1m30s``, ``24h``) or a bare number of seconds.
+
+    Istio's environment variables take Go durations, so the same manifest values work here.
+    """
+    value = text.strip()
+    try:
+        return _non_negative(float(value))
+    except ValueError:
+        pass
+    total, pos = 0.0, 0
+    for match in _DURATION_PART.finditer(value):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if pos == 0 or pos != len(value):
+        raise ValueError("expected a duration such as 100ms, 5s, 1m30s or 24h")
+    return total
+
+
+def _non_negative(seconds: float) -> float:
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("a duration must be a non-negative number of seconds")
+    return seconds
 
 
 def parse_bool(text: str) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case); an empty value is false."""
     lowered = text.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
         return True
@@ -75,30 +99,53 @@ def parse_list(text: str) -> list[str]:
 
 
 def _parser_for(annotation: Any) -> Callable[[str], Any]:
-    if annotation is bool:
-        return parse_bool
-    if annotation is int:
-        return int
-    if annotation is float:
-        return float
-    if annotation is str:
-        return str
+    simple: dict[Any, Callable[[str], Any]] = {bool: parse_bool, int: int, float: float, str: str, Path: Path}
+    if annotation in simple:
+        return simple[annotation]
     if annotation == list[str]:
         return parse_list
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, types.UnionType) and type(None) in args and len(args) == 2:
+        inner = _parser_for(next(a for a in args if a is not type(None)))
+        return lambda text: None if text.strip() == "" else inner(text)
+    if origin is Literal:
+        return _choice(tuple(str(a) for a in args), lambda text: next(a for a in args if str(a) == text))
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        members = annotation
+        return _choice(tuple(str(m.value) for m in members), lambda text: members(_enum_value(members, text)))
     raise TypeError(f"no parser for settings type {annotation!r}; pass parse=")
 
 
+def _enum_value(members: type[enum.Enum], text: str) -> Any:
+    return next(m.value for m in members if str(m.value) == text)
+
+
+def _choice(allowed: tuple[str, ...], convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if text.strip() not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return convert(text.strip())
+
+    return parse
+
+
 def load(cls: type[T], environ: Mapping[str, str] | None = None) -> T:
-    """Build ``cls`` from ``environ`` (default ``os.environ``)."""
+    """Build ``cls`` from ``environ`` (default ``os.environ``); unset variables keep their defaults.
+
+    Raises :class:`SettingsError` for a value that does not parse, and TypeError for a field whose type has
+    no parser (checked for every field, set or not, so a declaration bug shows up in the first test).
+    """
     source = os.environ if environ is None else environ
     hints = get_type_hints(cls)
     values: dict[str, Any] = {}
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         var = field.metadata.get(_META_VAR)
-        if var is None or var not in source:
+        if var is None:
+            continue
+        parse = field.metadata.get(_META_PARSE) or _parser_for(hints[field.name])
+        if var not in source:
             continue
         raw = source[var]
-        parse = field.metadata.get(_META_PARSE) or _parser_for(hints[field.name])
         try:
             values[field.name] = parse(raw)
         except (ValueError, TypeError) as exc:
@@ -113,6 +160,11 @@ def describe(cls: type[Any]) -> list[tuple[str, str, str]]:
         var = field.metadata.get(_META_VAR)
         if var is None:
             continue
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+        if field.default is not dataclasses.MISSING:
+            default: Any = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = "<required>"
         rows.append((var, repr(default), field.metadata.get(_META_HELP, "")))
     return rows
