@@ -1,0 +1,67 @@
+"""HBONE: mTLS HTTP/2 CONNECT tunnels, the mesh transport shared by ztunnel and the waypoint.
+
+Spec: behaviour.md §2 (followed to the letter), anchors.md §3c (defaults), python-perf.md (I/O design).
+
+Interfaces (stable; other components code against these):
+
+``meshkit.hbone.tls``
+    ``server_context(cert) -> ssl.SSLContext`` / ``client_context(cert) -> ssl.SSLContext``: TLS 1.3 only,
+    suites TLS_AES_256_GCM_SHA384 + TLS_AES_128_GCM_SHA256, ALPN h2, peer chain verified against
+    ``cert.roots_pem`` (client cert required), no hostname check, no SNI (asyncio: ``server_hostname=""``).
+    ``peer_identity(sslobj) -> Identity`` (first SPIFFE URI SAN), ``verify_server_identity(sslobj, expected)``
+    (raises :class:`IdentityError` unless one SAN is in ``expected``), ``verify_client_identity(sslobj,
+    trust_domain)``, ``ContextCache``.
+
+``meshkit.hbone.core.HboneCore`` (sans-IO, over h2 4.4.1 with DATA fast paths)
+    ``HboneCore(client_side, settings)``; ``initiate()``, ``receive_data(bytes) -> [events]``,
+    ``data_to_send() -> bytes``, ``connect(authority, headers) -> stream_id``, ``respond(sid, status,
+    headers)``, ``send_window(sid)``, ``send_data(sid, data, end_stream)``, ``end_stream(sid)``,
+    ``reset_stream(sid, code)``, ``acknowledge(sid, n)`` (consumed bytes reopen windows), ``ping``, ``close``.
+    Events in ``meshkit.hbone.events``.
+
+``meshkit.hbone.request``
+    ``connect_headers(SourceMetadata, client_addr, service_host=, traceparent=, forwarded_network=)``,
+    ``parse_authority``, ``parse_request -> ConnectRequest`` (``.authority``, ``.traceparent``,
+    ``.forwarded_host``, ``.baggage``, ``.forwarded_network``), ``baggage``, ``forwarded``,
+    ``new_traceparent``.
+
+``meshkit.hbone.server.HboneServer(sock, certificate, handler, settings)``
+    ``await start()`` / ``await close(grace_s)``. ``sock`` is a listening socket (from a SocketFactory);
+    ``certificate()`` returns the current server ``WorkloadCertificate`` (rotation-aware); ``handler(peer:
+    InboundPeer, request: ConnectRequest) -> Reject(status) | Forward(connect, response_headers, on_done) |
+    Accept(serve, response_headers)``. Bad method/authority → 400 before the handler; handler raising → 503;
+    ``Forward.connect()`` failing or timing out → 503; else 200 and relay.
+
+``meshkit.hbone.pool.ConnectionPool(certificate, connector, settings)``
+    ``await pool.connect(PoolKey.of(src_id, src_ip, dst_ids, (ip, 15008)), "ip:port", headers) ->
+    HboneStream`` (after 200; raises ``ConnectFailed(status=...)`` / ``IdentityError``). ``certificate(
+    identity) -> WorkloadCertificate`` is read per stream (a changed cert → new connection);
+    ``connector(key) -> connected socket`` (ztunnel dials from the pod netns with mark 1337).
+
+``meshkit.hbone.stream.HboneStream``
+    ``await read(n)`` (b"" at END_STREAM), ``write(data)`` + ``await drain()`` / ``await send(data)``,
+    ``write_eof()`` (half-close), ``abort(code)`` (RST_STREAM), ``await wait_closed()``, ``status``,
+    ``request_headers`` / ``response_headers``, ``bytes_sent`` / ``bytes_received``.
+
+``meshkit.hbone.relay``
+    ``await relay(tcp_socket, stream) -> RelayResult(sent, received, error)``: fast, callback-driven copy both
+    ways with half-close and RST propagation; ``relay_streams(reader, writer, stream)`` for asyncio streams.
+
+``meshkit.hbone.settings.HboneSettings`` (ztunnel defaults; env vars HTTP2_STREAM_WINDOW_SIZE, ...),
+``meshkit.hbone.errors`` (HboneError > IdentityError, ConnectFailed(status), StreamReset(code, remote),
+ConnectionClosed), ``meshkit.hbone.testing.TestCA`` (test certificates).
+"""
+
+from __future__ import annotations
+
+from meshkit.hbone.errors import ConnectFailed, ConnectionClosed, HboneError, IdentityError, StreamReset
+from meshkit.hbone.settings import HboneSettings
+
+__all__ = [
+    "ConnectFailed",
+    "ConnectionClosed",
+    "HboneError",
+    "HboneSettings",
+    "IdentityError",
+    "StreamReset",
+]

@@ -1,0 +1,202 @@
+"""The HBONE server (inbound 15008): mTLS, one handler call per CONNECT, then relay (behaviour.md §2.4, §2.7).
+
+The caller gives a listening socket (ztunnel opens it inside the pod netns through its SocketFactory), a
+callable returning the current server certificate, and a :data:`Handler`. For each CONNECT the server
+validates method and ``:authority`` (400 otherwise), then awaits ``handler(peer, request)`` which returns:
+
+- :class:`Reject` → that status (401 for a policy deny, 400/503 for the other §2.7 steps);
+- :class:`Forward` → the server calls ``connect()`` (bounded by ``upstream_connect_timeout``); failure → 503;
+  success → 200 (with ``response_headers``, e.g. baggage), then :func:`~meshkit.hbone.relay.relay`, then
+  ``on_done(RelayResult)`` for telemetry;
+- :class:`Accept` → 200, then ``serve(stream)`` owns the stream (the waypoint terminates tunnels this way).
+
+A handler that raises gets 503. The client certificate must chain to the roots and carry a SPIFFE SAN in our
+trust domain, or the TLS connection is dropped before any stream. A rotated server certificate is picked up by
+the next handshake (the context is swapped in the handshake's servername callback, which OpenSSL runs
+whether or not the client sent SNI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from meshkit.drain import TaskOwner
+from meshkit.hbone import tls
+from meshkit.hbone.connection import HboneConnection
+from meshkit.hbone.relay import RelayResult, relay
+from meshkit.hbone.request import BadRequest, ConnectRequest, parse_request
+from meshkit.hbone.settings import HboneSettings
+from meshkit.hbone.stream import HboneStream
+from meshkit.identity.certs import WorkloadCertificate
+from meshkit.identity.spiffe import Identity
+from meshkit.logs import kv
+
+__all__ = ["Accept", "Decision", "Forward", "Handler", "HboneServer", "InboundPeer", "Reject"]
+
+log = logging.getLogger("hbone")
+
+
+@dataclass(frozen=True, slots=True)
+class InboundPeer:
+    """The verified client of one HBONE connection."""
+
+    identity: Identity
+    address: tuple[str, int]
+    local_address: tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    status: int = 401
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    connect: Callable[[], Awaitable[socket.socket]]
+    response_headers: tuple[tuple[str, str], ...] = ()
+    on_done: Callable[[RelayResult], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    serve: Callable[[HboneStream], Awaitable[None]]
+    response_headers: tuple[tuple[str, str], ...] = field(default=())
+
+
+Decision = Reject | Forward | Accept
+Handler = Callable[[InboundPeer, ConnectRequest], Awaitable[Decision]]
+CertProvider = Callable[[], WorkloadCertificate]
+
+
+class HboneServer:
+    """Serves HBONE on a listening socket until :meth:`close`."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        certificate: CertProvider,
+        handler: Handler,
+        settings: HboneSettings | None = None,
+        *,
+        name: str = "hbone-server",
+    ) -> None:
+        self.settings = settings or HboneSettings()
+        self.name = name
+        self.connections: set[HboneConnection] = set()
+        self._sock = sock
+        self._certificate = certificate
+        self._handler = handler
+        self._contexts = tls.ContextCache(self._server_context)
+        self._server: asyncio.Server | None = None
+        self._tasks = TaskOwner(name)
+
+    def _server_context(self, cert: WorkloadCertificate) -> ssl.SSLContext:
+        ctx = tls.server_context(cert)
+        ctx.sni_callback = self._pick_context
+        return ctx
+
+    def _pick_context(self, sslobj: ssl.SSLObject, _server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        current = self._contexts.get(self._certificate())
+        if sslobj.context is not current:
+            sslobj.context = current
+
+    @property
+    def address(self) -> tuple[str, int]:
+        name = self._sock.getsockname()
+        return name[0], name[1]
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        ctx = self._contexts.get(self._certificate())
+        self._server = await loop.create_server(
+            self._new_connection,
+            sock=self._sock,
+            ssl=ctx,
+            ssl_handshake_timeout=self.settings.connect_timeout,
+        )
+
+    def _new_connection(self) -> HboneConnection:
+        trust_domain = self._certificate().identity.trust_domain
+        conn = HboneConnection(
+            client_side=False,
+            settings=self.settings,
+            verify=lambda sslobj: tls.verify_client_identity(sslobj, trust_domain),
+            on_request=self._on_request,
+            on_close=self.connections.discard,
+            name=f"{self.name}-conn",
+        )
+        self.connections.add(conn)
+        return conn
+
+    def _on_request(self, stream: HboneStream) -> None:
+        conn = stream.conn
+        try:
+            request = parse_request(stream.stream_id, stream.request_headers)
+        except BadRequest as exc:
+            log.info("HBONE bad request", extra=kv(peer=conn.peer_address, error=str(exc)))
+            conn.respond(stream, 400)
+            return
+        assert conn.peer_identity is not None
+        peer = InboundPeer(conn.peer_identity, conn.peer_address, conn.local_address)
+        self._tasks.spawn(self._serve(peer, request, stream), name=f"stream-{stream.stream_id}")
+
+    async def _serve(self, peer: InboundPeer, request: ConnectRequest, stream: HboneStream) -> None:
+        conn = stream.conn
+        try:
+            decision = await self._handler(peer, request)
+        except Exception:
+            log.exception(
+                "HBONE handler failed", extra=kv(peer=peer.address, authority=str(request.authority))
+            )
+            conn.respond(stream, 503)
+            return
+        if isinstance(decision, Reject):
+            conn.respond(stream, decision.status)
+        elif isinstance(decision, Accept):
+            conn.respond(stream, 200, list(decision.response_headers))
+            await decision.serve(stream)
+        else:
+            await self._forward(decision, stream)
+
+    async def _forward(self, decision: Forward, stream: HboneStream) -> None:
+        conn = stream.conn
+        try:
+            sock = await asyncio.wait_for(decision.connect(), self.settings.upstream_connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            log.info("HBONE upstream connect failed", extra=kv(peer=conn.peer_address, error=repr(exc)))
+            conn.respond(stream, 503)
+            if decision.on_done is not None:
+                decision.on_done(RelayResult(0, 0, f"upstream connect failed: {exc!r}"))
+            return
+        if stream.finished:  # the client gave up while we dialled
+            sock.close()
+            return
+        conn.respond(stream, 200, list(decision.response_headers))
+        result = await relay(sock, stream)
+        if decision.on_done is not None:
+            decision.on_done(result)
+
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Stop accepting, send GOAWAY, wait up to ``grace_s`` for streams, then close everything."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.goaway()
+        if grace_s > 0 and self.connections:
+            closing = [asyncio.ensure_future(c.wait_closed()) for c in self.connections]
+            _done, pending = await asyncio.wait(closing, timeout=grace_s)
+            for fut in pending:
+                fut.cancel()
+        for conn in list(self.connections):
+            conn.abort()
+        await self._tasks.close()
+        for conn in list(self.connections):
+            await conn.wait_closed()
+        if self._server is not None:
+            await self._server.wait_closed()

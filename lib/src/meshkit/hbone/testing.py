@@ -1,0 +1,106 @@
+"""Test helper: a throwaway mesh CA that issues SPIFFE workload certificates (P-256, like istiod's defaults).
+
+For tests and benchmarks only; the real CA lives in istiod. Example::
+
+    ca = TestCA()                                   # trust domain cluster.local
+    cert = ca.issue(Identity("cluster.local", "default", "sleep"))
+    ctx = server_context(cert)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from meshkit.identity.certs import WorkloadCertificate
+from meshkit.identity.spiffe import Identity
+
+__all__ = ["TestCA"]
+
+EKU_CLIENT = ExtendedKeyUsageOID.CLIENT_AUTH
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+class TestCA:
+    """A self-signed root that issues leaves carrying SPIFFE URI SANs."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, trust_domain: str = "cluster.local", *, name: str = "test mesh root") -> None:
+        self.trust_domain = trust_domain
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, name)])
+        self.root = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(self._key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+        self.roots_pem = _pem(self.root)
+
+    def issue(
+        self,
+        identity: Identity | None = None,
+        *,
+        uris: Sequence[str] | None = None,
+        ttl: dt.timedelta = dt.timedelta(hours=24),
+        extra_roots_pem: bytes = b"",
+    ) -> WorkloadCertificate:
+        """A leaf for ``identity`` (or with exactly the URI SANs ``uris``), valid from an hour ago."""
+        if identity is None and not uris:
+            raise ValueError("give an identity or uris")
+        sans = list(uris) if uris is not None else [identity.uri]  # type: ignore[union-attr]
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        not_before = now - dt.timedelta(hours=1)
+        serial = x509.random_serial_number()
+        leaf = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(self.root.subject)
+            .public_key(key.public_key())
+            .serial_number(serial)
+            .not_valid_before(not_before)
+            .not_valid_after(now + ttl)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in sans]), True
+            )
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                False,
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return WorkloadCertificate(
+            identity=identity if identity is not None else Identity.parse(sans[0]),
+            chain_pem=_pem(leaf),
+            private_key_pem=key_pem,
+            roots_pem=self.roots_pem + extra_roots_pem,
+            not_before=not_before,
+            not_after=now + ttl,
+            serial=serial,
+        )

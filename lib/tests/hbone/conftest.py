@@ -1,0 +1,142 @@
+"""Shared fixtures for HBONE tests: a test CA, certificates, and a running server + pool on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+import pytest_asyncio
+from meshkit.hbone.pool import ConnectionPool, PoolKey
+from meshkit.hbone.request import ConnectRequest
+from meshkit.hbone.server import Decision, Forward, HboneServer, InboundPeer
+from meshkit.hbone.settings import HboneSettings
+from meshkit.hbone.testing import TestCA
+from meshkit.identity.certs import WorkloadCertificate
+from meshkit.identity.spiffe import Identity
+
+SERVER_ID = Identity("cluster.local", "ns1", "server")
+CLIENT_ID = Identity("cluster.local", "ns2", "client")
+
+
+@pytest.fixture(scope="session")
+def ca() -> TestCA:
+    return TestCA()
+
+
+@pytest.fixture(scope="session")
+def server_cert(ca: TestCA) -> WorkloadCertificate:
+    return ca.issue(SERVER_ID)
+
+
+@pytest.fixture(scope="session")
+def client_cert(ca: TestCA) -> WorkloadCertificate:
+    return ca.issue(CLIENT_ID)
+
+
+def listen() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class EchoServer:
+    """A plain TCP echo upstream that half-closes when its peer does."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.handlers_done = 0
+
+    async def __aenter__(self) -> EchoServer:
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.writers.add(writer)
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+                writer.write_eof()
+                await writer.drain()
+            except OSError:
+                pass
+            finally:
+                self.writers.discard(writer)
+                self.handlers_done += 1
+                writer.close()
+
+        self.server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in list(self.writers):
+            writer.transport.abort()
+        await self.server.wait_closed()
+
+
+Handler = Callable[[InboundPeer, ConnectRequest], Awaitable[Decision]]
+
+
+def forward_to(port: int, seen: list[tuple[InboundPeer, ConnectRequest]] | None = None) -> Handler:
+    """A handler that forwards every CONNECT to 127.0.0.1:``port`` regardless of authority."""
+
+    async def handler(peer: InboundPeer, request: ConnectRequest) -> Decision:
+        if seen is not None:
+            seen.append((peer, request))
+
+        async def connect() -> socket.socket:
+            sock = socket.socket()
+            sock.setblocking(False)
+            try:
+                await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+
+        return Forward(connect)
+
+    return handler
+
+
+@dataclass
+class Mesh:
+    """A server and a pool that trusts it, on loopback."""
+
+    server: HboneServer
+    pool: ConnectionPool
+    key: PoolKey
+    certs: dict[Identity, WorkloadCertificate] = field(default_factory=dict)
+
+
+@pytest_asyncio.fixture
+async def echo() -> AsyncIterator[EchoServer]:
+    async with EchoServer() as server:
+        yield server
+
+
+def make_key(server: HboneServer, expected: Identity = SERVER_ID) -> PoolKey:
+    return PoolKey.of(CLIENT_ID, "127.0.0.1", [expected], server.address)
+
+
+@pytest_asyncio.fixture
+async def mesh(
+    echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> AsyncIterator[Mesh]:
+    settings = HboneSettings()
+    server = HboneServer(listen(), lambda: server_cert, forward_to(echo.port), settings)
+    await server.start()
+    certs = {CLIENT_ID: client_cert}
+    pool = ConnectionPool(lambda ident: certs[ident], settings=settings)
+    try:
+        yield Mesh(server, pool, make_key(server), certs)
+    finally:
+        await pool.close()
+        await server.close()
