@@ -1,0 +1,148 @@
+"""Waypoints from Gateways, and which waypoint an object uses (behaviour.md §5.4), as pure functions.
+
+A :class:`Waypoint` exists for any Gateway with ``status.addresses`` (its deployment has a ready pod); the
+class name is not checked. :func:`resolve` applies the label precedence: the object's own
+``istio.io/use-waypoint`` (``none`` opts out with no namespace fallback), else its namespace's; the waypoint
+must exist, admit the object's namespace on its HBONE listener, and carry the right traffic type. Any
+failure means *no* waypoint: traffic goes direct (fail open, §9).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from istiod.index import meta
+from istiod.index.records import APP_TUNNEL_PROXY, ApplicationTunnel, GatewayAddress, NetworkAddress
+
+Obj = dict[str, Any]
+USE_WAYPOINT = "istio.io/use-waypoint"
+USE_WAYPOINT_NAMESPACE = "istio.io/use-waypoint-namespace"
+WAYPOINT_FOR = "istio.io/waypoint-for"
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+INBOUND_BINDING = "ambient.istio.io/waypoint-inbound-binding"
+MANAGED_LABEL = "gateway.istio.io/managed"
+MESH_CONTROLLER = "istio.io-mesh-controller"
+EW_CONTROLLER = "istio.io-eastwest-controller"
+HBONE_PORT = 15008
+FOR_SERVICE, FOR_WORKLOAD, FOR_ALL, FOR_NONE = "service", "workload", "all", "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Waypoint:
+    namespace: str
+    name: str
+    traffic_type: str
+    address: GatewayAddress
+    allowed_from: str = "Same"  # the HBONE listener's allowedRoutes.namespaces.from
+    allowed_selector: tuple[tuple[str, str], ...] = ()  # matchLabels for from=Selector
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def admits(self, namespace: str, namespace_labels: Mapping[str, str]) -> bool:
+        if self.allowed_from == "All":
+            return True
+        if self.allowed_from == "Selector":
+            return meta.matches_labels(dict(self.allowed_selector), namespace_labels)
+        return namespace == self.namespace
+
+    def serves(self, kind: str) -> bool:
+        return self.traffic_type in {kind, FOR_ALL}
+
+
+def traffic_type(gateway: Obj, gateway_class: Obj | None) -> str:
+    """Gateway label, else GatewayClass label, else ``service`` (§5.4)."""
+    return (
+        meta.labels(gateway).get(WAYPOINT_FOR) or meta.labels(gateway_class).get(WAYPOINT_FOR) or FOR_SERVICE
+    )
+
+
+def _hbone_listener(gateway: Obj) -> Obj:
+    listeners = meta.spec(gateway).get("listeners") or []
+    for listener in listeners:
+        if listener.get("protocol") == "HBONE" and int(listener.get("port", 0)) == HBONE_PORT:
+            return dict(listener)
+    return dict(listeners[0]) if listeners else {}
+
+
+def waypoint_from_gateway(gateway: Obj, gateway_class: Obj | None, network: str) -> Waypoint | None:
+    addresses = ((gateway.get("status") or {}).get("addresses")) or []
+    if not addresses:
+        return None  # not ready: no waypoint (§5.4)
+    hostnames = [a for a in addresses if a.get("type") == "Hostname"]
+    ns = meta.namespace(gateway)
+    if hostnames:
+        address = GatewayAddress(hostname_namespace=ns, hostname=str(hostnames[0].get("value", "")))
+    else:
+        try:
+            ip = ipaddress.ip_address(str(addresses[0].get("value", "")))
+        except ValueError:
+            return None
+        address = GatewayAddress(address=NetworkAddress(network, ip.packed))
+    routes = ((_hbone_listener(gateway).get("allowedRoutes") or {}).get("namespaces")) or {}
+    selector = (routes.get("selector") or {}).get("matchLabels") or {}
+    return Waypoint(
+        ns, meta.name(gateway), traffic_type(gateway, gateway_class), address,
+        str(routes.get("from") or "Same"), tuple(sorted(selector.items())),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class WaypointRef:
+    """What an object's labels ask for: a waypoint key, or an explicit opt-out."""
+
+    namespace: str
+    name: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def requested(
+    obj_labels: Mapping[str, str], obj_namespace: str, namespace_labels: Mapping[str, str]
+) -> WaypointRef | None:
+    """The waypoint the labels select: the object's label wins, then the namespace's; ``none`` opts out."""
+    for source, default_ns in ((obj_labels, obj_namespace), (namespace_labels, obj_namespace)):
+        name = source.get(USE_WAYPOINT)
+        if name:
+            if name == "none":
+                return None  # opt-out: no namespace fallback (§5.4)
+            return WaypointRef(source.get(USE_WAYPOINT_NAMESPACE) or default_ns, name)
+    return None
+
+
+def resolve(
+    ref: WaypointRef | None,
+    kind: str,
+    obj_namespace: str,
+    namespace_labels: Mapping[str, str],
+    lookup: Callable[[str], Waypoint | None],
+) -> GatewayAddress | None:
+    """The GatewayAddress to send for an object of ``kind`` (``service`` or ``workload``), or None."""
+    if ref is None:
+        return None
+    waypoint = lookup(ref.key)
+    if waypoint is None or not waypoint.admits(obj_namespace, namespace_labels) or not waypoint.serves(kind):
+        return None
+    return waypoint.address
+
+
+def is_waypoint_service(svc_labels: Mapping[str, str]) -> bool:
+    """Waypoint (and E/W gateway) Services never get a waypoint themselves (§5.4)."""
+    return svc_labels.get(MANAGED_LABEL) in {MESH_CONTROLLER, EW_CONTROLLER}
+
+
+def inbound_binding(gateway: Obj | None, gateway_class: Obj | None) -> ApplicationTunnel | None:
+    """``PROXY`` or ``PROXY/<port>`` from the Gateway, else its GatewayClass (§5.4)."""
+    value = meta.annos(gateway).get(INBOUND_BINDING) or meta.annos(gateway_class).get(INBOUND_BINDING)
+    if not value:
+        return None
+    protocol, _, port = value.partition("/")
+    if protocol != "PROXY" or (port and not port.isdigit()):
+        return None
+    return ApplicationTunnel(APP_TUNNEL_PROXY, int(port) if port else 0)
