@@ -1,9 +1,10 @@
 """Structured logging for every service.
 
 ``setup(level, json_output)`` configures the root logger once. Records carry key/value context passed as
-``extra={"kv": {...}}`` or through :func:`kv`; the text format prints them as ``key=value`` pairs, the JSON
-format (``LOG_FORMAT=json``) as one object per line with ``time``, ``level``, ``scope``, ``msg`` and the fields.
-Levels can be changed at run time per scope (ztunnel's ``/logging`` admin endpoint uses :func:`set_levels`).
+``extra={"kv": {...}}`` or through :func:`kv`; the text format prints them as ``key=value`` pairs after
+``time<TAB>level<TAB>scope<TAB>msg`` (ztunnel's layout), the JSON format (``LOG_FORMAT=json``) as one
+object per line with ``time``, ``level``, ``scope``, ``msg`` and the fields. Levels can be changed at run
+time per scope (ztunnel's ``/logging`` admin endpoint uses :func:`set_levels`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 _STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "kv"}
@@ -31,16 +32,22 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return fields
 
 
+def _level(levelno: int) -> str:
+    """ztunnel's level words: ``warn`` rather than Python's ``warning``."""
+    name = logging.getLevelName(levelno).lower()
+    return "warn" if name == "warning" else name
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    return f"{base}.{int(record.msecs):03d}Z"
+    """RFC 3339 in UTC with microseconds, as ztunnel prints them (behaviour.md §7.3)."""
+    return datetime.fromtimestamp(record.created, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "time": _timestamp(record),
-            "level": record.levelname.lower(),
+            "level": _level(record.levelno),
             "scope": record.name,
             "msg": record.getMessage(),
         }
@@ -53,7 +60,7 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         pairs = " ".join(f"{k}={_quote(v)}" for k, v in _fields(record).items())
-        line = f"{_timestamp(record)}\t{record.levelname.lower()}\t{record.name}\t{record.getMessage()}"
+        line = f"{_timestamp(record)}\t{_level(record.levelno)}\t{record.name}\t{record.getMessage()}"
         if pairs:
             line = f"{line}\t{pairs}"
         if record.exc_info:
@@ -62,8 +69,19 @@ class TextFormatter(logging.Formatter):
 
 
 def _quote(value: Any) -> str:
+    """Render one ``key=value`` value the way ztunnel's text log does (Rust ``Debug``).
+
+    Strings are always quoted and escaped (``src.workload="curl-1"``); numbers and booleans are bare; other
+    objects (addresses, enums) print via ``str`` and are quoted only if they would break the line apart.
+    """
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
     text = str(value)
-    return json.dumps(text) if (" " in text or not text) else text
+    if not text or any(ch.isspace() or ch == '"' for ch in text):
+        return json.dumps(text, ensure_ascii=False)
+    return text
 
 
 def setup(level: str = "info", json_output: bool = False, stream: Any = None) -> None:
@@ -75,25 +93,41 @@ def setup(level: str = "info", json_output: bool = False, stream: Any = None) ->
     set_levels(level)
 
 
+_ALIASES = {"trace": "DEBUG", "warn": "WARNING"}  # ztunnel's level names that Python spells differently
+
+
+def _parse_level(level: str, spec: str) -> int:
+    name = _ALIASES.get(level.strip().lower(), level.strip().upper())
+    numeric = logging.getLevelNamesMapping().get(name)
+    if numeric is None or name == "NOTSET":
+        raise ValueError(f"unknown log level {level!r} in {spec!r}")
+    return numeric
+
+
 def set_levels(spec: str) -> dict[str, str]:
-    """Apply ``default[,scope=level...]``; returns the levels now in force. Raises ValueError on a bad level."""
-    applied: dict[str, str] = {}
+    """Apply ``default[,scope=level...]``; returns the levels it set.
+
+    The whole spec is checked before anything changes: a bad level raises ValueError and leaves every logger
+    as it was (the ``/logging`` admin endpoint relies on that to answer 400 without side effects).
+    """
+    parsed: list[tuple[str, int]] = []
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         scope, _, level = part.rpartition("=")
-        numeric = logging.getLevelName(level.upper())
-        if not isinstance(numeric, int):
-            raise ValueError(f"unknown log level {level!r} in {spec!r}")
+        parsed.append((scope.strip(), _parse_level(level, spec)))
+    applied: dict[str, str] = {}
+    for scope, numeric in parsed:
         logging.getLogger(scope or None).setLevel(numeric)
-        applied[scope or "default"] = level.lower()
+        applied[scope or "default"] = _level(numeric)
     return applied
 
 
 def current_levels(scopes: Mapping[str, logging.Logger] | None = None) -> dict[str, str]:
-    loggers = scopes or {
-        name: logger for name, logger in logging.root.manager.loggerDict.items() if isinstance(logger, logging.Logger)
-    }
-    levels = {"default": logging.getLevelName(logging.getLogger().level).lower()}
-    for name, logger in sorted(loggers.items()):
+    """``{"default": root level, scope: level...}`` for every logger with an explicit level."""
+    if scopes is None:
+        registered = logging.root.manager.loggerDict.items()
+        scopes = {name: lg for name, lg in registered if isinstance(lg, logging.Logger)}
+    levels = {"default": _level(logging.getLogger().level)}
+    for name, logger in sorted(scopes.items()):
         if logger.level != logging.NOTSET:
-            levels[name] = logging.getLevelName(logger.level).lower()
+            levels[name] = _level(logger.level)
     return levels
