@@ -27,6 +27,10 @@ def restore_logging() -> Iterator[None]:
         logging.getLogger(name).setLevel(logging.NOTSET)
 
 
+def _fail(exc: Exception) -> None:
+    raise exc
+
+
 def _lines(stream: io.StringIO) -> list[str]:
     return stream.getvalue().splitlines()
 
@@ -108,7 +112,7 @@ def test_text_exception_follows_the_line() -> None:
     out = io.StringIO()
     setup("info", stream=out)
     try:
-        raise ValueError("bad")
+        _fail(ValueError("bad"))
     except ValueError:
         logging.getLogger("mktest").exception("oops", extra=kv(k="v"))
     lines = _lines(out)
