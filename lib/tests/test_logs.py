@@ -89,7 +89,7 @@ def test_json_format() -> None:
         "stream ended", extra=kv(reason="eof", attempts=3, addr=("::1", 15012))
     )
     try:
-        raise RuntimeError("kaput")
+        _fail(RuntimeError("kaput"))
     except RuntimeError:
         logging.getLogger("mktest.xds").exception("failed")
     first, second = (json.loads(line) for line in _lines(out))
