@@ -23,8 +23,7 @@ async def _get(url: str) -> tuple[int, str]:
 
 def test_readiness_conditions() -> None:
     readiness = Readiness("xds", "certificate")
-    assert not readiness.ready
-    assert readiness.pending == ["certificate", "xds"]
+    assert (readiness.ready, readiness.pending) == (False, ["certificate", "xds"])
     readiness.set("xds")
     readiness.set("certificate")
     assert readiness.ready
