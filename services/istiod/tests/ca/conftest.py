@@ -1,5 +1,6 @@
 """Fixtures for the CA tests: CAs (self-signed and plug-in intermediate), fake JWTs, a fake TokenReview and
-a fake pod index. The fakes stand in for the API server only in unit tests; the cluster test uses the real one.
+a fake pod index. The fakes stand in for the API server only in unit tests; the cluster test uses the real
+one.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def make_jwt(claims: Mapping[str, object]) -> str:
     return f"{b64({'alg': 'RS256'})}.{b64(dict(claims))}.c2lnbmF0dXJl"
 
 
-def sa_token(
+def sa_token(  # noqa: PLR0917 - reads like the claims it builds
     namespace: str,
     name: str,
     pod: str | None = None,
@@ -79,8 +80,8 @@ class FakeReviewer:
 class FakePods:
     pods: list[PodInfo] = field(default_factory=list)
 
-    def add(self, ns: str, name: str, sa: str, node: str, phase: str = "Running", uid: str = "") -> PodInfo:
-        pod = PodInfo(ns, name, uid or f"uid-{name}", sa, node, phase)
+    def add(self, ns: str, name: str, sa: str, node: str, phase: str = "Running") -> PodInfo:
+        pod = PodInfo(ns, name, f"uid-{name}", sa, node, phase)
         self.pods.append(pod)
         return pod
 

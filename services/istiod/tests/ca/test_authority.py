@@ -35,7 +35,9 @@ def test_certificate_profile(ca: CertificateAuthority) -> None:
     assert san.value.get_values_for_type(x509.UniformResourceIdentifier) == [ALICE.uri]
     assert san.value.get_values_for_type(x509.DNSName) == []
     ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    assert ku.digital_signature and ku.key_encipherment and not ku.key_cert_sign
+    assert ku.digital_signature
+    assert ku.key_encipherment
+    assert not ku.key_cert_sign
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
@@ -166,7 +168,7 @@ def test_plugged_bundle_checks(plugged: PluggedCa) -> None:
     other = make_plugged_ca("other")
     with pytest.raises(RootOfTrustError, match="does not belong"):
         KeyCertBundle.from_pem(plugged.ca_cert_pem, other.ca_key_pem, b"", plugged.root_pem, source="t")
-    with pytest.raises(RootOfTrustError, match="does not lead to any certificate in root-cert.pem"):
+    with pytest.raises(RootOfTrustError, match=r"does not lead to any certificate in root-cert\.pem"):
         KeyCertBundle.from_pem(plugged.ca_cert_pem, plugged.ca_key_pem, b"", other.root_pem, source="t")
     with pytest.raises(RootOfTrustError, match="no PEM certificate"):
         KeyCertBundle.from_pem(b"", plugged.ca_key_pem, source="t")
