@@ -1,0 +1,227 @@
+"""Enrolling and unenrolling pods on this node (behaviour.md §3.1): the one updater of the pod cache.
+
+Enrol: open the pod netns → in-pod rules (failure is final for this attempt) → probe ipset → cache as
+*pending* → hand to the newest ztunnel over ZDS → on ack, annotate ``ambient.istio.io/redirection: enabled``;
+without an ack the pod is annotated ``pending`` and retried every ``retry_interval`` (and it is in the next
+ztunnel's snapshot), so the annotation only says ``enabled`` while a ztunnel has accepted the pod.
+Unenrol (still running): ipset entry, in-pod rules, ``del`` to every ztunnel, annotation. Deleted pods: host
+state and ztunnel only. Operations on one pod are serialized by a per-pod lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from meshkit.logs import kv
+from meshkit.zds import WorkloadInfo
+
+from istio_cni import enrolment
+from istio_cni.hostrules import HostRules
+from istio_cni.iptables import apply_pod_rules, remove_pod_rules
+from istio_cni.metrics import CniMetrics
+from istio_cni.netns import Netns, NetnsError
+from istio_cni.netnsfind import find_netns_path
+from istio_cni.rules import PodRuleConfig
+from istio_cni.zdshub import ZdsPod, ZtunnelHub
+
+log = logging.getLogger("cni.dataplane")
+PENDING, ENABLED = "pending", "enabled"
+
+
+class Annotator(Protocol):
+    async def set_redirection(self, namespace: str, name: str, value: str | None) -> None:
+        """Merge-patch ``ambient.istio.io/redirection`` on the pod status; None removes it."""
+
+
+@dataclass(frozen=True, slots=True)
+class PodRecord:
+    uid: str
+    name: str
+    namespace: str
+    service_account: str
+    ips: tuple[str, ...]
+    netns: Netns | None
+    state: str = PENDING
+
+    def zds(self) -> ZdsPod:
+        return ZdsPod(self.uid, WorkloadInfo(self.name, self.namespace, self.service_account), self.netns)
+
+
+@dataclass(frozen=True, slots=True)
+class DataplaneConfig:
+    dns_capture: bool = True
+    ipv6: bool = True
+    host_proc: str = "/proc"
+    netns_prefix: str = ""  # where the host's paths are mounted, e.g. /host
+    probe_snat_v4: str = "169.254.7.127"
+    probe_snat_v6: str = "fd16:9254:7127:1337:ffff:ffff:ffff:ffff"
+
+
+def pod_ips(pod: Mapping[str, Any]) -> tuple[str, ...]:
+    status = pod.get("status", {})
+    ips = [p.get("ip", "") for p in status.get("podIPs") or []] or [status.get("podIP", "")]
+    return tuple(ip for ip in ips if ip)
+
+
+def rule_config(pod: Mapping[str, Any], cfg: DataplaneConfig) -> PodRuleConfig:
+    ann = enrolment.annotations_of(pod)
+    dns = ann.get(enrolment.DNS_CAPTURE_ANNOTATION)
+    ifaces = tuple(i.strip() for i in ann.get(enrolment.REROUTE_INTERFACES, "").split(",") if i.strip())
+    return PodRuleConfig(
+        dns_capture=cfg.dns_capture if dns is None else dns.lower() == "true",
+        ingress_mode=ann.get(enrolment.BYPASS_INBOUND, "").lower() == "true",
+        reroute_interfaces=ifaces,
+        probe_snat_v4=cfg.probe_snat_v4,
+        probe_snat_v6=cfg.probe_snat_v6,
+    )
+
+
+class MeshDataplane:
+    def __init__(
+        self,
+        cfg: DataplaneConfig,
+        annotator: Annotator,
+        metrics: CniMetrics,
+        host: HostRules | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._annotator = annotator
+        self._metrics = metrics
+        self._host = host
+        self.pods: dict[str, PodRecord] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.hub: ZtunnelHub | None = None  # set by the app (the hub needs our snapshot, we need the hub)
+
+    def snapshot(self) -> list[ZdsPod]:
+        return [rec.zds() for rec in self.pods.values()]
+
+    def _lock(self, uid: str) -> asyncio.Lock:
+        return self._locks.setdefault(uid, asyncio.Lock())
+
+    def open_netns(self, path: str) -> Netns:
+        prefixed = self.cfg.netns_prefix + path if self.cfg.netns_prefix else ""
+        return Netns.open(prefixed if prefixed and os.path.exists(prefixed) else path)
+
+    def find_netns(self, ips: tuple[str, ...]) -> Netns | None:
+        path = find_netns_path(self.cfg.host_proc, ips)
+        return Netns.open(path) if path else None
+
+    async def enrol(
+        self, pod: Mapping[str, Any], netns: Netns | None = None, ips: tuple[str, ...] = ()
+    ) -> bool:
+        """Put ``pod`` in the mesh; True once a ztunnel acked it. Takes ownership of ``netns``."""
+        meta = pod.get("metadata", {})
+        uid = str(meta.get("uid", ""))
+        async with self._lock(uid):
+            try:
+                return await self._enrol(pod, uid, netns, ips or pod_ips(pod))
+            except BaseException:
+                self._metrics.enrolments.labels(op="enrol", result="error").inc()
+                raise
+
+    async def _enrol(
+        self, pod: Mapping[str, Any], uid: str, netns: Netns | None, ips: tuple[str, ...]
+    ) -> bool:
+        meta = pod.get("metadata", {})
+        existing = self.pods.get(uid)
+        if netns is None and existing is not None:
+            return existing.state == ENABLED  # already ours; nothing new to hand over
+        if netns is None:
+            netns = await asyncio.to_thread(self.find_netns, ips)
+            if netns is None:
+                raise NetnsError(f"no network namespace found on this node for pod IPs {ips}")
+        if existing is not None and existing.netns is not None:
+            if existing.netns.inode == netns.inode:
+                netns.close()
+                return existing.state == ENABLED
+            existing.netns.close()  # new sandbox for the same pod: ztunnel replaces the proxy on add
+        try:
+            await apply_pod_rules(netns, rule_config(pod, self.cfg), self.cfg.ipv6)
+            if self._host is not None:
+                await self._host.add_ips(ips)
+        except BaseException:
+            netns.close()
+            self.pods.pop(uid, None)
+            raise
+        sa = str(pod.get("spec", {}).get("serviceAccountName") or "default")
+        rec = PodRecord(uid, str(meta.get("name")), str(meta.get("namespace")), sa, ips, netns)
+        self.pods[uid] = rec
+        acked = self.hub is not None and await self.hub.add(rec.zds())
+        await self._set_state(rec, ENABLED if acked else PENDING)
+        self._metrics.enrolments.labels(op="enrol", result="ok" if acked else "pending").inc()
+        log.info(
+            "pod enrolled", extra=kv(pod=f"{rec.namespace}/{rec.name}", uid=uid, state=self.pods[uid].state)
+        )
+        return acked
+
+    async def _set_state(self, rec: PodRecord, state: str) -> None:
+        self.pods[rec.uid] = replace(rec, state=state)
+        self._update_gauges()
+        try:
+            await self._annotator.set_redirection(rec.namespace, rec.name, state)
+        except Exception as exc:  # the pod may be gone; the annotation is advisory for istiod
+            log.warning("could not annotate pod", extra=kv(pod=f"{rec.namespace}/{rec.name}", error=str(exc)))
+
+    def _update_gauges(self) -> None:
+        self._metrics.pods_enrolled.set(len(self.pods))
+        self._metrics.pods_pending.set(sum(1 for r in self.pods.values() if r.state == PENDING))
+
+    async def unenrol(self, uid: str, *, deleted: bool) -> None:
+        """Take the pod out of the mesh; ``deleted`` pods only lose host and ztunnel state."""
+        async with self._lock(uid):
+            rec = self.pods.pop(uid, None)
+            if rec is None:
+                return
+            try:
+                if self._host is not None:
+                    await self._host.remove_ips(rec.ips)
+                if not deleted and rec.netns is not None:
+                    await remove_pod_rules(rec.netns)
+                if self.hub is not None:
+                    await self.hub.delete(uid)
+                if not deleted:
+                    await self._annotator.set_redirection(rec.namespace, rec.name, None)
+            finally:
+                if rec.netns is not None:
+                    rec.netns.close()
+                self._locks.pop(uid, None)
+                self._update_gauges()
+            self._metrics.enrolments.labels(op="unenrol", result="ok").inc()
+            log.info("pod unenrolled", extra=kv(pod=f"{rec.namespace}/{rec.name}", uid=uid, deleted=deleted))
+
+    async def on_snapshot_acked(self, uids: list[str]) -> None:
+        """A new ztunnel took these pods in its snapshot: pending ones become enabled."""
+        for uid in uids:
+            rec = self.pods.get(uid)
+            if rec is not None and rec.state == PENDING:
+                async with self._lock(uid):
+                    await self._set_state(rec, ENABLED)
+
+    async def retry_pending(self) -> int:
+        """Offer every pending pod to the newest ztunnel again; returns how many were accepted."""
+        accepted = 0
+        for uid in [u for u, r in self.pods.items() if r.state == PENDING]:
+            async with self._lock(uid):
+                rec = self.pods.get(uid)
+                if rec is None or rec.state != PENDING or self.hub is None:
+                    continue
+                if await self.hub.add(rec.zds()):
+                    await self._set_state(rec, ENABLED)
+                    accepted += 1
+        return accepted
+
+    async def retry_loop(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)  # the retry window: a period, not a wait for an event
+            await self.retry_pending()
+
+    def close(self) -> None:
+        for rec in self.pods.values():
+            if rec.netns is not None:
+                rec.netns.close()
+        self.pods.clear()
