@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import threading
@@ -173,3 +174,24 @@ def test_netns_pair_connects_two_namespaces_and_cleans_up() -> None:
                 assert conn.getsockname()[0] == b.addr
         names = {a.name, b.name}
     assert not names & _netns_names()
+
+
+@pytest.mark.root
+async def test_arun_in_netns_does_not_block_the_loop_and_survives_cancel(netns: TempNetns) -> None:
+    release = threading.Event()
+    finished = threading.Event()
+
+    def blocking() -> str:
+        release.wait(5.0)
+        finished.set()
+        return "done"
+
+    waiter = asyncio.ensure_future(arun_in_netns(netns.name, blocking))
+    await asyncio.sleep(0)  # one turn: the loop keeps running while the thread blocks
+    assert not waiter.done()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    release.set()
+    # The thread still finishes; its late result is dropped without errors on the loop.
+    assert await asyncio.get_running_loop().run_in_executor(None, finished.wait, 5.0)
