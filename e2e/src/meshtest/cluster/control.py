@@ -1,0 +1,498 @@
+"""Bring the cluster up and down: network, PKI, etcd, the control plane, CoreDNS, kube-proxy and node agents.
+
+``up`` is idempotent in the sense that it first tears down whatever a previous instance left, then starts a
+fresh cluster (etcd state is throwaway) and returns once every node is Ready, DNS answers and the default
+ServiceAccount exists. All processes are detached, so the cluster outlives the command that started it.
+
+CoreDNS runs as a host process in the control-plane node namespace behind a selector-less ``kube-dns`` Service at
+10.96.0.10 with a hand-made EndpointSlice: DNS then works as soon as the API server does, without depending on the
+node agent's pod machinery, and its logs sit next to the other control-plane logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from meshtest.cluster import network, procs
+from meshtest.cluster.config import (
+    APISERVER_PORT,
+    CLUSTER_DOMAIN,
+    DNS_SVC_IP,
+    KUBERNETES_SVC_IP,
+    POD_CIDR,
+    SA_ISSUER,
+    SERVICE_CIDR,
+    ClusterLayout,
+    NodeSpec,
+)
+from meshtest.cluster.kubeapi import ApiError, SyncKube, ssl_context
+from meshtest.cluster.pki import ClusterPKI, kubeconfig
+
+log = logging.getLogger("meshtest.cluster")
+
+BINARIES = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kube-proxy",
+    "kubectl",
+    "coredns",
+    "helm",
+)
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be brought up; the message names the component and its log file."""
+
+
+def ensure_binaries(layout: ClusterLayout) -> None:
+    """Build the binaries unless the cache already has them (``e2e/cluster/build/build.sh`` keeps a stamp)."""
+    if all(layout.binary(name).exists() for name in BINARIES):
+        return
+    script = Path(__file__).resolve().parents[3] / "cluster" / "build" / "build.sh"
+    log.warning("building cluster binaries (cold build takes a while): %s", script)
+    import subprocess
+
+    subprocess.run(["bash", str(script)], check=True)
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float, log_file: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    hint = f"; see {log_file}" if log_file else ""
+    raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}{hint}")
+
+
+def _write_kubeconfigs(layout: ClusterLayout, pki: ClusterPKI) -> dict[str, Path]:
+    cp = layout.control_plane
+    users = {
+        "admin": ("kubernetes-admin", ("system:masters",)),
+        "controller-manager": ("system:kube-controller-manager", ()),
+        "scheduler": ("system:kube-scheduler", ()),
+        "kube-proxy": ("system:kube-proxy", ()),
+        "coredns": ("system:coredns", ("system:masters",)),
+    }
+    # Node agents act for the whole node (pods, leases, tokens, events): system:masters keeps them out of the
+    # Node authorizer's graph rules, which only the real kubelet's behaviour satisfies.
+    for node in layout.nodes:
+        users[f"node-{node.name}"] = (f"system:node:{node.name}", ("system:masters",))
+    paths = {}
+    for name, (cn, orgs) in users.items():
+        files = pki.issue(name, cn, orgs=orgs)
+        path = layout.pki / f"{name}.kubeconfig"
+        path.write_text(kubeconfig(layout.api_url, pki.ca.cert, files, user=cn))
+        paths[name] = path
+    shutil.copy(paths["admin"], layout.kubeconfig)
+    apiserver_dns = (
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        f"kubernetes.default.svc.{CLUSTER_DOMAIN}",
+        "localhost",
+        cp.name,
+    )
+    pki.issue(
+        "apiserver",
+        "kube-apiserver",
+        dns=apiserver_dns,
+        ips=(KUBERNETES_SVC_IP, cp.ip, "127.0.0.1"),
+        server=True,
+    )
+    pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", orgs=("system:masters",))
+    for node in layout.nodes:  # serving certificate of each agent's kubelet-style log endpoint
+        pki.issue(
+            f"kubelet-{node.name}", f"system:node:{node.name}", dns=(node.name,), ips=(node.ip,), server=True
+        )
+    pki.service_account_keys()
+    return paths
+
+
+class Cluster:
+    """Control of one cluster instance laid out by :class:`ClusterLayout`."""
+
+    def __init__(self, layout: ClusterLayout | None = None) -> None:
+        self.layout = layout or ClusterLayout.default()
+        self.marker = str(self.layout.run)
+
+    # -- clients --------------------------------------------------------------------------------------------
+    def client(self) -> SyncKube:
+        pki = self.layout.pki
+        return SyncKube(
+            self.layout.api_url, ssl_context(pki / "ca.crt", pki / "admin.crt", pki / "admin.key")
+        )
+
+    def healthy(self) -> bool:
+        try:
+            return self.client().request("GET", "/readyz", timeout=2.0).get("raw", "").strip() == "ok"
+        except (OSError, ApiError):
+            return False
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def up(self) -> float:
+        """Start a fresh cluster; returns the seconds it took."""
+        start = time.monotonic()
+        ensure_binaries(self.layout)
+        self.down(quiet=True)
+        layout = self.layout
+        shutil.rmtree(layout.run, ignore_errors=True)  # fresh etcd, PKI and node roots every time
+        layout.run.mkdir(parents=True, exist_ok=True)
+        for sub in ("logs", "pids", "pki"):
+            (layout.run / sub).mkdir(exist_ok=True)
+        network.up(layout.nodes)
+        pki = ClusterPKI(layout.pki)
+        kubeconfigs = _write_kubeconfigs(layout, pki)
+        for node in layout.nodes:
+            self._prepare_node_root(node)
+        self._start_etcd()
+        self._start_apiserver()
+        self._start_controllers(kubeconfigs)
+        self._start_coredns(kubeconfigs["coredns"])
+        for node in layout.nodes:
+            self._start_kube_proxy(node, kubeconfigs["kube-proxy"])
+            self._start_agent(node, kubeconfigs[f"node-{node.name}"])
+        _wait("kube-apiserver /readyz", self.healthy, 90, layout.logs / "kube-apiserver.log")
+        self._bootstrap_objects()
+        self._wait_ready()
+        took = time.monotonic() - start
+        (layout.run / "up-seconds").write_text(f"{took:.1f}\n")
+        log.info("cluster up in %.1fs; KUBECONFIG=%s", took, layout.kubeconfig)
+        return took
+
+    def down(self, *, quiet: bool = False) -> list[str]:
+        """Stop everything and remove namespaces and links; returns a list of what had to be cleaned."""
+        layout = self.layout
+        cleaned: list[str] = []
+        pids = layout.pids
+        if pids.exists():
+            agents = [p for p in (procs.pid_of(pids, f"agent-{n.name}") for n in layout.nodes) if p]
+            procs.stop_pids(agents, grace=20.0)  # agents stop their pods and run CNI DEL first
+            for pidfile in sorted(pids.glob("*.pid")):
+                procs.stop(pids, pidfile.stem, grace=5.0)
+        cleaned += [f"process/{pid}" for pid in procs.sweep(self.marker)]
+        cleaned += _unmount_under(layout.run)
+        cleaned += network.down()
+        if not quiet and cleaned:
+            log.info("cleaned: %s", ", ".join(cleaned))
+        return cleaned
+
+    def status(self) -> dict[str, object]:
+        layout = self.layout
+        components = {}
+        if layout.pids.exists():
+            for pidfile in sorted(layout.pids.glob("*.pid")):
+                pid = procs.pid_of(layout.pids, pidfile.stem)
+                components[pidfile.stem] = bool(pid and procs.alive(pid))
+        result: dict[str, object] = {
+            "kubeconfig": str(layout.kubeconfig),
+            "api": layout.api_url,
+            "healthy": self.healthy(),
+            "components": components,
+        }
+        if result["healthy"]:
+            nodes = self.client().get("/api/v1/nodes")["items"]
+            result["nodes"] = {n["metadata"]["name"]: _ready(n) for n in nodes}
+        return result
+
+    # -- components ------------------------------------------------------------------------------------------
+    def _start(self, name: str, node: NodeSpec, argv: list[str], env: dict[str, str] | None = None) -> None:
+        procs.start(
+            name,
+            procs.in_netns(node.netns_path, argv),
+            pids=self.layout.pids,
+            log_file=self.layout.logs / f"{name}.log",
+            run_marker=self.marker,
+            env=env,
+        )
+
+    def _start_etcd(self) -> None:
+        data = self.layout.run / "etcd"
+        self._start(
+            "etcd",
+            self.layout.control_plane,
+            [
+                str(self.layout.binary("etcd")),
+                "--name",
+                "amb-cp",
+                "--data-dir",
+                str(data),
+                "--listen-client-urls",
+                "http://127.0.0.1:2379",
+                "--advertise-client-urls",
+                "http://127.0.0.1:2379",
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-cluster",
+                "amb-cp=http://127.0.0.1:2380",
+                "--unsafe-no-fsync",
+                "--listen-metrics-urls",
+                "http://127.0.0.1:2381",
+                "--log-level",
+                "warn",
+            ],
+        )
+
+    def _start_apiserver(self) -> None:
+        pki, cp = self.layout.pki, self.layout.control_plane
+        self._start(
+            "kube-apiserver",
+            cp,
+            [
+                str(self.layout.binary("kube-apiserver")),
+                "--etcd-servers=http://127.0.0.1:2379",
+                f"--advertise-address={cp.ip}",
+                "--bind-address=0.0.0.0",
+                f"--secure-port={APISERVER_PORT}",
+                "--allow-privileged=true",
+                "--authorization-mode=Node,RBAC",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--service-account-issuer={SA_ISSUER}",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--enable-admission-plugins=NodeRestriction",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+
+    def _start_controllers(self, kubeconfigs: dict[str, Path]) -> None:
+        pki, cp = self.layout.pki, self.layout.control_plane
+        cm = str(kubeconfigs["controller-manager"])
+        self._start(
+            "kube-controller-manager",
+            cp,
+            [
+                str(self.layout.binary("kube-controller-manager")),
+                f"--kubeconfig={cm}",
+                f"--authentication-kubeconfig={cm}",
+                f"--authorization-kubeconfig={cm}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+                f"--cluster-signing-key-file={pki / 'ca.key'}",
+                f"--cluster-cidr={POD_CIDR}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allocate-node-cidrs=false",
+                "--bind-address=127.0.0.1",
+                "--v=1",
+            ],
+        )
+        sched = str(kubeconfigs["scheduler"])
+        self._start(
+            "kube-scheduler",
+            cp,
+            [
+                str(self.layout.binary("kube-scheduler")),
+                f"--kubeconfig={sched}",
+                f"--authentication-kubeconfig={sched}",
+                f"--authorization-kubeconfig={sched}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                "--v=1",
+            ],
+        )
+
+    def _start_coredns(self, kubeconfig_path: Path) -> None:
+        corefile = self.layout.run / "Corefile"
+        corefile.write_text(
+            ".:53 {\n"
+            "    errors\n"
+            "    health :18080\n"
+            "    ready :18181\n"
+            f"    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{\n"
+            f"        kubeconfig {kubeconfig_path} ambient-local\n"
+            "        pods insecure\n"
+            "        fallthrough in-addr.arpa ip6.arpa\n"
+            "        ttl 0\n"
+            "    }\n"
+            "    prometheus 127.0.0.1:9153\n"
+            "    loadbalance\n"
+            "}\n"
+        )
+        self._start(
+            "coredns", self.layout.control_plane, [str(self.layout.binary("coredns")), "-conf", str(corefile)]
+        )
+
+    def _start_kube_proxy(self, node: NodeSpec, kubeconfig_path: Path) -> None:
+        self._start(
+            f"kube-proxy-{node.name}",
+            node,
+            [
+                str(self.layout.binary("kube-proxy")),
+                f"--kubeconfig={kubeconfig_path}",
+                f"--hostname-override={node.name}",
+                "--proxy-mode=iptables",
+                f"--bind-address={node.ip}",
+                f"--cluster-cidr={POD_CIDR}",
+                # conntrack table sizes and timeouts are host-global knobs: leave them alone
+                "--conntrack-max-per-core=0",
+                "--conntrack-tcp-timeout-established=0",
+                "--conntrack-tcp-timeout-close-wait=0",
+                f"--healthz-bind-address={node.ip}:10256",
+                "--metrics-bind-address=127.0.0.1:10249",
+                "--v=1",
+            ],
+        )
+
+    def _start_agent(self, node: NodeSpec, kubeconfig_path: Path) -> None:
+        self._start(
+            f"agent-{node.name}",
+            node,
+            [
+                sys.executable,
+                "-m",
+                "meshtest.cluster.agent",
+                "--node",
+                node.name,
+                "--cache",
+                str(self.layout.cache),
+                "--workers",
+                str(self.layout.workers),
+            ],
+        )
+
+    def _prepare_node_root(self, node: NodeSpec) -> None:
+        root = self.layout.node_root(node.name)
+        for sub in ("etc/cni/net.d", "opt/cni/bin", "var/lib/cni", "var/run/istio-cni", "var/run/ztunnel"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        for plugin in Path("/usr/lib/cni").iterdir():
+            (root / "opt/cni/bin" / plugin.name).symlink_to(plugin)
+        conflist = {
+            "cniVersion": "1.0.0",
+            "name": "amb-pod-network",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": "cni0",
+                    "isGateway": True,
+                    "ipMasq": False,
+                    "hairpinMode": True,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": node.pod_cidr}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                    },
+                },
+                {"type": "portmap", "capabilities": {"portMappings": True}},
+            ],
+        }
+        (root / "etc/cni/net.d/10-amb-bridge.conflist").write_text(json.dumps(conflist, indent=2))
+
+    def _bootstrap_objects(self) -> None:
+        kube = self.client()
+        cp = self.layout.control_plane
+        kube.create(
+            "/api/v1/namespaces/kube-system/services",
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {
+                    "name": "kube-dns",
+                    "namespace": "kube-system",
+                    "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"},
+                },
+                "spec": {
+                    "clusterIP": DNS_SVC_IP,
+                    "ports": [
+                        {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                        {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+                    ],
+                },
+            },
+        )
+        kube.create(
+            "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices",
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": "kube-dns-host",
+                    "namespace": "kube-system",
+                    "labels": {
+                        "kubernetes.io/service-name": "kube-dns",
+                        "endpointslice.kubernetes.io/managed-by": "meshtest.cluster",
+                    },
+                },
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [cp.ip], "conditions": {"ready": True}, "nodeName": cp.name}],
+                "ports": [
+                    {"name": "dns", "port": 53, "protocol": "UDP"},
+                    {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+                ],
+            },
+        )
+
+    def _wait_ready(self) -> None:
+        kube = self.client()
+        names = {n.name for n in self.layout.nodes}
+        logs = self.layout.logs
+
+        def nodes_ready() -> bool:
+            items = kube.get("/api/v1/nodes")["items"]
+            return names <= {n["metadata"]["name"] for n in items if _ready(n)}
+
+        _wait("all nodes Ready", nodes_ready, 60, logs)
+        _wait(
+            "default ServiceAccount",
+            lambda: bool(kube.get("/api/v1/namespaces/default/serviceaccounts/default")),
+            60,
+            logs / "kube-controller-manager.log",
+        )
+        for node in self.layout.nodes:
+            _wait(
+                f"kube-proxy on {node.name}",
+                lambda n=node: _tcp_ok(n.ip, 10256),
+                60,  # type: ignore[misc]
+                logs / f"kube-proxy-{node.name}.log",
+            )
+        _wait("CoreDNS", lambda: _tcp_ok(self.layout.control_plane.ip, 53), 60, logs / "coredns.log")
+
+
+def _tcp_ok(host: str, port: int) -> bool:
+    with socket.create_connection((host, port), timeout=1.0):
+        return True
+
+
+def _ready(node: dict[str, object]) -> bool:
+    conditions = node.get("status", {}).get("conditions", [])  # type: ignore[union-attr]
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _unmount_under(root: Path) -> list[str]:
+    """Unmount anything still mounted below ``root`` in this mount namespace (deepest first)."""
+    import subprocess
+
+    prefix = str(root.resolve())
+    targets = []
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            target = line.split()[4]
+            if target == prefix or target.startswith(prefix + "/"):
+                targets.append(target)
+    for target in sorted(targets, key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], check=False)
+    return [f"mount/{t}" for t in targets]

@@ -1,0 +1,89 @@
+"""Container launcher: enter the pod's network namespace, make a private mount + UTS namespace, bind the volumes
+at their mount paths, set the hostname, then exec the container's command. The node agent runs
+``python -m meshtest.cluster.launch <plan.json>``; after the exec the pid is the container's process.
+
+The new mount namespace is a *slave* of the node's: mounts the host makes later (a new pod's ``/run/netns/...``)
+still appear inside, which the CNI agent and ztunnel rely on, while the pod's own binds never leak out.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import os
+import sys
+from pathlib import Path
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY = 1
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_SLAVE = 1 << 19
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def setns(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _check(_libc.setns(fd, CLONE_NEWNET), f"setns {path}")
+    finally:
+        os.close(fd)
+
+
+def mount(source: str | None, target: str, flags: int) -> None:
+    src = source.encode() if source else None
+    _check(_libc.mount(src, target.encode(), None, flags, None), f"mount {source} on {target}")
+
+
+def bind(source: str, target: str, read_only: bool) -> None:
+    src, dst = Path(source), Path(target)
+    if src.is_dir():
+        dst.mkdir(parents=True, exist_ok=True)
+    else:  # a file (subPath, resolv.conf, a socket): the mount point must be a file too
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():
+            dst.touch()
+    mount(source, target, MS_BIND | MS_REC)
+    if read_only:
+        mount(None, target, MS_BIND | MS_REMOUNT | MS_RDONLY)
+
+
+def enter(plan: dict[str, object]) -> None:
+    """Namespaces and mounts of ``plan`` for the current process (also used by exec probes' tests)."""
+    netns = plan.get("netns")
+    if isinstance(netns, str):
+        setns(netns)
+    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWUTS), "unshare")
+    mount(None, "/", MS_REC | MS_SLAVE)
+    for item in plan.get("mounts", []):  # type: ignore[union-attr]
+        bind(item["source"], item["target"], bool(item.get("read_only")))
+    hostname = str(plan.get("hostname") or "")
+    if hostname:
+        _check(_libc.sethostname(hostname.encode(), len(hostname.encode())), "sethostname")
+
+
+def main() -> None:
+    plan = json.loads(Path(sys.argv[1]).read_text())
+    try:
+        enter(plan)
+        os.chdir(plan.get("workdir") or "/")
+        argv = [str(a) for a in plan["argv"]]
+        os.execvpe(argv[0], argv, {str(k): str(v) for k, v in plan["env"].items()})  # noqa: S606
+    except OSError as err:
+        print(f"meshtest launch: cannot start container: {err}", file=sys.stderr, flush=True)
+        sys.exit(128)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,702 @@
+"""One pod on one node: sandbox (network namespace via CNI), volumes, containers as supervised processes,
+probes, and the status the API server sees. The node agent owns one :class:`PodWorker` per pod UID.
+
+Lifecycle: ``setup`` (volumes, then network; retried while a referenced ConfigMap/Secret is missing) → init
+containers in order → all containers, each under a supervisor that restarts it per ``restartPolicy`` with
+exponential back-off (1 s doubling to 60 s, reset after 60 s of healthy running) → ``terminate`` (SIGTERM to the
+process group, grace period, SIGKILL; then CNI DEL and the netns). Status is recomputed from this state after
+every change and written with a merge patch only when it differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import logging
+import os
+import signal
+import ssl
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from meshtest.cluster import podplan
+from meshtest.cluster.cni import CniRunner, pod_args, result_ips
+from meshtest.cluster.config import DNS_SVC_IP, RUN_MARKER_ENV, NodeSpec
+from meshtest.cluster.kubeapi import ApiError, AsyncKube
+
+log = logging.getLogger("meshtest.cluster.pods")
+Obj = dict[str, Any]
+BACKOFF_START, BACKOFF_MAX = 1.0, 60.0
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(slots=True)
+class ContainerState:
+    spec: Obj
+    init: bool = False
+    proc: asyncio.subprocess.Process | None = None
+    restart_count: int = 0
+    ready: bool = False
+    started_at: str | None = None
+    waiting: tuple[str, str] | None = ("ContainerCreating", "")
+    terminated: Obj | None = None
+    last_terminated: Obj | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.spec["name"])
+
+    def status(self, pod_image: str) -> Obj:
+        if self.proc is not None and self.proc.returncode is None and self.started_at:
+            state: Obj = {"running": {"startedAt": self.started_at}}
+        elif self.terminated is not None and (self.waiting is None or self.waiting[0] != "CrashLoopBackOff"):
+            state = {"terminated": self.terminated}
+        else:
+            reason, message = self.waiting or ("ContainerCreating", "")
+            state = {"waiting": {"reason": reason, **({"message": message} if message else {})}}
+        out: Obj = {
+            "name": self.name,
+            "image": pod_image,
+            "imageID": f"meshtest://{pod_image}",
+            "ready": self.ready,
+            "restartCount": self.restart_count,
+            "state": state,
+            "started": "running" in state,
+            "lastState": {},
+        }
+        if self.proc is not None and self.proc.returncode is None:
+            out["containerID"] = f"meshtest://{self.proc.pid}"
+        if self.last_terminated is not None:
+            out["lastState"] = {"terminated": self.last_terminated}
+        return out
+
+
+class PodWorker:
+    def __init__(
+        self,
+        pod: Obj,
+        node: NodeSpec,
+        node_dir: Path,
+        kube: AsyncKube,
+        cni: CniRunner,
+        http: aiohttp.ClientSession,
+        python: str,
+        marker: str,
+    ) -> None:
+        self.pod = pod
+        self.node = node
+        self.kube = kube
+        self.cni = cni
+        self.http = http
+        self.python = python
+        self.marker = marker
+        meta = pod["metadata"]
+        self.uid: str = meta["uid"]
+        self.namespace: str = meta["namespace"]
+        self.name: str = meta["name"]
+        self.dir = node_dir / "pods" / f"{self.namespace}_{self.name}_{self.uid}"
+        self.node_root = node_dir / "root"
+        self.host_network = bool(pod["spec"].get("hostNetwork"))
+        self.container_id = self.uid.replace("-", "")
+        self.netns_name = f"amb-p-{self.container_id[:10]}"
+        self.pod_ips: list[str] = []
+        self.sources = podplan.Sources()
+        self.token_times: dict[tuple[str, int], float] = {}
+        spec = pod["spec"]
+        self.init_states = [ContainerState(c, init=True) for c in spec.get("initContainers", [])]
+        self.states = [ContainerState(c) for c in spec.get("containers", [])]
+        self.initialized = not self.init_states
+        self.setup_error: tuple[str, str] | None = None
+        self.stopping = asyncio.Event()
+        self.terminated = asyncio.Event()
+        self.dirty = asyncio.Event()
+        self.last_status: str = ""
+        self.start_time = now()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._status_task: asyncio.Task[None] | None = None
+
+    # -- entry points ----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._spawn(self._run())
+        self._status_task = asyncio.get_running_loop().create_task(self._status_loop())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], into: list[asyncio.Task[None]] | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        (self._tasks if into is None else into).append(task)
+
+    def update(self, pod: Obj) -> None:
+        self.pod = pod
+
+    @property
+    def netns_path(self) -> str:
+        return self.node.netns_path if self.host_network else f"/run/netns/{self.netns_name}"
+
+    # -- main flow -------------------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            await self._setup()
+            self._spawn(self._resync_loop())
+            for state in self.init_states:
+                if not await self._run_init(state):
+                    return
+            self.initialized = True
+            self.dirty.set()
+            for state in self.states:
+                self._spawn(self._supervise(state), state.tasks)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("pod %s/%s failed", self.namespace, self.name)
+
+    async def _setup(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "logs").mkdir(exist_ok=True)
+        while not self.stopping.is_set():
+            try:
+                await self._fetch_sources()
+                self._write_volumes()
+                self.setup_error = None
+                break
+            except podplan.PlanError as err:
+                self.setup_error = (err.reason, str(err))
+                self.dirty.set()
+                log.warning("pod %s/%s waiting: %s", self.namespace, self.name, err)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), 2.0)
+        if self.stopping.is_set():
+            raise asyncio.CancelledError
+        await self._network()
+        self._write_etc_files()
+        self.dirty.set()
+
+    async def _network(self) -> None:
+        if self.host_network:
+            self.pod_ips = [self.node.ip]
+            return
+        proc = await asyncio.create_subprocess_exec("ip", "netns", "add", self.netns_name)
+        await proc.wait()
+        args = pod_args(self.namespace, self.name, self.uid, self.container_id)
+        ports = [
+            {
+                "hostPort": p["hostPort"],
+                "containerPort": p["containerPort"],
+                "protocol": p.get("protocol", "TCP").lower(),
+            }
+            for c in self.pod["spec"].get("containers", [])
+            for p in c.get("ports", [])
+            if p.get("hostPort")
+        ]
+        attachment = await self.cni.add(self.container_id, self.netns_path, args, {"portMappings": ports})
+        self.pod_ips = result_ips(attachment.result)
+        log.info("pod %s/%s network ready ips=%s", self.namespace, self.name, self.pod_ips)
+
+    # -- volumes ---------------------------------------------------------------------------------------------
+    async def _fetch_sources(self) -> None:
+        refs = podplan.references(self.pod)
+        ns = self.namespace
+        cms, secrets = {}, {}
+        for name in refs.configmaps:
+            with contextlib.suppress(ApiError):
+                cms[name] = await self.kube.get(f"/api/v1/namespaces/{ns}/configmaps/{name}")
+        for name in refs.secrets:
+            with contextlib.suppress(ApiError):
+                secrets[name] = await self.kube.get(f"/api/v1/namespaces/{ns}/secrets/{name}")
+        self.sources.configmaps, self.sources.secrets = cms, secrets
+        for key in refs.tokens:
+            audience, expiry = key
+            age = time.monotonic() - self.token_times.get(key, -1e9)
+            if key in self.sources.tokens and age < 0.8 * expiry:
+                continue
+            self.sources.tokens[key] = await self._token(audience, expiry)
+            self.token_times[key] = time.monotonic()
+        self.sources.node_cpu = os.cpu_count() or 1
+        self.sources.node_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+    async def _token(self, audience: str, expiry: int) -> str:
+        sa = self.pod["spec"].get("serviceAccountName") or "default"
+        body: Obj = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "expirationSeconds": expiry,
+                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": self.name, "uid": self.uid},
+            },
+        }
+        if audience:
+            body["spec"]["audiences"] = [audience]
+        try:
+            result = await self.kube.request(
+                "POST", f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{sa}/token", body
+            )
+        except ApiError as err:
+            raise podplan.PlanError("CreateContainerConfigError", f"token request failed: {err}") from None
+        return str(result["status"]["token"])
+
+    def _volume_dirs(self) -> dict[str, str]:
+        dirs = {}
+        for volume in self.pod["spec"].get("volumes", []):
+            name = volume["name"]
+            if "hostPath" in volume:
+                dirs[name] = podplan.host_path(volume, str(self.node_root))[0]
+            else:
+                dirs[name] = str(self.dir / "volumes" / name)
+        return dirs
+
+    def _write_volumes(self) -> None:
+        for volume in self.pod["spec"].get("volumes", []):
+            target = self.dir / "volumes" / volume["name"]
+            files = podplan.volume_files(self.pod, volume, self.sources)
+            if files is not None:
+                _sync_files(target, files)
+            elif "emptyDir" in volume:
+                target.mkdir(parents=True, exist_ok=True)
+            elif "hostPath" in volume:
+                _ensure_host_path(*podplan.host_path(volume, str(self.node_root)))
+            else:
+                kind = sorted(k for k in volume if k != "name")
+                raise podplan.PlanError(
+                    "CreateContainerConfigError", f"volume type {kind} is not supported here"
+                )
+
+    async def _resync_loop(self) -> None:
+        """ConfigMap/Secret/token volumes are refreshed like the kubelet's periodic sync (tokens at 80% TTL)."""
+        while not self.stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), 10.0)
+            if self.stopping.is_set():
+                return
+            try:
+                await self._fetch_sources()
+                self._write_volumes()
+            except (podplan.PlanError, ApiError, aiohttp.ClientError, OSError) as err:
+                log.warning("pod %s/%s volume resync: %s", self.namespace, self.name, err)
+
+    def _write_etc_files(self) -> None:
+        etc = self.dir / "etc"
+        etc.mkdir(exist_ok=True)
+        spec = self.pod["spec"]
+        host_resolv = Path("/etc/resolv.conf").read_text() if Path("/etc/resolv.conf").exists() else ""
+        (etc / "resolv.conf").write_text(
+            podplan.resolv_conf(
+                self.namespace,
+                self.host_network,
+                spec.get("dnsPolicy", "ClusterFirst"),
+                DNS_SVC_IP,
+                host_resolv,
+            )
+        )
+        hostname = self.node.name if self.host_network else self.name
+        (etc / "hostname").write_text(hostname + "\n")
+        hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        hosts += "".join(f"{ip}\t{hostname}\n" for ip in self.pod_ips)
+        (etc / "hosts").write_text(hosts)
+
+    # -- containers ------------------------------------------------------------------------------------------
+    def _plan(self, state: ContainerState) -> Path:
+        pod = dict(self.pod)
+        pod["status"] = dict(pod.get("status") or {}, **self._ip_status())
+        etc = self.dir / "etc"
+        implicit = [
+            podplan.Mount(str(etc / "resolv.conf"), "/etc/resolv.conf", False),
+            podplan.Mount(str(etc / "hostname"), "/etc/hostname", False),
+        ]
+        if not self.host_network:
+            implicit.append(podplan.Mount(str(etc / "hosts"), "/etc/hosts", False))
+        plan = podplan.container_plan(
+            pod,
+            state.spec,
+            self.sources,
+            volume_dirs=self._volume_dirs(),
+            python=self.python,
+            implicit_mounts=implicit,
+        )
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONUNBUFFERED": "1",
+            RUN_MARKER_ENV: self.marker,
+            **dict(plan.env),
+        }
+        data = {
+            "netns": self.netns_path,
+            "hostname": self.node.name if self.host_network else self.name,
+            "argv": list(plan.argv),
+            "env": env,
+            "workdir": plan.workdir,
+            "mounts": [
+                {"source": m.source, "target": m.target, "read_only": m.read_only} for m in plan.mounts
+            ],
+        }
+        path = self.dir / f"{state.name}.plan.json"
+        path.write_text(json.dumps(data, indent=1))
+        return path
+
+    def log_path(self, name: str, restart: int) -> Path:
+        return self.dir / "logs" / f"{name}.{restart}.log"
+
+    async def _launch(self, state: ContainerState) -> bool:
+        try:
+            plan = self._plan(state)
+        except podplan.PlanError as err:
+            state.waiting = (err.reason, str(err))
+            log.error("pod %s/%s container %s: %s", self.namespace, self.name, state.name, err)
+            self.dirty.set()
+            return False
+        with open(self.log_path(state.name, state.restart_count), "ab") as out:
+            state.proc = await asyncio.create_subprocess_exec(
+                self.python,
+                "-m",
+                "meshtest.cluster.launch",
+                str(plan),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, RUN_MARKER_ENV: self.marker},
+            )
+        state.started_at, state.waiting, state.terminated = now(), None, None
+        state.ready = False
+        self.dirty.set()
+        return True
+
+    async def _wait_exit(self, state: ContainerState) -> int:
+        assert state.proc is not None
+        code = await state.proc.wait()
+        finished = now()
+        state.ready = False
+        state.terminated = {
+            "exitCode": code if code >= 0 else 128 - code,
+            "reason": "Completed" if code == 0 else "Error",
+            "startedAt": state.started_at,
+            "finishedAt": finished,
+        }
+        self.dirty.set()
+        return code
+
+    async def _run_init(self, state: ContainerState) -> bool:
+        backoff = BACKOFF_START
+        policy = self.pod["spec"].get("restartPolicy", "Always")
+        while not self.stopping.is_set():
+            if not await self._launch(state):
+                await self._sleep(backoff)
+                continue
+            if await self._wait_exit(state) == 0:
+                return True
+            if policy == "Never" or self.stopping.is_set():
+                return False
+            state.last_terminated, state.restart_count = state.terminated, state.restart_count + 1
+            state.waiting = ("CrashLoopBackOff", f"back-off {backoff:.0f}s restarting failed container")
+            await self._sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+        return False
+
+    async def _supervise(self, state: ContainerState) -> None:
+        backoff = BACKOFF_START
+        policy = self.pod["spec"].get("restartPolicy", "Always")
+        while not self.stopping.is_set():
+            if not await self._launch(state):
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            started = time.monotonic()
+            probes = [
+                asyncio.get_running_loop().create_task(self._probe_loop(state, kind))
+                for kind in ("readinessProbe", "livenessProbe")
+                if kind in state.spec
+            ]
+            if "readinessProbe" not in state.spec:
+                state.ready = True
+                self.dirty.set()
+            try:
+                code = await self._wait_exit(state)
+            finally:
+                for task in probes:
+                    task.cancel()
+                await asyncio.gather(*probes, return_exceptions=True)
+            if self.stopping.is_set() or policy == "Never" or (policy == "OnFailure" and code == 0):
+                return
+            if time.monotonic() - started > BACKOFF_MAX:
+                backoff = BACKOFF_START
+            state.last_terminated, state.restart_count = state.terminated, state.restart_count + 1
+            state.waiting = ("CrashLoopBackOff", f"back-off {backoff:.0f}s restarting failed container")
+            self.dirty.set()
+            await self._sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+
+    # -- probes ----------------------------------------------------------------------------------------------
+    async def _probe_loop(self, state: ContainerState, kind: str) -> None:
+        probe = state.spec[kind]
+        period = float(probe.get("periodSeconds", 10))
+        success_needed = int(probe.get("successThreshold", 1))
+        failure_needed = int(probe.get("failureThreshold", 3))
+        await asyncio.sleep(float(probe.get("initialDelaySeconds", 0)))
+        successes = failures = 0
+        while True:
+            ok = await self._probe_once(state, probe)
+            successes, failures = (successes + 1, 0) if ok else (0, failures + 1)
+            if kind == "readinessProbe":
+                ready = state.ready
+                if ok and successes >= success_needed:
+                    ready = True
+                elif not ok and failures >= failure_needed:
+                    ready = False
+                if ready != state.ready:
+                    state.ready = ready
+                    self.dirty.set()
+            elif failures >= failure_needed and state.proc is not None:
+                log.warning(
+                    "pod %s/%s container %s failed liveness; restarting",
+                    self.namespace,
+                    self.name,
+                    state.name,
+                )
+                await self._kill(state, self._grace())
+                return
+            # the first readiness result comes fast (polled each 0.5 s) so pods turn Ready without a long wait
+            await asyncio.sleep(min(period, 0.5) if kind == "readinessProbe" and not state.ready else period)
+
+    async def _probe_once(self, state: ContainerState, probe: Obj) -> bool:
+        timeout = float(probe.get("timeoutSeconds", 1))
+        try:
+            if "httpGet" in probe:
+                return await asyncio.wait_for(self._http_probe(state, probe["httpGet"]), timeout)
+            if "tcpSocket" in probe:
+                port = _port(state.spec, probe["tcpSocket"]["port"])
+                host = probe["tcpSocket"].get("host") or self.pod_ips[0]
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+                writer.close()
+                return True
+            if "exec" in probe and state.proc is not None:
+                proc = await asyncio.create_subprocess_exec(
+                    "nsenter",
+                    "-t",
+                    str(state.proc.pid),
+                    "-n",
+                    "-m",
+                    "-u",
+                    "--",
+                    *probe["exec"]["command"],
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+                return await asyncio.wait_for(proc.wait(), timeout) == 0
+            log.warning(
+                "pod %s/%s: unsupported probe %s; treated as passing",
+                self.namespace,
+                self.name,
+                sorted(probe),
+            )
+            return True
+        except (OSError, asyncio.TimeoutError, aiohttp.ClientError):
+            return False
+
+    async def _http_probe(self, state: ContainerState, get: Obj) -> bool:
+        scheme = str(get.get("scheme", "HTTP")).lower()
+        host = get.get("host") or self.pod_ips[0]
+        url = f"{scheme}://{host}:{_port(state.spec, get['port'])}{get.get('path', '/')}"
+        headers = {h["name"]: h["value"] for h in get.get("httpHeaders", [])}
+        ctx: ssl.SSLContext | bool = False if scheme == "https" else True
+        async with self.http.get(url, headers=headers, ssl=ctx, allow_redirects=False) as resp:
+            return 200 <= resp.status < 400
+
+    # -- termination -----------------------------------------------------------------------------------------
+    def _grace(self) -> float:
+        meta_grace = self.pod["metadata"].get("deletionGracePeriodSeconds")
+        if meta_grace is not None:
+            return float(meta_grace)
+        return float(self.pod["spec"].get("terminationGracePeriodSeconds", 30))
+
+    async def _kill(self, state: ContainerState, grace: float) -> None:
+        proc = state.proc
+        if proc is None or proc.returncode is not None:
+            return
+        _killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
+        except asyncio.TimeoutError:
+            _killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        _killpg(proc.pid, signal.SIGKILL)  # stragglers left in the container's process group
+
+    async def terminate(self, grace: float | None = None) -> None:
+        """Stop every container (SIGTERM, grace, SIGKILL), then tear the sandbox down. Idempotent."""
+        if self.stopping.is_set():
+            await self.terminated.wait()
+            return
+        self.stopping.set()
+        grace = self._grace() if grace is None else grace
+        all_states = self.init_states + self.states
+        await asyncio.gather(*(self._kill(s, grace) for s in all_states), return_exceptions=True)
+        for task in self._tasks + [t for s in all_states for t in s.tasks]:
+            if task is not asyncio.current_task() and not task.done():
+                task.cancel()
+        await asyncio.gather(*[t for s in all_states for t in s.tasks], return_exceptions=True)
+        await self._teardown_network()
+        self.terminated.set()
+        self.dirty.set()
+
+    async def _teardown_network(self) -> None:
+        if self.host_network:
+            return
+        try:
+            await self.cni.delete(self.container_id, self.netns_path)
+        except Exception as err:  # noqa: BLE001 - the netns goes anyway; log for the test's dump
+            log.warning("pod %s/%s CNI DEL: %s", self.namespace, self.name, err)
+        proc = await asyncio.create_subprocess_exec(
+            "ip", "netns", "del", self.netns_name, stderr=asyncio.subprocess.DEVNULL
+        )
+        await proc.wait()
+
+    async def close(self) -> None:
+        tasks = [*self._tasks, *([self._status_task] if self._status_task else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- status ----------------------------------------------------------------------------------------------
+    def _ip_status(self) -> Obj:
+        out: Obj = {"hostIP": self.node.ip, "hostIPs": [{"ip": self.node.ip}]}
+        if self.pod_ips:
+            out["podIP"] = self.pod_ips[0]
+            out["podIPs"] = [{"ip": ip} for ip in self.pod_ips]
+        return out
+
+    def compute_status(self) -> Obj:
+        spec = self.pod["spec"]
+        policy = spec.get("restartPolicy", "Always")
+        images = {
+            c["name"]: c.get("image", "") for c in spec.get("containers", []) + spec.get("initContainers", [])
+        }
+        if self.setup_error:
+            for state in self.init_states + self.states:
+                state.waiting = self.setup_error
+        statuses = [s.status(images[s.name]) for s in self.states]
+        init_statuses = [s.status(images[s.name]) for s in self.init_states]
+        running = [s for s in self.states if s.proc is not None and s.proc.returncode is None]
+        exited = [s for s in self.states if s.terminated is not None and s not in running]
+        all_ready = bool(self.states) and all(s.ready for s in self.states) and self.initialized
+        phase = "Pending"
+        if self.initialized and running:
+            phase = "Running"
+        if policy != "Always" and self.states and len(exited) == len(self.states) and not running:
+            failed = any(s.terminated and s.terminated["exitCode"] != 0 for s in exited)
+            if policy == "Never" or not failed:
+                phase = "Failed" if failed else "Succeeded"
+        stamp = now()
+
+        def cond(kind: str, ok: bool) -> Obj:
+            return {
+                "type": kind,
+                "status": "True" if ok else "False",
+                "lastProbeTime": None,
+                "lastTransitionTime": stamp,
+            }
+
+        conditions = [
+            cond("PodReadyToStartContainers", bool(self.pod_ips)),
+            cond("Initialized", self.initialized),
+            cond("ContainersReady", all_ready),
+            cond("Ready", all_ready),
+            cond("PodScheduled", True),
+        ]
+        status: Obj = {
+            "phase": phase,
+            "conditions": conditions,
+            "containerStatuses": statuses,
+            "startTime": self.start_time,
+            **self._ip_status(),
+        }
+        if init_statuses:
+            status["initContainerStatuses"] = init_statuses
+        return status
+
+    async def _status_loop(self) -> None:
+        path = f"/api/v1/namespaces/{self.namespace}/pods/{self.name}/status"
+        previous: dict[str, Obj] = {}
+        while True:
+            await self.dirty.wait()
+            self.dirty.clear()
+            status = self.compute_status()
+            # keep lastTransitionTime stable unless the condition's status changed
+            for condition in status["conditions"]:
+                old = previous.get(condition["type"])
+                if old and old["status"] == condition["status"]:
+                    condition["lastTransitionTime"] = old["lastTransitionTime"]
+            previous = {c["type"]: c for c in status["conditions"]}
+            encoded = json.dumps(status, sort_keys=True)
+            if encoded == self.last_status:
+                continue
+            try:
+                await self.kube.patch(path, {"metadata": {"uid": self.uid}, "status": status})
+                self.last_status = encoded
+            except ApiError as err:
+                if err.status in (404, 409):
+                    return  # the pod is gone (or replaced under the same name)
+                log.warning("pod %s/%s status update: %s", self.namespace, self.name, err)
+                self.dirty.set()
+                await asyncio.sleep(1.0)
+            except (aiohttp.ClientError, OSError) as err:
+                log.warning("pod %s/%s status update: %s", self.namespace, self.name, err)
+                self.dirty.set()
+                await asyncio.sleep(1.0)
+
+
+def _killpg(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _port(container: Obj, port: int | str) -> int:
+    if isinstance(port, int) or str(port).isdigit():
+        return int(port)
+    for item in container.get("ports", []):
+        if item.get("name") == port:
+            return int(item["containerPort"])
+    raise OSError(f"named port {port!r} not found")
+
+
+def _sync_files(target: Path, files: podplan.FileMap) -> None:
+    """Write ``files`` below ``target`` atomically per file; remove files no longer present."""
+    target.mkdir(parents=True, exist_ok=True)
+    wanted = set()
+    for rel, (content, mode) in files.items():
+        path = target / rel
+        wanted.add(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and path.read_bytes() == content:
+            continue
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(content)
+        tmp.chmod(mode)
+        tmp.replace(path)
+    for path in list(target.rglob("*")):
+        if path.is_file() and path not in wanted and not path.name.startswith("."):
+            path.unlink()
+
+
+def _ensure_host_path(path: str, kind: str) -> None:
+    p = Path(path)
+    if kind in ("", "DirectoryOrCreate") and not p.exists():
+        p.mkdir(parents=True, exist_ok=True)
+    elif kind == "FileOrCreate" and not p.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.touch()
+    elif kind in ("Directory", "File", "Socket", "CharDevice", "BlockDevice") and not p.exists():
+        raise podplan.PlanError("CreateContainerConfigError", f"hostPath {path} ({kind}) does not exist")
+
+
+StatusHook = Callable[[], None]
