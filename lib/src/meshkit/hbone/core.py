@@ -45,6 +45,7 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
 from meshkit.hbone import events as ev
+from meshkit.hbone.errors import HboneError
 from meshkit.hbone.settings import HboneSettings
 
 __all__ = ["H2_VERSION", "FlowControlViolation", "HboneCore"]
@@ -198,7 +199,10 @@ class HboneCore:
         """Client: open a CONNECT stream to ``authority`` (``ip:port``); returns its stream id."""
         stream_id = int(self._h2.get_next_available_stream_id())
         request = [(":method", "CONNECT"), (":authority", authority), *headers]
-        self._h2.send_headers(stream_id, request)
+        try:
+            self._h2.send_headers(stream_id, request)
+        except h2.exceptions.TooManyStreamsError as exc:
+            raise HboneError(f"peer's max concurrent streams reached: {exc}") from None
         self._send_open.add(stream_id)
         return stream_id
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from meshkit.hbone import tls
 from meshkit.hbone.connection import HboneConnection
-from meshkit.hbone.errors import ConnectFailed, HboneError, IdentityError
+from meshkit.hbone.errors import ConnectFailed, ConnectionClosed, HboneError, IdentityError, StreamReset
 from meshkit.hbone.request import format_authority
 from meshkit.hbone.settings import HboneSettings
 from meshkit.hbone.stream import HboneStream
@@ -136,6 +136,9 @@ class ConnectionPool:
                 stream.abort()
             if isinstance(exc, TimeoutError):
                 raise ConnectFailed(f"HBONE connect to {key.dst} timed out after {timeout}s") from None
+            if isinstance(exc, ConnectionClosed | StreamReset):
+                # e.g. the server dropped us after the handshake (TLS 1.3 checks client certs late)
+                raise ConnectFailed(f"HBONE connect to {key.dst} failed before an answer: {exc}") from exc
             raise
         return stream
 

@@ -96,7 +96,7 @@ class TestCA:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         return WorkloadCertificate(
-            identity=identity if identity is not None else Identity.parse(sans[0]),
+            identity=identity or Identity.parse(next(u for u in sans if u.startswith("spiffe://"))),
             chain_pem=_pem(leaf),
             private_key_pem=key_pem,
             roots_pem=self.roots_pem + extra_roots_pem,
