@@ -3,8 +3,8 @@
 Each ``testdata/authz/<case>.yaml`` holds AuthorizationPolicies, PeerAuthentications and ``TestWorkload``
 stand-ins (namespace + labels); ``<case>.golden.yaml`` holds what istiod sends: the Authorization resources
 as the proto's JSON mapping (addresses shown as IP strings for review), the status conditions, and the policy
-keys each workload lists. Regenerate with ``ISTIOD_REGEN_GOLDEN=1 uv run pytest services/istiod/tests -k golden``
-and review the diff.
+keys each workload lists. Regenerate with
+``ISTIOD_REGEN_GOLDEN=1 uv run pytest services/istiod/tests -k golden`` and review the diff.
 """
 
 from __future__ import annotations
@@ -32,9 +32,8 @@ def _readable(node: Any) -> Any:
     if isinstance(node, dict):
         out = {}
         for key, value in node.items():
-            if key == "address" and isinstance(value, str):
-                value = str(ipaddress.ip_address(base64.b64decode(value)))
-            out[key] = _readable(value)
+            is_ip = key == "address" and isinstance(value, str)
+            out[key] = str(ipaddress.ip_address(base64.b64decode(value))) if is_ip else _readable(value)
         return out
     if isinstance(node, list):
         return [_readable(v) for v in node]
