@@ -90,7 +90,7 @@ class MeshDataplane:
         host: HostRules | None = None,
     ) -> None:
         self.cfg = cfg
-        self._annotator = annotator
+        self.annotator = annotator
         self._metrics = metrics
         self._host = host
         self.pods: dict[str, PodRecord] = {}
@@ -163,7 +163,7 @@ class MeshDataplane:
         self.pods[rec.uid] = replace(rec, state=state)
         self._update_gauges()
         try:
-            await self._annotator.set_redirection(rec.namespace, rec.name, state)
+            await self.annotator.set_redirection(rec.namespace, rec.name, state)
         except Exception as exc:  # the pod may be gone; the annotation is advisory for istiod
             log.warning("could not annotate pod", extra=kv(pod=f"{rec.namespace}/{rec.name}", error=str(exc)))
 
@@ -185,7 +185,7 @@ class MeshDataplane:
                 if self.hub is not None:
                     await self.hub.delete(uid)
                 if not deleted:
-                    await self._annotator.set_redirection(rec.namespace, rec.name, None)
+                    await self.annotator.set_redirection(rec.namespace, rec.name, None)
             finally:
                 if rec.netns is not None:
                     rec.netns.close()
