@@ -1,0 +1,225 @@
+"""The composition root: ``build(settings)`` wires state, certificates, config source, the in-pod manager,
+and the admin, metrics and readiness servers, and returns a running :class:`App` (STYLE.md practice 4).
+
+Tests and ``__main__`` use the same entry point; tests inject a certificate fetcher (an in-process CA) and a
+config source (static records or a fake control plane). Readiness (``/healthz/ready`` on 15021) needs:
+``xds`` (first config received), ``workload proxy manager`` (ZDS snapshot done, no pod pending) and
+``certificates`` (every captured pod serves with its certificate).
+
+Shutdown (SIGTERM, ``/quitquitquit``, or :meth:`App.drain`): every pod stops accepting at once, in-flight
+connections get up to ``CONNECTION_TERMINATION_DEADLINE``, then everything is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from meshkit import metrics as mk_metrics
+from meshkit.admin import HttpServer, Readiness, start_http
+from meshkit.drain import Drain, TaskOwner
+from meshkit.identity.caclient import CertificateFetcher
+from meshkit.identity.manager import CertificateManager
+from meshkit.logs import kv
+from meshkit.netns import arun_in_netns
+from meshkit.sockets import NetnsSocketFactory
+from meshkit.zds import WorkloadInfo
+
+from ztunnel.admin import admin_app, config_dump, dump_certificate
+from ztunnel.inpod.client import run_zds_client
+from ztunnel.inpod.manager import WorkloadProxyManager
+from ztunnel.inpod.pod import InPodProxy
+from ztunnel.metrics import DnsMetrics, ProxyMetrics, WorkloadManagerMetrics, build_info
+from ztunnel.proxy.context import ProxyServices
+from ztunnel.settings import Settings, split_addr
+from ztunnel.state.state import State
+from ztunnel.xds import load_static
+
+__all__ = ["App", "ConfigSource", "build"]
+
+log = logging.getLogger("ztunnel")
+
+#: Runs for the app's lifetime keeping ``state`` current; calls ``synced()`` once the first full config is in.
+ConfigSource = Callable[[State, Callable[[], None]], Coroutine[Any, Any, None]]
+
+READY_XDS = "xds"
+READY_INPOD = "workload proxy manager"
+READY_CERTS = "certificates"
+
+
+def _enable_reqsk_migration() -> None:
+    """Per-netns sysctl: on listener close, queued connections move to another SO_REUSEPORT listener."""
+    with contextlib.suppress(OSError), open("/proc/sys/net/ipv4/tcp_migrate_req", "w") as f:
+        f.write("1")
+
+
+@dataclass
+class App:
+    settings: Settings
+    state: State
+    certs: CertificateManager
+    manager: WorkloadProxyManager
+    readiness: Readiness
+    registry: Any
+    services: ProxyServices
+    tasks: TaskOwner
+    servers: dict[str, HttpServer] = field(default_factory=dict)
+    pods: dict[str, InPodProxy] = field(default_factory=dict)
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    _closing: asyncio.Task[None] | None = None
+
+    def url(self, name: str) -> str:
+        return self.servers[name].url
+
+    def config_dump(self) -> dict[str, Any]:
+        certs = [
+            dump_certificate(
+                st.identity.uri,
+                st.state if not st.last_error else f"Unavailable: {st.last_error}",
+                st.certificate,
+            )
+            for st in self.certs.statuses()
+        ]
+        return config_dump(
+            self.state, certs, self.manager.dump(), {k: v for k, v in asdict(self.settings).items()}
+        )
+
+    def update_readiness(self) -> None:
+        if self.manager.ready:
+            self.readiness.set(READY_INPOD)
+        else:
+            self.readiness.clear(READY_INPOD)
+        if all(pod.ready.is_set() for pod in self.pods.values()):
+            self.readiness.set(READY_CERTS)
+        else:
+            self.readiness.clear(READY_CERTS)
+
+    def request_shutdown(self) -> None:
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self.drain(), name="ztunnel/drain")
+
+    async def drain(self, deadline_s: float | None = None) -> None:
+        """Stop accepting everywhere, let connections finish up to the deadline, then close everything."""
+        deadline = self.settings.termination_deadline_s if deadline_s is None else deadline_s
+        log.info("draining", extra=kv(pods=len(self.pods), deadline_s=deadline))
+        self.readiness.clear(READY_INPOD)
+        await asyncio.gather(
+            *(pod.stop_accepting(deadline) for pod in self.pods.values()),
+            self.services.drain.drain(deadline),
+        )
+        await self.close()
+
+    async def close(self) -> None:
+        await self.tasks.close()
+        await self.manager.close()
+        await self.certs.close()
+        for server in self.servers.values():
+            await server.close()
+        self.stopped.set()
+
+
+async def _serve_http(app: App, name: str, web_app: web.Application, addr: str) -> None:
+    host, port = split_addr(addr)
+    app.servers[name] = await start_http(web_app, host, port)
+
+
+async def build(
+    settings: Settings,
+    *,
+    fetcher: CertificateFetcher,
+    config_source: ConfigSource | None = None,
+    rng: random.Random | None = None,
+) -> App:
+    """Build and start ztunnel. ``fetcher`` signs workload certificates (the CA client in production)."""
+    registry = mk_metrics.new_registry()
+    build_info(registry, "0.1.0")
+    state = State(settings.network)
+    certs = CertificateManager(fetcher)
+    services = ProxyServices(
+        settings,
+        state,
+        certs,
+        ProxyMetrics(registry),
+        DnsMetrics(registry),
+        Drain("ztunnel"),
+        rng or random.Random(),
+    )
+    readiness = Readiness(READY_XDS, READY_INPOD, READY_CERTS)
+    app_ref: list[App] = []
+
+    async def start_pod(uid: str, info: WorkloadInfo, netns_fd: int) -> _Tracked:
+        factory = NetnsSocketFactory(netns_fd, mark=settings.inpod_mark, name=info.name)
+        try:
+            await arun_in_netns(netns_fd, _enable_reqsk_migration)
+            pod = InPodProxy(services, uid, info, factory, close_factory=factory.close)
+            await pod.start()
+        except BaseException:
+            factory.close()
+            raise
+        app = app_ref[0]
+        app.pods[uid] = pod
+        app.tasks.spawn(_pod_ready(app, pod), name=f"ready-{info.name}")
+        return _Tracked(app, uid, pod)
+
+    manager = WorkloadProxyManager(start_pod, WorkloadManagerMetrics(registry))
+    app = App(settings, state, certs, manager, readiness, registry, services, TaskOwner("ztunnel"))
+    app_ref.append(app)
+    manager.on_ready_change(lambda _ready: app.update_readiness())
+    app.update_readiness()
+
+    def synced() -> None:
+        readiness.set(READY_XDS)
+
+    if settings.local_xds_path and Path(settings.local_xds_path).exists():  # noqa: ASYNC240 - once, at start
+        load_static(settings.local_xds_path, state)
+        synced()
+    if config_source is not None:
+        app.tasks.spawn(config_source(state, synced), name="config")
+    elif not settings.local_xds_path:
+        log.warning("no xDS client wired yet and no LOCAL_XDS_PATH: running with empty config")
+        synced()
+    if settings.inpod_enabled:
+        app.tasks.spawn(run_zds_client(settings.inpod_uds, manager), name="zds")
+        app.tasks.spawn(manager.run_retries(), name="zds-retries")
+    else:
+        manager.snapshot_done = True
+        app.update_readiness()
+
+    stats = web.Application()
+    mk_metrics.add_metrics_routes(stats, registry)
+    ready_app = web.Application()
+    readiness.add_routes(ready_app)
+    try:
+        await _serve_http(app, "admin", admin_app(app.config_dump, app.request_shutdown), settings.admin_addr)
+        await _serve_http(app, "stats", stats, settings.stats_addr)
+        await _serve_http(app, "readiness", ready_app, settings.readiness_addr)
+    except BaseException:
+        await app.close()
+        raise
+    log.info("ztunnel started", extra=kv(**{name: s.url for name, s in app.servers.items()}))
+    return app
+
+
+async def _pod_ready(app: App, pod: InPodProxy) -> None:
+    await pod.ready.wait()
+    app.update_readiness()
+
+
+class _Tracked:
+    """The manager's handle on a pod proxy: stopping it also forgets it in the app."""
+
+    def __init__(self, app: App, uid: str, pod: InPodProxy) -> None:
+        self.app, self.uid, self.pod = app, uid, pod
+
+    async def stop(self) -> None:
+        if self.app.pods.get(self.uid) is self.pod:
+            del self.app.pods[self.uid]
+        await self.pod.stop()
+        self.app.update_readiness()

@@ -1,0 +1,156 @@
+"""The DNS proxy shell for one pod: UDP and TCP on 127.0.0.1:15053 inside the pod's netns (behaviour.md §8).
+
+Queries the :class:`~ztunnel.dns.resolver.DnsResolver` answers locally are answered at once; all others are
+relayed, as raw bytes, to the first upstream resolver of ztunnel's ``resolv.conf``, from a socket made in the
+pod (marked, so the pod's DNS capture leaves it alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+import time
+from pathlib import Path
+
+import dnslib
+from meshkit.drain import TaskOwner
+from meshkit.logs import kv
+from meshkit.sockets import SocketFactory
+
+from ztunnel.dns.resolver import DnsResolver
+from ztunnel.metrics import DnsMetrics
+
+__all__ = ["DnsServer", "upstream_resolvers"]
+
+log = logging.getLogger("dns")
+
+UPSTREAM_TIMEOUT_S = 5.0
+
+
+def upstream_resolvers(resolv_conf: str) -> list[str]:
+    try:
+        lines = Path(resolv_conf).read_text().splitlines()
+    except OSError:
+        return []
+    return [
+        parts[1] for parts in (line.split() for line in lines) if len(parts) >= 2 and parts[0] == "nameserver"
+    ]
+
+
+def _qtype(query: bytes) -> str:
+    with contextlib.suppress(Exception):
+        return str(dnslib.QTYPE.get(dnslib.DNSRecord.parse(query).q.qtype))
+    return "unknown"
+
+
+class DnsServer:
+    def __init__(
+        self,
+        factory: SocketFactory,
+        *,
+        resolver: DnsResolver,
+        upstreams: list[str],
+        metrics: DnsMetrics,
+        port: int = 15053,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.factory = factory
+        self.resolver = resolver
+        self.upstreams = upstreams
+        self.metrics = metrics
+        self.port = port
+        self.host = host
+        self._tasks = TaskOwner("dns")
+        self._udp: socket.socket | None = None
+        self._tcp: socket.socket | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._udp = self.factory.bind_udp(self.host, self.port)
+        self._tcp = self.factory.listen_tcp(self.host, self.port, reuseport=True)
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=self._udp)
+        self._transport = transport
+        self._tasks.spawn(self._accept(self._tcp), name="tcp-accept")
+
+    async def answer(self, query: bytes, protocol: str) -> bytes | None:
+        labels = {
+            "request_query_type": _qtype(query),
+            "request_protocol": protocol,
+            "source_canonical_service": "unknown",
+            "source_canonical_revision": "unknown",
+        }
+        self.metrics.requests.labels(**labels).inc()
+        local = self.resolver.answer(query)
+        if local is not None:
+            return local
+        if not self.upstreams:
+            return None
+        self.metrics.upstream_requests.labels(**labels).inc()
+        started = time.monotonic()
+        try:
+            reply = await asyncio.wait_for(self._forward(query, self.upstreams[0]), UPSTREAM_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:
+            self.metrics.upstream_failures.labels(**labels).inc()
+            log.debug("upstream DNS failed", extra=kv(error=repr(exc)))
+            return None
+        self.metrics.upstream_duration.labels(**labels).observe(time.monotonic() - started)
+        return reply
+
+    async def _forward(self, query: bytes, server: str) -> bytes:
+        loop = asyncio.get_running_loop()
+        sock = self.factory.bind_udp("::" if ":" in server else "0.0.0.0", 0)
+        try:
+            await loop.sock_connect(sock, (server, 53))
+            await loop.sock_sendall(sock, query)
+            return await loop.sock_recv(sock, 65535)
+        finally:
+            sock.close()
+
+    def _udp_query(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._tasks.spawn(self._udp_reply(data, addr), name="udp-query")
+
+    async def _udp_reply(self, data: bytes, addr: tuple[str, int]) -> None:
+        reply = await self.answer(data, "udp")
+        if reply is not None and self._transport is not None and not self._transport.is_closing():
+            self._transport.sendto(reply, addr)
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(listener)
+            conn.setblocking(False)
+            self._tasks.spawn(self._tcp_conn(conn), name="tcp-conn")
+
+    async def _tcp_conn(self, conn: socket.socket) -> None:
+        reader, writer = await asyncio.open_connection(sock=conn)
+        try:
+            while True:
+                size = struct.unpack("!H", await reader.readexactly(2))[0]
+                reply = await self.answer(await reader.readexactly(size), "tcp")
+                if reply is None:
+                    return
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, OSError):
+            return
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        await self._tasks.close()
+        if self._transport is not None:
+            self._transport.close()
+        if self._tcp is not None:
+            self._tcp.close()
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, server: DnsServer) -> None:
+        self.server = server
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+        self.server._udp_query(data, (str(addr[0]), int(addr[1])))

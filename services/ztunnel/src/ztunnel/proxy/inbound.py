@@ -1,0 +1,129 @@
+"""Inbound HBONE (15008) for one pod: the per-CONNECT decision of behaviour.md §2.7 and §4.4.
+
+In order, first failure wins: the pod's workload must be known (waits up to 5 s, else 503); the authority IP
+must be the pod's IP (400); the target port must not be a ztunnel port (503); L4 authorization with the TLS
+peer identity and the TCP peer address (401 on deny). Then the app is dialled from inside the pod, bound to
+the peer's IP (original source preserved), and the stream is relayed.
+
+Every forwarded connection is tracked so that a policy change can close the ones it no longer allows (§4.6:
+re-checked against the workload captured at connect time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from dataclasses import dataclass
+
+from meshkit.hbone.relay import RelayResult
+from meshkit.hbone.request import ConnectRequest, baggage
+from meshkit.hbone.server import Decision, Forward, InboundPeer, Reject
+from meshkit.logs import kv
+
+from ztunnel.proxy.common import connect_app, source_metadata
+from ztunnel.proxy.context import ILLEGAL_PORTS, PodContext
+from ztunnel.proxy.telemetry import ConnectionRecord, Endpoints
+from ztunnel.rbac import ConnInfo, evaluate
+from ztunnel.state.records import Service, Workload
+
+__all__ = ["InboundProxy"]
+
+log = logging.getLogger("proxy.inbound")
+
+
+@dataclass(eq=False)
+class _Live:
+    conn: ConnInfo
+    workload: Workload
+    sock: socket.socket | None
+    record: ConnectionRecord
+
+
+class InboundProxy:
+    def __init__(self, pod: PodContext) -> None:
+        self.pod = pod
+        self.live: set[_Live] = set()
+
+    async def handle(self, peer: InboundPeer, request: ConnectRequest) -> Decision:
+        wl = await self.pod.fetch_workload()
+        if wl is None:
+            return Reject(503, "local workload unknown")
+        wl = self.pod.current_workload() or wl
+        auth = request.authority
+        local_ip = peer.local_address[0].removeprefix("::ffff:")
+        if auth.is_ip and auth.host != local_ip and auth.host not in wl.addresses:
+            return Reject(400, f"authority {auth} is not this pod")
+        if auth.port in ILLEGAL_PORTS:
+            return Reject(503, f"illegal target port {auth.port}")
+        target_ip = auth.host if auth.is_ip else local_ip
+        conn = ConnInfo(peer.address[0].removeprefix("::ffff:"), peer.identity, target_ip, auth.port)
+        s = self.pod.services
+        src_wl = s.state.find_workload_by_ip(conn.src_ip)
+        svc = self._service(wl, request, auth.port)
+        endpoints = Endpoints(
+            "inbound",
+            peer.address,
+            (local_ip, peer.local_address[1]),
+            str(auth),
+            src_wl,
+            peer.identity,
+            wl,
+            wl.identity,
+            svc,
+            mtls=True,
+        )
+        decision = evaluate(s.state.policies_for(wl), conn)
+        if not decision.allowed:
+            record = ConnectionRecord(s.metrics, endpoints)
+            record.open()
+            record.close(f"connection denied: {decision.reason}", "DENY")
+            return Reject(401, decision.reason)
+        live = _Live(conn, wl, None, ConnectionRecord(s.metrics, endpoints))
+        live.record.open()
+        dst = (target_ip, auth.port)
+        src_ip = conn.src_ip if s.spoof_source else None
+
+        async def connect() -> socket.socket:
+            sock = await connect_app(self.pod.factory, dst, src_ip, s.settings.connect_timeout_s)
+            live.sock = sock
+            self.live.add(live)
+            return sock
+
+        def done(result: RelayResult) -> None:
+            self.live.discard(live)
+            live.record.add_request_bytes(result.received)
+            live.record.add_response_bytes(result.sent)
+            flags = "CONNECT" if result.error and result.error.startswith("upstream connect failed") else "-"
+            live.record.close(result.error, flags)
+
+        return Forward(connect, (("baggage", baggage(source_metadata(wl))),), done)
+
+    def _service(self, wl: Workload, request: ConnectRequest, port: int) -> Service | None:
+        state = self.pod.services.state
+        host = request.forwarded_host
+        if host:
+            svc = state.find_services_by_hostname(host, wl.namespace)
+            if svc is not None:
+                return svc
+        for key in wl.services:
+            svc = state.find_service(key)
+            if svc is not None and port in {t or p for p, t in svc.ports.items()}:
+                return svc
+        return None
+
+    def recheck(self) -> None:
+        """After a policy change: close every live connection that the policies now deny."""
+        state = self.pod.services.state
+        for live in list(self.live):
+            decision = evaluate(state.policies_for(live.workload), live.conn)
+            if decision.allowed or live.sock is None:
+                continue
+            log.info(
+                "closing connection denied after policy change",
+                extra=kv(src=live.conn.src_ip, policy=decision.policy or decision.reason),
+            )
+            self.live.discard(live)
+            live.record.close("connection closed due to policy change", "DENY")
+            with contextlib.suppress(OSError):
+                live.sock.shutdown(socket.SHUT_RDWR)

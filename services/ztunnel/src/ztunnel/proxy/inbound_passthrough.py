@@ -1,0 +1,70 @@
+"""Inbound plaintext (15006): TCP redirected into the pod from outside the mesh (behaviour.md §4.5).
+
+The original destination must not be a ztunnel port; the local workload is the pod's; authorization runs
+with no peer identity, so PeerAuthentication STRICT (a DENY on "no principal") rejects every such connection.
+Allowed connections are dialled from inside the pod with the client's IP as source and relayed as-is.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from meshkit.logs import kv
+from meshkit.sockets import original_dst
+
+from ztunnel.proxy.common import connect_app, reset
+from ztunnel.proxy.context import ILLEGAL_PORTS, PodContext
+from ztunnel.proxy.tcp_relay import relay_tcp
+from ztunnel.proxy.telemetry import ConnectionRecord, Endpoints
+from ztunnel.rbac import ConnInfo, evaluate
+
+__all__ = ["InboundPlaintextProxy"]
+
+log = logging.getLogger("proxy.inbound_passthrough")
+
+
+class InboundPlaintextProxy:
+    def __init__(self, pod: PodContext) -> None:
+        self.pod = pod
+
+    async def handle(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        try:
+            dst = original_dst(sock)
+        except OSError:
+            reset(sock)
+            return
+        if dst[1] in ILLEGAL_PORTS:
+            reset(sock)
+            return
+        wl = await self.pod.fetch_workload()
+        if wl is None:
+            reset(sock)
+            return
+        s = self.pod.services
+        src_wl = s.state.find_workload_by_ip(peer[0])
+        record = ConnectionRecord(
+            s.metrics, Endpoints("inbound", peer, dst, "", src_wl, None, wl, None, None)
+        )
+        record.open()
+        decision = evaluate(
+            s.state.policies_for(self.pod.current_workload() or wl), ConnInfo(peer[0], None, dst[0], dst[1])
+        )
+        if not decision.allowed:
+            log.info("plaintext connection denied", extra=kv(src=peer, dst=dst, reason=decision.reason))
+            reset(sock)
+            record.close(f"connection denied: {decision.reason}", "DENY")
+            return
+        with s.drain.track(lambda: reset(sock), name="inbound-plaintext"):
+            try:
+                upstream = await connect_app(
+                    self.pod.factory, dst, peer[0] if s.spoof_source else None, s.settings.connect_timeout_s
+                )
+            except (OSError, TimeoutError) as exc:
+                reset(sock)
+                record.close(f"connect to app failed: {exc!r}", "CONNECT")
+                return
+            result = await relay_tcp(sock, upstream)
+        record.add_request_bytes(result.up)
+        record.add_response_bytes(result.down)
+        record.close(result.error)

@@ -1,0 +1,123 @@
+"""Outbound (15001): the app's connections, redirected by iptables, leave through ztunnel (behaviour.md §4.1).
+
+Per connection: recover the original destination (``SO_ORIGINAL_DST``), wait (bounded) for the pod's own
+workload, plan the route (:func:`~ztunnel.proxy.route.plan_outbound`), then either open an HBONE stream from
+this pod's pool (source = the pod's own certificate, expected identity = the destination's) or dial plain TCP
+from inside the pod (marked, so not captured again), and relay. A connection that cannot be served is reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from meshkit.hbone.errors import HboneError
+from meshkit.hbone.pool import ConnectionPool, PoolKey
+from meshkit.hbone.relay import relay
+from meshkit.hbone.request import connect_headers, format_authority
+from meshkit.identity.manager import CertificateUnavailable
+from meshkit.logs import kv
+from meshkit.sockets import open_tcp, original_dst
+
+from ztunnel.proxy.common import reset, source_metadata
+from ztunnel.proxy.context import PodContext
+from ztunnel.proxy.route import Drop, Hbone, Passthrough, Plain, Plan, plan_outbound
+from ztunnel.proxy.tcp_relay import relay_tcp
+from ztunnel.proxy.telemetry import ConnectionRecord, Endpoints
+from ztunnel.state.records import Workload
+
+__all__ = ["OutboundProxy"]
+
+log = logging.getLogger("proxy.outbound")
+
+
+class OutboundProxy:
+    def __init__(self, pod: PodContext, pool: ConnectionPool) -> None:
+        self.pod = pod
+        self.pool = pool
+
+    async def handle(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        try:
+            dst = original_dst(sock)
+        except OSError as exc:
+            log.warning("no original destination", extra=kv(src=peer, error=str(exc)))
+            reset(sock)
+            return
+        src = await self.pod.fetch_workload()
+        if src is None:
+            log.warning(
+                "source workload unknown; dropping",
+                extra=kv(pod=f"{self.pod.info.namespace}/{self.pod.info.name}"),
+            )
+            reset(sock)
+            return
+        s = self.pod.services
+        plan = plan_outbound(s.state, src, dst, s.rng)
+        record = ConnectionRecord(s.metrics, self._endpoints(src, peer, dst, plan))
+        record.open()
+        with s.drain.track(lambda: reset(sock), name="outbound"):
+            await self._serve(sock, src, peer, plan, record)
+
+    def _endpoints(self, src: Workload, peer: tuple[str, int], dst: tuple[str, int], plan: Plan) -> Endpoints:
+        if isinstance(plan, Hbone):
+            return Endpoints(
+                "outbound",
+                peer,
+                plan.dial,
+                format_authority(*plan.authority),
+                src,
+                src.identity,
+                plan.workload,
+                plan.workload.identity,
+                plan.service,
+                mtls=True,
+            )
+        if isinstance(plan, Plain):
+            return Endpoints("outbound", peer, plan.target, "", src, None, plan.workload, None, plan.service)
+        return Endpoints("outbound", peer, dst, "", src)
+
+    async def _serve(
+        self, sock: socket.socket, src: Workload, peer: tuple[str, int], plan: Plan, record: ConnectionRecord
+    ) -> None:
+        if isinstance(plan, Drop):
+            reset(sock)
+            record.close(plan.reason, "CONNECT")
+            return
+        if isinstance(plan, Hbone):
+            await self._hbone(sock, src, peer, plan, record)
+            return
+        target = plan.target if isinstance(plan, Plain | Passthrough) else None
+        assert target is not None
+        try:
+            upstream = await asyncio.wait_for(
+                open_tcp(self.pod.factory, *target), self.pod.services.settings.connect_timeout_s
+            )
+        except (OSError, TimeoutError) as exc:
+            reset(sock)
+            record.close(f"connect to {target} failed: {exc!r}", "CONNECT")
+            return
+        result = await relay_tcp(sock, upstream)
+        record.add_request_bytes(result.up)
+        record.add_response_bytes(result.down)
+        record.close(result.error)
+
+    async def _hbone(
+        self, sock: socket.socket, src: Workload, peer: tuple[str, int], plan: Hbone, record: ConnectionRecord
+    ) -> None:
+        s = self.pod.services
+        try:
+            await asyncio.wait_for(s.certs.fetch_certificate(src.identity), s.settings.workload_wait_s)
+            key = PoolKey.of(src.identity, peer[0], plan.identities, plan.dial)
+            headers = connect_headers(
+                source_metadata(src), peer, service_host=plan.service.hostname if plan.service else None
+            )
+            stream = await self.pool.connect(key, plan.authority, headers)
+        except (HboneError, OSError, TimeoutError, CertificateUnavailable) as exc:
+            reset(sock)
+            record.close(f"{exc}", "CONNECT")
+            return
+        result = await relay(sock, stream)
+        record.add_request_bytes(result.sent)
+        record.add_response_bytes(result.received)
+        record.close(result.error)
