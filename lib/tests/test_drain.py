@@ -259,3 +259,23 @@ async def test_install_sigterm_calls_back_and_uninstalls() -> None:
     finally:
         uninstall()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+async def test_task_owner_close_from_an_owned_task() -> None:
+    owner = TaskOwner("svc")
+    sibling_cancelled = asyncio.Event()
+
+    async def sibling() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            sibling_cancelled.set()
+
+    async def supervisor() -> str:
+        await owner.close()
+        return "closed"
+
+    owner.spawn(sibling(), name="sibling")
+    boss = owner.spawn(supervisor(), name="supervisor")
+    assert await asyncio.wait_for(boss, WAIT) == "closed"
+    assert sibling_cancelled.is_set()

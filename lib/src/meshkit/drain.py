@@ -221,10 +221,13 @@ class TaskOwner:
             log.error("owned task crashed", exc_info=exc, extra=kv(owner=self.name, task=task.get_name()))
 
     async def close(self, timeout_s: float | None = None) -> None:
-        """Refuse new tasks, cancel every owned task and wait for all of them to finish."""
+        """Refuse new tasks, cancel every owned task and wait for all of them to finish.
+
+        Safe to call from one of the owned tasks: that task is left running (it is the one closing).
+        """
         self._closed = True
-        while self._tasks:
-            pending = list(self._tasks)
+        current = asyncio.current_task()
+        while pending := [t for t in self._tasks if t is not current]:
             for task in pending:
                 task.cancel()
             _done, still = await asyncio.wait(pending, timeout=timeout_s)

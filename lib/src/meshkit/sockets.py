@@ -35,6 +35,11 @@ from meshkit.netns import NetnsRef, NetnsThread
 
 __all__ = [
     "INPOD_MARK",
+    "IP6T_SO_ORIGINAL_DST",
+    "IPV6_TRANSPARENT",
+    "IP_TRANSPARENT",
+    "SO_MARK",
+    "SO_ORIGINAL_DST",
     "HostSocketFactory",
     "NetnsSocketFactory",
     "SocketFactory",
