@@ -1,0 +1,58 @@
+"""``python -m istio_cni`` runs the node agent; ``python -m istio_cni uninstall`` cleans the node and exits.
+
+On SIGTERM the agent stops; it also uninstalls from the node when ``AMBIENT_DISABLE_SAFE_UPGRADE`` is set or
+its DaemonSet is gone (a Helm uninstall rather than an upgrade), as upstream decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from meshkit import logs
+from meshkit.drain import install_sigterm
+from meshkit.settings import load
+
+from istio_cni.app import App, build
+from istio_cni.settings import Settings
+
+DAEMONSET_NAME = "istio-cni-node"
+
+
+async def _should_uninstall(app: App) -> bool:
+    if app.settings.safe_upgrade_disabled:
+        return True
+    if app.kube is None:
+        return False
+    try:
+        gone: bool = await app.kube.daemonset_gone(app.settings.pod_namespace, DAEMONSET_NAME)
+    except Exception:
+        return False  # cannot tell: keep the plugin (fail safe for new pods)
+    return gone
+
+
+async def _run(settings: Settings, uninstall_only: bool) -> None:
+    app = await build(settings)
+    if uninstall_only:
+        await app.uninstall()
+        await app.close()
+        return
+    stop = asyncio.Event()
+    remove = install_sigterm(asyncio.get_running_loop(), stop.set, also_sigint=True)
+    try:
+        await stop.wait()
+    finally:
+        remove()
+        if await _should_uninstall(app):
+            await app.uninstall()
+        await app.close()
+
+
+def main() -> None:
+    settings = load(Settings)
+    logs.setup(settings.log_level, settings.log_json)
+    asyncio.run(_run(settings, uninstall_only=sys.argv[1:] == ["uninstall"]))
+
+
+if __name__ == "__main__":
+    main()
