@@ -14,7 +14,7 @@ import asyncio
 import enum
 import logging
 import threading
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -212,7 +212,7 @@ class KubeConfigMapStore:
     ) -> None:
         await asyncio.to_thread(self._write, False, namespace, name, data, labels)
 
-    async def watch(self, timeout_s: int = 30) -> AsyncIterator[WatchEvent]:
+    async def watch(self, timeout_s: int = 30) -> AsyncGenerator[WatchEvent, None]:
         """Namespace and ConfigMap events, from two watch threads (restarted every ``timeout_s``)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[WatchEvent] = asyncio.Queue()
