@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from istio_cni.app import App, build
 from istio_cni.controller import PodController
+from istio_cni.netns import run_command
 from istio_cni.plugin.__main__ import run as run_plugin
 from istio_cni.settings import Settings
 from meshkit.settings import load
@@ -181,6 +182,12 @@ async def ztunnel(agent_settings: Settings) -> AsyncIterator[Ztunnel]:
             await zt.task
 
 
+async def node_cmd(netns_path: str, *argv: str) -> str:
+    result = await run_command(["nsenter", f"--net={netns_path}", *argv])
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def rules_in(ns: Any) -> bool:
     return "ISTIO_" in ns.sh("iptables-save") + ns.sh("ip6tables-save")
 
@@ -201,10 +208,7 @@ async def test_label_unlabel_running_pod(start_agent, ztunnel, running_pod) -> N
     await kube.wait_redirection("demo/web", "enabled")
     assert rules_in(ns)
     await ztunnel.wait(lambda ev: any(isinstance(e, WorkloadAdded) and e.uid == "uid-web" for e in ev))
-    node_sets = subprocess.run(
-        ["nsenter", f"--net={app.settings.host_netns}", "ipset", "list", "istio-inpod-probes-v4"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    node_sets = await node_cmd(app.settings.host_netns, "ipset", "list", "istio-inpod-probes-v4")
     assert ip in node_sets
 
     kube.set_namespace("demo", {})  # unlabel: every rule goes away
@@ -252,16 +256,15 @@ async def test_plugin_add_and_restart_reconcile(start_agent, running_pod, agent_
     try:
         await kube.wait_redirection("demo/api", "enabled")
         await zt.wait(lambda ev: any(isinstance(e, WorkloadAdded) and e.uid == "uid-api" for e in ev))
+        assert rules_in(ns)
+        kube.pods.pop("demo/api")
+        app2.controller.pod_changed({"metadata": {"namespace": "demo", "name": "api"}})  # pod deleted
+        await zt.wait(lambda ev: any(isinstance(e, WorkloadDeleted) and e.uid == "uid-api" for e in ev))
+        assert not app2.dataplane.pods
     finally:
         zt.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await zt.task
-    assert rules_in(ns)
-    kube.pods.pop("demo/api")
-    app2.controller.pod_changed({"metadata": {"namespace": "demo", "name": "api"}})  # pod deleted
-    async with asyncio.timeout(WAIT_S):
-        while app2.dataplane.pods:
-            await asyncio.sleep(0.05)
 
 
 async def test_uninstall_cleans_node(start_agent, agent_settings) -> None:  # type: ignore[no-untyped-def]
@@ -273,8 +276,5 @@ async def test_uninstall_cleans_node(start_agent, agent_settings) -> None:  # ty
     await app.uninstall()
     assert [p["type"] for p in json.loads(conf_file.read_text())["plugins"]] == ["bridge"]
     assert not launcher.exists()
-    saved = subprocess.run(
-        ["nsenter", f"--net={agent_settings.host_netns}", "iptables-save", "-t", "nat"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    saved = await node_cmd(agent_settings.host_netns, "iptables-save", "-t", "nat")
     assert "ISTIO_POSTRT" not in saved
