@@ -13,15 +13,28 @@ reaches each pod only through the netns fd handed over ZDS, exactly as in a clus
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 import secrets
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
+from meshkit.hbone.testing import TestCA
+from meshkit.identity.certs import WorkloadCertificate
+from meshkit.identity.spiffe import Identity
 from meshkit.netns import TempNetns, temp_netns
+from meshkit.settings import load
+from meshkit.sockets import NetnsSocketFactory, open_tcp
+from meshkit.zds import WorkloadInfo, ZdsServer, ZdsServerConnection
+from ztunnel.app import App, build
+from ztunnel.settings import Settings
+from ztunnel.state.records import Authorization, Service, Workload
+from ztunnel.state.state import State
 
 PREFIX = "zt-"
 
@@ -125,3 +138,199 @@ class Topology:
 def topology() -> Iterator[Topology]:
     with contextlib.ExitStack() as stack:
         yield Topology(stack)
+
+
+# --- the mesh harness: two ztunnels, a CA, a fake CNI agent per node -------------------------------------
+
+
+class CaFetcher:
+    """An in-process CA standing in for istiod's: signs a leaf per identity; can be switched off."""
+
+    def __init__(self, ca: TestCA) -> None:
+        self.ca = ca
+        self.issued: list[Identity] = []
+        self.available = True
+
+    async def fetch(self, identity: Identity) -> WorkloadCertificate:
+        if not self.available:
+            raise ConnectionError("CA unreachable")
+        self.issued.append(identity)
+        return self.ca.issue(identity)
+
+
+def pod_workload(pod: Pod, services: tuple[str, ...] = ()) -> Workload:
+    return Workload(
+        uid=f"Kubernetes//Pod/{pod.namespace}/{pod.name}",
+        name=pod.name,
+        namespace=pod.namespace,
+        addresses=(pod.ip,),
+        tunnel_protocol="HBONE" if pod.captured else "NONE",
+        service_account=pod.service_account,
+        node=pod.node.name,
+        workload_name=pod.name,
+        canonical_name=pod.name,
+        canonical_revision="v1",
+        services={key: {} for key in services},
+    )
+
+
+class Echo:
+    """A TCP echo app inside a pod's netns; remembers each client address it saw."""
+
+    def __init__(self) -> None:
+        self.peers: list[tuple[str, int]] = []
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.peers.append(writer.get_extra_info("peername")[:2])
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+
+class Mesh:
+    """Two nodes, one ztunnel each, a fake CNI agent per node, static config shared by both ztunnels."""
+
+    def __init__(self, topo: Topology, tmp: str) -> None:
+        self.topo = topo
+        self.tmp = tmp
+        self.fetcher = CaFetcher(TestCA())
+        self.apps: dict[str, App] = {}
+        self.agents: dict[str, ZdsServer] = {}
+        self.workloads: list[Workload] = []
+        self.services: list[Service] = []
+        self.policies: list[Authorization] = []
+        self._factories: list[NetnsSocketFactory] = []
+        self._echoes: list[Echo] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.resolv_conf = os.path.join(tmp, "resolv.conf")
+        Path(self.resolv_conf).write_text("")
+
+    @staticmethod
+    def workload(pod: Pod, services: tuple[str, ...] = ()) -> Workload:
+        return pod_workload(pod, services)
+
+    # config ----------------------------------------------------------------------------------------------
+    def publish(self) -> None:
+        for app in self.apps.values():
+            self._apply(app.state)
+
+    def _apply(self, state: State) -> None:
+        for wl in self.workloads:
+            state.insert_workload(wl)
+        for svc in self.services:
+            state.insert_service(svc)
+        known = {p.key for p in self.policies}
+        for key in list(state.policies.by_key):
+            if key not in known:
+                state.apply_authorizations([], [key])
+        for pol in self.policies:
+            state.insert_policy(pol)
+
+    # lifecycle ------------------------------------------------------------------------------------------
+    def settings(self, node: Node, **extra: str) -> Settings:
+        env = {
+            "NODE_NAME": node.name,
+            "INPOD_UDS": self.uds(node),
+            "ADMIN_ADDR": "127.0.0.1:0",
+            "STATS_ADDR": "127.0.0.1:0",
+            "READINESS_ADDR": "127.0.0.1:0",
+            "DNS_RESOLV_CONF": self.resolv_conf,
+            "CONNECTION_TERMINATION_DEADLINE": "2s",
+            **extra,
+        }
+        return load(Settings, env)
+
+    def uds(self, node: Node) -> str:
+        return os.path.join(self.tmp, f"{node.name}.sock")
+
+    async def start_agent(self, node: Node) -> ZdsServer:
+        async def agent(conn: ZdsServerConnection) -> None:
+            for pod in node.pods:
+                if pod.captured:
+                    await self.add(conn, pod)
+            await conn.snapshot_sent()
+            while await conn.probe():  # noqa: ASYNC110 - the keepalive period, not a wait for an event
+                await asyncio.sleep(0.1)
+
+        server = ZdsServer(self.uds(node), agent, accepts_per_s=100)
+        await server.start()
+        self.agents[node.name] = server
+        return server
+
+    @staticmethod
+    async def add(conn: ZdsServerConnection, pod: Pod) -> None:
+        fd = os.open(pod.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ack = await conn.add(pod.uid, WorkloadInfo(pod.name, pod.namespace, pod.service_account), fd)
+        finally:
+            os.close(fd)
+        assert ack.ok, ack.error
+
+    async def start_ztunnel(self, node: Node, **extra: str) -> App:
+        async def source(state: State, synced: object) -> None:
+            self._apply(state)
+            synced()  # type: ignore[operator]
+
+        app = await build(self.settings(node, **extra), fetcher=self.fetcher, config_source=source)
+        return app
+
+    async def start(self) -> None:
+        for node in self.topo.nodes:
+            await self.start_agent(node)
+            self.apps[node.name] = await self.start_ztunnel(node)
+        for app in self.apps.values():
+            await asyncio.wait_for(app.readiness.wait_ready(), 20)
+
+    async def close(self) -> None:
+        for app in self.apps.values():
+            if not app.stopped.is_set():
+                await app.close()
+        for server in self.agents.values():
+            await server.close()
+        for echo in self._echoes:
+            if echo.server is not None:
+                echo.server.close()
+                await echo.server.wait_closed()
+        for factory in self._factories:
+            factory.close()
+
+    # traffic --------------------------------------------------------------------------------------------
+    def factory(self, pod: Pod) -> NetnsSocketFactory:
+        f = NetnsSocketFactory(pod.netns_path, mark=None, name=f"test-{pod.name}")
+        self._factories.append(f)
+        return f
+
+    async def echo(self, pod: Pod, port: int = 8080) -> Echo:
+        echo = Echo()
+        sock = self.factory(pod).listen_tcp("0.0.0.0", port)
+        echo.server = await asyncio.start_server(echo.handle, sock=sock)
+        self._echoes.append(echo)
+        return echo
+
+    async def request(self, pod: Pod, ip: str, port: int, payload: bytes, deadline_s: float = 10) -> bytes:
+        """Connect from inside ``pod`` (as its app would, unmarked), send, half-close, read the echo."""
+        async with asyncio.timeout(deadline_s):
+            sock = await open_tcp(self.factory(pod), ip, port)
+            reader, writer = await asyncio.open_connection(sock=sock)
+            try:
+                writer.write(payload)
+                await writer.drain()
+                writer.write_eof()
+                return await reader.read()
+            finally:
+                writer.close()
+
+
+@pytest_asyncio.fixture
+async def mesh(topology: Topology, tmp_path: Path) -> AsyncIterator[Mesh]:
+    m = Mesh(topology, str(tmp_path))
+    try:
+        yield m
+    finally:
+        await m.close()
