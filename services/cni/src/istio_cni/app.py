@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +93,18 @@ def _entry(settings: Settings) -> dict[str, Any]:
     )
 
 
+def _dataplane_config(settings: Settings) -> DataplaneConfig:
+    return DataplaneConfig(
+        dns_capture=settings.dns_capture,
+        ipv6=settings.ipv6,
+        # outside a pod (a host process, the local e2e cluster) the host's /proc is our own
+        host_proc=settings.host_proc if os.path.isdir(settings.host_proc) else "/proc",
+        netns_prefix="/host",
+        probe_snat_v4=settings.probe_snat_v4,
+        probe_snat_v6=settings.probe_snat_v6,
+    )
+
+
 def _host_rules(settings: Settings) -> HostRules | None:
     if not settings.host_rules:
         return None
@@ -121,14 +134,7 @@ async def build(
     annotator = annotator or kube
     if view is None or annotator is None:
         raise ValueError("pass both view and annotator, or neither")
-    dp_cfg = DataplaneConfig(
-        dns_capture=settings.dns_capture,
-        ipv6=settings.ipv6,
-        host_proc=settings.host_proc,
-        netns_prefix="/host",
-        probe_snat_v4=settings.probe_snat_v4,
-        probe_snat_v6=settings.probe_snat_v6,
-    )
+    dp_cfg = _dataplane_config(settings)
     host = _host_rules(settings)
     dataplane = MeshDataplane(dp_cfg, annotator, metrics, host)
     hub = ZtunnelHub(settings.ztunnel_uds, dataplane.snapshot, dataplane.on_snapshot_acked, metrics)

@@ -2,7 +2,8 @@
 
 Decision on ADD (behaviour.md §3.1), failing closed like upstream once a pod is known to belong in the mesh:
 1. not a Kubernetes pod, ambient off, or an excluded namespace: pass ``prevResult`` through;
-2. with a kubeconfig: ask the API server; a pod that the enablement selectors do not match passes through;
+2. with a kubeconfig: ask the API server; a pod that the enablement selectors do not match passes through
+   (if the API server cannot be reached, the agent decides instead);
 3. otherwise the node agent must enrol the pod synchronously; if it cannot, the ADD fails with code 11 (try
    again later), so the sandbox is retried and no container starts outside the mesh.
 Without a kubeconfig the agent makes the selector decision itself, so step 3 applies to every candidate pod.
@@ -45,15 +46,13 @@ def _add(req: CniRequest) -> None:
         try:
             pod, namespace = pod_and_namespace(cfg.kubeconfig, req.pod_namespace, req.pod_name)
         except KubeLookupError as exc:
-            raise CniError(
-                ERR_TRY_AGAIN_LATER,
-                f"istio-cni: cannot check pod {req.pod_namespace}/{req.pod_name}",
-                str(exc),
-            ) from exc
-        selectors = list(cfg.enablement_selectors) or DEFAULT_SELECTORS
-        if not should_enrol(pod, namespace, selectors, cfg.exclude_namespaces):
-            return
-        event["pod_uid"] = event["pod_uid"] or pod.get("metadata", {}).get("uid", "")
+            # The agent decides with its own caches; only if it is unreachable too does the ADD fail.
+            _log("warning", "cannot ask the API server; leaving the decision to the node agent", error=exc)
+        else:
+            selectors = list(cfg.enablement_selectors) or DEFAULT_SELECTORS
+            if not should_enrol(pod, namespace, selectors, cfg.exclude_namespaces):
+                return
+            event["pod_uid"] = event["pod_uid"] or pod.get("metadata", {}).get("uid", "")
     socket_path = os.path.join(cfg.cni_agent_run_dir, PLUGIN_EVENT_SOCKET)
     try:
         answer = post_add(socket_path, event)
