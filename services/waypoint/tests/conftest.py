@@ -5,7 +5,9 @@ from __future__ import annotations
 from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
 
 
-def cluster(host: str, port: int, endpoints: list[tuple[str, int]], *, subset: str = "", lb: int = 0) -> pb.Cluster:
+def cluster(
+    host: str, port: int, endpoints: list[tuple[str, int]], *, subset: str = "", lb: int = 0
+) -> pb.Cluster:
     name = f"inbound-vip|{port}|{subset or 'http'}|{host}"
     return pb.Cluster(
         name=name,

@@ -6,11 +6,27 @@ from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
 from waypoint.authz import AuthzContext, compile_policy, evaluate
 
 
-def ctx(path: str = "/", method: str = "GET", principal: str | None = "cluster.local/ns/default/sa/sleep",
-        headers: dict[str, str] | None = None, req_principal: str | None = None, claims: dict | None = None,
-        source_ip: str = "10.0.0.5") -> AuthzContext:
-    return AuthzContext(principal, source_ip, "10.96.0.10", 80, "reviews", method, path, headers or {},
-                        req_principal, claims or {})
+def ctx(
+    path: str = "/",
+    method: str = "GET",
+    principal: str | None = "cluster.local/ns/default/sa/sleep",
+    headers: dict[str, str] | None = None,
+    req_principal: str | None = None,
+    claims: dict | None = None,
+    source_ip: str = "10.0.0.5",
+) -> AuthzContext:
+    return AuthzContext(
+        principal,
+        source_ip,
+        "10.96.0.10",
+        80,
+        "reviews",
+        method,
+        path,
+        headers or {},
+        req_principal,
+        claims or {},
+    )
 
 
 def policy(action: int, *rules: pb.Rule, name: str = "p") -> pb.Policy:
@@ -28,10 +44,15 @@ def test_deny_on_path_others_pass() -> None:
 
 
 def test_allow_policies_require_a_match() -> None:
-    p = compile_policy(policy(pb.ALLOW, pb.Rule(
-        sources=[pb.Source(principals=["cluster.local/ns/default/sa/sleep"])],
-        operations=[pb.Operation(methods=["GET"])],
-    )))
+    p = compile_policy(
+        policy(
+            pb.ALLOW,
+            pb.Rule(
+                sources=[pb.Source(principals=["cluster.local/ns/default/sa/sleep"])],
+                operations=[pb.Operation(methods=["GET"])],
+            ),
+        )
+    )
     assert evaluate([p], ctx()).allowed
     d = evaluate([p], ctx(method="POST"))
     assert not d.allowed and "none matched" in d.reason
@@ -53,21 +74,36 @@ def test_deny_beats_allow() -> None:
 
 
 def test_negative_fields_and_headers_and_claims() -> None:
-    p = compile_policy(policy(pb.ALLOW, pb.Rule(
-        operations=[pb.Operation(not_paths=["/private"], hosts=["REVIEWS"])],
-        conditions=[pb.Condition(key="request.headers[x-token]", values=["abc*"]),
-                    pb.Condition(key="request.auth.claims[groups]", values=["admin"])],
-    )))
+    p = compile_policy(
+        policy(
+            pb.ALLOW,
+            pb.Rule(
+                operations=[pb.Operation(not_paths=["/private"], hosts=["REVIEWS"])],
+                conditions=[
+                    pb.Condition(key="request.headers[x-token]", values=["abc*"]),
+                    pb.Condition(key="request.auth.claims[groups]", values=["admin"]),
+                ],
+            ),
+        )
+    )
     good = ctx(headers={"x-token": "abcdef"}, claims={"groups": ["dev", "admin"]})
     assert evaluate([p], good).allowed
-    assert not evaluate([p], ctx("/private", headers={"x-token": "abcdef"}, claims={"groups": ["admin"]})).allowed
+    assert not evaluate(
+        [p], ctx("/private", headers={"x-token": "abcdef"}, claims={"groups": ["admin"]})
+    ).allowed
     assert not evaluate([p], ctx(headers={"x-token": "zzz"}, claims={"groups": ["admin"]})).allowed
     assert not evaluate([p], ctx(headers={"x-token": "abc"}, claims={"groups": ["dev"]})).allowed
 
 
 def test_request_principals_and_ip_blocks() -> None:
-    p = compile_policy(policy(pb.DENY, pb.Rule(sources=[pb.Source(not_request_principals=["*"])],
-                                              operations=[pb.Operation(paths=["/jwt*"])])))
+    p = compile_policy(
+        policy(
+            pb.DENY,
+            pb.Rule(
+                sources=[pb.Source(not_request_principals=["*"])], operations=[pb.Operation(paths=["/jwt*"])]
+            ),
+        )
+    )
     assert not evaluate([p], ctx("/jwt")).allowed
     assert evaluate([p], ctx("/jwt", req_principal="issuer/sub-1")).allowed
     ip = compile_policy(policy(pb.ALLOW, pb.Rule(sources=[pb.Source(ip_blocks=["10.0.0.0/24", "bogus"])])))
@@ -76,11 +112,19 @@ def test_request_principals_and_ip_blocks() -> None:
 
 
 def test_custom_and_audit_are_reported_dry_run_ignored() -> None:
-    custom = compile_policy(pb.Policy(name="c", namespace="default", action=pb.CUSTOM,
-                                      rules=[pb.Rule(operations=[pb.Operation(paths=["/ext"])])],
-                                      provider=pb.ExtAuthz(name="ext", service="authz.svc", port=8000)))
+    custom = compile_policy(
+        pb.Policy(
+            name="c",
+            namespace="default",
+            action=pb.CUSTOM,
+            rules=[pb.Rule(operations=[pb.Operation(paths=["/ext"])])],
+            provider=pb.ExtAuthz(name="ext", service="authz.svc", port=8000),
+        )
+    )
     audit = compile_policy(policy(pb.AUDIT, pb.Rule(), name="au"))
-    dry = compile_policy(pb.Policy(name="dry", namespace="default", action=pb.DENY, rules=[pb.Rule()], dry_run=True))
+    dry = compile_policy(
+        pb.Policy(name="dry", namespace="default", action=pb.DENY, rules=[pb.Rule()], dry_run=True)
+    )
     d = evaluate([custom, audit, dry], ctx("/ext"))
     assert d.allowed and d.custom == (custom,) and d.audited == ("default/au",)
     assert custom.provider is not None and custom.provider.port == 8000

@@ -9,7 +9,6 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
-
 from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
 from waypoint.jwtauth import JwtFailure, compile_rules
 
@@ -54,7 +53,10 @@ def test_query_param_default_location(key: rsa.RSAPrivateKey) -> None:
     ("make", "reason"),
     [
         (lambda k: _token(k, exp=int(time.time()) - 3600), "expired"),
-        (lambda k: _token(rsa.generate_private_key(public_exponent=65537, key_size=2048)), "verification fails"),
+        (
+            lambda k: _token(rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+            "verification fails",
+        ),
         (lambda k: _token(k, iss="someone-else"), "issuer is not configured"),
         (lambda _k: "not.a.jwt", "not in the form"),
     ],

@@ -6,7 +6,6 @@ import random
 from collections import Counter
 
 import pytest
-
 from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
 from waypoint.config import compile_snapshot
 from waypoint.http1 import Request
@@ -25,8 +24,12 @@ def _snapshot(routes: list[pb.Route]) -> pb.WaypointConfig:
         namespace="default",
         services=[
             pb.Service(
-                hostname=HOST, name="reviews", namespace="default", vips=["10.96.0.10"],
-                ports=[pb.ServicePort(port=80, target_port=8080, protocol=pb.HTTP)], routes=routes,
+                hostname=HOST,
+                name="reviews",
+                namespace="default",
+                vips=["10.96.0.10"],
+                ports=[pb.ServicePort(port=80, target_port=8080, protocol=pb.HTTP)],
+                routes=routes,
             )
         ],
         clusters=[
@@ -47,8 +50,14 @@ def _req(path: str = "/", method: str = "GET", headers: list[tuple[str, str]] | 
 
 @pytest.mark.parametrize(
     ("prefix", "path", "ok"),
-    [("/foo", "/foo", True), ("/foo", "/foo/bar", True), ("/foo", "/foobar", False), ("/", "/x", True),
-     ("/foo/", "/foo", True), ("/foo/", "/foo/x", True)],
+    [
+        ("/foo", "/foo", True),
+        ("/foo", "/foo/bar", True),
+        ("/foo", "/foobar", False),
+        ("/", "/x", True),
+        ("/foo/", "/foo", True),
+        ("/foo/", "/foo/x", True),
+    ],
 )
 def test_path_prefix_is_element_wise(prefix: str, path: str, ok: bool) -> None:
     assert path_prefix_matches(prefix, path) is ok
@@ -64,16 +73,40 @@ def test_string_match_kinds() -> None:
 
 
 def test_header_query_method_matches_and_first_route_wins() -> None:
-    snap = compile_snapshot(_snapshot([
-        pb.Route(name="hdr", matches=[pb.RouteMatch(headers=[pb.HeaderMatch(name="End-User", value=pb.StringMatch(exact="jason"))])],
-                 backends=[pb.WeightedCluster(cluster=V2, weight=1)]),
-        pb.Route(name="query", matches=[pb.RouteMatch(query_params=[pb.HeaderMatch(name="v", value=pb.StringMatch(exact="2"))])],
-                 backends=[pb.WeightedCluster(cluster=V2, weight=1)]),
-        pb.Route(name="post", matches=[pb.RouteMatch(method="POST", path=pb.StringMatch(path_prefix="/api"))],
-                 backends=[pb.WeightedCluster(cluster=V2, weight=1)]),
-        pb.Route(name="absent", matches=[pb.RouteMatch(headers=[pb.HeaderMatch(name="x-canary", invert=True)])],
-                 backends=[pb.WeightedCluster(cluster=V1, weight=1)]),
-    ]))
+    snap = compile_snapshot(
+        _snapshot(
+            [
+                pb.Route(
+                    name="hdr",
+                    matches=[
+                        pb.RouteMatch(
+                            headers=[pb.HeaderMatch(name="End-User", value=pb.StringMatch(exact="jason"))]
+                        )
+                    ],
+                    backends=[pb.WeightedCluster(cluster=V2, weight=1)],
+                ),
+                pb.Route(
+                    name="query",
+                    matches=[
+                        pb.RouteMatch(
+                            query_params=[pb.HeaderMatch(name="v", value=pb.StringMatch(exact="2"))]
+                        )
+                    ],
+                    backends=[pb.WeightedCluster(cluster=V2, weight=1)],
+                ),
+                pb.Route(
+                    name="post",
+                    matches=[pb.RouteMatch(method="POST", path=pb.StringMatch(path_prefix="/api"))],
+                    backends=[pb.WeightedCluster(cluster=V2, weight=1)],
+                ),
+                pb.Route(
+                    name="absent",
+                    matches=[pb.RouteMatch(headers=[pb.HeaderMatch(name="x-canary", invert=True)])],
+                    backends=[pb.WeightedCluster(cluster=V1, weight=1)],
+                ),
+            ]
+        )
+    )
     routes = snap.services[0].routes
     assert select_route(routes, _req(headers=[("end-user", "jason")]), 80).name == "hdr"  # type: ignore[union-attr]
     assert select_route(routes, _req("/?v=2"), 80).name == "query"  # type: ignore[union-attr]
@@ -83,9 +116,19 @@ def test_header_query_method_matches_and_first_route_wins() -> None:
 
 
 def test_weighted_split_is_proportional() -> None:
-    snap = compile_snapshot(_snapshot([
-        pb.Route(name="split", backends=[pb.WeightedCluster(cluster=V1, weight=90), pb.WeightedCluster(cluster=V2, weight=10)])
-    ]))
+    snap = compile_snapshot(
+        _snapshot(
+            [
+                pb.Route(
+                    name="split",
+                    backends=[
+                        pb.WeightedCluster(cluster=V1, weight=90),
+                        pb.WeightedCluster(cluster=V2, weight=10),
+                    ],
+                )
+            ]
+        )
+    )
     route = snap.services[0].routes[0]
     rng = random.Random(7)
     counts = Counter(pick_backend(route, rng).cluster for _ in range(10_000))  # type: ignore[union-attr]
@@ -94,10 +137,19 @@ def test_weighted_split_is_proportional() -> None:
 
 def test_bad_regex_drops_only_that_route() -> None:
     warnings: list[str] = []
-    snap = compile_snapshot(_snapshot([
-        pb.Route(name="bad", matches=[pb.RouteMatch(path=pb.StringMatch(regex="(("))], backends=[pb.WeightedCluster(cluster=V1, weight=1)]),
-        pb.Route(name="good", backends=[pb.WeightedCluster(cluster=V2, weight=1)]),
-    ]), warn=warnings.append)
+    snap = compile_snapshot(
+        _snapshot(
+            [
+                pb.Route(
+                    name="bad",
+                    matches=[pb.RouteMatch(path=pb.StringMatch(regex="(("))],
+                    backends=[pb.WeightedCluster(cluster=V1, weight=1)],
+                ),
+                pb.Route(name="good", backends=[pb.WeightedCluster(cluster=V2, weight=1)]),
+            ]
+        ),
+        warn=warnings.append,
+    )
     assert [r.name for r in snap.services[0].routes] == ["good"]
     assert "bad regex" in warnings[0]
 
@@ -134,13 +186,23 @@ def test_consistent_hash_is_sticky_and_exclude_avoids_previous_host() -> None:
 
 
 def test_rewrite_prefix_and_redirect() -> None:
-    snap = compile_snapshot(_snapshot([
-        pb.Route(name="rw", matches=[pb.RouteMatch(path=pb.StringMatch(path_prefix="/old"))],
-                 backends=[pb.WeightedCluster(cluster=V1, weight=1)],
-                 rewrite=pb.Rewrite(replace_prefix=True, prefix_replace="/new", authority="other")),
-        pb.Route(name="rd", matches=[pb.RouteMatch(path=pb.StringMatch(exact="/moved"))],
-                 redirect=pb.Redirect(hostname="example.com", path="/there", status_code=301)),
-    ]))
+    snap = compile_snapshot(
+        _snapshot(
+            [
+                pb.Route(
+                    name="rw",
+                    matches=[pb.RouteMatch(path=pb.StringMatch(path_prefix="/old"))],
+                    backends=[pb.WeightedCluster(cluster=V1, weight=1)],
+                    rewrite=pb.Rewrite(replace_prefix=True, prefix_replace="/new", authority="other"),
+                ),
+                pb.Route(
+                    name="rd",
+                    matches=[pb.RouteMatch(path=pb.StringMatch(exact="/moved"))],
+                    redirect=pb.Redirect(hostname="example.com", path="/there", status_code=301),
+                ),
+            ]
+        )
+    )
     rw, rd = snap.services[0].routes
     req = _req("/old/page?x=1")
     assert rw.rewrite is not None

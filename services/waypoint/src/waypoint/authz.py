@@ -224,7 +224,7 @@ def _claim(c: AuthzContext, path: list[str]) -> list[str]:
     return [str(value).lower() if isinstance(value, bool) else str(value)]
 
 
-def _condition_getter(key: str) -> Callable[[AuthzContext], list[str]]:  # noqa: PLR0911
+def _condition_getter(key: str) -> Callable[[AuthzContext], list[str]]:
     """Values of a ``when`` key; unknown keys yield nothing (so the condition cannot match)."""
     if key.startswith("request.headers[") and key.endswith("]"):
         name = key[len("request.headers[") : -1].lower()
@@ -290,8 +290,13 @@ def compile_policy(msg: pb.Policy) -> Policy:
     if msg.action == pb.CUSTOM and msg.HasField("provider"):
         p = msg.provider
         provider = ExtAuthzSpec(
-            p.name, p.service, p.port, p.path_prefix, tuple(h.lower() for h in p.include_request_headers),
-            (p.timeout_ms or 600) / 1000.0, p.fail_open,
+            p.name,
+            p.service,
+            p.port,
+            p.path_prefix,
+            tuple(h.lower() for h in p.include_request_headers),
+            (p.timeout_ms or 600) / 1000.0,
+            p.fail_open,
         )
     return Policy(
         name=msg.name,

@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from google.protobuf import json_format
-
 from meshkit.logs import kv
 from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
+
 from waypoint import records as r
 from waypoint.authz import compile_policy
 from waypoint.jwtauth import compile_rules
@@ -88,24 +88,41 @@ def _route(msg: pb.Route, clusters: Mapping[str, r.Cluster]) -> r.Route:
         backends=backends,
         total_weight=sum(b.weight for b in backends),
         redirect=r.Redirect(
-            red.scheme, red.hostname, red.port, red.path, red.prefix_replace, red.replace_prefix,
+            red.scheme,
+            red.hostname,
+            red.port,
+            red.path,
+            red.prefix_replace,
+            red.replace_prefix,
             red.status_code or 302,
-        ) if red else None,
+        )
+        if red
+        else None,
         rewrite=r.Rewrite(rew.authority, rew.path, rew.prefix_replace, rew.replace_prefix) if rew else None,
         request_headers=_mutation(msg.request_headers),
         response_headers=_mutation(msg.response_headers),
         timeout_s=msg.timeout_ms / 1000.0,
         retries=r.RetryPolicy(
-            retries.attempts, retries.per_try_timeout_ms / 1000.0, frozenset(retries.retry_on),
+            retries.attempts,
+            retries.per_try_timeout_ms / 1000.0,
+            frozenset(retries.retry_on),
             frozenset(retries.retriable_status_codes),
-        ) if retries else None,
+        )
+        if retries
+        else None,
         fault=r.Fault(
-            fault.delay_percent, fault.delay_ms / 1000.0, fault.abort_percent, fault.abort_status,
+            fault.delay_percent,
+            fault.delay_ms / 1000.0,
+            fault.abort_percent,
+            fault.abort_status,
             fault.abort_grpc_status,
-        ) if fault else None,
+        )
+        if fault
+        else None,
         mirrors=tuple((m.cluster, m.percent) for m in msg.mirrors if m.cluster in clusters),
         direct_response=(msg.direct_response.status, msg.direct_response.body)
-        if msg.HasField("direct_response") else None,
+        if msg.HasField("direct_response")
+        else None,
     )
 
 
@@ -122,8 +139,16 @@ def _cluster(msg: pb.Cluster) -> r.Cluster:
         hash_key=hash_key,
         endpoints=tuple(
             r.Endpoint(
-                e.address, e.port, e.weight or 1, e.workload, e.namespace, e.identity, e.healthy,
-                e.canonical_name, e.canonical_revision, e.cluster_id,
+                e.address,
+                e.port,
+                e.weight or 1,
+                e.workload,
+                e.namespace,
+                e.identity,
+                e.healthy,
+                e.canonical_name,
+                e.canonical_revision,
+                e.cluster_id,
             )
             for e in msg.endpoints
         ),
@@ -144,7 +169,9 @@ def _service(msg: pb.Service, clusters: Mapping[str, r.Cluster], reject: Callabl
         name=msg.name,
         namespace=msg.namespace,
         vips=tuple(msg.vips),
-        ports=tuple(r.ServicePort(p.port, p.target_port, PROTOCOLS.get(p.protocol, ""), p.name) for p in msg.ports),
+        ports=tuple(
+            r.ServicePort(p.port, p.target_port, PROTOCOLS.get(p.protocol, ""), p.name) for p in msg.ports
+        ),
         routes=tuple(routes),
         policies=tuple(compile_policy(p) for p in msg.policies),
         jwt=compile_rules([msg.jwt]) if msg.HasField("jwt") else compile_rules([]),
@@ -182,7 +209,9 @@ def compile_snapshot(
 class ConfigStore:
     """Holds the current :class:`Snapshot`; the xDS client calls :meth:`apply` with decoded resources."""
 
-    def __init__(self, waypoint_name: str = "", on_change: Callable[[r.Snapshot], None] | None = None) -> None:
+    def __init__(
+        self, waypoint_name: str = "", on_change: Callable[[r.Snapshot], None] | None = None
+    ) -> None:
         self.waypoint_name = waypoint_name  # "<ns>/<name>"; "" accepts any name (tests)
         self.snapshot = r.Snapshot()
         self.raw: pb.WaypointConfig | None = None

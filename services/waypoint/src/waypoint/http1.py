@@ -31,15 +31,38 @@ __all__ = [
 ]
 
 HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
-     "content-length"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+    }
 )
 REASONS = {
-    200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently", 302: "Found",
-    303: "See Other", 304: "Not Modified", 307: "Temporary Redirect", 308: "Permanent Redirect",
-    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
-    413: "Payload Too Large", 429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
-    503: "Service Unavailable", 504: "Gateway Timeout",
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    301: "Moved Permanently",
+    302: "Found",
+    303: "See Other",
+    304: "Not Modified",
+    307: "Temporary Redirect",
+    308: "Permanent Redirect",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    413: "Payload Too Large",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 
@@ -107,7 +130,11 @@ class Response:
     __slots__ = ("body", "headers", "keep_alive", "status")
 
     def __init__(
-        self, status: int, headers: list[tuple[str, str]] | None = None, body: bytes = b"", keep_alive: bool = True
+        self,
+        status: int,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        keep_alive: bool = True,
     ) -> None:
         self.status = status
         self.headers = headers if headers is not None else []
@@ -206,7 +233,9 @@ class _ResponseCollector(_Collector):
 
     def _finish(self) -> None:
         self.done.append(
-            Response(self.parser.get_status_code(), self.headers, bytes(self.body), self.parser.should_keep_alive())
+            Response(
+                self.parser.get_status_code(), self.headers, bytes(self.body), self.parser.should_keep_alive()
+            )
         )
 
 

@@ -24,7 +24,6 @@ from urllib.parse import parse_qsl
 
 import jwt
 from jwt import PyJWKSet
-
 from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
 
 __all__ = ["JwtFailure", "JwtProvider", "JwtResult", "JwtRules", "compile_rules"]

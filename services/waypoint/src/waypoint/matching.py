@@ -50,7 +50,7 @@ class StrMatcher:
     ignore_case: bool = False
     pattern: re.Pattern[str] | None = None
 
-    def __call__(self, text: str | None) -> bool:  # noqa: PLR0911
+    def __call__(self, text: str | None) -> bool:
         if text is None:
             return False
         if self.kind == "present":

@@ -40,7 +40,7 @@ def _query_map(req: Request) -> dict[str, str]:
     return dict(parse_qsl(req.query, keep_blank_values=True)) if req.query else {}
 
 
-def route_matches(m: RouteMatch, req: Request, port: int) -> bool:  # noqa: PLR0911
+def route_matches(m: RouteMatch, req: Request, port: int) -> bool:
     if m.method and req.method != m.method:
         return False
     if m.port and m.port != port:
@@ -124,7 +124,10 @@ class Balancer:
         if cluster.lb == "CONSISTENT_HASH":
             key = _hash_key(cluster, req, source_ip)
             if key is not None:
-                return max(healthy, key=lambda e: hashlib.blake2b(f"{key}|{_key(e)}".encode(), digest_size=8).digest())
+                return max(
+                    healthy,
+                    key=lambda e: hashlib.blake2b(f"{key}|{_key(e)}".encode(), digest_size=8).digest(),
+                )
         if cluster.lb == "LEAST_REQUEST":
             a, b = self.rng.sample(healthy, 2)
             na, nb = state.active.get(_key(a), 0), state.active.get(_key(b), 0)

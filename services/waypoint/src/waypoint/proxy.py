@@ -1,0 +1,624 @@
+"""The waypoint data path: one HBONE CONNECT from a ztunnel in, L7 processing, HBONE to the chosen pod out.
+
+Per tunnel (:meth:`WaypointProxy.handle`): the ``:authority`` (original VIP:port) must name a Service bound
+to this waypoint (else 503, behaviour.md §6.2 "blackhole"). The port's protocol decides the codec: ``TCP`` is
+passthrough; ``HTTP``/``HTTP2``/``GRPC`` or an unnamed port are sniffed from the first bytes (HTTP/1.1
+request line → HTTP/1.1, h2c preface → h2c, anything else → TCP passthrough).
+
+Per request (:meth:`WaypointProxy.process`), in upstream's filter order:
+``x-request-id`` → tracing (continue ``traceparent``) → JWT (401) → authorization CUSTOM/DENY/ALLOW (403
+``RBAC: access denied``) → route (404 when routes exist and none matches) → direct response / redirect →
+fault (delay, abort) → rewrite + header mutations → backend (weights) → endpoint (DestinationRule LB) →
+exchange with retries and timeouts (503 UF/UC/UH, 504 UT) → response header mutations → telemetry (metrics,
+one access-log record, span end). Local replies go through the same telemetry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from meshkit.drain import TaskOwner
+from meshkit.hbone.request import ConnectRequest
+from meshkit.hbone.server import Accept, Decision, InboundPeer, Reject
+from meshkit.hbone.stream import HboneStream
+from meshkit.logs import kv
+
+from waypoint import records as rec
+from waypoint.authz import AuthzContext, Policy, evaluate
+from waypoint.authz import Decision as AuthzDecision
+from waypoint.config import ConfigStore
+from waypoint.http1 import (
+    BadMessage,
+    Request,
+    RequestParser,
+    Response,
+    serialize_request,
+    serialize_response,
+    simple_response,
+)
+from waypoint.jwtauth import JwtFailure, JwtRules
+from waypoint.routing import (
+    Balancer,
+    default_route,
+    endpoint_key,
+    pick_backend,
+    redirect_location,
+    rewrite_request,
+    select_route,
+)
+from waypoint.telemetry import PeerMeta, RequestMetrics, RequestSpan, Tracing, log_access, parse_baggage
+from waypoint.upstream import StreamOpener, UpstreamError, UpstreamPool, relay_streams
+
+__all__ = ["DEFAULT_RETRY", "Downstream", "ExtAuthzCheck", "WaypointProxy"]
+
+log = logging.getLogger("waypoint")
+
+#: Istio's default route retry policy (applied when a route has none): 2 retries on connect failure,
+#: refused stream, gRPC unavailable/cancelled, or 503; never the same host twice (previous_hosts).
+DEFAULT_RETRY = rec.RetryPolicy(
+    attempts=2,
+    retry_on=frozenset(
+        {"connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"}
+    ),
+    retriable_status_codes=frozenset({503}),
+)
+H2_PREFACE = b"PRI * HTTP/2.0"
+_METHOD_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+#: CUSTOM authorization: (policy, request, downstream) -> None to allow, or the denial Response.
+ExtAuthzCheck = Callable[[Policy, Request, "Downstream"], Awaitable[Response | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Downstream:
+    """What we know about one inbound tunnel."""
+
+    peer: InboundPeer
+    service: rec.Service
+    port: int
+    authority: str
+    source: PeerMeta
+
+    @property
+    def principal(self) -> str:
+        return self.peer.identity.principal
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What happened to one request, for telemetry."""
+
+    flags: str = "-"
+    details: str = "via_upstream"
+    route: str = ""
+    cluster: rec.Cluster | None = None
+    endpoint: rec.Endpoint | None = None
+    attempts: int = 0
+    error: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class WaypointProxy:
+    """Terminates HBONE tunnels and proxies the requests inside them."""
+
+    def __init__(
+        self,
+        store: ConfigStore,
+        opener: StreamOpener,
+        metrics: RequestMetrics,
+        tracing: Tracing | None = None,
+        *,
+        identity: str = "",
+        rng: random.Random | None = None,
+        ext_authz: ExtAuthzCheck | None = None,
+        sniff_timeout_s: float = 5.0,
+        owner: TaskOwner | None = None,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.tracing = tracing or Tracing()
+        self.identity = identity
+        self.rng = rng or random.Random()
+        self.balancer = Balancer(self.rng)
+        self.upstreams = UpstreamPool(opener)
+        self._open = opener
+        self._ext_authz = ext_authz
+        self._sniff_timeout = sniff_timeout_s
+        self._owner = owner or TaskOwner("waypoint-mirror")
+        self.active_tunnels = 0
+
+    # -- tunnels ----------------------------------------------------------------------------------------
+
+    async def handle(self, peer: InboundPeer, request: ConnectRequest) -> Decision:
+        """HBONE server handler: accept tunnels for bound Services only."""
+        auth = request.authority
+        svc = self.store.snapshot.find_service(auth.host, auth.port)
+        if svc is None:
+            log.info(
+                "refusing tunnel for a service this waypoint does not serve",
+                extra=kv(authority=str(auth), peer=peer.identity.uri, src=peer.address[0]),
+            )
+            return Reject(503, "no bound service")
+        down = Downstream(peer, svc, auth.port, str(auth), parse_baggage(request.baggage, peer.identity.uri))
+        return Accept(lambda stream: self._serve(stream, down))
+
+    async def _serve(self, stream: HboneStream, down: Downstream) -> None:
+        self.active_tunnels += 1
+        try:
+            port = down.service.port(down.port)
+            protocol = port.protocol if port else ""
+            if protocol == "TCP":
+                await self._serve_tcp(stream, down, b"")
+                return
+            first = await self._first_bytes(stream)
+            if first is None:
+                stream.write_eof()
+                return
+            if first.startswith(H2_PREFACE[: len(first)]) and len(first) >= 3 and first[:3] == b"PRI":
+                from waypoint.h2c import serve_h2c  # h2c is rarer; keep its import off the HTTP/1.1 path
+
+                await serve_h2c(self, stream, down, first)
+            elif _looks_like_http1(first):
+                await self._serve_http1(stream, down, first)
+            else:
+                await self._serve_tcp(stream, down, first)
+        except Exception:
+            log.exception("tunnel failed", extra=kv(authority=down.authority, src=down.peer.address[0]))
+            stream.abort()
+        finally:
+            self.active_tunnels -= 1
+
+    async def _first_bytes(self, stream: HboneStream) -> bytes | None:
+        try:
+            async with asyncio.timeout(self._sniff_timeout):
+                data = await stream.read()
+        except TimeoutError:
+            return b""  # server-first protocol: nothing to sniff, pass through
+        return data or None
+
+    async def _serve_http1(self, stream: HboneStream, down: Downstream, first: bytes) -> None:
+        parser = RequestParser()
+        data: bytes | None = first
+        while data:
+            try:
+                requests = parser.feed(data)
+            except BadMessage as exc:
+                resp = simple_response(exc.status, str(exc))
+                stream.write(serialize_response(resp, keep_alive=False))
+                stream.write_eof()
+                return
+            for req in requests:
+                resp = await self.process(req, down)
+                keep = req.keep_alive and resp.keep_alive
+                stream.write(serialize_response(resp, keep_alive=keep, head=req.method == "HEAD"))
+                if not keep:
+                    stream.write_eof()
+                    return
+            await stream.drain()
+            data = await stream.read()
+        stream.write_eof()
+
+    async def _serve_tcp(self, stream: HboneStream, down: Downstream, first: bytes) -> None:
+        cluster = self.store.snapshot.clusters.get(
+            f"inbound-vip|{down.port}|tcp|{down.service.hostname}"
+        ) or self.store.snapshot.clusters.get(f"inbound-vip|{down.port}|http|{down.service.hostname}")
+        ep = self.balancer.pick(cluster, None, down.peer.address[0]) if cluster else None
+        labels = self._labels(down, cluster, ep, "tcp", "", "-" if ep else "UH")
+        if ep is None:
+            stream.abort()
+            log_access(
+                {
+                    "src.addr": f"{down.peer.address[0]}",
+                    "dst.service": down.service.hostname,
+                    "protocol": "tcp",
+                    "response_flags": "UH",
+                },
+                error=True,
+            )
+            return
+        start = time.monotonic()
+        try:
+            upstream = await self._open(ep.address, ep.port)
+        except Exception as exc:
+            stream.abort()
+            log_access(
+                {
+                    "src.addr": down.peer.address[0],
+                    "dst.service": down.service.hostname,
+                    "upstream_host": f"{ep.address}:{ep.port}",
+                    "protocol": "tcp",
+                    "response_flags": "UF",
+                    "error": str(exc),
+                },
+                error=True,
+            )
+            return
+        sent, received = await relay_streams(stream, upstream, first)
+        self.metrics.record_tcp(labels[:21] + labels[23:], sent, received)
+        log_access(
+            {
+                "src.addr": down.peer.address[0],
+                "src.identity": down.peer.identity.uri,
+                "dst.service": down.service.hostname,
+                "upstream_host": f"{ep.address}:{ep.port}",
+                "protocol": "tcp",
+                "bytes_sent": received,
+                "bytes_recv": sent,
+                "duration": f"{(time.monotonic() - start) * 1000:.0f}ms",
+            },
+            error=False,
+        )
+
+    # -- requests ---------------------------------------------------------------------------------------
+
+    async def process(self, req: Request, down: Downstream) -> Response:
+        """Run one request through the L7 pipeline; always returns a response (never raises)."""
+        start = time.monotonic()
+        out = _Outcome()
+        request_id = req.header("x-request-id")
+        if request_id is None:
+            request_id = str(uuid.uuid4())
+            req.headers.append(("x-request-id", request_id))
+        span = self.tracing.start(
+            req.header("traceparent"),
+            f"{down.service.hostname}:{down.port}/*",
+            {"http.request.method": req.method, "url.path": req.path},
+        )
+        _replace(req, "traceparent", span.traceparent)
+        req_bytes = len(req.body)
+        try:
+            resp = await self._pipeline(req, down, out)
+        except Exception as exc:  # a bug must cost one request, not the tunnel
+            log.exception("request failed", extra=kv(path=req.path))
+            out.flags, out.details, out.error = "-", "internal_error", repr(exc)
+            resp = simple_response(500, "internal error")
+        self._finish(req, resp, down, out, span, start, req_bytes, request_id)
+        return resp
+
+    async def _pipeline(self, req: Request, down: Downstream, out: _Outcome) -> Response:
+        snap = self.store.snapshot
+        svc = down.service
+        denied = await self._authorize(snap, req, down, out)
+        if denied is not None:
+            return denied
+        route = select_route(svc.routes, req, down.port) if svc.routes else default_route(svc, down.port)
+        if route is None:
+            out.flags, out.details = "NR", "route_not_found"
+            return simple_response(404, "")
+        out.route = route.name
+        local = await self._local_reply(route, req, out)
+        if local is not None:
+            return local
+        if route.rewrite is not None:
+            rewrite_request(route, route.rewrite, req)
+        if route.request_headers:
+            req.set_headers(route.request_headers.apply(req.headers))
+        backend = pick_backend(route, self.rng)
+        cluster = snap.clusters.get(backend.cluster) if backend else None
+        if backend is None or cluster is None:
+            out.flags, out.details = "UH", "no_healthy_upstream"
+            return simple_response(503 if backend is None else 500, "no healthy upstream")
+        if backend.request_headers:
+            req.set_headers(backend.request_headers.apply(req.headers))
+        out.cluster = cluster
+        for mirror, percent in route.mirrors:
+            self._mirror(snap, mirror, percent, req, down)
+        resp = await self._forward(route, cluster, req, down, out)
+        if backend.response_headers:
+            resp.headers = backend.response_headers.apply(resp.headers)
+        if route.response_headers:
+            resp.headers = route.response_headers.apply(resp.headers)
+        return resp
+
+    async def _authorize(
+        self, snap: rec.Snapshot, req: Request, down: Downstream, out: _Outcome
+    ) -> Response | None:
+        jwt_rules = JwtRules(snap.jwt.providers + down.service.jwt.providers)
+        principal, claims = None, {}
+        if jwt_rules:
+            try:
+                result = jwt_rules.authenticate(req.header_map(), req.query)
+            except JwtFailure as exc:
+                out.flags, out.details = "-", "jwt_authn_access_denied"
+                return simple_response(401, str(exc))
+            principal, claims = result.principal, result.claims
+            if result.provider is not None and not result.provider.forward_original_token:
+                _strip_token(req, result.location)
+        policies = snap.policies + down.service.policies
+        if not policies:
+            return None
+        ctx = AuthzContext(
+            down.principal,
+            down.peer.address[0],
+            down.peer.local_address[0],
+            down.port,
+            req.authority,
+            req.method,
+            req.path,
+            req.header_map(),
+            principal,
+            claims,
+        )
+        decision = evaluate(policies, ctx)
+        if decision.custom:
+            denied = await self._custom(decision, req, down, out)
+            if denied is not None:
+                return denied
+        if not decision.allowed:
+            out.flags, out.details = (
+                "RBAC",
+                "rbac_access_denied_matched_policy[" + (decision.policy or "none") + "]",
+            )
+            return simple_response(403, "RBAC: access denied")
+        return None
+
+    async def _custom(
+        self, decision: AuthzDecision, req: Request, down: Downstream, out: _Outcome
+    ) -> Response | None:
+        for policy in decision.custom:
+            if self._ext_authz is None or policy.provider is None:
+                out.flags, out.details = "UAEX", "ext_authz_error"
+                return simple_response(403, "RBAC: access denied")
+            denied = await self._ext_authz(policy, req, down)
+            if denied is not None:
+                out.flags, out.details = "UAEX", "ext_authz_denied"
+                return denied
+        return None
+
+    async def _local_reply(self, route: rec.Route, req: Request, out: _Outcome) -> Response | None:
+        if route.direct_response is not None:
+            out.details = "direct_response"
+            status, body = route.direct_response
+            return simple_response(status, body)
+        if route.redirect is not None:
+            out.details = "redirect"
+            location = redirect_location(route, route.redirect, req)
+            return Response(route.redirect.status_code, [("location", location)], b"")
+        fault = route.fault
+        if fault is None:
+            return None
+        if fault.delay_s and self.rng.random() * 100 < fault.delay_percent:
+            out.flags = "DI"
+            await asyncio.sleep(fault.delay_s)
+        if fault.abort_status and self.rng.random() * 100 < fault.abort_percent:
+            out.flags, out.details = "FI", "fault_filter_abort"
+            return simple_response(fault.abort_status, "fault filter abort")
+        return None
+
+    async def _forward(
+        self, route: rec.Route, cluster: rec.Cluster, req: Request, down: Downstream, out: _Outcome
+    ) -> Response:
+        policy = route.retries if route.retries is not None else DEFAULT_RETRY
+        try:
+            if route.timeout_s > 0:
+                async with asyncio.timeout(route.timeout_s):
+                    return await self._attempts(policy, cluster, req, down, out)
+            return await self._attempts(policy, cluster, req, down, out)
+        except TimeoutError:
+            out.flags, out.details = "UT", "upstream_response_timeout"
+            return simple_response(504, "upstream request timeout")
+
+    async def _attempts(
+        self, policy: rec.RetryPolicy, cluster: rec.Cluster, req: Request, down: Downstream, out: _Outcome
+    ) -> Response:
+        data = serialize_request(req)
+        tried: set[str] = set()
+        resp: Response | None = None
+        for attempt in range(policy.attempts + 1):
+            ep = self.balancer.pick(cluster, req, down.peer.address[0], tried)
+            if ep is None:
+                out.flags, out.details = "UH", "no_healthy_upstream"
+                return simple_response(503, "no healthy upstream")
+            tried.add(endpoint_key(ep))
+            out.endpoint, out.attempts = ep, attempt + 1
+            try:
+                resp = await self._try(policy, cluster, ep, data, req.method == "HEAD")
+            except UpstreamError as exc:
+                out.flags, out.error = exc.flag, exc.detail
+                if exc.kind == "timeout":
+                    out.details = "upstream_per_try_timeout"
+                    resp = simple_response(504, "upstream request timeout")
+                else:
+                    out.details = "upstream_reset_before_response_started{" + exc.kind + "}"
+                    resp = simple_response(
+                        503,
+                        f"upstream connect error or disconnect/reset before headers. reset reason: {exc.kind}",
+                    )
+                if not _retriable_error(policy, exc) or attempt == policy.attempts:
+                    return resp
+            else:
+                out.flags, out.details, out.error = "-", "via_upstream", ""
+                if not _retriable_status(policy, resp.status) or attempt == policy.attempts:
+                    return resp
+                out.flags = "URX" if attempt + 1 == policy.attempts else "-"
+            await asyncio.sleep(self.rng.uniform(0, 0.025 * (2**attempt)))  # Envoy's jittered backoff
+        assert resp is not None
+        return resp
+
+    async def _try(
+        self, policy: rec.RetryPolicy, cluster: rec.Cluster, ep: rec.Endpoint, data: bytes, head: bool
+    ) -> Response:
+        self.balancer.started(cluster.name, ep)
+        try:
+            for fresh_retry in (False, True):
+                try:
+                    if policy.per_try_timeout_s > 0:
+                        async with asyncio.timeout(policy.per_try_timeout_s):
+                            return await self.upstreams.exchange(ep.address, ep.port, data, head=head)
+                    return await self.upstreams.exchange(ep.address, ep.port, data, head=head)
+                except UpstreamError as exc:
+                    # A stale keep-alive tunnel the backend closed: retry once on a fresh one.
+                    if not (exc.reused and exc.kind == "reset") or fresh_retry:
+                        raise
+                except TimeoutError:
+                    raise UpstreamError("timeout", "per-try timeout") from None
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            self.balancer.finished(cluster.name, ep)
+
+    def _mirror(self, snap: rec.Snapshot, name: str, percent: float, req: Request, down: Downstream) -> None:
+        cluster = snap.clusters.get(name)
+        if cluster is None or self.rng.random() * 100 >= (percent or 100):
+            return
+        ep = self.balancer.pick(cluster, req, down.peer.address[0])
+        if ep is None:
+            return
+        shadow = Request(req.method, req.path, req.query, list(req.headers), req.body)
+        shadow.set_header("host", f"{req.authority.rsplit(':', 1)[0]}-shadow")
+        data = serialize_request(shadow)
+
+        async def send() -> None:
+            with contextlib.suppress(UpstreamError, TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await self.upstreams.exchange(ep.address, ep.port, data)
+
+        self._owner.spawn(send(), name="mirror")
+
+    # -- telemetry --------------------------------------------------------------------------------------
+
+    def _labels(
+        self,
+        down: Downstream,
+        cluster: rec.Cluster | None,
+        ep: rec.Endpoint | None,
+        proto: str,
+        code: str,
+        flags: str,
+        grpc_status: str = "",
+    ) -> tuple[str, ...]:
+        src = down.source
+        host = cluster.hostname if cluster else down.service.hostname
+        svc_name, _, rest = host.partition(".")
+        svc_ns = rest.partition(".")[0] if rest else "unknown"
+        u = "unknown"
+        return (
+            "waypoint",
+            src.workload,
+            src.app,
+            src.version,
+            src.namespace,
+            src.principal,
+            src.app,
+            src.version,
+            src.cluster,
+            (ep.workload or u) if ep else u,
+            (ep.namespace or u) if ep else u,
+            (ep.identity or u) if ep else u,
+            (ep.canonical_name or u) if ep else u,
+            (ep.canonical_revision or u) if ep else u,
+            host,
+            svc_name,
+            svc_ns,
+            (ep.canonical_name or u) if ep else u,
+            (ep.canonical_revision or u) if ep else u,
+            (ep.cluster_id or u) if ep else u,
+            proto,
+            code,
+            grpc_status,
+            flags,
+            "mutual_tls",
+        )
+
+    def _finish(
+        self,
+        req: Request,
+        resp: Response,
+        down: Downstream,
+        out: _Outcome,
+        span: RequestSpan,
+        start: float,
+        req_bytes: int,
+        request_id: str,
+    ) -> None:
+        duration_ms = (time.monotonic() - start) * 1000.0
+        grpc = (req.header("content-type") or "").startswith("application/grpc")
+        grpc_status = resp.header("grpc-status") or "" if grpc else ""
+        labels = self._labels(
+            down,
+            out.cluster,
+            out.endpoint,
+            "grpc" if grpc else "http",
+            str(resp.status),
+            out.flags,
+            grpc_status,
+        )
+        self.metrics.record(labels, duration_ms, req_bytes, len(resp.body))
+        ep = out.endpoint
+        fields: dict[str, object] = {
+            "src.addr": f"{down.peer.address[0]}:{down.peer.address[1]}",
+            "src.identity": down.peer.identity.uri,
+            "src.workload": down.source.workload,
+            "dst.service": down.service.hostname,
+            "method": req.method,
+            "path": req.target,
+            "authority": req.authority,
+            "protocol": "gRPC" if grpc else "HTTP/1.1",
+            "response_code": resp.status,
+            "response_flags": out.flags,
+            "response_code_details": out.details,
+            "route_name": out.route or "-",
+            "upstream_cluster": out.cluster.name if out.cluster else "-",
+            "upstream_host": f"{ep.address}:{ep.port}" if ep else "-",
+            "attempts": out.attempts,
+            "bytes_received": req_bytes,
+            "bytes_sent": len(resp.body),
+            "duration": f"{duration_ms:.1f}ms",
+            "x_request_id": request_id,
+            "trace_id": span.trace_id,
+        }
+        if out.error:
+            fields["error"] = out.error
+        log_access(fields, error=bool(out.error) and resp.status >= 500)
+        span.end(resp.status, {"upstream_cluster": fields["upstream_cluster"], "response_flags": out.flags})  # type: ignore[dict-item]
+
+    async def close(self) -> None:
+        self.upstreams.close()
+        await self._owner.close()
+
+
+def _looks_like_http1(first: bytes) -> bool:
+    head = first[:16]
+    space = head.find(b" ")
+    return space > 2 and all(c in _METHOD_CHARS for c in head[:space])
+
+
+def _replace(req: Request, name: str, value: str) -> None:
+    for i, (k, _) in enumerate(req.headers):
+        if k == name:
+            req.headers[i] = (name, value)
+            req._map = None
+            return
+    req.headers.append((name, value))
+    req._map = None
+
+
+def _strip_token(req: Request, location: str) -> None:
+    if location and not location.startswith("?"):
+        req.set_headers([(k, v) for k, v in req.headers if k != location])
+
+
+def _retriable_error(policy: rec.RetryPolicy, exc: UpstreamError) -> bool:
+    on = policy.retry_on
+    if "5xx" in on or "gateway-error" in on:
+        return True
+    if exc.kind == "connect-failure":
+        return "connect-failure" in on or "reset" in on
+    if exc.kind == "reset":
+        return "reset" in on
+    return False
+
+
+def _retriable_status(policy: rec.RetryPolicy, status: int) -> bool:
+    on = policy.retry_on
+    if "5xx" in on and status >= 500:
+        return True
+    if "gateway-error" in on and status in (502, 503, 504):
+        return True
+    return "retriable-status-codes" in on and status in policy.retriable_status_codes

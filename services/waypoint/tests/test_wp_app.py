@@ -1,0 +1,321 @@
+"""The whole waypoint in-process: HBONE in, L7 processing, HBONE out to echo backends (real TLS + HTTP/2)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import jwt
+import pytest
+import pytest_asyncio
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+from meshkit.hbone.errors import ConnectFailed
+from meshkit.hbone.testing import TestCA
+from meshkit.identity.spiffe import Identity
+from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from waypoint.app import App, build
+from waypoint.config import TYPE_URL
+from waypoint.settings import Settings
+
+from .wphelpers import TD, Backend, Fetcher, MeshClient, get, mapping_connector, start_backend
+
+HOST = "reviews.default.svc.cluster.local"
+VIP = "10.96.0.10"
+ISS = "testing@secure.istio.io"
+ADDRS = {"v1": "10.79.1.1", "v2": "10.79.1.2", "bad": "10.79.1.3", "good": "10.79.1.4"}
+
+
+def _cluster(subset: str, names: list[str], lb: int = pb.LB_DEFAULT) -> pb.Cluster:
+    return pb.Cluster(
+        name=f"inbound-vip|80|{subset}|{HOST}",
+        hostname=HOST,
+        port=80,
+        subset=subset,
+        lb=lb,  # type: ignore[arg-type]
+        endpoints=[
+            pb.Endpoint(
+                address=ADDRS[n],
+                port=8080,
+                healthy=True,
+                workload=f"reviews-{n}",
+                namespace="default",
+                identity=f"spiffe://{TD}/ns/default/sa/reviews",
+                canonical_name="reviews",
+                canonical_revision=n,
+            )
+            for n in names
+        ],
+    )
+
+
+def _ref(subset: str, weight: int = 1) -> pb.WeightedCluster:
+    return pb.WeightedCluster(cluster=f"inbound-vip|80|{subset}|{HOST}", weight=weight)
+
+
+def _jwks(key: rsa.RSAPrivateKey) -> str:
+    jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid="k1", alg="RS256")
+    return json.dumps({"keys": [jwk]})
+
+
+def config(key: rsa.RSAPrivateKey) -> pb.WaypointConfig:
+    hdr = pb.RouteMatch(headers=[pb.HeaderMatch(name="end-user", value=pb.StringMatch(exact="jason"))])
+    return pb.WaypointConfig(
+        name="waypoint",
+        namespace="default",
+        trust_domain=TD,
+        services=[
+            pb.Service(
+                hostname=HOST,
+                name="reviews",
+                namespace="default",
+                vips=[VIP],
+                ports=[pb.ServicePort(port=80, target_port=8080, protocol=pb.PROTOCOL_UNSPECIFIED)],
+                routes=[
+                    pb.Route(
+                        name="header",
+                        matches=[hdr],
+                        backends=[_ref("v2")],
+                        request_headers=pb.HeaderMutation(set={"x-added": "yes"}),
+                    ),
+                    pb.Route(
+                        name="split",
+                        matches=[pb.RouteMatch(path=pb.StringMatch(path_prefix="/split"))],
+                        backends=[_ref("v1", 90), _ref("v2", 10)],
+                    ),
+                    pb.Route(
+                        name="retry",
+                        matches=[pb.RouteMatch(path=pb.StringMatch(path_prefix="/flaky"))],
+                        backends=[_ref("flaky")],
+                    ),
+                    pb.Route(
+                        name="fault",
+                        matches=[pb.RouteMatch(path=pb.StringMatch(path_prefix="/fault"))],
+                        backends=[_ref("v1")],
+                        fault=pb.Fault(abort_percent=100, abort_status=418),
+                    ),
+                    pb.Route(
+                        name="slow",
+                        matches=[pb.RouteMatch(path=pb.StringMatch(path_prefix="/slow"))],
+                        backends=[_ref("v1")],
+                        timeout_ms=100,
+                    ),
+                    pb.Route(
+                        name="rest",
+                        backends=[_ref("v1")],
+                        response_headers=pb.HeaderMutation(add={"x-route": "rest"}),
+                    ),
+                ],
+                policies=[
+                    pb.Policy(
+                        name="deny-admin",
+                        namespace="default",
+                        action=pb.DENY,
+                        rules=[pb.Rule(operations=[pb.Operation(paths=["/admin*"])])],
+                    ),
+                    pb.Policy(
+                        name="require-jwt",
+                        namespace="default",
+                        action=pb.DENY,
+                        rules=[
+                            pb.Rule(
+                                sources=[pb.Source(not_request_principals=["*"])],
+                                operations=[pb.Operation(paths=["/jwt*"])],
+                            )
+                        ],
+                    ),
+                ],
+                jwt=pb.JwtRules(providers=[pb.JwtProvider(issuer=ISS, jwks=_jwks(key))]),
+            )
+        ],
+        clusters=[
+            _cluster("v1", ["v1"]),
+            _cluster("v2", ["v2"]),
+            _cluster("flaky", ["bad", "good"], pb.ROUND_ROBIN),
+            _cluster("http", ["v1"]),
+        ],
+    )
+
+
+@dataclass
+class Env:
+    app: App
+    client: MeshClient
+    backends: dict[str, Backend]
+    spans: InMemorySpanExporter
+    key: rsa.RSAPrivateKey
+
+
+@pytest_asyncio.fixture
+async def env() -> AsyncIterator[Env]:
+    ca = TestCA(TD)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    backends = {
+        n: await start_backend(ca, n, Identity(TD, "default", "reviews"), 503 if n == "bad" else 200)
+        for n in ADDRS
+    }
+    ports = {ADDRS[n]: b.port for n, b in backends.items()}
+    spans = InMemorySpanExporter()
+    settings = Settings(
+        hbone_addr="127.0.0.1:0",
+        admin_addr="127.0.0.1:0",
+        stats_addr="127.0.0.1:0",
+        readiness_addr="127.0.0.1:0",
+        trust_domain=TD,
+    )
+
+    async def source(store, synced):  # type: ignore[no-untyped-def]
+        store.apply(TYPE_URL, [("default/waypoint", config(key))], [])
+        synced()
+
+    app = await build(
+        settings,
+        fetcher=Fetcher(ca),
+        config_source=source,
+        connector=mapping_connector(lambda: ports),
+        span_exporter=spans,
+    )
+    await app.readiness.wait_ready()
+    client = MeshClient(ca, app.hbone_address)
+    try:
+        yield Env(app, client, backends, spans, key)
+    finally:
+        await client.close()
+        await app.close()
+        for b in backends.values():
+            assert b.server is not None
+            await b.server.close()
+
+
+async def test_routes_default_path_with_request_id_and_headers(env: Env) -> None:
+    stream = await env.client.open(f"{VIP}:80")
+    resp = await env.client.request(stream, get("/productpage"))
+    assert resp.status == 200
+    assert resp.header("x-backend") == "v1" and resp.header("x-route") == "rest"
+    assert resp.header("echo-x-request-id")
+    # keep-alive: a second request on the same tunnel
+    assert (await env.client.request(stream, get("/again"))).status == 200
+
+
+async def test_l7_deny_on_a_path_others_succeed(env: Env) -> None:
+    stream = await env.client.open(f"{VIP}:80")
+    denied = await env.client.request(stream, get("/admin/users"))
+    assert denied.status == 403 and denied.body == b"RBAC: access denied"
+    assert (await env.client.request(stream, get("/reviews/1"))).status == 200
+    assert not any(r.path.startswith("/admin") for b in env.backends.values() for r in b.requests)
+
+
+async def test_weighted_split_90_10_over_1000_requests(env: Env) -> None:
+    stream = await env.client.open(f"{VIP}:80")
+    counts: Counter[str] = Counter()
+    for i in range(1000):
+        resp = await env.client.request(stream, get(f"/split/{i}"))
+        counts[resp.header("x-backend") or "?"] += 1
+    # Binomial(1000, 0.9): sd = 9.5; 4.5 sd either side keeps a false failure below 1e-5.
+    assert 857 <= counts["v1"] <= 943, counts
+    assert counts["v1"] + counts["v2"] == 1000
+
+
+async def test_header_match_route(env: Env) -> None:
+    stream = await env.client.open(f"{VIP}:80")
+    resp = await env.client.request(stream, get("/reviews", headers=[("end-user", "jason")]))
+    assert resp.header("x-backend") == "v2" and resp.header("echo-x-added") == "yes"
+    assert (await env.client.request(stream, get("/reviews"))).header("x-backend") == "v1"
+
+
+async def test_retry_hides_one_failing_endpoint(env: Env) -> None:
+    stream = await env.client.open(f"{VIP}:80")
+    statuses = [(await env.client.request(stream, get(f"/flaky/{i}"))).status for i in range(20)]
+    assert statuses == [200] * 20
+    assert env.backends["bad"].requests, "the failing endpoint was tried (and hidden by the retry)"
+
+
+async def test_fault_abort_and_timeout(env: Env) -> None:
+    stream = await env.client.open(f"{VIP}:80")
+    resp = await env.client.request(stream, get("/fault"))
+    assert resp.status == 418
+    started = time.monotonic()
+    resp = await env.client.request(stream, get("/slow?delay=1"))
+    assert resp.status == 504 and time.monotonic() - started < 1.5
+
+
+async def test_jwt_required_path(env: Env) -> None:
+    stream = await env.client.open(f"{VIP}:80")
+    good = jwt.encode(
+        {"iss": ISS, "sub": "sub-1", "exp": int(time.time()) + 60}, env.key, "RS256", headers={"kid": "k1"}
+    )
+    expired = jwt.encode(
+        {"iss": ISS, "sub": "sub-1", "exp": int(time.time()) - 600}, env.key, "RS256", headers={"kid": "k1"}
+    )
+    assert (await env.client.request(stream, get("/jwt"))).status == 403
+    bad = await env.client.request(stream, get("/jwt", headers=[("authorization", f"Bearer {expired}")]))
+    assert bad.status == 401 and b"expired" in bad.body
+    ok = await env.client.request(stream, get("/jwt", headers=[("authorization", f"Bearer {good}")]))
+    assert ok.status == 200
+    assert env.backends["v1"].requests[-1].header("authorization") is None  # not forwarded by default
+
+
+async def test_one_trace_id_across_hops(env: Env) -> None:
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    stream = await env.client.open(f"{VIP}:80")
+    resp = await env.client.request(
+        stream, get("/t", headers=[("traceparent", f"00-{trace_id}-{parent}-01")])
+    )
+    seen = resp.header("echo-traceparent") or ""
+    assert seen.split("-")[1] == trace_id and seen.split("-")[2] != parent
+    env.app.tracing.provider.force_flush()  # type: ignore[union-attr]
+    spans = env.spans.get_finished_spans()
+    assert any(
+        f"{s.context.trace_id:032x}" == trace_id and f"{s.context.span_id:016x}" == seen.split("-")[2]
+        for s in spans
+        if s.context is not None
+    )
+
+
+async def test_unbound_service_is_refused(env: Env) -> None:
+    with pytest.raises(ConnectFailed) as info:
+        await env.client.open("10.96.0.99:80")
+    assert info.value.status == 503
+
+
+async def test_metrics_and_config_dump(env: Env) -> None:
+    stream = await env.client.open(f"{VIP}:80")
+    await env.client.request(stream, get("/m"))
+    await env.client.request(stream, get("/admin"))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(env.app.url("stats") + "/metrics") as r:
+            text = await r.text()
+        async with http.get(env.app.url("admin") + "/config_dump") as r:
+            dump = await r.json()
+        async with http.get(env.app.url("readiness") + "/healthz/ready") as r:
+            assert r.status == 200
+    line = next(
+        l for l in text.splitlines() if l.startswith("istio_requests_total{") and 'response_code="200"' in l
+    )
+    for label in (
+        'reporter="waypoint"',
+        'source_workload="sleep"',
+        'source_principal="spiffe://cluster.local/ns/default/sa/sleep"',
+        f'destination_service="{HOST}"',
+        'destination_workload="reviews-v1"',
+        'request_protocol="http"',
+        'connection_security_policy="mutual_tls"',
+    ):
+        assert label in line, (label, line)
+    assert 'response_code="403"' in text and 'response_flags="RBAC"' in text
+    assert "istio_request_duration_milliseconds_bucket" in text and "istio_response_bytes_bucket" in text
+    assert dump["waypoint"]["config"]["services"][0]["hostname"] == HOST
+
+
+async def test_tcp_passthrough_for_non_http(env: Env) -> None:
+    stream = await env.client.open(f"{VIP}:80")
+    stream.write(b"\x00\x01binary-not-http")
+    assert await stream.read() == b"echo:\x00\x01binary-not-http"
+    stream.write_eof()
+    assert await stream.read() == b""

@@ -1,0 +1,154 @@
+"""Test harness for the waypoint: a test CA, backend "pods" behind HBONE, an HBONE client playing ztunnel.
+
+Backends are HBONE servers on loopback that terminate the CONNECT and answer HTTP/1.1 themselves (an echo
+app), so a whole request path runs in one process on 127.0.0.1 with real TLS 1.3 and HTTP/2. A connector
+maps the endpoint address in the config (``10.79.x.y:15008``) to the backend's real loopback port, the
+way the connector is the only thing that differs between a test and a pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from meshkit.hbone.errors import HboneError
+from meshkit.hbone.pool import ConnectionPool, PoolKey, host_connector
+from meshkit.hbone.request import SourceMetadata, connect_headers
+from meshkit.hbone.server import Accept, HboneServer, InboundPeer
+from meshkit.hbone.stream import HboneStream
+from meshkit.hbone.testing import TestCA
+from meshkit.identity.certs import WorkloadCertificate
+from meshkit.identity.spiffe import Identity
+from meshkit.sockets import HostSocketFactory
+from waypoint.http1 import (
+    BadMessage,
+    Request,
+    RequestParser,
+    Response,
+    ResponseParser,
+    serialize_request,
+    serialize_response,
+)
+
+TD = "cluster.local"
+CLIENT_ID = Identity(TD, "default", "sleep")
+WAYPOINT_ID = Identity(TD, "default", "waypoint")
+
+
+class Fetcher:
+    """CertificateFetcher backed by a TestCA."""
+
+    def __init__(self, ca: TestCA) -> None:
+        self.ca = ca
+
+    async def fetch(self, identity: Identity) -> WorkloadCertificate:
+        return self.ca.issue(identity)
+
+
+@dataclass
+class Backend:
+    """An echo app behind its own HBONE server; ``status`` lets a test make it fail."""
+
+    name: str
+    identity: Identity
+    status: int = 200
+    requests: list[Request] = field(default_factory=list)
+    server: HboneServer | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.address[1]
+
+    async def serve(self, stream: HboneStream) -> None:
+        with contextlib.suppress(HboneError, BadMessage):
+            await self._serve(stream)
+
+    async def _serve(self, stream: HboneStream) -> None:
+        parser = RequestParser()
+        while data := await stream.read():
+            if not data[:1].isupper():  # not HTTP: a TCP echo
+                stream.write(b"echo:" + data)
+                continue
+            for req in parser.feed(data):
+                self.requests.append(req)
+                if "delay" in req.query:
+                    await asyncio.sleep(2)
+                body = f"backend={self.name} path={req.target}\n".encode()
+                headers = [("x-backend", self.name)]
+                for name in ("traceparent", "x-request-id", "x-added"):
+                    if (value := req.header(name)) is not None:
+                        headers.append((f"echo-{name}", value))
+                stream.write(serialize_response(Response(self.status, headers, body)))
+        stream.write_eof()
+
+
+async def start_backend(ca: TestCA, name: str, identity: Identity, status: int = 200) -> Backend:
+    backend = Backend(name, identity, status)
+    cert = ca.issue(identity)
+
+    async def handler(_peer: InboundPeer, _req: object) -> Accept:
+        return Accept(backend.serve)
+
+    sock = HostSocketFactory().listen_tcp("127.0.0.1", 0)
+    backend.server = HboneServer(sock, lambda: cert, handler, name=f"backend-{name}")  # type: ignore[arg-type]
+    await backend.server.start()
+    return backend
+
+
+def mapping_connector(ports: Callable[[], dict[str, int]]):  # type: ignore[no-untyped-def]
+    """Dial 127.0.0.1:<port of the backend whose config address is key.dst[0]>."""
+
+    async def connect(key: PoolKey) -> socket.socket:
+        port = ports().get(key.dst[0])
+        if port is None:
+            raise ConnectionRefusedError(f"no backend at {key.dst[0]}")
+        return await host_connector()(
+            PoolKey(key.src_identity, key.src_ip, key.dst_identities, ("127.0.0.1", port))
+        )
+
+    return connect
+
+
+class MeshClient:
+    """Plays the source ztunnel: HBONE to the waypoint with the client's identity, HTTP/1.1 inside."""
+
+    def __init__(self, ca: TestCA, waypoint: tuple[str, int]) -> None:
+        cert = ca.issue(CLIENT_ID)
+        self.waypoint = waypoint
+        self.pool = ConnectionPool(lambda _i: cert, name="test-client")
+
+    async def open(self, authority: str) -> HboneStream:
+        key = PoolKey.of(CLIENT_ID, "127.0.0.1", [WAYPOINT_ID], self.waypoint)
+        meta = SourceMetadata(
+            namespace="default",
+            workload_name="sleep",
+            canonical_name="sleep",
+            canonical_revision="v1",
+            cluster_id="Kubernetes",
+        )
+        return await self.pool.connect(key, authority, connect_headers(meta, ("10.79.0.5", 40000)))
+
+    async def request(self, stream: HboneStream, req: Request) -> Response:
+        stream.write(serialize_request(req))
+        parser = ResponseParser(head_only=req.method == "HEAD")
+        while True:
+            data = await asyncio.wait_for(stream.read(), 10)
+            if not data:
+                raise EOFError("waypoint closed the tunnel")
+            done = parser.feed(data)
+            if done:
+                return done[0]
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+def get(
+    path: str, host: str = "reviews", headers: list[tuple[str, str]] | None = None, method: str = "GET"
+) -> Request:
+    p, _, q = path.partition("?")
+    return Request(method, p, q, [("host", host), *(headers or [])])
