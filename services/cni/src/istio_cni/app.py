@@ -140,7 +140,12 @@ async def build(
     hub = ZtunnelHub(settings.ztunnel_uds, dataplane.snapshot, dataplane.on_snapshot_acked, metrics)
     dataplane.hub = hub
     controller = PodController(
-        view, dataplane, settings.enablement_selectors, settings.exclude_namespaces, settings.retry_interval
+        view,
+        dataplane,
+        settings.enablement_selectors,
+        settings.exclude_namespaces,
+        retry_s=settings.retry_interval,
+        reapply_on_startup=settings.reconcile_on_startup,
     )
     plugin_server = PluginEventServer(f"{settings.run_dir}/{PLUGIN_EVENT_SOCKET}", controller.plugin_add)
     app = App(

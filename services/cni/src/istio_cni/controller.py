@@ -46,13 +46,16 @@ class PodController:
         dataplane: MeshDataplane,
         selectors: Sequence[Obj],
         exclude_namespaces: Sequence[str],
+        *,
         retry_s: float = 5.0,
+        reapply_on_startup: bool = True,
     ) -> None:
         self.view = view
         self.dataplane = dataplane
         self.selectors = list(selectors)
         self.exclude = list(exclude_namespaces)
         self.retry_s = retry_s
+        self.reapply_on_startup = reapply_on_startup
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.idle = asyncio.Event()  # set whenever the queue has been drained (tests wait on it)
 
@@ -114,7 +117,9 @@ class PodController:
         namespace = self.view.namespace(str(pod.get("metadata", {}).get("namespace")))
         if self.wants(pod, namespace):
             if uid not in self.dataplane.pods and pod_ips(pod):
-                await self.dataplane.enrol(pod)
+                # a pod a previous agent enrolled keeps its rules unless we were told to re-apply them
+                inherited = bool(enrolment.annotations_of(pod).get(enrolment.REDIRECTION_ANNOTATION))
+                await self.dataplane.enrol(pod, apply_rules=self.reapply_on_startup or not inherited)
         elif uid in self.dataplane.pods:
             await self.dataplane.unenrol(uid, deleted=False)
         elif enrolment.annotations_of(pod).get(enrolment.REDIRECTION_ANNOTATION):

@@ -112,20 +112,29 @@ class MeshDataplane:
         return Netns.open(path) if path else None
 
     async def enrol(
-        self, pod: Mapping[str, Any], netns: Netns | None = None, ips: tuple[str, ...] = ()
+        self,
+        pod: Mapping[str, Any],
+        netns: Netns | None = None,
+        ips: tuple[str, ...] = (),
+        *,
+        apply_rules: bool = True,
     ) -> bool:
-        """Put ``pod`` in the mesh; True once a ztunnel acked it. Takes ownership of ``netns``."""
+        """Put ``pod`` in the mesh; True once a ztunnel acked it. Takes ownership of ``netns``.
+
+        ``apply_rules=False`` trusts rules a previous agent installed
+        (``AMBIENT_RECONCILE_POD_RULES_ON_STARTUP=false``).
+        """
         meta = pod.get("metadata", {})
         uid = str(meta.get("uid", ""))
         async with self._lock(uid):
             try:
-                return await self._enrol(pod, uid, netns, ips or pod_ips(pod))
+                return await self._enrol(pod, uid, netns, ips or pod_ips(pod), apply_rules)
             except BaseException:
                 self._metrics.enrolments.labels(op="enrol", result="error").inc()
                 raise
 
     async def _enrol(
-        self, pod: Mapping[str, Any], uid: str, netns: Netns | None, ips: tuple[str, ...]
+        self, pod: Mapping[str, Any], uid: str, netns: Netns | None, ips: tuple[str, ...], apply_rules: bool
     ) -> bool:
         meta = pod.get("metadata", {})
         existing = self.pods.get(uid)
@@ -141,7 +150,8 @@ class MeshDataplane:
                 return existing.state == ENABLED
             existing.netns.close()  # new sandbox for the same pod: ztunnel replaces the proxy on add
         try:
-            await apply_pod_rules(netns, rule_config(pod, self.cfg), self.cfg.ipv6)
+            if apply_rules:
+                await apply_pod_rules(netns, rule_config(pod, self.cfg), self.cfg.ipv6)
             if self._host is not None:
                 await self._host.add_ips(ips)
         except BaseException:
