@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
+import yaml  # comes with the kubernetes client, a declared dependency of this member
 from meshkit.settings import env, parse_duration, parse_list
 
 from istio_cni.enrolment import DEFAULT_SELECTORS, validate_selectors
