@@ -113,12 +113,10 @@ def _root_source(value: str | bytes) -> Callable[[], bytes]:
     return path.read_bytes
 
 
-def _target(address: str) -> tuple[str, str]:
-    """(grpc target, host) from ``https://host:port`` or ``host:port``."""
+def _target(address: str) -> str:
+    """The gRPC target ``host:port`` from ``https://host:port`` or ``host:port``."""
     bare = address.split("://", 1)[1] if "://" in address else address
-    bare = bare.rstrip("/")
-    host = bare.rsplit(":", 1)[0] if bare.count(":") == 1 or bare.startswith("[") else bare
-    return bare, host.strip("[]")
+    return bare.rstrip("/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +155,7 @@ class CaClient:
 
     def __init__(self, config: CaClientConfig) -> None:
         self._config = config
-        self._target, _ = _target(config.address)
+        self._target = _target(config.address)
         self._roots = _root_source(config.root_ca)
         self._channel: grpc.aio.Channel | None = None
         self._channel_roots: bytes | None = None

@@ -309,3 +309,61 @@ def foreign_certificate(identity: Identity) -> WorkloadCertificate:
     csr = create_csr(identity)
     chain = CertificateAuthority(bundle).sign(csr.csr_pem, uris=[identity.uri]).chain
     return certificate_from_response(identity, chain, csr.private_key_pem)
+
+
+async def test_ttl_above_max_refused_and_counted(server: CaServer) -> None:
+    client = server.client(ZT_A)
+    try:
+        object.__setattr__(client._config, "ttl_seconds", 91 * 86400)  # a ztunnel with SECRET_TTL=91d
+        with pytest.raises(CaClientError, match="INVALID_ARGUMENT: requested TTL 7862400s is greater than"):
+            await client.fetch(WEB)
+    finally:
+        await client.close()
+    registry = server.registry
+    assert registry.get_sample_value("citadel_server_csr_parsing_err_count_total") == 1  # type: ignore[attr-defined]
+    assert registry.get_sample_value("citadel_server_success_cert_issuance_count_total") == 0  # type: ignore[attr-defined]
+
+
+async def test_metrics_count_issuance_and_authn_failures(server: CaServer) -> None:
+    await fetch(server.client(ZT_A), WEB)
+    with pytest.raises(CaClientError):
+        await fetch(server.client(lambda: None), WEB)
+    with pytest.raises(CaClientError):
+        await fetch(server.client(ZT_A), DB)
+    get = server.registry.get_sample_value  # type: ignore[attr-defined]
+    assert get("citadel_server_csr_count_total") == 3
+    assert get("citadel_server_success_cert_issuance_count_total") == 1
+    assert get("citadel_server_authentication_failure_count_total") == 2
+
+
+async def test_pod_index_outage_denies_with_reason(ca: CertificateAuthority) -> None:
+    class Broken:
+        async def get_pod(self, namespace: str, name: str) -> None:
+            raise ConnectionError("informer not synced")
+
+        async def pods_on_node(self, node: str, namespace: str, service_account: str) -> list[object]:
+            return []
+
+    from istiod.ca.errors import ImpersonationDenied
+    from istiod.security.authn import Caller
+
+    nodes = NodeAuthorizer(["istio-system/ztunnel"], Broken())  # type: ignore[arg-type]
+    caller = Caller(
+        Identity("cluster.local", "istio-system", "ztunnel"), "istio-system", "ztunnel", "zt-a", "u", "K"
+    )
+    with pytest.raises(ImpersonationDenied, match="pod lookup failed: informer not synced"):
+        await nodes.authorize(caller, WEB.uri)
+
+
+def test_serving_certificate_rotates_at_half_life(ca: CertificateAuthority) -> None:
+    import datetime as dt
+
+    now = [dt.datetime.now(dt.UTC)]
+    fake_ca = CertificateAuthority(ca.bundle, clock=lambda: now[0])
+    rotating = RotatingServerCredentials(fake_ca, [ISTIOD_HOST], ttl_s=3600, clock=lambda: now[0])
+    first = rotating.current
+    assert rotating._fetch() is None  # nothing to do yet: gRPC keeps the current one
+    now[0] = first.refresh_at()
+    assert rotating._fetch() is not None
+    assert rotating.current.not_after == first.not_after + dt.timedelta(minutes=30)
+    assert rotating._fetch() is None

@@ -114,8 +114,13 @@ class NodeAuthorizer:
                 f"requested identity {target} is outside this mesh's trust domain "
                 f"({', '.join(sorted(self._trust_domains))})"
             )
-        node = await self._caller_node(caller)
-        await self._require_pod_on_node(target, node)
+        try:
+            node = await self._caller_node(caller)
+            await self._require_pod_on_node(target, node)
+        except ImpersonationDenied:
+            raise
+        except Exception as exc:  # the pod index is unreachable: deny, as upstream does, but say why
+            raise ImpersonationDenied(f"pod lookup failed: {exc}") from exc
         return target
 
     async def _caller_node(self, caller: Caller) -> str:
