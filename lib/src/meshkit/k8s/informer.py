@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from meshkit.k8s.client import ApiError, Gone, KubeClient, WatchStream
+from meshkit.k8s.client import ApiError, Gone, KubeClient, NotFound, WatchStream
 from meshkit.k8s.resources import Obj, Resource, object_key, resource_version
 from meshkit.logs import kv
 
@@ -114,6 +114,7 @@ class Informer:
         field_selector: str = "",
         watch_timeout_s: int = 300,
         max_backoff_s: float = 30.0,
+        optional: bool = False,
     ) -> None:
         self.client = client
         self.resource = resource
@@ -131,7 +132,9 @@ class Informer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.relists = 0
+        self.optional = optional  # a missing kind (CRD not installed, 404) counts as synced and empty
         self._version = ""
+        self._missing_reported = False
 
     # ---- handler API (event loop side) ----
 
@@ -214,13 +217,26 @@ class Informer:
             except Exception as exc:  # any other failure: back off, then resume from the last version
                 if self._stop.is_set():
                     return
-                version = self._version  # resume from the last event seen before the failure
-                log.warning(
-                    "list/watch failed; retrying",
-                    extra=kv(resource=str(self.resource), error=_describe(exc), retry_in_s=round(backoff, 2)),
-                )
+                version = self._failed(exc, backoff)
                 self._stop.wait(backoff * random.uniform(0.8, 1.2))
                 backoff = min(backoff * 2, self._max_backoff_s)
+
+    def _failed(self, exc: Exception, backoff: float) -> str:
+        """Log a failure; returns the version to resume from ("" = relist)."""
+        if isinstance(exc, NotFound) and self.optional:
+            if not self._missing_reported:
+                log.info(
+                    "kind not served (CRD missing?); empty until it appears",
+                    extra=kv(resource=str(self.resource)),
+                )
+                self._missing_reported = True
+            self._post(_Listed([]))
+            return ""
+        log.warning(
+            "list/watch failed; retrying",
+            extra=kv(resource=str(self.resource), error=_describe(exc), retry_in_s=round(backoff, 2)),
+        )
+        return self._version  # resume from the last event seen before the failure
 
     def _watch(self, version: str) -> str:
         stream = self.client.watch(
