@@ -365,5 +365,5 @@ def test_serving_certificate_rotates_at_half_life(ca: CertificateAuthority) -> N
     assert rotating._fetch() is None  # nothing to do yet: gRPC keeps the current one
     now[0] = first.refresh_at()
     assert rotating._fetch() is not None
-    assert rotating.current.not_after == first.not_after + dt.timedelta(minutes=30)
+    assert rotating.current.not_after == first.refresh_at() + dt.timedelta(hours=1)
     assert rotating._fetch() is None
