@@ -81,11 +81,9 @@ step helm -- env GOBIN="${BIN}" go install -trimpath \
   -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
   "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
 
-"${BIN}/kube-apiserver" --version
-"${BIN}/kubectl" version --client
-"${BIN}/etcd" --version | head -1
-"${BIN}/coredns" -version | head -1
-"${BIN}/helm" version --short
+# version report (no `| head`: with pipefail a SIGPIPE'd writer would fail the build)
+log "versions: $("${BIN}/kube-apiserver" --version) | etcd $("${BIN}/etcd" --version | sed -n 1p) |" \
+  "$("${BIN}/coredns" -version | tr '\n' ' ')| helm $("${BIN}/helm" version --short)"
 
 recipe_hash > "${STAMP}"
 dl1=$(dl_size)
