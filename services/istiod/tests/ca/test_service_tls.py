@@ -27,7 +27,7 @@ from meshkit.identity.spiffe import Identity
 from meshkit.metrics import new_registry
 from meshproto.istio.v1.auth import ca_pb2_grpc
 
-from .conftest import FakePods, FakeReviewer, make_plugged_ca, sa_token
+from .conftest import FakePods, FakeReviewer, PluggedCa, make_plugged_ca, sa_token
 
 WEB = Identity("cluster.local", "app", "web")
 API = Identity("cluster.local", "app", "api")
@@ -367,3 +367,33 @@ def test_serving_certificate_rotates_at_half_life(ca: CertificateAuthority) -> N
     assert rotating._fetch() is not None
     assert rotating.current.not_after == first.refresh_at() + dt.timedelta(hours=1)
     assert rotating._fetch() is None
+
+
+async def test_plugged_intermediate_chain_over_the_wire_and_in_tls(
+    plugged: PluggedCa, pods: FakePods, tmp_path: Path
+) -> None:
+    """With a cacerts intermediate, peers send leaf + intermediate and verify up to the root alone."""
+    bundle = KeyCertBundle.from_pem(
+        plugged.ca_cert_pem, plugged.ca_key_pem, plugged.cert_chain_pem, plugged.root_pem, source="cacerts"
+    )
+    ca = CertificateAuthority(bundle)
+    servicer = CertificateServicer(
+        ca, KubeJwtAuthenticator(FakeReviewer()), NodeAuthorizer(["istio-system/ztunnel"], pods)
+    )
+    srv = grpc.aio.server()
+    ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(servicer, srv)
+    port = srv.add_secure_port("127.0.0.1:0", RotatingServerCredentials(ca, [ISTIOD_HOST]).credentials())
+    await srv.start()
+    try:
+        # ztunnel verifies istiod with the root alone: istiod's serving chain must carry the intermediate.
+        client = CaServer(port, ca, tmp_path, None).client(ZT_A, root=plugged.root_pem)
+        try:
+            web, api = await client.fetch(WEB), await client.fetch(API)
+        finally:
+            await client.close()
+    finally:
+        await srv.stop(None)
+    assert web.roots_pem == plugged.root_pem
+    assert web.chain_pem.count(b"BEGIN CERTIFICATE") == 2
+    client_saw, server_saw = await handshake(context(web, tmp_path, False), context(api, tmp_path, True))
+    assert (client_saw, server_saw) == ([API], [WEB])
