@@ -137,7 +137,9 @@ async def build(
     dp_cfg = _dataplane_config(settings)
     host = _host_rules(settings)
     dataplane = MeshDataplane(dp_cfg, annotator, metrics, host)
-    hub = ZtunnelHub(settings.ztunnel_uds, dataplane.snapshot, dataplane.on_snapshot_acked, metrics)
+    hub = ZtunnelHub(
+        settings.ztunnel_uds, dataplane.snapshot, dataplane.on_snapshot_acked, metrics, snapshots_open=False
+    )
     dataplane.hub = hub
     controller = PodController(
         view,
@@ -178,6 +180,7 @@ async def _start(app: App, metrics: CniMetrics) -> None:
     app.controller.resync()
     app.readiness.set("kube")
     app.tasks.spawn(app.controller.run(), name="controller")
+    app.tasks.spawn(_open_snapshots_after_reconcile(app), name="zds-gate")
     app.tasks.spawn(app.dataplane.retry_loop(s.retry_interval), name="zds-retry")
     if s.install_cni:
         app.installer = Installer(
@@ -204,6 +207,12 @@ async def _watch_install(installer: Installer, ready: asyncio.Event, metrics: Cn
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def _open_snapshots_after_reconcile(app: App) -> None:
+    await app.controller.idle.wait()
+    app.hub.open_snapshots()
+    log.info("start-up reconcile done", extra=kv(pods=len(app.dataplane.pods)))
 
 
 async def _mark_ready(readiness: Readiness, installed: asyncio.Event) -> None:

@@ -7,7 +7,10 @@ Built on :mod:`meshkit.zds` (framing, protocol cores, server socket). Rules kept
 * a new ``add`` goes to the most recently connected ztunnel (the one taking over during an upgrade); a ``del``
   goes to all of them;
 * one lock serializes snapshots and adds/dels, so no ztunnel misses a change made while its snapshot was sent;
-* idle connections are probed every few seconds (upstream keepalive); a dead one is dropped.
+* idle connections are probed every few seconds (upstream keepalive); a dead one is dropped;
+* no snapshot goes out before :meth:`ZtunnelHub.open_snapshots` (the agent calls it once its start-up
+  reconcile is done): a ztunnel drops every pod a snapshot leaves out, so an early, empty snapshot after an
+  agent restart would cut the traffic of every pod on the node.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class ZtunnelHub:
         metrics: CniMetrics,
         *,
         keepalive_s: float = KEEPALIVE_S,
+        snapshots_open: bool = True,
     ) -> None:
         self._snapshot = snapshot
         self._on_snapshot_acked = on_snapshot_acked
@@ -59,6 +63,9 @@ class ZtunnelHub:
         self._lock = asyncio.Lock()
         self._ready: list[ZdsServerConnection] = []  # oldest first
         self.changed = asyncio.Condition()  # notified when a ztunnel becomes ready or goes away
+        self._snapshots_open = asyncio.Event()
+        if snapshots_open:
+            self._snapshots_open.set()
 
     @property
     def connected(self) -> int:
@@ -79,7 +86,12 @@ class ZtunnelHub:
         async with self.changed:
             self.changed.notify_all()
 
+    def open_snapshots(self) -> None:
+        """The pod cache is complete: connected and future ztunnels may get their snapshot."""
+        self._snapshots_open.set()
+
     async def _serve(self, conn: ZdsServerConnection) -> None:
+        await self._snapshots_open.wait()
         async with self._lock:
             acked = [
                 uid for uid in [await self._send_snapshot_pod(conn, pod) for pod in self._snapshot()] if uid
@@ -87,9 +99,9 @@ class ZtunnelHub:
             await conn.snapshot_sent()
             self._ready.append(conn)
         log.info("ztunnel snapshot acked", extra=kv(pods=len(acked), ztunnels=len(self._ready)))
-        await self._notify()
         try:
-            await self._on_snapshot_acked(acked)
+            await self._on_snapshot_acked(acked)  # annotations first: "connected" means they are written
+            await self._notify()
             while await self._keepalive(conn):
                 pass
         finally:
