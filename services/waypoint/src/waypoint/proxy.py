@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from meshkit.drain import TaskOwner
+from meshkit.hbone.errors import HboneError
 from meshkit.hbone.request import ConnectRequest
 from meshkit.hbone.server import Accept, Decision, InboundPeer, Reject
 from meshkit.hbone.stream import HboneStream
@@ -169,6 +170,9 @@ class WaypointProxy:
                 await self._serve_http1(stream, down, first)
             else:
                 await self._serve_tcp(stream, down, first)
+        except HboneError as exc:  # the client (or its connection) went away
+            log.debug("tunnel ended", extra=kv(authority=down.authority, error=str(exc)))
+            stream.abort()
         except Exception:
             log.exception("tunnel failed", extra=kv(authority=down.authority, src=down.peer.address[0]))
             stream.abort()
