@@ -1,0 +1,117 @@
+"""The node agent against the local cluster's real API server (informers, ``pods/status`` patches) and a real
+pod: labelling the namespace of a running pod enrols it without a restart (rules in its netns, annotation
+``enabled`` once a ztunnel acked); removing the label takes every rule and the annotation away.
+
+The agent runs in-process for the pod's node (node netns for the probe rules, CNI install off, so the
+cluster's own CNI config is left alone); a meshkit.zds client plays ztunnel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from istio_cni.app import build
+from istio_cni.netnsfind import find_netns_path
+from istio_cni.settings import Settings
+from meshkit.settings import load
+from meshkit.zds import WorkloadAdded, ZdsClientConnection, ZdsClosed
+from meshtest.fixtures import kube_cluster, kube_namespace  # noqa: F401 - fixtures used by name
+from meshtest.kube import KubeCluster
+
+pytestmark = [pytest.mark.cluster, pytest.mark.root]
+IMAGE = "localhost:5000/app:istio-testing"
+REDIRECTION = "ambient.istio.io/redirection"
+
+
+async def ack_everything(path: str) -> None:
+    while True:
+        try:
+            conn = await ZdsClientConnection.connect(path)
+        except OSError:
+            await asyncio.sleep(0.05)  # the agent is not listening yet: reconnect back-off
+            continue
+        with contextlib.suppress(ZdsClosed):
+            async with conn:
+                while True:
+                    event = await conn.next_event()
+                    if isinstance(event, WorkloadAdded):
+                        os.close(event.netns_fd)
+                    await conn.ack()
+
+
+def rules_present(pod_ip: str) -> bool:
+    path = find_netns_path("/proc", (pod_ip,))
+    assert path is not None, f"no process found in the netns of {pod_ip}"
+
+    out = subprocess.run(
+        ["nsenter", f"--net={path}", "iptables-save"], capture_output=True, text=True, check=True
+    )
+    return "ISTIO_OUTPUT" in out.stdout
+
+
+async def test_label_running_pod_enrols_and_unlabel_cleans(
+    kube_cluster: KubeCluster,  # noqa: F811
+    kube_namespace: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    kc, ns = kube_cluster, kube_namespace
+    if kc.layout is None:
+        pytest.skip("needs the local cluster (node network namespaces)")
+    daemonsets = (await asyncio.to_thread(kc.get, "daemonsets", "", None, "k8s-app=istio-cni-node"))["items"]
+    assert not daemonsets, "an istio-cni DaemonSet runs in this cluster; this test runs its own agent"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web", "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "app", "image": IMAGE, "args": ["--port", "8080"]}]},
+    }
+    await asyncio.to_thread(kc.apply, pod, ns)
+    (running,) = await asyncio.to_thread(kc.ready_pods, ns, "app=web", 1)
+    node, pod_ip = running["spec"]["nodeName"], running["status"]["podIP"]
+    settings = load(
+        Settings,
+        {
+            "NODE_NAME": node,
+            "KUBECONFIG": str(kc.kubeconfig),
+            "INSTALL_CNI": "false",
+            "HOST_NETNS_PATH": kc.layout.node(node).netns_path,
+            "HOST_PROC_DIR": "/proc",
+            "ZTUNNEL_UDS_ADDRESS": str(tmp_path / "ztunnel.sock"),
+            "CNI_AGENT_RUN_DIR": str(tmp_path / "run"),
+            "READINESS_PORT": "0",
+            "MONITORING_PORT": "0",
+            "LISTEN_ADDRESS": "127.0.0.1",
+            "HOST_PROBE_RULES": "false",  # the node's probe rules belong to the cluster's own istio-cni
+        },
+    )
+    app = await build(settings)
+    ztunnel = asyncio.create_task(ack_everything(settings.ztunnel_uds))
+
+    def annotation() -> str | None:
+        value: str | None = kc.get("pod", "web", ns)["metadata"].get("annotations", {}).get(REDIRECTION)
+        return value
+
+    try:
+        await asyncio.wait_for(app.readiness.wait_ready(), 60)
+        assert not await asyncio.to_thread(rules_present, pod_ip)
+        await asyncio.to_thread(kc.kubectl, "label", "namespace", ns, "istio.io/dataplane-mode=ambient")
+        await asyncio.to_thread(kc.wait_for, "redirection enabled", lambda: annotation() == "enabled", 60)
+        assert await asyncio.to_thread(rules_present, pod_ip)
+        restarts = running["status"]["containerStatuses"][0]["restartCount"]
+
+        await asyncio.to_thread(kc.kubectl, "label", "namespace", ns, "istio.io/dataplane-mode-")
+        await asyncio.to_thread(kc.wait_for, "redirection removed", lambda: annotation() is None, 60)
+        assert not await asyncio.to_thread(rules_present, pod_ip)
+        now = await asyncio.to_thread(kc.get, "pod", "web", ns)
+        assert now["metadata"]["uid"] == running["metadata"]["uid"]  # the same pod throughout
+        assert now["status"]["containerStatuses"][0]["restartCount"] == restarts
+    finally:
+        ztunnel.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ztunnel
+        await app.close()
