@@ -5,6 +5,7 @@ one.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import json
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from istiod.ca.authority import CertificateAuthority, KeyCertBundle, ca_certificate, generate_self_signed_root
 from istiod.ca.nodeauth import PodInfo
+from istiod.ca.rootoftrust import AlreadyExists
 from istiod.security.authn import TokenReviewResult
 
 AUDIENCE = "istio-ca"
@@ -145,3 +147,24 @@ def make_plugged_ca(name: str = "plugged") -> PluggedCa:
 @pytest.fixture(scope="session")
 def plugged() -> PluggedCa:
     return make_plugged_ca()
+
+
+class MemorySecrets:
+    """An API server's Secret semantics: create is atomic and fails with AlreadyExists."""
+
+    def __init__(self) -> None:
+        self.data: dict[tuple[str, str], dict[str, bytes]] = {}
+        self.types: dict[tuple[str, str], str] = {}
+        self.creates = 0
+
+    async def get(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
+        await asyncio.sleep(0)  # let a racing replica interleave here
+        return self.data.get((namespace, name))
+
+    async def create(self, namespace: str, name: str, data: Mapping[str, bytes], secret_type: str) -> None:
+        await asyncio.sleep(0)
+        self.creates += 1
+        if (namespace, name) in self.data:
+            raise AlreadyExists(name)
+        self.data[(namespace, name)] = dict(data)
+        self.types[(namespace, name)] = secret_type

@@ -3,35 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 from istiod.ca.errors import RootOfTrustError
-from istiod.ca.rootoftrust import AlreadyExists, load_root_of_trust
+from istiod.ca.rootoftrust import load_root_of_trust
 
-from .conftest import PluggedCa
-
-
-class MemorySecrets:
-    """An API server's Secret semantics: create is atomic and fails with AlreadyExists."""
-
-    def __init__(self) -> None:
-        self.data: dict[tuple[str, str], dict[str, bytes]] = {}
-        self.types: dict[tuple[str, str], str] = {}
-        self.creates = 0
-
-    async def get(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
-        await asyncio.sleep(0)  # let a racing replica interleave here
-        return self.data.get((namespace, name))
-
-    async def create(self, namespace: str, name: str, data: Mapping[str, bytes], secret_type: str) -> None:
-        await asyncio.sleep(0)
-        self.creates += 1
-        if (namespace, name) in self.data:
-            raise AlreadyExists(name)
-        self.data[(namespace, name)] = dict(data)
-        self.types[(namespace, name)] = secret_type
+from .conftest import MemorySecrets, PluggedCa
 
 
 async def test_self_signed_root_created_once_and_reused() -> None:

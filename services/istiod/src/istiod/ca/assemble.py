@@ -6,6 +6,7 @@ Wiring (in ``istiod.app``)::
     ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(ca.servicer, grpc_server)  # same server as xDS
     grpc_server.add_secure_port("[::]:15012", ca.serving.credentials())
     owner.spawn(ca.publisher.run(ca.configmaps.watch()), name="root-cert-publisher")
+    owner.spawn(ca.reloader.run(), name="cacerts-reload")  # picks up a rotated plug-in CA
     # xDS can authenticate its callers with the same ca.authenticator.
 """
 
@@ -16,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from istiod.ca.authority import CertificateAuthority
+from istiod.ca.authority import CertificateAuthority, KeyCertBundle
 from istiod.ca.metrics import CaMetrics
 from istiod.ca.nodeauth import KubePodLookup, NodeAuthorizer, PodLookup
+from istiod.ca.reload import RootOfTrustReloader
 from istiod.ca.rootcert import KubeConfigMapStore, RootCertPublisher
 from istiod.ca.rootoftrust import KubeSecretStore, SecretStore, load_root_of_trust
 from istiod.ca.service import CertificateServicer
@@ -39,6 +41,7 @@ class CaComponents:
     configmaps: KubeConfigMapStore
     publisher: RootCertPublisher
     serving: RotatingServerCredentials
+    reloader: RootOfTrustReloader
     metrics: CaMetrics
 
 
@@ -51,14 +54,19 @@ async def build_ca(
     token_reviewer: TokenReviewer | None = None,
     secret_store: SecretStore | None = None,
 ) -> CaComponents:
-    bundle = await load_root_of_trust(
-        secret_store or KubeSecretStore(api_client),
-        settings.namespace,
-        trust_domain=settings.trust_domain,
-        rsa_key_size=settings.self_signed_rsa_key_size,
-        self_signed_ttl=dt.timedelta(seconds=settings.self_signed_ttl),
-        cacerts_dir=Path(settings.cacerts_dir) if settings.cacerts_dir else None,
-    )
+    store = secret_store or KubeSecretStore(api_client)
+
+    async def load() -> KeyCertBundle:
+        return await load_root_of_trust(
+            store,
+            settings.namespace,
+            trust_domain=settings.trust_domain,
+            rsa_key_size=settings.self_signed_rsa_key_size,
+            self_signed_ttl=dt.timedelta(seconds=settings.self_signed_ttl),
+            cacerts_dir=Path(settings.cacerts_dir) if settings.cacerts_dir else None,
+        )
+
+    bundle = await load()
     ca = CertificateAuthority(
         bundle, default_ttl_s=int(settings.default_cert_ttl), max_ttl_s=int(settings.max_cert_ttl)
     )
@@ -79,13 +87,18 @@ async def build_ca(
     )
     configmaps = KubeConfigMapStore(api_client, settings.root_configmap)
     names = istiod_dns_names(settings.namespace, settings.revision, settings.custom_hosts)
+    publisher = RootCertPublisher(configmaps, ca.roots_pem, settings.root_configmap)
+    reloader = RootOfTrustReloader(ca, load)
+    reloader.add_listener(lambda b: publisher.set_root(b.roots_pem))
+    reloader.add_listener(lambda _b: publisher.reconcile_all())
     return CaComponents(
         ca=ca,
         authenticator=authn,
         node_authorizer=nodes,
         servicer=CertificateServicer(ca, authn, nodes, metrics),
         configmaps=configmaps,
-        publisher=RootCertPublisher(configmaps, ca.roots_pem, settings.root_configmap),
+        publisher=publisher,
         serving=RotatingServerCredentials(ca, names),
+        reloader=reloader,
         metrics=metrics,
     )

@@ -91,6 +91,7 @@ class RotatingServerCredentials:
         self._ttl = ttl_s
         self._clock = clock
         self._lock = threading.Lock()
+        self._issuer = ca.bundle
         self.current = issue_serving_certificate(ca, self._names, ttl_s)
 
     def _config(self) -> grpc.ServerCertificateConfiguration:
@@ -99,8 +100,10 @@ class RotatingServerCredentials:
     def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
         # Runs on a gRPC core thread for every new connection: cheap unless it is time to rotate.
         with self._lock:
-            if self._clock() < self.current.refresh_at():
+            # Re-issue at half-life, or at once when the CA's key material was swapped (cacerts rotation).
+            if self._clock() < self.current.refresh_at() and self._ca.bundle is self._issuer:
                 return None
+            self._issuer = self._ca.bundle
             self.current = issue_serving_certificate(self._ca, self._names, self._ttl)
             log.info(
                 "istiod serving certificate rotated", extra=kv(expires=self.current.not_after.isoformat())
