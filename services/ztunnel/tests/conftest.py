@@ -201,6 +201,7 @@ class Mesh:
         self.tmp = tmp
         self.fetcher = CaFetcher(TestCA())
         self.apps: dict[str, App] = {}
+        self.extra_apps: list[App] = []
         self.agents: dict[str, ZdsServer] = {}
         self.workloads: list[Workload] = []
         self.services: list[Service] = []
@@ -288,7 +289,7 @@ class Mesh:
             await asyncio.wait_for(app.readiness.wait_ready(), 20)
 
     async def close(self) -> None:
-        for app in self.apps.values():
+        for app in [*self.apps.values(), *self.extra_apps]:
             if not app.stopped.is_set():
                 await app.close()
         for server in self.agents.values():

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from meshkit.identity.caclient import CertificateFetcher
 from meshkit.identity.manager import CertificateManager
 from meshkit.logs import kv
 from meshkit.netns import arun_in_netns
-from meshkit.sockets import NetnsSocketFactory
+from meshkit.sockets import SO_MARK, NetnsSocketFactory
 from meshkit.zds import WorkloadInfo
 
 from ztunnel.admin import admin_app, config_dump, dump_certificate
@@ -52,6 +53,20 @@ ConfigSource = Callable[[State, Callable[[], None]], Coroutine[Any, Any, None]]
 READY_XDS = "xds"
 READY_INPOD = "workload proxy manager"
 READY_CERTS = "certificates"
+
+
+def _udp_reuseport(host: str, port: int, mark: int) -> socket.socket:
+    """Runs inside the pod netns: a bound, marked UDP socket that a second ztunnel can bind too."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setblocking(False)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _enable_reqsk_migration() -> None:
@@ -158,7 +173,13 @@ async def build(
         factory = NetnsSocketFactory(netns_fd, mark=settings.inpod_mark, name=info.name)
         try:
             await arun_in_netns(netns_fd, _enable_reqsk_migration)
-            pod = InPodProxy(services, uid, info, factory, close_factory=factory.close)
+
+            async def udp_listener(host: str, port: int) -> socket.socket:
+                return await arun_in_netns(netns_fd, _udp_reuseport, host, port, settings.inpod_mark)
+
+            pod = InPodProxy(
+                services, uid, info, factory, close_factory=factory.close, udp_listener=udp_listener
+            )
             await pod.start()
         except BaseException:
             factory.close()

@@ -13,6 +13,7 @@ import logging
 import socket
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import dnslib
@@ -23,7 +24,11 @@ from meshkit.sockets import SocketFactory
 from ztunnel.dns.resolver import DnsResolver
 from ztunnel.metrics import DnsMetrics
 
-__all__ = ["DnsServer", "upstream_resolvers"]
+__all__ = ["DnsServer", "UdpListener", "upstream_resolvers"]
+
+#: Makes the bound UDP socket (SO_REUSEPORT, marked) inside the pod; the factory's ``bind_udp`` has no
+#: reuseport option, and a handover needs two ztunnels bound to 15053 at once.
+UdpListener = Callable[[str, int], Awaitable[socket.socket]]
 
 log = logging.getLogger("dns")
 
@@ -56,7 +61,9 @@ class DnsServer:
         metrics: DnsMetrics,
         port: int = 15053,
         host: str = "127.0.0.1",
+        udp_listener: UdpListener | None = None,
     ) -> None:
+        self.udp_listener = udp_listener
         self.factory = factory
         self.resolver = resolver
         self.upstreams = upstreams
@@ -70,7 +77,9 @@ class DnsServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._udp = self.factory.bind_udp(self.host, self.port)
+        self._udp = await self.udp_listener(self.host, self.port) if self.udp_listener else None
+        if self._udp is None:
+            self._udp = self.factory.bind_udp(self.host, self.port)
         self._tcp = self.factory.listen_tcp(self.host, self.port, reuseport=True)
         transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=self._udp)
         self._transport = transport

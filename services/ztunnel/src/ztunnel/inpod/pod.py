@@ -21,7 +21,6 @@ from collections.abc import Callable
 
 from meshkit.drain import TaskOwner
 from meshkit.hbone.pool import ConnectionPool, PoolKey
-from meshkit.hbone.server import HboneServer
 from meshkit.identity.certs import WorkloadCertificate
 from meshkit.identity.spiffe import Identity
 from meshkit.logs import kv
@@ -29,9 +28,10 @@ from meshkit.sockets import SocketFactory
 from meshkit.zds import WorkloadInfo
 
 from ztunnel.dns.resolver import DnsResolver
-from ztunnel.dns.server import DnsServer, upstream_resolvers
+from ztunnel.dns.server import DnsServer, UdpListener, upstream_resolvers
 from ztunnel.proxy.common import accept_loop
 from ztunnel.proxy.context import PodContext, ProxyServices
+from ztunnel.proxy.hbone_server import DrainableHboneServer
 from ztunnel.proxy.inbound import InboundProxy
 from ztunnel.proxy.inbound_passthrough import InboundPlaintextProxy
 from ztunnel.proxy.outbound import OutboundProxy
@@ -53,7 +53,9 @@ class InPodProxy:
         factory: SocketFactory,
         *,
         close_factory: Callable[[], None] | None = None,
+        udp_listener: UdpListener | None = None,
     ) -> None:
+        self._udp_listener = udp_listener
         self.services = services
         self.pod = PodContext(uid, info, factory, services)
         self.pool = ConnectionPool(
@@ -62,7 +64,7 @@ class InPodProxy:
         self.outbound = OutboundProxy(self.pod, self.pool)
         self.inbound = InboundProxy(self.pod)
         self.plaintext = InboundPlaintextProxy(self.pod)
-        self.hbone: HboneServer | None = None
+        self.hbone: DrainableHboneServer | None = None
         self.dns: DnsServer | None = None
         self.ready = asyncio.Event()
         self._tasks = TaskOwner(f"pod-{info.name}")
@@ -110,6 +112,7 @@ class InPodProxy:
                     upstreams=upstreams,
                     metrics=self.services.dns_metrics,
                     port=s.dns_port,
+                    udp_listener=self._udp_listener,
                 )
                 await self.dns.start()
         except BaseException:
@@ -142,7 +145,7 @@ class InPodProxy:
                 )
                 await asyncio.sleep(1.0)
         identity = wl.identity
-        self.hbone = HboneServer(
+        self.hbone = DrainableHboneServer(
             sock, lambda: self._certificate(identity), self.inbound.handle, name=f"hbone-{self.pod.info.name}"
         )
         await self.hbone.start()
@@ -169,7 +172,7 @@ class InPodProxy:
             await self.dns.close()
             self.dns = None
         if self.hbone is not None:
-            await self.hbone.close(grace_s)
+            await self.hbone.drain(grace_s)
             self.hbone = None
 
     async def stop(self) -> None:

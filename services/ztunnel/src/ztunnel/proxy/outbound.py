@@ -12,10 +12,11 @@ import asyncio
 import logging
 import socket
 
-from meshkit.hbone.errors import HboneError
+from meshkit.hbone.errors import ConnectFailed, ConnectionClosed, HboneError, StreamReset
 from meshkit.hbone.pool import ConnectionPool, PoolKey
 from meshkit.hbone.relay import relay
 from meshkit.hbone.request import connect_headers, format_authority
+from meshkit.hbone.stream import HboneStream
 from meshkit.identity.manager import CertificateUnavailable
 from meshkit.logs import kv
 from meshkit.sockets import open_tcp, original_dst
@@ -102,6 +103,26 @@ class OutboundProxy:
         record.add_response_bytes(result.down)
         record.close(result.error)
 
+    async def _open(self, key: PoolKey, plan: Hbone, headers: list[tuple[str, str]]) -> HboneStream:
+        """Open the tunnel; retry once when a pooled connection went away under us before any answer.
+
+        No app byte has been read yet, so a retry is invisible to the app. It covers the peer's GOAWAY race
+        (a stream sent just as the peer drains, e.g. during a ztunnel handover).
+        """
+        try:
+            return await self.pool.connect(key, plan.authority, headers)
+        except (ConnectionClosed, StreamReset) as exc:
+            log.debug(
+                "HBONE stream refused before an answer; retrying", extra=kv(dst=key.dst, error=str(exc))
+            )
+        except ConnectFailed as exc:
+            if exc.status:
+                raise
+            log.debug(
+                "HBONE connect failed before an answer; retrying", extra=kv(dst=key.dst, error=str(exc))
+            )
+        return await self.pool.connect(key, plan.authority, headers)
+
     async def _hbone(
         self, sock: socket.socket, src: Workload, peer: tuple[str, int], plan: Hbone, record: ConnectionRecord
     ) -> None:
@@ -112,7 +133,7 @@ class OutboundProxy:
             headers = connect_headers(
                 source_metadata(src), peer, service_host=plan.service.hostname if plan.service else None
             )
-            stream = await self.pool.connect(key, plan.authority, headers)
+            stream = await self._open(key, plan, headers)
         except (HboneError, OSError, TimeoutError, CertificateUnavailable) as exc:
             reset(sock)
             record.close(f"{exc}", "CONNECT")
