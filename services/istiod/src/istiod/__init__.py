@@ -1,1 +1,1 @@
-"""istiod: the ambient control plane (Kubernetes watch, ambient index, delta xDS, mesh CA, waypoint deployer)."""
+"""istiod: the ambient control plane (Kubernetes watch, ambient index, delta xDS, CA, waypoints)."""

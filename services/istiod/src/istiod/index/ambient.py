@@ -43,7 +43,7 @@ def _by_namespace(obj: Obj) -> list[str]:
     return [meta.namespace(obj)]
 
 
-def _address_ips(record: Address) -> list[str]:
+def address_aliases(record: Address) -> list[str]:
     if isinstance(record, Workload):
         return [f"{record.network}/{ipaddress.ip_address(a)}" for a in record.addresses]
     out = []
@@ -142,7 +142,7 @@ class AmbientIndex:
         ]
         self.address_parts = parts
         self.addresses: Collection[Address] = Join("addresses", parts)
-        self.addresses.add_index("ip", _address_ips)
+        self.addresses.add_index("ip", address_aliases)
 
     def _k8s_service(self, ctx: Context, svc: Obj) -> dict[str, Service]:
         labels = meta.labels(svc)
