@@ -28,6 +28,7 @@ async def test_handover_under_continuous_new_connections(mesh, topology) -> None
 
     ok, failures = 0, []
     stop = asyncio.Event()
+    progress = asyncio.Condition()
 
     async def load(worker: int) -> None:
         nonlocal ok
@@ -41,14 +42,16 @@ async def test_handover_under_continuous_new_connections(mesh, topology) -> None
             else:
                 if reply == payload:
                     ok += 1
+                    async with progress:
+                        progress.notify_all()
                 else:
                     failures.append(f"bad reply {reply!r}")
             i += 1
 
     async def progressed(n: int) -> None:
         target = ok + n
-        while ok < target:
-            await asyncio.sleep(0.01)
+        async with progress:
+            await progress.wait_for(lambda: ok >= target)
 
     workers = [asyncio.create_task(load(w)) for w in range(3)]
     try:
