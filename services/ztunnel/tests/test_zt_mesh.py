@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -46,34 +45,31 @@ async def refused(mesh, pod, ip: str, port: int) -> bool:  # type: ignore[no-unt
     return reply == b""
 
 
-@contextlib.contextmanager
-def capture(netns: str, iface: str, out: Path):  # type: ignore[no-untyped-def]
-    proc = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            netns,
-            "tcpdump",
-            "--immediate-mode",
-            "-i",
-            iface,
-            "-U",
-            "-n",
-            "-w",
-            str(out),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+@contextlib.asynccontextmanager
+async def capture(netns: str, iface: str, out: Path):  # type: ignore[no-untyped-def]
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        netns,
+        "tcpdump",
+        "--immediate-mode",
+        "-i",
+        iface,
+        "-U",
+        "-n",
+        "-w",
+        str(out),
+    ]
+    proc = await asyncio.create_subprocess_exec(*argv, stderr=asyncio.subprocess.PIPE)
     try:
         assert proc.stderr is not None
-        line = proc.stderr.readline()  # "listening on link0 ..." once the capture runs
-        assert "listening on" in line, line
+        line = await asyncio.wait_for(proc.stderr.readline(), 10)  # "listening on ..." once it captures
+        assert b"listening on" in line, line
         yield
     finally:
         proc.terminate()
-        proc.communicate(timeout=10)
+        await asyncio.wait_for(proc.communicate(), 10)
 
 
 async def read_pcap(pcap: Path) -> str:
@@ -88,7 +84,7 @@ async def test_cross_node_service_is_tunnelled_and_encrypted(mesh, topology, tmp
     client, _server, echo, _ = await setup(mesh, topology)
     secret = b"PLAINTEXT-MARKER-" * 64
     pcap = tmp_path / "link.pcap"
-    with capture(topology.nodes[0].ns.name, "link0", pcap):
+    async with capture(topology.nodes[0].ns.name, "link0", pcap):
         reply = await mesh.request(client, VIP, 80, secret)
     assert reply == secret
     assert echo.peers[0][0] == client.ip  # the app sees the client's own IP (original source preserved)
@@ -106,7 +102,7 @@ async def test_cross_node_service_is_tunnelled_and_encrypted(mesh, topology, tmp
 async def test_same_node_traffic_is_tunnelled(mesh, topology, tmp_path) -> None:  # type: ignore[no-untyped-def]
     client, server, echo, _ = await setup(mesh, topology, same_node=True)
     pcap = tmp_path / "bridge.pcap"
-    with capture(topology.nodes[0].ns.name, "br0", pcap):
+    async with capture(topology.nodes[0].ns.name, "br0", pcap):
         assert await mesh.request(client, VIP, 80, b"same node") == b"same node"
         assert await mesh.request(client, server.ip, 8080, b"by pod ip") == b"by pod ip"
     summary = subprocess.run(
