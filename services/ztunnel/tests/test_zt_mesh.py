@@ -90,9 +90,7 @@ async def test_cross_node_service_is_tunnelled_and_encrypted(mesh, topology, tmp
     assert echo.peers[0][0] == client.ip  # the app sees the client's own IP (original source preserved)
     raw = pcap.read_bytes()
     assert b"PLAINTEXT-MARKER" not in raw
-    summary = subprocess.run(
-        ["tcpdump", "-nn", "-r", str(pcap)], capture_output=True, text=True, check=True
-    ).stdout
+    summary = await read_pcap(pcap)
     assert ".15008:" in summary  # the bytes crossed the node link on the HBONE port
     assert b"\x17\x03\x03" in raw  # TLS application-data records
     assert ":8080" not in summary  # never the app port in clear
@@ -105,9 +103,7 @@ async def test_same_node_traffic_is_tunnelled(mesh, topology, tmp_path) -> None:
     async with capture(topology.nodes[0].ns.name, "br0", pcap):
         assert await mesh.request(client, VIP, 80, b"same node") == b"same node"
         assert await mesh.request(client, server.ip, 8080, b"by pod ip") == b"by pod ip"
-    summary = subprocess.run(
-        ["tcpdump", "-nn", "-r", str(pcap)], capture_output=True, text=True, check=True
-    ).stdout
+    summary = await read_pcap(pcap)
     assert f"{server.ip}.15008:" in summary
     assert f"{server.ip}.8080:" not in summary
     assert echo.peers[0][0] == client.ip
