@@ -419,3 +419,30 @@ def test_random_operation_sequences_keep_both_sides_consistent(
     for sid in streams:
         if not any(isinstance(e, ev.StreamReset) and e.stream_id == sid for e in pair.server_events):
             assert len(pair.received.get(("server", sid), b"")) == sent.get(("server", sid), 0)
+
+
+def test_graceful_goaway_lets_open_streams_finish_and_refuses_new_ones() -> None:
+    pair = Pair()
+    sid = pair.open()
+    pair.server.close(ErrorCodes.NO_ERROR)
+    pair.pump()
+    assert pair.client.goaway_received
+    # the open stream keeps working both ways, including flow control and half-close
+    pair.client.send_data(sid, b"x" * 100_000)
+    pair.server.send_data(sid, b"y" * 100_000, end_stream=True)
+    pair.client.end_stream(sid)
+    pair.pump()
+    assert len(pair.received[("server", sid)]) == 100_000
+    assert len(pair.received[("client", sid)]) == 100_000
+    assert ev.StreamEnded(sid) in pair.server_events
+    assert not pair.client.closed
+    assert not pair.server.closed
+    # the client refuses to open new streams on it; a stream opened anyway is refused by the server
+    with pytest.raises(HboneError, match="going away"):
+        pair.client.connect("10.0.0.1:80")
+    block = pair.client._h2.encoder.encode([(":method", "CONNECT"), (":authority", "10.0.0.1:80")])
+    events = pair.server.receive_data(frame_header(len(block), 0x1, 0x4, sid + 2) + block)
+    assert not any(isinstance(e, ev.RequestReceived) for e in events)
+    out = pair.server.data_to_send()
+    assert out[3] == 0x3  # RST_STREAM
+    assert struct.unpack(">L", out[9:13])[0] == ErrorCodes.REFUSED_STREAM

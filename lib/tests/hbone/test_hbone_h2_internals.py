@@ -71,3 +71,14 @@ def test_empty_end_stream_data_frame_leaves_windows_alone() -> None:
     events = server.receive_data(core.frame_header(0, 0, 0x1, sid))
     assert [type(e).__name__ for e in events] == ["StreamEnded"]
     assert server._h2._inbound_flow_control_window_manager.current_window_size == before
+
+
+def test_connection_state_machine_has_the_states_graceful_goaway_restores() -> None:
+    states = h2.connection.ConnectionState
+    assert {s.name for s in states} == {"IDLE", "CLIENT_OPEN", "SERVER_OPEN", "CLOSED"}
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.close_connection()
+    assert conn.state_machine.state is states.CLOSED
+    conn.state_machine.state = states.CLIENT_OPEN
+    conn.ping(b"12345678")  # accepted again

@@ -20,6 +20,8 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+import h2.exceptions
+
 from meshkit.hbone import events as ev
 from meshkit.hbone.core import HboneCore
 from meshkit.hbone.errors import ConnectionClosed, HboneError, StreamReset
@@ -146,7 +148,8 @@ class HboneConnection(asyncio.BufferedProtocol):
     @property
     def usable(self) -> bool:
         """Can carry a new stream: open, no GOAWAY either way."""
-        return not self.closed and not self.core.closed and not self.core.goaway_received
+        core = self.core
+        return not (self.closed or core.closed or core.goaway_received or core.goaway_sent)
 
     @property
     def active_streams(self) -> int:
@@ -246,7 +249,7 @@ class HboneConnection(asyncio.BufferedProtocol):
             return
         if self._on_stream_count is not None:
             self._on_stream_count(self)
-        if not self.streams and (self.core.goaway_received or self.core.closed):
+        if not self.streams and (self.core.goaway_received or self.core.goaway_sent):
             self.close()
 
     def _unblock(self) -> None:
@@ -348,7 +351,11 @@ class HboneConnection(asyncio.BufferedProtocol):
         if self.closed:
             return
         self._ping_opaque = os.urandom(8)
-        self.core.ping(self._ping_opaque)
+        try:
+            self.core.ping(self._ping_opaque)
+        except h2.exceptions.ProtocolError:
+            self.abort()
+            return
         self._flush()
         loop = asyncio.get_running_loop()
         self._ping_deadline = loop.call_later(self.settings.keepalive_timeout, self._ping_timed_out)

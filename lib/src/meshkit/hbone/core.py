@@ -133,8 +133,10 @@ class HboneCore:
         self._data_end = False
         self._in_block = False
         self._block_bytes = 0
-        self.closed = False
+        self.closed = False  # dead: a fatal GOAWAY was sent; input is ignored
+        self.goaway_sent = False  # graceful drain: no new inbound streams, current ones finish
         self.goaway_received = False
+        self._goaway_last = 0
 
     # -- setup ------------------------------------------------------------------------------------------
 
@@ -197,6 +199,8 @@ class HboneCore:
 
     def connect(self, authority: str, headers: Iterable[tuple[str, str]] = ()) -> int:
         """Client: open a CONNECT stream to ``authority`` (``ip:port``); returns its stream id."""
+        if self.closed or self.goaway_received or self.goaway_sent:
+            raise HboneError("connection is going away: no new streams")
         stream_id = int(self._h2.get_next_available_stream_id())
         request = [(":method", "CONNECT"), (":authority", authority), *headers]
         try:
@@ -263,11 +267,23 @@ class HboneCore:
         self._h2.ping(opaque)
 
     def close(self, code: int = ErrorCodes.NO_ERROR, message: bytes | None = None) -> None:
-        """Send GOAWAY (once)."""
-        if not self.closed:
+        """Send GOAWAY. With NO_ERROR it is a graceful drain: streams already open go on; else fatal."""
+        if self.closed or (self.goaway_sent and code == ErrorCodes.NO_ERROR):
+            return
+        self._goaway_last = int(self._h2.highest_inbound_stream_id)
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self._h2.close_connection(code, additional_data=message)
+        self.goaway_sent = True
+        if code == ErrorCodes.NO_ERROR:
+            self._reopen_h2()
+        else:
             self.closed = True
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._h2.close_connection(code, additional_data=message)
+
+    def _reopen_h2(self) -> None:
+        # h2's connection state machine goes to CLOSED on any GOAWAY and then refuses every frame, even for
+        # streams that RFC 9113 §6.8 lets finish. We keep it OPEN and refuse new streams ourselves.
+        states = h2.connection.ConnectionState
+        self._h2.state_machine.state = states.CLIENT_OPEN if self.client_side else states.SERVER_OPEN
 
     def acknowledge(self, stream_id: int, n: int) -> None:
         """``n`` received bytes of ``stream_id`` were consumed: reopen windows at half-window granularity."""
@@ -418,6 +434,9 @@ class HboneCore:
     def _translate(self, event: h2.events.Event, out: list[ev.Event]) -> None:
         if isinstance(event, h2.events.RequestReceived):
             sid = int(event.stream_id)
+            if self.goaway_sent and sid > self._goaway_last:
+                self.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+                return
             self._recv[sid] = _Recv(self.settings.stream_window)
             out.append(ev.RequestReceived(sid, _str_headers(event.headers)))
         elif isinstance(event, h2.events.ResponseReceived):
@@ -447,6 +466,8 @@ class HboneCore:
             out.append(ev.PingAcked(bytes(event.ping_data)))
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.goaway_received = True
+            if event.error_code == ErrorCodes.NO_ERROR:
+                self._reopen_h2()
             last = int(event.last_stream_id or 0)
             reason = (event.additional_data or b"").decode("utf-8", "replace")
             out.append(ev.ConnectionTerminated(int(event.error_code or 0), last, remote=True, reason=reason))

@@ -1,0 +1,576 @@
+"""The asyncio shell over real sockets and real TLS 1.3: server answers, relay, half-close, resets, pool."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import struct
+from collections.abc import Callable
+
+import pytest
+
+from meshkit.hbone.errors import ConnectFailed, StreamReset
+from meshkit.hbone.pool import ConnectionPool, PoolKey
+from meshkit.hbone.request import ConnectRequest, SourceMetadata, connect_headers
+from meshkit.hbone.server import Accept, Decision, Forward, HboneServer, InboundPeer, Reject
+from meshkit.hbone.settings import HboneSettings
+from meshkit.hbone.stream import HboneStream
+from meshkit.hbone.testing import TestCA
+from meshkit.identity.certs import WorkloadCertificate
+from meshkit.identity.spiffe import Identity
+
+from .conftest import CLIENT_ID, SERVER_ID, EchoServer, Mesh, forward_to, listen, make_key
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for a condition driven by the event loop (bounded)."""
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.005)
+
+
+async def test_echo_round_trip_and_integrity(mesh: Mesh) -> None:
+    stream = await mesh.pool.connect(mesh.key, "10.0.0.1:80")
+    payload = os.urandom(8 * 1024 * 1024 + 13)
+    stream.write(payload)
+    stream.write_eof()
+    got = bytearray()
+    while chunk := await stream.read():
+        got += chunk
+    assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+    await stream.wait_closed()
+    assert stream.error is None
+
+
+async def test_handler_sees_peer_identity_and_request(
+    echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    seen: list[tuple[InboundPeer, ConnectRequest]] = []
+    server = HboneServer(listen(), lambda: server_cert, forward_to(echo.port, seen))
+    await server.start()
+    pool = ConnectionPool(lambda _i: client_cert)
+    try:
+        meta = SourceMetadata(
+            cluster_id="Kubernetes", namespace="ns2", workload_name="client", canonical_name="c"
+        )
+        headers = connect_headers(meta, ("10.1.2.3", 40000), service_host="svc.ns.svc.cluster.local")
+        stream = await pool.connect(make_key(server), "[fd00::1]:9080", headers)
+        stream.abort()
+        peer, request = seen[0]
+        assert peer.identity == CLIENT_ID
+        assert peer.address[0] == "127.0.0.1"
+        assert str(request.authority) == "[fd00::1]:9080"
+        assert request.authority.is_ip
+        assert request.baggage == (
+            "k8s.cluster.name=Kubernetes,k8s.namespace.name=ns2,k8s.pod.name=client,service.name=c"
+        )
+        assert request.header("forwarded") == 'for="10.1.2.3:40000";host=svc.ns.svc.cluster.local'
+        assert request.forwarded_host == "svc.ns.svc.cluster.local"
+        assert request.traceparent is not None
+        assert len(request.traceparent.split("-")[1]) == 32
+    finally:
+        await pool.close()
+        await server.close()
+
+
+async def _server_with(
+    handler: Callable[[InboundPeer, ConnectRequest], object], cert: WorkloadCertificate
+) -> HboneServer:
+    server = HboneServer(listen(), lambda: cert, handler)  # type: ignore[arg-type]
+    await server.start()
+    return server
+
+
+@pytest.mark.parametrize(
+    ("authority", "status"),
+    [("not-an-authority", 400), ("10.0.0.1:0", 400), ("10.0.0.1:99999", 400), ("a" * 600 + ":80", 400)],
+)
+async def test_bad_authority_is_400(mesh: Mesh, authority: str, status: int) -> None:
+    with pytest.raises(ConnectFailed) as info:
+        await mesh.pool.connect(mesh.key, authority)
+    assert info.value.status == status
+    # the connection survives a bad request
+    ok = await mesh.pool.connect(mesh.key, "10.0.0.1:80")
+    ok.abort()
+    assert mesh.pool.connections_opened == 1
+
+
+async def test_policy_deny_is_401_and_handler_crash_is_503(
+    server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    async def handler(_peer: InboundPeer, request: ConnectRequest) -> Decision:
+        if request.authority.port == 1:
+            return Reject(401, "denied by policy")
+        raise RuntimeError("boom")
+
+    server = await _server_with(handler, server_cert)
+    pool = ConnectionPool(lambda _i: client_cert)
+    try:
+        with pytest.raises(ConnectFailed, match="http status: 401") as info:
+            await pool.connect(make_key(server), "10.0.0.1:1")
+        assert info.value.status == 401
+        with pytest.raises(ConnectFailed) as info:
+            await pool.connect(make_key(server), "10.0.0.1:2")
+        assert info.value.status == 503
+    finally:
+        await pool.close()
+        await server.close()
+
+
+async def test_upstream_connect_failure_is_503(
+    server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    server = await _server_with(forward_to(port), server_cert)
+    pool = ConnectionPool(lambda _i: client_cert)
+    try:
+        with pytest.raises(ConnectFailed) as info:
+            await pool.connect(make_key(server), "10.0.0.1:80")
+        assert info.value.status == 503
+    finally:
+        await pool.close()
+        await server.close()
+
+
+class Upstream:
+    """A TCP upstream whose behaviour each test scripts through ``script(reader, writer)``."""
+
+    def __init__(self, script: Callable[[asyncio.StreamReader, asyncio.StreamWriter], object]) -> None:
+        self.script = script
+        self.done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                result = await self.script(reader, writer)  # type: ignore[misc]
+            except Exception as exc:
+                result = exc
+            if not self.done.done():
+                self.done.set_result(result)
+            writer.close()
+
+        self.server = await asyncio.start_server(run, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def _tunnel(upstream: Upstream, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate):  # type: ignore[no-untyped-def]
+    port = await upstream.start()
+    server = await _server_with(forward_to(port), server_cert)
+    pool = ConnectionPool(lambda _i: client_cert)
+    stream = await pool.connect(make_key(server), "10.0.0.1:80")
+    return server, pool, stream
+
+
+async def test_client_half_close_reaches_upstream_and_it_can_still_answer(
+    server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        data = await reader.read()  # until FIN
+        writer.write(b"got " + data)
+        await writer.drain()
+        return data
+
+    upstream = Upstream(script)
+    server, pool, stream = await _tunnel(upstream, server_cert, client_cert)
+    try:
+        await stream.send(b"request")
+        stream.write_eof()
+        assert await asyncio.wait_for(upstream.done, 10) == b"request"
+        assert await stream.readexactly(11) == b"got request"
+        assert await stream.read() == b""
+        await asyncio.wait_for(stream.wait_closed(), 10)
+        assert stream.error is None
+    finally:
+        await pool.close()
+        await server.close()
+        await upstream.close()
+
+
+async def test_upstream_half_close_reaches_client_and_it_can_still_send(
+    server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        writer.write(b"banner")
+        writer.write_eof()
+        await writer.drain()
+        return await reader.read()
+
+    upstream = Upstream(script)
+    server, pool, stream = await _tunnel(upstream, server_cert, client_cert)
+    try:
+        assert await stream.readexactly(6) == b"banner"
+        assert await stream.read() == b""  # END_STREAM from the upstream's FIN
+        await stream.send(b"late words")
+        stream.write_eof()
+        assert await asyncio.wait_for(upstream.done, 10) == b"late words"
+    finally:
+        await pool.close()
+        await server.close()
+        await upstream.close()
+
+
+async def test_client_abort_resets_upstream(
+    server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> object:
+        first = await reader.read(5)
+        try:
+            rest = await reader.read()
+        except ConnectionResetError as exc:
+            return (first, exc)
+        return (first, rest)
+
+    upstream = Upstream(script)
+    server, pool, stream = await _tunnel(upstream, server_cert, client_cert)
+    try:
+        await stream.send(b"hello")
+        await wait_until(
+            lambda: any(s.bytes_received for c in server.connections for s in c.streams.values())
+        )
+        stream.abort()
+        first, rest = await asyncio.wait_for(upstream.done, 10)  # type: ignore[misc]
+        assert first == b"hello"
+        assert isinstance(rest, ConnectionResetError)  # RST, not a clean FIN
+    finally:
+        await pool.close()
+        await server.close()
+        await upstream.close()
+
+
+async def test_upstream_reset_resets_the_stream(
+    server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(5)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    upstream = Upstream(script)
+    server, pool, stream = await _tunnel(upstream, server_cert, client_cert)
+    try:
+        await stream.send(b"hello")
+        with pytest.raises(StreamReset) as info:
+            await asyncio.wait_for(stream.read(), 10)
+        assert info.value.remote
+    finally:
+        await pool.close()
+        await server.close()
+        await upstream.close()
+
+
+async def test_slow_reader_does_not_grow_memory(
+    server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    total = 64 * 1024 * 1024
+    written = 0
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+        nonlocal written
+        block = b"s" * 65536
+        while written < total:
+            writer.write(block)
+            written += len(block)
+            await writer.drain()
+        writer.write_eof()
+        return written
+
+    upstream = Upstream(script)
+    settings = HboneSettings()
+    server, pool, stream = await _tunnel(upstream, server_cert, client_cert)
+    try:
+        # the client does not read: its buffer fills to exactly one stream window and stops there
+        await wait_until(lambda: len(stream._rbuf) >= settings.stream_window)
+        stalled_at = written
+        for _ in range(20):
+            await asyncio.sleep(0.01)  # let the upstream try to push more
+        assert len(stream._rbuf) == settings.stream_window
+        server_streams = [s for c in server.connections for s in c.streams.values()]
+        assert all(len(s.pending) <= settings.max_send_buffer + 65536 for s in server_streams)
+        # what the upstream managed to write is bounded by windows + socket buffers, not by the 64 MiB
+        assert written - stalled_at <= 4 * 1024 * 1024
+        assert written < 24 * 1024 * 1024
+        received = len(stream._rbuf)
+        while chunk := await stream.read():
+            received += len(chunk) if received >= settings.stream_window else 0
+        assert await asyncio.wait_for(upstream.done, 30) == total
+        assert stream.bytes_received == total
+    finally:
+        await pool.close()
+        await server.close()
+        await upstream.close()
+
+
+async def test_accept_decision_hands_the_stream_to_the_caller(
+    server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    async def serve(stream: HboneStream) -> None:
+        data = await stream.read()
+        await stream.send(data.upper())
+        stream.write_eof()
+
+    async def handler(_peer: InboundPeer, _request: ConnectRequest) -> Decision:
+        return Accept(serve, (("baggage", "k8s.pod.name=waypoint"),))
+
+    server = await _server_with(handler, server_cert)
+    pool = ConnectionPool(lambda _i: client_cert)
+    try:
+        stream = await pool.connect(make_key(server), "10.0.0.1:80")
+        assert ("baggage", "k8s.pod.name=waypoint") in stream.response_headers
+        await stream.send(b"shout")
+        assert await stream.readexactly(5) == b"SHOUT"
+        assert await stream.read() == b""
+    finally:
+        await pool.close()
+        await server.close()
+
+
+async def test_forward_on_done_reports_bytes(
+    echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    results = []
+    inner = forward_to(echo.port)
+
+    async def handler(peer: InboundPeer, request: ConnectRequest) -> Decision:
+        decision = await inner(peer, request)
+        assert isinstance(decision, Forward)
+        return Forward(decision.connect, on_done=results.append)
+
+    server = await _server_with(handler, server_cert)
+    pool = ConnectionPool(lambda _i: client_cert)
+    try:
+        stream = await pool.connect(make_key(server), "10.0.0.1:80")
+        await stream.send(b"x" * 1000)
+        stream.write_eof()
+        assert len(await stream.readexactly(1000)) == 1000
+        assert await stream.read() == b""
+        await wait_until(lambda: bool(results))
+        assert results[0].sent == 1000
+        assert results[0].received == 1000
+        assert results[0].error is None
+    finally:
+        await pool.close()
+        await server.close()
+
+
+# -- pool ------------------------------------------------------------------------------------------------
+
+
+def _pool_mesh(
+    server: HboneServer, certs: dict[Identity, WorkloadCertificate], **kw: object
+) -> ConnectionPool:
+    return ConnectionPool(lambda ident: certs[ident], settings=HboneSettings(**kw))  # type: ignore[arg-type]
+
+
+async def test_pool_reuses_then_opens_new_after_stream_limit(
+    echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    server = await _server_with(forward_to(echo.port), server_cert)
+    pool = _pool_mesh(server, {CLIENT_ID: client_cert}, pool_max_streams_per_connection=3)
+    key = make_key(server)
+    try:
+        streams = [await pool.connect(key, "10.0.0.1:80") for _ in range(7)]
+        conns = {s.conn for s in streams}
+        assert len(conns) == 3  # 3 + 3 + 1
+        assert pool.connections_opened == 3
+        for s in streams:
+            s.abort()
+        # retired connections close once their streams are gone; the last one stays pooled
+        await wait_until(lambda: pool.connection_count() == 1)
+        again = await pool.connect(key, "10.0.0.1:80")
+        assert pool.connections_opened == 3
+        again.abort()
+    finally:
+        await pool.close()
+        await server.close()
+
+
+async def test_pool_counts_streams_over_the_connection_life(
+    echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    server = await _server_with(forward_to(echo.port), server_cert)
+    pool = _pool_mesh(server, {CLIENT_ID: client_cert}, pool_max_streams_per_connection=2)
+    key = make_key(server)
+    try:
+        for _ in range(5):
+            stream = await pool.connect(key, "10.0.0.1:80")
+            stream.abort()
+        assert pool.connections_opened == 3
+    finally:
+        await pool.close()
+        await server.close()
+
+
+async def test_pool_respects_peer_max_concurrent_streams(
+    echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    server = HboneServer(
+        listen(), lambda: server_cert, forward_to(echo.port), HboneSettings(server_max_concurrent_streams=2)
+    )
+    await server.start()
+    pool = _pool_mesh(server, {CLIENT_ID: client_cert})
+    try:
+        first = await pool.connect(make_key(server), "10.0.0.1:80")
+        await wait_until(lambda: first.conn.core.peer_max_concurrent_streams == 2)
+        streams = [first] + [await pool.connect(make_key(server), "10.0.0.1:80") for _ in range(4)]
+        assert len({s.conn for s in streams}) == 3
+        for s in streams:
+            s.abort()
+    finally:
+        await pool.close()
+        await server.close()
+
+
+async def test_pool_keys_separate_connections(
+    echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    server = await _server_with(forward_to(echo.port), server_cert)
+    other = Identity("cluster.local", "ns2", "other")
+    pool = _pool_mesh(server, {CLIENT_ID: client_cert, other: client_cert})
+    try:
+        a = await pool.connect(make_key(server), "10.0.0.1:80")
+        b = await pool.connect(PoolKey.of(other, "127.0.0.1", [SERVER_ID], server.address), "10.0.0.1:80")
+        c = await pool.connect(PoolKey.of(CLIENT_ID, "127.0.0.2", [SERVER_ID], server.address), "10.0.0.1:80")
+        assert len({a.conn, b.conn, c.conn}) == 3
+        for s in (a, b, c):
+            s.abort()
+    finally:
+        await pool.close()
+        await server.close()
+
+
+async def test_pool_concurrent_opens_share_one_dial(mesh: Mesh) -> None:
+    streams = await asyncio.gather(*(mesh.pool.connect(mesh.key, "10.0.0.1:80") for _ in range(20)))
+    assert mesh.pool.connections_opened == 1
+    assert len({s.conn for s in streams}) == 1
+    for s in streams:
+        s.abort()
+
+
+async def test_pool_releases_idle_connections(
+    echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    server = await _server_with(forward_to(echo.port), server_cert)
+    pool = _pool_mesh(server, {CLIENT_ID: client_cert}, pool_unused_release_timeout=0.2)
+    try:
+        stream = await pool.connect(make_key(server), "10.0.0.1:80")
+        assert pool.connection_count() == 1
+        stream.abort()
+        await wait_until(lambda: pool.connection_count() == 0)
+        await wait_until(lambda: not server.connections)
+    finally:
+        await pool.close()
+        await server.close()
+
+
+async def test_pool_does_not_hand_out_a_failed_connection(mesh: Mesh) -> None:
+    stream = await mesh.pool.connect(mesh.key, "10.0.0.1:80")
+    for conn in list(mesh.server.connections):
+        conn.abort()  # the server side dies
+    with pytest.raises(Exception, match="closed"):
+        await asyncio.wait_for(stream.read(), 10)
+    again = await mesh.pool.connect(mesh.key, "10.0.0.1:80")
+    assert again.conn is not stream.conn
+    assert mesh.pool.connections_opened == 2
+    await again.send(b"ok")
+    assert await again.readexactly(2) == b"ok"
+    again.abort()
+
+
+async def test_pool_goaway_stops_new_streams_but_old_ones_finish(mesh: Mesh) -> None:
+    stream = await mesh.pool.connect(mesh.key, "10.0.0.1:80")
+    for conn in list(mesh.server.connections):
+        conn.goaway()
+    await wait_until(lambda: stream.conn.core.goaway_received)
+    new = await mesh.pool.connect(mesh.key, "10.0.0.1:80")
+    assert new.conn is not stream.conn
+    await stream.send(b"still")
+    assert await stream.readexactly(5) == b"still"
+    stream.write_eof()
+    assert await stream.read() == b""
+    await wait_until(lambda: stream.conn.closed)  # closes once its last stream ends
+    new.abort()
+
+
+async def test_pool_uses_new_connection_after_certificate_rotation(ca: TestCA, mesh: Mesh) -> None:
+    old = await mesh.pool.connect(mesh.key, "10.0.0.1:80")
+    mesh.certs[CLIENT_ID] = ca.issue(CLIENT_ID)  # rotated
+    new = await mesh.pool.connect(mesh.key, "10.0.0.1:80")
+    assert new.conn is not old.conn
+    # the server sees the new certificate on the new connection
+    serials = {c.extra("ssl_object").getpeercert()["serialNumber"] for c in mesh.server.connections}
+    assert len(serials) == 2
+    # the old stream still works
+    await old.send(b"old")
+    assert await old.readexactly(3) == b"old"
+    old.write_eof()
+    assert await old.read() == b""
+    await wait_until(lambda: old.conn.closed)
+    again = await mesh.pool.connect(mesh.key, "10.0.0.1:80")
+    assert again.conn is new.conn
+    new.abort()
+    again.abort()
+
+
+async def test_server_certificate_rotation_applies_to_new_handshakes(
+    ca: TestCA, echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    current = {"cert": server_cert}
+    server = HboneServer(listen(), lambda: current["cert"], forward_to(echo.port))
+    await server.start()
+    pool = ConnectionPool(lambda _i: client_cert)
+    try:
+        a = await pool.connect(make_key(server), "10.0.0.1:80")
+        current["cert"] = ca.issue(SERVER_ID)
+        b = await pool.connect(PoolKey.of(CLIENT_ID, "127.0.0.3", [SERVER_ID], server.address), "10.0.0.1:80")
+        serial_a = a.conn.extra("ssl_object").getpeercert()["serialNumber"]
+        serial_b = b.conn.extra("ssl_object").getpeercert()["serialNumber"]
+        assert int(serial_a, 16) == server_cert.serial
+        assert int(serial_b, 16) == current["cert"].serial
+        a.abort()
+        b.abort()
+    finally:
+        await pool.close()
+        await server.close()
+
+
+async def test_keepalive_pings_are_answered_and_a_silent_peer_is_dropped(
+    echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    server = await _server_with(forward_to(echo.port), server_cert)
+    pool = _pool_mesh(server, {CLIENT_ID: client_cert}, keepalive_interval=0.05, keepalive_timeout=0.3)
+    try:
+        stream = await pool.connect(make_key(server), "10.0.0.1:80")
+        conn = stream.conn
+        pings = 0
+        original = conn._send_ping
+
+        def counting() -> None:
+            nonlocal pings
+            pings += 1
+            original()
+
+        conn._send_ping = counting  # type: ignore[method-assign]
+        await wait_until(lambda: pings >= 3)  # each PING was acked, so the next one was scheduled
+        assert not conn.closed
+        # now the server stops reading: its PING answers stop, and the client drops the connection
+        for server_conn in server.connections:
+            assert server_conn._transport is not None
+            server_conn._transport.pause_reading()
+        with pytest.raises(Exception, match="closed"):
+            await asyncio.wait_for(stream.read(), 10)
+        assert conn.closed
+    finally:
+        await pool.close()
+        await server.close()
