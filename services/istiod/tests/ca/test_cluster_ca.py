@@ -231,3 +231,43 @@ async def test_root_configmap_recreated_after_deletion(
     cm = kube_cluster.get("configmap", "istio-ca-root-cert", ns)
     assert cm["data"][ROOT_CERT_KEY] == ca.roots_pem.decode()
     assert cm["metadata"]["labels"] == {"istio.io/config": "true"}
+
+
+async def test_assembled_ca_against_the_api_server(
+    api: Any,
+    kube_cluster: KubeCluster,  # noqa: F811
+    pods_on_fake_nodes: str,
+) -> None:
+    """build_ca as istiod's composition root calls it, with every Kubernetes-backed part real."""
+    from istiod.ca.assemble import build_ca
+    from istiod.ca.settings import CaSettings
+    from meshkit.metrics import new_registry
+    from meshkit.settings import load
+
+    ns = pods_on_fake_nodes
+    settings = load(
+        CaSettings, {"POD_NAMESPACE": ns, "CACERTS_DIR": "", "CA_TRUSTED_NODE_ACCOUNTS": f"{ns}/ztunnel"}
+    )
+    parts = await build_ca(settings, api, registry=new_registry())
+    assert parts.ca.bundle.source == f"secret {ns}/istio-ca-secret"
+    assert await parts.publisher.reconcile(ns) is Outcome.CREATED
+    server = grpc.aio.server()
+    ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(parts.servicer, server)
+    port = server.add_secure_port("127.0.0.1:0", parts.serving.credentials())
+    await server.start()
+    root = kube_cluster.get("configmap", "istio-ca-root-cert", ns)["data"][ROOT_CERT_KEY]
+    client = CaClient(
+        CaClientConfig(
+            address=f"127.0.0.1:{port}",
+            root_ca=root,  # what ztunnel mounts from the ConfigMap
+            token=lambda: token(kube_cluster, ns, "ztunnel", pod="zt-a"),
+            server_name=f"istiod.{ns}.svc",
+        )
+    )
+    try:
+        assert (await client.fetch(Identity("cluster.local", ns, "web"))).identity.service_account == "web"
+        with pytest.raises(CaClientError, match="request impersonation authentication failure"):
+            await client.fetch(Identity("cluster.local", ns, "db"))
+    finally:
+        await client.close()
+        await server.stop(None)
