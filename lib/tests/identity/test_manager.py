@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 
 import pytest
@@ -267,3 +268,33 @@ async def test_statuses_for_config_dump(manager: CertificateManager, ca: FakeCa)
     assert "istiod unreachable" in status.last_error
     assert status.workloads == 1
     assert isinstance(status.next_attempt, datetime)
+
+
+async def test_config_dump_matches_ztunnel(sign: Callable[[bytes, list[str]], list[str]]) -> None:
+    from meshkit.identity.csr import create_csr
+    from meshkit.identity.pem import certificate_from_response
+
+    class RealishCa:
+        async def fetch(self, identity: Identity) -> WorkloadCertificate:
+            if identity == BOB:
+                raise ConnectionError("denied")
+            csr = create_csr(identity)
+            return certificate_from_response(identity, sign(csr.csr_pem, [identity.uri]), csr.private_key_pem)
+
+    mgr = CertificateManager(RealishCa())
+    try:
+        cert = await mgr.fetch_certificate(ALICE)
+        with pytest.raises(CertificateUnavailable):
+            await mgr.fetch_certificate(BOB)
+        dump = mgr.config_dump()
+    finally:
+        await mgr.close()
+    assert [d["identity"] for d in dump] == [ALICE.uri, BOB.uri]
+    alice, bob = dump
+    assert alice["state"] == "Available"
+    [leaf] = alice["certChain"]
+    assert base64.b64decode(leaf["pem"]) == cert.chain_pem
+    assert leaf["serialNumber"] == str(cert.serial)
+    assert leaf["expirationTime"] == cert.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert len(alice["rootCerts"]) == 1
+    assert bob == {"identity": BOB.uri, "state": "Unavailable: denied", "certChain": [], "rootCerts": []}

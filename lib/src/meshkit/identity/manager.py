@@ -16,18 +16,23 @@ Listeners (:meth:`add_listener`) hear every new certificate and every forget: HB
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from meshkit.drain import TaskOwner
 from meshkit.identity.caclient import CertificateFetcher
 from meshkit.identity.certs import WorkloadCertificate
 from meshkit.identity.clock import Clock, SystemClock
+from meshkit.identity.pem import load_certificates
 from meshkit.identity.spiffe import Identity
 from meshkit.logs import kv
 
@@ -43,6 +48,20 @@ __all__ = [
 log = logging.getLogger("identity.manager")
 
 CertificateListener = Callable[[Identity, WorkloadCertificate | None], None]
+
+
+def _rfc3339(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _dump_cert(cert: x509.Certificate) -> dict[str, str]:
+    pem = cert.public_bytes(Encoding.PEM)
+    return {
+        "pem": base64.b64encode(pem).decode(),
+        "serialNumber": str(cert.serial_number),
+        "validFrom": _rfc3339(cert.not_valid_before_utc),
+        "expirationTime": _rfc3339(cert.not_valid_after_utc),
+    }
 
 
 class CertificateUnavailable(Exception):
@@ -88,7 +107,7 @@ class CertificateStatus:
     """One identity's state, for ``/config_dump`` and ``istioctl zc certificates``."""
 
     identity: Identity
-    state: str  # "Initial", "Available" or "Unavailable"
+    state: str  # "Initializing", "Available" or "Unavailable"
     certificate: WorkloadCertificate | None
     last_error: str
     next_attempt: datetime | None
@@ -190,12 +209,24 @@ class CertificateManager:
         out = []
         for identity, e in sorted(self._entries.items()):
             valid = self.find_certificate(identity)
-            state = "Available" if valid else ("Unavailable" if e.settled.is_set() else "Initial")
+            state = "Available" if valid else ("Unavailable" if e.settled.is_set() else "Initializing")
             out.append(
                 CertificateStatus(
                     identity, state, valid, str(e.error or ""), e.next_attempt, self._refs(identity)
                 )
             )
+        return out
+
+    def config_dump(self) -> list[dict[str, Any]]:
+        """The ``certificates`` section of ztunnel's ``/config_dump`` (wire-contracts.md §6), by identity."""
+        out = []
+        for s in self.statuses():
+            state = f"Unavailable: {s.last_error}" if s.state == "Unavailable" else s.state
+            chain = roots = []
+            if s.certificate is not None:
+                chain = [_dump_cert(c) for c in load_certificates(s.certificate.chain_pem)]
+                roots = [_dump_cert(c) for c in load_certificates(s.certificate.roots_pem)]
+            out.append({"identity": s.identity.uri, "state": state, "certChain": chain, "rootCerts": roots})
         return out
 
     # -- listeners --------------------------------------------------------------------------------------
