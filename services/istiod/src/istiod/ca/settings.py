@@ -13,18 +13,16 @@ __all__ = ["CaSettings"]
 class CaSettings:
     namespace: str = env("POD_NAMESPACE", "istio-system", "istiod's namespace: where the CA Secrets live.")
     trust_domain: str = env("TRUST_DOMAIN", "cluster.local", "Mesh trust domain (mesh config trustDomain).")
-    trust_domain_aliases: list[str] = env(  # noqa: RUF009 - env() builds a field with a default_factory
+    trust_domain_aliases: list[str] = env(
         "TRUST_DOMAIN_ALIASES", [], "Other trust domains node proxies may request identities in."
     )
     cluster_id: str = env("CLUSTER_ID", "Kubernetes", "This cluster's id; callers send it as clusterid.")
-    trusted_node_accounts: list[str] = env(  # noqa: RUF009 - env() builds a field with a default_factory
+    trusted_node_accounts: list[str] = env(
         "CA_TRUSTED_NODE_ACCOUNTS",
         ["istio-system/ztunnel"],
         "ns/sa accounts allowed to impersonate (ztunnel).",
     )
-    token_audiences: list[str] = env(  # noqa: RUF009 - env() builds a field with a default_factory
-        "TOKEN_AUDIENCES", ["istio-ca"], "JWT audiences istiod accepts."
-    )
+    token_audiences: list[str] = env("TOKEN_AUDIENCES", ["istio-ca"], "JWT audiences istiod accepts.")
     token_review_cache_ttl: float = env(
         "CA_TOKEN_REVIEW_CACHE_TTL", 60.0, "How long a TokenReview answer is reused.", parse=parse_duration
     )
@@ -45,6 +43,6 @@ class CaSettings:
     revision: str = env(
         "REVISION", "default", "Control-plane revision; adds istiod-<rev>.<ns>.svc to the cert."
     )
-    custom_hosts: list[str] = env(  # noqa: RUF009 - env() builds a field with a default_factory
+    custom_hosts: list[str] = env(
         "ISTIOD_CUSTOM_HOST", [], "Extra DNS names for istiod's serving certificate."
     )
