@@ -306,9 +306,10 @@ class WaypointProxy:
             req.set_headers(route.request_headers.apply(req.headers))
         backend = pick_backend(route, self.rng)
         cluster = snap.clusters.get(backend.cluster) if backend else None
-        if backend is None or cluster is None:
-            out.flags, out.details = "UH", "no_healthy_upstream"
-            return simple_response(503 if backend is None else 500, "no healthy upstream")
+        if backend is None or cluster is None or cluster.name.startswith("invalid-backend|"):
+            # istiod points unresolvable backendRefs at "invalid-backend|..." (Gateway API: answer 500)
+            out.flags, out.details = "NC", "invalid_backend" if backend else "no_backend"
+            return simple_response(500 if backend else 503, "invalid backend")
         if backend.request_headers:
             req.set_headers(backend.request_headers.apply(req.headers))
         out.cluster = cluster
