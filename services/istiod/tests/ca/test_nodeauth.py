@@ -108,3 +108,51 @@ async def test_unscheduled_caller_pod(pods: FakePods) -> None:
     assert "is not scheduled on a node" in await denied(
         NodeAuthorizer(["istio-system/ztunnel"], pods), caller, TARGET
     )
+
+
+class FakeInformer:
+    """The two parts of meshkit.k8s.Informer the adapter uses: the store and the subscription."""
+
+    def __init__(self) -> None:
+        self.store: dict[str, dict[str, object]] = {}
+        self.handlers: list[object] = []
+
+    def subscribe(self, handler: object) -> None:
+        self.handlers.append(handler)
+
+    def get(self, key: str) -> dict[str, object] | None:
+        return self.store.get(key)
+
+    def apply(self, kind: str, obj: dict[str, object]) -> None:
+        from meshkit.k8s import Event, EventType, object_key
+
+        key = object_key(obj)
+        if kind == "DELETED":
+            self.store.pop(key, None)
+        else:
+            self.store[key] = obj
+        for handler in self.handlers:
+            handler([Event(EventType(kind), key, obj)])  # type: ignore[operator]
+
+
+def raw_pod(ns: str, name: str, sa: str, node: str, phase: str = "Running") -> dict[str, object]:
+    return {
+        "metadata": {"namespace": ns, "name": name, "uid": f"uid-{name}"},
+        "spec": {"serviceAccountName": sa, "nodeName": node},
+        "status": {"phase": phase},
+    }
+
+
+async def test_informer_backed_lookup_follows_pod_events() -> None:
+    from istiod.ca.nodeauth import InformerPodLookup
+
+    informer = FakeInformer()
+    nodes = NodeAuthorizer(["istio-system/ztunnel"], InformerPodLookup(informer))  # type: ignore[arg-type]
+    informer.apply("ADDED", raw_pod("istio-system", "zt-a", "ztunnel", "node-a"))
+    assert "app/web" in await denied(nodes, ZTUNNEL, TARGET)
+    informer.apply("ADDED", raw_pod("app", "web-1", "web", "node-b"))
+    assert "app/web" in await denied(nodes, ZTUNNEL, TARGET)
+    informer.apply("UPDATED", raw_pod("app", "web-1", "web", "node-a"))  # (rescheduled under the same name)
+    assert await nodes.authorize(ZTUNNEL, TARGET) == Identity.parse(TARGET)
+    informer.apply("DELETED", raw_pod("app", "web-1", "web", "node-a"))
+    assert "app/web" in await denied(nodes, ZTUNNEL, TARGET)

@@ -19,8 +19,9 @@ from typing import Any, Protocol
 from istiod.ca.errors import ImpersonationDenied
 from istiod.security.authn import Caller
 from meshkit.identity.spiffe import Identity, InvalidIdentity
+from meshkit.k8s import Event, EventType, Informer, Obj
 
-__all__ = ["KubePodLookup", "NodeAuthorizer", "PodInfo", "PodLookup"]
+__all__ = ["InformerPodLookup", "KubePodLookup", "NodeAuthorizer", "PodInfo", "PodLookup"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,51 @@ class KubePodLookup:
 
     async def pods_on_node(self, node: str, namespace: str, service_account: str) -> Sequence[PodInfo]:
         return await asyncio.to_thread(self._on_node, node, namespace, service_account)
+
+
+def pod_info_from_dict(obj: Obj) -> PodInfo:
+    """A :class:`PodInfo` from a raw Pod object (as :class:`meshkit.k8s.Informer` stores them)."""
+    meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+    return PodInfo(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        service_account=str(spec.get("serviceAccountName") or "default"),
+        node_name=str(spec.get("nodeName") or ""),
+        phase=str(status.get("phase") or ""),
+    )
+
+
+class InformerPodLookup:
+    """:class:`PodLookup` over istiod's pod informer, with a (node, namespace, service account) index.
+
+    The index is kept by an informer subscription, so both run on the event loop and never disagree.
+    """
+
+    def __init__(self, informer: Informer) -> None:
+        self._informer = informer
+        self._by_node: dict[tuple[str, str, str], set[str]] = {}
+        self._index_key: dict[str, tuple[str, str, str]] = {}
+        informer.subscribe(self._on_events)
+
+    def _on_events(self, batch: list[Event]) -> None:
+        for event in batch:
+            old = self._index_key.pop(event.key, None)
+            if old is not None:
+                self._by_node.get(old, set()).discard(event.key)
+            if event.type is not EventType.DELETED:
+                pod = pod_info_from_dict(event.obj)
+                key = (pod.node_name, pod.namespace, pod.service_account)
+                self._index_key[event.key] = key
+                self._by_node.setdefault(key, set()).add(event.key)
+
+    async def get_pod(self, namespace: str, name: str) -> PodInfo | None:
+        obj = self._informer.get(f"{namespace}/{name}")
+        return None if obj is None else pod_info_from_dict(obj)
+
+    async def pods_on_node(self, node: str, namespace: str, service_account: str) -> Sequence[PodInfo]:
+        keys = self._by_node.get((node, namespace, service_account), set())
+        return [pod_info_from_dict(obj) for k in sorted(keys) if (obj := self._informer.get(k)) is not None]
 
 
 class NodeAuthorizer:
