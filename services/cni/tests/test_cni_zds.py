@@ -115,10 +115,10 @@ async def agent_factory(tmp_path: Path) -> AsyncIterator[Callable[[], Any]]:
     made: list[Agent] = []
     sock = str(tmp_path / "ztunnel.sock")
 
-    async def make() -> Agent:
+    async def make(window_s: float = 5.0) -> Agent:
         metrics = CniMetrics(new_registry())
         annotator = RecordingAnnotator()
-        dataplane = MeshDataplane(DataplaneConfig(), annotator, metrics)
+        dataplane = MeshDataplane(DataplaneConfig(retry_window_s=window_s), annotator, metrics)
         hub = ZtunnelHub(sock, dataplane.snapshot, dataplane.on_snapshot_acked, metrics, keepalive_s=0.2)
         dataplane.hub = hub
         await hub.start()
@@ -247,3 +247,50 @@ async def test_keep_sent_for_pod_without_netns(agent_factory, ztunnels) -> None:
     await zt.wait(lambda ev: "ZdsSnapshotSent" in kinds(ev))
     assert isinstance(zt.events[0], WorkloadKept)
     assert isinstance(zt.events[1], ZdsSnapshotSent)
+
+
+async def test_refused_in_snapshot_is_pending(agent_factory, ztunnels, make_netns) -> None:  # type: ignore[no-untyped-def]
+    agent = await agent_factory()
+    first = await ztunnels()
+    await agent.hub.wait_connected(1)
+    assert await agent.dataplane.enrol(pod_obj("u7", "web"), Netns.open(make_netns().path))
+    await first.stop()
+    async with asyncio.timeout(WAIT_S), agent.hub.changed:
+        await agent.hub.changed.wait_for(lambda: agent.hub.connected == 0)
+    second = FakeZtunnel(first.path, nack="failure to start proxy : boom")
+    await second.start()
+    try:
+        await agent.annotator.wait_for(("demo", "web"), "pending")  # the new ztunnel did not take it
+        second.nack = ""
+        assert await agent.dataplane.retry_pending() == 1
+        await agent.annotator.wait_for(("demo", "web"), "enabled")
+    finally:
+        await second.stop()
+
+
+async def test_no_ztunnel_for_a_window_marks_pods_pending(agent_factory, ztunnels, make_netns) -> None:  # type: ignore[no-untyped-def]
+    agent = await agent_factory(window_s=0.0)
+    zt = await ztunnels()
+    await agent.hub.wait_connected(1)
+    assert await agent.dataplane.enrol(pod_obj("u8", "web"), Netns.open(make_netns().path))
+    await agent.dataplane.retry_pending()
+    assert agent.annotator.values[("demo", "web")] == "enabled"  # a ztunnel is connected: nothing changes
+    await zt.stop()
+    async with asyncio.timeout(WAIT_S), agent.hub.changed:
+        await agent.hub.changed.wait_for(lambda: agent.hub.connected == 0)
+    await agent.dataplane.retry_pending()
+    assert agent.annotator.values[("demo", "web")] == "pending"
+    await ztunnels()  # a ztunnel is back: its snapshot takes the pod
+    await agent.annotator.wait_for(("demo", "web"), "enabled")
+
+
+async def test_agent_restart_keeps_enabled_mark_without_flap(agent_factory, ztunnels, make_netns) -> None:  # type: ignore[no-untyped-def]
+    agent = await agent_factory()
+    pod = pod_obj("u9", "web")
+    pod["metadata"]["annotations"] = {"ambient.istio.io/redirection": "enabled"}  # left by the previous agent
+    assert not await agent.dataplane.enrol(pod, Netns.open(make_netns().path))
+    assert agent.dataplane.pods["u9"].state == "enabled"
+    zt = await ztunnels()
+    await zt.wait(lambda ev: "ZdsSnapshotSent" in kinds(ev))
+    await agent.hub.wait_connected(1)
+    assert ("demo", "web") not in agent.annotator.values  # never patched: no pending/enabled flap

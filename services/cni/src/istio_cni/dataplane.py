@@ -1,9 +1,12 @@
 """Enrolling and unenrolling pods on this node (behaviour.md §3.1): the one updater of the pod cache.
 
-Enrol: open the pod netns → in-pod rules (failure is final for this attempt) → probe ipset → cache as
-*pending* → hand to the newest ztunnel over ZDS → on ack, annotate ``ambient.istio.io/redirection: enabled``;
-without an ack the pod is annotated ``pending`` and retried every ``retry_interval`` (and it is in the next
-ztunnel's snapshot), so the annotation only says ``enabled`` while a ztunnel has accepted the pod.
+Enrol: open the pod netns → in-pod rules (failure is final for this attempt) → probe ipset → cache →
+hand to the newest ztunnel over ZDS → on ack, annotate ``ambient.istio.io/redirection: enabled``; without
+an ack the pod is annotated ``pending`` and retried every ``retry_interval`` (and it is in the next ztunnel's
+snapshot). The annotation tells the truth within one retry interval: a ztunnel refusing a pod in its
+snapshot makes it ``pending``; no ztunnel connected for a whole interval makes every pod ``pending``; a pod
+that a previous agent left ``enabled`` keeps that mark across an agent restart while the ztunnel's snapshot
+is still to come (so istiod sees no flap), under the same rule. The annotation is written only on change.
 Unenrol (still running): ipset entry, in-pod rules, ``del`` to every ztunnel, annotation. Deleted pods: host
 state and ztunnel only. Operations on one pod are serialized by a per-pod lock.
 """
@@ -58,6 +61,7 @@ class DataplaneConfig:
     ipv6: bool = True
     host_proc: str = "/proc"
     netns_prefix: str = ""  # where the host's paths are mounted, e.g. /host
+    retry_window_s: float = 5.0
     probe_snat_v4: str = "169.254.7.127"
     probe_snat_v6: str = "fd16:9254:7127:1337:ffff:ffff:ffff:ffff"
 
@@ -95,7 +99,9 @@ class MeshDataplane:
         self._host = host
         self.pods: dict[str, PodRecord] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._marks: dict[str, str | None] = {}  # the annotation value each cached pod carries
         self.hub: ZtunnelHub | None = None  # set by the app (the hub needs our snapshot, we need the hub)
+        self.window_s = cfg.retry_window_s
 
     def snapshot(self) -> list[ZdsPod]:
         return [rec.zds() for rec in self.pods.values()]
@@ -162,7 +168,10 @@ class MeshDataplane:
         rec = PodRecord(uid, str(meta.get("name")), str(meta.get("namespace")), sa, ips, netns)
         self.pods[uid] = rec
         acked = self.hub is not None and await self.hub.add(rec.zds())
-        await self._set_state(rec, ENABLED if acked else PENDING)
+        self._marks[uid] = enrolment.annotations_of(pod).get(enrolment.REDIRECTION_ANNOTATION)
+        orphaned = self.hub is None or self.hub.connected == 0
+        keep_mark = not acked and orphaned and self._marks[uid] == ENABLED  # the snapshot will confirm it
+        await self._set_state(rec, ENABLED if acked or keep_mark else PENDING)
         self._metrics.enrolments.labels(op="enrol", result="ok" if acked else "pending").inc()
         log.info(
             "pod enrolled", extra=kv(pod=f"{rec.namespace}/{rec.name}", uid=uid, state=self.pods[uid].state)
@@ -170,10 +179,14 @@ class MeshDataplane:
         return acked
 
     async def _set_state(self, rec: PodRecord, state: str) -> None:
+        """Record ``state``; patch the annotation only when the pod does not carry it already."""
         self.pods[rec.uid] = replace(rec, state=state)
         self._update_gauges()
+        if self._marks.get(rec.uid) == state:
+            return
         try:
             await self.annotator.set_redirection(rec.namespace, rec.name, state)
+            self._marks[rec.uid] = state
         except Exception as exc:  # the pod may be gone; the annotation is advisory for istiod
             log.warning("could not annotate pod", extra=kv(pod=f"{rec.namespace}/{rec.name}", error=str(exc)))
 
@@ -200,20 +213,26 @@ class MeshDataplane:
                 if rec.netns is not None:
                     rec.netns.close()
                 self._locks.pop(uid, None)
+                self._marks.pop(uid, None)
                 self._update_gauges()
             self._metrics.enrolments.labels(op="unenrol", result="ok").inc()
             log.info("pod unenrolled", extra=kv(pod=f"{rec.namespace}/{rec.name}", uid=uid, deleted=deleted))
 
-    async def on_snapshot_acked(self, uids: list[str]) -> None:
-        """A new ztunnel took these pods in its snapshot: pending ones become enabled."""
-        for uid in uids:
-            rec = self.pods.get(uid)
-            if rec is not None and rec.state == PENDING:
+    async def on_snapshot_acked(self, accepted: list[str], refused: list[str]) -> None:
+        """A ztunnel took its snapshot: accepted pods are ``enabled``, refused ones ``pending``."""
+        for uids, state in ((accepted, ENABLED), (refused, PENDING)):
+            for uid in uids:
                 async with self._lock(uid):
-                    await self._set_state(rec, ENABLED)
+                    rec = self.pods.get(uid)
+                    if rec is not None:
+                        await self._set_state(rec, state)
 
     async def retry_pending(self) -> int:
-        """Offer every pending pod to the newest ztunnel again; returns how many were accepted."""
+        """Offer every pending pod to the newest ztunnel again; returns how many were accepted.
+
+        First demotes every pod to ``pending`` once no ztunnel has been connected for ``window_s``.
+        """
+        await self._demote_if_orphaned()
         accepted = 0
         for uid in [u for u, r in self.pods.items() if r.state == PENDING]:
             async with self._lock(uid):
@@ -224,6 +243,19 @@ class MeshDataplane:
                     await self._set_state(rec, ENABLED)
                     accepted += 1
         return accepted
+
+    async def _demote_if_orphaned(self) -> None:
+        hub = self.hub
+        if hub is None or hub.idle_since is None:
+            return
+        if asyncio.get_running_loop().time() - hub.idle_since < self.window_s:
+            return
+        for uid in [u for u, r in self.pods.items() if r.state == ENABLED]:
+            async with self._lock(uid):
+                rec = self.pods.get(uid)
+                if rec is not None and rec.state == ENABLED and hub.connected == 0:
+                    log.warning("no ztunnel connected; pod marked pending", extra=kv(uid=uid))
+                    await self._set_state(rec, PENDING)
 
     async def retry_loop(self, interval_s: float) -> None:
         while True:

@@ -39,7 +39,7 @@ class ZdsPod:
 
 
 SnapshotSource = Callable[[], list[ZdsPod]]
-AckedCallback = Callable[[list[str]], Awaitable[None]]
+SnapshotCallback = Callable[[list[str], list[str]], Awaitable[None]]  # (accepted uids, refused uids)
 
 
 class ZtunnelHub:
@@ -49,7 +49,7 @@ class ZtunnelHub:
         self,
         path: str,
         snapshot: SnapshotSource,
-        on_snapshot_acked: AckedCallback,
+        on_snapshot_acked: SnapshotCallback,
         metrics: CniMetrics,
         *,
         keepalive_s: float = KEEPALIVE_S,
@@ -63,6 +63,7 @@ class ZtunnelHub:
         self._lock = asyncio.Lock()
         self._ready: list[ZdsServerConnection] = []  # oldest first
         self.changed = asyncio.Condition()  # notified when a ztunnel becomes ready or goes away
+        self.idle_since: float | None = None  # loop time since when no ztunnel is connected
         self._snapshots_open = asyncio.Event()
         if snapshots_open:
             self._snapshots_open.set()
@@ -72,6 +73,7 @@ class ZtunnelHub:
         return len(self._ready)
 
     async def start(self) -> None:
+        self.idle_since = asyncio.get_running_loop().time()
         await self._server.start()
 
     async def close(self) -> None:
@@ -93,20 +95,22 @@ class ZtunnelHub:
     async def _serve(self, conn: ZdsServerConnection) -> None:
         await self._snapshots_open.wait()
         async with self._lock:
-            acked = [
-                uid for uid in [await self._send_snapshot_pod(conn, pod) for pod in self._snapshot()] if uid
-            ]
+            results = [await self._send_snapshot_pod(conn, pod) for pod in self._snapshot()]
             await conn.snapshot_sent()
             self._ready.append(conn)
+            self.idle_since = None
+        acked = [uid for uid, ok in results if ok]
+        refused = [uid for uid, ok in results if not ok]
         log.info("ztunnel snapshot acked", extra=kv(pods=len(acked), ztunnels=len(self._ready)))
         try:
-            await self._on_snapshot_acked(acked)  # annotations first: "connected" means they are written
+            await self._on_snapshot_acked(
+                acked, refused
+            )  # annotations first: "connected" means they are written
             await self._notify()
             while await self._keepalive(conn):
                 pass
         finally:
-            with contextlib.suppress(ValueError):
-                self._ready.remove(conn)
+            self._forget(conn)
             log.info("ztunnel disconnected", extra=kv(ztunnels=len(self._ready)))
             await self._notify()
 
@@ -114,14 +118,15 @@ class ZtunnelHub:
         await asyncio.sleep(self._keepalive_s)  # a period, not a wait for an event: upstream probes when idle
         return not conn.closed and await conn.probe()
 
-    async def _send_snapshot_pod(self, conn: ZdsServerConnection, pod: ZdsPod) -> str | None:
+    async def _send_snapshot_pod(self, conn: ZdsServerConnection, pod: ZdsPod) -> tuple[str, bool]:
+        """(uid, True if ztunnel now runs the pod's proxy); a ``keep`` cannot start one."""
         if pod.netns is None:
             ack = await conn.keep(pod.uid)
         else:
             ack = await conn.add(pod.uid, pod.info, pod.netns.fd)
         if not ack.ok:
             log.warning("ztunnel refused pod in snapshot", extra=kv(uid=pod.uid, error=ack.error))
-        return pod.uid if ack.ok and pod.netns is not None else None
+        return pod.uid, ack.ok and pod.netns is not None
 
     async def add(self, pod: ZdsPod) -> bool:
         """Hand ``pod`` to the newest ztunnel; False if none is connected or it did not accept the pod."""
@@ -155,5 +160,10 @@ class ZtunnelHub:
 
     def _drop(self, conn: ZdsServerConnection) -> None:
         conn.close()
+        self._forget(conn)
+
+    def _forget(self, conn: ZdsServerConnection) -> None:
         with contextlib.suppress(ValueError):
             self._ready.remove(conn)
+        if not self._ready and self.idle_since is None:
+            self.idle_since = asyncio.get_running_loop().time()
