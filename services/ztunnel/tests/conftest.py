@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import secrets
 import subprocess
@@ -22,18 +23,26 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import pytest
 import pytest_asyncio
+from google.protobuf import empty_pb2
 from meshkit.hbone.testing import TestCA
 from meshkit.identity.certs import WorkloadCertificate
 from meshkit.identity.spiffe import Identity
 from meshkit.netns import TempNetns, temp_netns
 from meshkit.settings import load
 from meshkit.sockets import NetnsSocketFactory, open_tcp
+from meshkit.xds import wire
+from meshkit.xds.server_core import Resource, ServerStream
+from meshkit.xds.types import ADDRESS_TYPE, AUTHORIZATION_TYPE, DELTA_METHOD, content_version
 from meshkit.zds import WorkloadInfo, ZdsServer, ZdsServerConnection
+from meshproto.envoy.service.discovery.v3 import discovery_pb2
+from meshproto.istio.security import authorization_pb2 as authz_pb2
+from meshproto.istio.workload import workload_pb2 as wl_pb2
 from ztunnel.app import App, build
 from ztunnel.settings import Settings
-from ztunnel.state.records import Authorization, Service, Workload
+from ztunnel.state.records import Authorization, Service, StringMatch, Workload
 from ztunnel.state.state import State
 
 PREFIX = "zt-"
@@ -202,6 +211,7 @@ class Mesh:
         self.fetcher = CaFetcher(TestCA())
         self.apps: dict[str, App] = {}
         self.extra_apps: list[App] = []
+        self.xds: FakeXds | None = None
         self.agents: dict[str, ZdsServer] = {}
         self.workloads: list[Workload] = []
         self.services: list[Service] = []
@@ -218,8 +228,17 @@ class Mesh:
 
     # config ----------------------------------------------------------------------------------------------
     def publish(self) -> None:
+        if self.xds is not None:
+            self.xds.publish(self.workloads, self.services, self.policies)
+            return
         for app in self.apps.values():
             self._apply(app.state)
+
+    async def enable_xds(self) -> FakeXds:
+        """Serve config over real delta xDS (meshkit.xds client in ztunnel, server core here)."""
+        self.xds = FakeXds()
+        await self.xds.start()
+        return self.xds
 
     def _apply(self, state: State) -> None:
         for wl in self.workloads:
@@ -274,12 +293,16 @@ class Mesh:
         assert ack.ok, ack.error
 
     async def start_ztunnel(self, node: Node, **extra: str) -> App:
+        if self.xds is not None:
+            self.xds.publish(self.workloads, self.services, self.policies)
+            xds_env = {"XDS_ADDRESS": f"127.0.0.1:{self.xds.port}", "XDS_ROOT_CA": "", "AUTH_TOKEN": ""}
+            return await build(self.settings(node, **xds_env, **extra), fetcher=self.fetcher)
+
         async def source(state: State, synced: object) -> None:
             self._apply(state)
             synced()  # type: ignore[operator]
 
-        app = await build(self.settings(node, **extra), fetcher=self.fetcher, config_source=source)
-        return app
+        return await build(self.settings(node, **extra), fetcher=self.fetcher, config_source=source)
 
     async def start(self) -> None:
         for node in self.topo.nodes:
@@ -294,6 +317,8 @@ class Mesh:
                 await app.close()
         for server in self.agents.values():
             await server.close()
+        if self.xds is not None:
+            await self.xds.stop()
         for echo in self._echoes:
             if echo.server is not None:
                 echo.server.close()
@@ -335,3 +360,169 @@ async def mesh(topology: Topology, tmp_path: Path) -> AsyncIterator[Mesh]:
         yield m
     finally:
         await m.close()
+
+
+# --- an in-process delta xDS server (meshkit.xds server core) serving the Mesh's records ------------------
+
+
+def _ip(text: str) -> bytes:
+    return ipaddress.ip_address(text).packed
+
+
+def workload_proto(wl: Workload) -> wl_pb2.Workload:
+    return wl_pb2.Workload(
+        uid=wl.uid,
+        name=wl.name,
+        namespace=wl.namespace,
+        addresses=[_ip(a) for a in wl.addresses],
+        tunnel_protocol=wl_pb2.HBONE if wl.hbone else wl_pb2.NONE,
+        service_account=wl.service_account,
+        node=wl.node,
+        workload_name=wl.workload_name,
+        canonical_name=wl.canonical_name,
+        canonical_revision=wl.canonical_revision,
+        authorization_policies=list(wl.authorization_policies),
+        services={
+            key: wl_pb2.PortList(ports=[wl_pb2.Port(service_port=p, target_port=t) for p, t in ports.items()])
+            for key, ports in wl.services.items()
+        },
+    )
+
+
+def service_proto(svc: Service) -> wl_pb2.Service:
+    return wl_pb2.Service(
+        name=svc.name,
+        namespace=svc.namespace,
+        hostname=svc.hostname,
+        addresses=[wl_pb2.NetworkAddress(network=n, address=_ip(ip)) for n, ip in svc.vips],
+        ports=[wl_pb2.Port(service_port=p, target_port=t) for p, t in svc.ports.items()],
+    )
+
+
+def _strings(items: tuple[StringMatch, ...]) -> list[authz_pb2.StringMatch]:
+    out = []
+    for m in items:
+        if m.kind == "presence":
+            out.append(authz_pb2.StringMatch(presence=empty_pb2.Empty()))
+        else:
+            out.append(authz_pb2.StringMatch(**{m.kind: m.value}))
+    return out
+
+
+def policy_proto(pol: Authorization) -> authz_pb2.Authorization:
+    rules = [
+        authz_pb2.Rule(
+            clauses=[
+                authz_pb2.Clause(
+                    matches=[
+                        authz_pb2.Match(
+                            principals=_strings(m.principals),
+                            not_principals=_strings(m.not_principals),
+                            destination_ports=sorted(m.destination_ports),
+                        )
+                        for m in clause
+                    ]
+                )
+                for clause in rule
+            ]
+        )
+        for rule in pol.rules
+    ]
+    return authz_pb2.Authorization(
+        name=pol.name,
+        namespace=pol.namespace,
+        scope=authz_pb2.Scope.Value(pol.scope),
+        action=authz_pb2.Action.Value(pol.action),
+        rules=rules,
+    )
+
+
+def _resource(type_url: str, name: str, msg: object) -> Resource:
+    raw = wire.any_bytes(type_url, msg.SerializeToString())  # type: ignore[attr-defined]
+    return Resource.build(name, content_version(raw), raw)
+
+
+class FakeXds:
+    """Serves delta xDS (plaintext, 127.0.0.1) from the Mesh's records; ``publish`` pushes what changed."""
+
+    def __init__(self) -> None:
+        self.resources: dict[str, dict[str, Resource]] = {ADDRESS_TYPE: {}, AUTHORIZATION_TYPE: {}}
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self._queues: set[asyncio.Queue[tuple[str, list[str]] | bytes]] = set()
+
+    # ResourceSource
+    def get(self, type_url: str, name: str) -> Resource | None:
+        return self.resources.get(type_url, {}).get(name)
+
+    def names(self, type_url: str) -> list[str]:
+        return sorted(self.resources.get(type_url, {}))
+
+    def lookup(self, type_url: str, key: str) -> list[Resource]:
+        res = self.get(type_url, key)
+        return [res] if res else []
+
+    def publish(
+        self, workloads: list[Workload], services: list[Service], policies: list[Authorization]
+    ) -> None:
+        new = {
+            ADDRESS_TYPE: {
+                **{
+                    w.uid: _resource(ADDRESS_TYPE, w.uid, wl_pb2.Address(workload=workload_proto(w)))
+                    for w in workloads
+                },
+                **{
+                    s.key: _resource(ADDRESS_TYPE, s.key, wl_pb2.Address(service=service_proto(s)))
+                    for s in services
+                },
+            },
+            AUTHORIZATION_TYPE: {
+                p.key: _resource(AUTHORIZATION_TYPE, p.key, policy_proto(p)) for p in policies
+            },
+        }
+        old, self.resources = self.resources, new
+        for type_url in new:
+            names = sorted(set(old[type_url]) | set(new[type_url]))
+            for queue in self._queues:
+                queue.put_nowait((type_url, names))
+
+    async def _stream(self, requests: object, _context: object) -> object:
+        stream = ServerStream(self)
+        queue: asyncio.Queue[tuple[str, list[str]] | bytes] = asyncio.Queue()
+        self._queues.add(queue)
+
+        async def read() -> None:
+            async for req in requests:  # type: ignore[attr-defined]
+                for response in stream.receive(req).responses:
+                    queue.put_nowait(response.encode())
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, bytes):
+                    yield item
+                    continue
+                response = stream.push(*item)
+                if response is not None:
+                    yield response.encode()
+        finally:
+            reader.cancel()
+            self._queues.discard(queue)
+
+    async def start(self) -> None:
+        service, method = DELTA_METHOD.lstrip("/").split("/")
+        handler = grpc.stream_stream_rpc_method_handler(
+            self._stream, request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString
+        )
+        self.server = grpc.aio.server()
+        self.server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(service, {method: handler})]
+        )
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        await self.server.start()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(None)
+            self.server = None

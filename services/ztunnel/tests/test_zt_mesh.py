@@ -227,15 +227,39 @@ async def test_metrics_count_bytes(mesh, topology) -> None:  # type: ignore[no-u
     assert "PRIVATE KEY" not in str(dump)
 
 
-async def test_control_plane_loss_keeps_serving(mesh, topology) -> None:  # type: ignore[no-untyped-def]
-    client, _server, _echo, _ = await setup(mesh, topology)
-    sock_reader = await mesh.request(client, VIP, 80, b"warm")
-    assert sock_reader == b"warm"
-    # istiod goes away: the CA refuses, config sources stop (their tasks end); cached state must keep serving
+async def test_config_over_xds_and_control_plane_loss(mesh, topology) -> None:  # type: ignore[no-untyped-def]
+    await mesh.enable_xds()
+    client, _server, echo, _ = await setup(mesh, topology)
+    assert await mesh.request(client, VIP, 80, b"via xds config") == b"via xds config"
+    # a policy pushed over xDS takes effect
+    mesh.policies = [
+        Authorization(
+            "deny-8080", "default", "NAMESPACE", "DENY", (((Match(destination_ports=frozenset({8080})),),),)
+        )
+    ]
+    mesh.publish()
+    dst_state = mesh.apps["node2"].state
+    async with asyncio.timeout(10):
+        while "default/deny-8080" not in dst_state.policies.by_key:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # the store has no public change event
+    assert await refused(mesh, client, VIP, 80)
+    mesh.policies = []
+    mesh.publish()
+    async with asyncio.timeout(10):
+        while "default/deny-8080" in dst_state.policies.by_key:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    # istiod goes away (xDS server and CA): cached config and certificates keep serving old and new connections
+    from meshkit.sockets import open_tcp
+
+    sock = await open_tcp(mesh.factory(client), VIP, 80)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(b"open")
+    assert await asyncio.wait_for(reader.readexactly(4), 10) == b"open"
+    await mesh.xds.stop()
     mesh.fetcher.available = False
-    for app in mesh.apps.values():
-        for task in app.tasks.tasks:
-            if task.get_name().endswith("/config"):
-                task.cancel()
     for i in range(5):
         assert await mesh.request(client, VIP, 80, b"still here %d" % i) == b"still here %d" % i
+    writer.write(b"more")
+    assert await asyncio.wait_for(reader.readexactly(4), 10) == b"more"
+    writer.close()
+    assert len(echo.peers) >= 7

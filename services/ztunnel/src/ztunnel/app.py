@@ -17,7 +17,6 @@ import contextlib
 import logging
 import random
 import socket
-from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from meshkit.netns import arun_in_netns
 from meshkit.sockets import SO_MARK, NetnsSocketFactory
 from meshkit.zds import WorkloadInfo
 
-from ztunnel.admin import admin_app, config_dump, dump_certificate
+from ztunnel.admin import admin_app, config_dump
 from ztunnel.inpod.client import run_zds_client
 from ztunnel.inpod.manager import WorkloadProxyManager
 from ztunnel.inpod.pod import InPodProxy
@@ -41,14 +40,11 @@ from ztunnel.metrics import DnsMetrics, ProxyMetrics, WorkloadManagerMetrics, bu
 from ztunnel.proxy.context import ProxyServices
 from ztunnel.settings import Settings, split_addr
 from ztunnel.state.state import State
-from ztunnel.xds import load_static
+from ztunnel.xds import ConfigSource, load_static, xds_source
 
 __all__ = ["App", "ConfigSource", "build"]
 
 log = logging.getLogger("ztunnel")
-
-#: Runs for the app's lifetime keeping ``state`` current; calls ``synced()`` once the first full config is in.
-ConfigSource = Callable[[State, Callable[[], None]], Coroutine[Any, Any, None]]
 
 READY_XDS = "xds"
 READY_INPOD = "workload proxy manager"
@@ -94,17 +90,7 @@ class App:
         return self.servers[name].url
 
     def config_dump(self) -> dict[str, Any]:
-        certs = [
-            dump_certificate(
-                st.identity.uri,
-                st.state if not st.last_error else f"Unavailable: {st.last_error}",
-                st.certificate,
-            )
-            for st in self.certs.statuses()
-        ]
-        return config_dump(
-            self.state, certs, self.manager.dump(), {k: v for k, v in asdict(self.settings).items()}
-        )
+        return config_dump(self.state, self.certs.config_dump(), self.manager.dump(), asdict(self.settings))
 
     def update_readiness(self) -> None:
         if self.manager.ready:
@@ -201,11 +187,10 @@ async def build(
     if settings.local_xds_path and Path(settings.local_xds_path).exists():  # noqa: ASYNC240 - once, at start
         load_static(settings.local_xds_path, state)
         synced()
+    if config_source is None and not settings.local_xds_path:
+        config_source = xds_source(settings, registry)
     if config_source is not None:
         app.tasks.spawn(config_source(state, synced), name="config")
-    elif not settings.local_xds_path:
-        log.warning("no xDS client wired yet and no LOCAL_XDS_PATH: running with empty config")
-        synced()
     if settings.inpod_enabled:
         app.tasks.spawn(run_zds_client(settings.inpod_uds, manager), name="zds")
         app.tasks.spawn(manager.run_retries(), name="zds-retries")

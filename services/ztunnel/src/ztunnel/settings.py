@@ -41,6 +41,17 @@ class Settings:
     readiness_addr: str = env("READINESS_ADDR", "0.0.0.0:15021", "Readiness server (/healthz/ready).")
     xds_address: str = env("XDS_ADDRESS", "istiod.istio-system.svc:15012", "istiod's xDS address.")
     ca_address: str = env("CA_ADDRESS", "istiod.istio-system.svc:15012", "The CA's address.")
+    xds_root_ca: str = env(
+        "XDS_ROOT_CA",
+        "/var/run/secrets/istio/root-cert.pem",
+        "Root verifying istiod's xDS; empty = plaintext.",
+    )
+    auth_token: str = env(
+        "AUTH_TOKEN", "/var/run/secrets/tokens/istio-token", "Token file (or literal) for xDS."
+    )
+    pod_name: str = env("POD_NAME", "", "This ztunnel pod's name (xDS node id).")
+    pod_namespace: str = env("POD_NAMESPACE", "istio-system", "This ztunnel pod's namespace (xDS node id).")
+    instance_ip: str = env("INSTANCE_IP", "1.1.1.1", "This ztunnel pod's IP (xDS node id).")
     local_xds_path: str = env("LOCAL_XDS_PATH", "", "Static config file (JSON) instead of xDS.")
     workload_wait_s: float = env(
         "WORKLOAD_WAIT", 5.0, "How long a connection waits for its workload/cert.", parse=parse_duration

@@ -1,33 +1,45 @@
 """Glue between ztunnel's state and its config sources: the delta xDS client, or a static JSON file.
 
-:class:`StateUpdater` is the one updater interface the xDS client drives:
-``apply(type_url, upserts, removes) -> rejected``, ``upserts`` being ``(resource name, Any.value bytes)``
-(or decoded messages) and ``rejected`` is ``[(name, reason)]`` for the NACK. :func:`load_static` reads
-``LOCAL_XDS_PATH``: ``{"workloads": [...], "services": [...], "policies": [...]}`` with each element in
-protobuf JSON form (``istio.workload.Workload``, ``istio.workload.Service``,
-``istio.security.Authorization``).
+:class:`StateUpdater` is the one updater the xDS client drives (``meshkit.xds.client_core.Updater``):
+``apply(type_url, upserts, removes) -> rejected``, ``upserts`` being ``(resource name, decoded message)``
+(bytes and ``Any`` are accepted too) and ``rejected`` the ``(name, reason)`` pairs for the NACK.
+:func:`xds_source` runs ``meshkit.xds``'s client against istiod; :func:`load_static` reads ``LOCAL_XDS_PATH``:
+``{"workloads": [...], "services": [...], "policies": [...]}`` with each element in protobuf JSON form
+(``istio.workload.Workload``, ``istio.workload.Service``, ``istio.security.Authorization``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 from meshkit.logs import kv
+from meshkit.xds.client import XdsClient, XdsClientConfig, XdsClientMetrics
+from meshkit.xds.client_core import ClientCore
+from meshkit.xds.client_core import Rejected as XdsRejected
+from meshkit.xds.types import NodeId
+from meshproto.envoy.config.core.v3 import base_pb2
 from meshproto.istio.security import authorization_pb2 as authz_pb2
 from meshproto.istio.workload import workload_pb2 as wl_pb2
+from prometheus_client import CollectorRegistry
 
+from ztunnel.settings import Settings
 from ztunnel.state.state import ADDRESS_TYPE, AUTHORIZATION_TYPE, Rejected, State
 
-__all__ = ["TYPE_URLS", "StateUpdater", "load_static", "static_config"]
+__all__ = ["TYPE_URLS", "ConfigSource", "StateUpdater", "load_static", "node", "static_config", "xds_source"]
 
 log = logging.getLogger("xds")
 
 TYPE_URLS = (ADDRESS_TYPE, AUTHORIZATION_TYPE)
+
+#: Runs for the app's lifetime keeping ``state`` current; calls ``synced()`` once the first full config is in.
+ConfigSource = Callable[[State, Callable[[], None]], Coroutine[Any, Any, None]]
 
 
 class StateUpdater:
@@ -38,19 +50,35 @@ class StateUpdater:
 
     def apply(
         self, type_url: str, upserts: Sequence[tuple[str, Any]], removes: Sequence[str]
+    ) -> list[XdsRejected]:
+        return [XdsRejected(name, reason) for name, reason in self.apply_raw(type_url, upserts, removes)]
+
+    def apply_raw(
+        self, type_url: str, upserts: Sequence[tuple[str, Any]], removes: Sequence[str]
     ) -> list[Rejected]:
+        if type_url == ADDRESS_TYPE and all(isinstance(v, wl_pb2.Address) for _, v in upserts):
+            rejected = self.state.apply_addresses(upserts, removes)  # already decoded: no second parse
+        elif type_url == AUTHORIZATION_TYPE and all(
+            isinstance(v, authz_pb2.Authorization) for _, v in upserts
+        ):
+            rejected = self.state.apply_authorizations(upserts, removes)
+        else:
+            rejected = self.state.apply(type_url, self._raw(upserts), removes)
+        if rejected:
+            log.warning("rejected resources", extra=kv(type_url=type_url, rejected=rejected))
+        return rejected
+
+    @staticmethod
+    def _raw(upserts: Sequence[tuple[str, Any]]) -> list[tuple[str, bytes]]:
         raw: list[tuple[str, bytes]] = []
         for name, value in upserts:
             if isinstance(value, bytes | bytearray | memoryview):
                 raw.append((name, bytes(value)))
-            elif hasattr(value, "value") and isinstance(value.value, bytes):  # google.protobuf.Any
+            elif hasattr(value, "type_url") and hasattr(value, "value"):  # google.protobuf.Any
                 raw.append((name, value.value))
             else:
                 raw.append((name, value.SerializeToString()))
-        rejected = self.state.apply(type_url, raw, removes)
-        if rejected:
-            log.warning("rejected resources", extra=kv(type_url=type_url, rejected=rejected))
-        return rejected
+        return raw
 
 
 def static_config(
@@ -74,7 +102,47 @@ def load_static(path: str, state: State) -> list[Rejected]:
     """Apply a static config file; returns what was rejected."""
     doc = json.loads(Path(path).read_text())
     addresses, policies = static_config(doc)
-    rejected = state.apply_addresses(list(addresses), [])
-    rejected += state.apply_authorizations(list(policies), [])
+    rejected = state.apply_addresses(addresses, [])
+    rejected += state.apply_authorizations(policies, [])
     log.info("static config loaded", extra=kv(path=path, addresses=len(addresses), policies=len(policies)))
     return rejected
+
+
+def node(settings: Settings) -> base_pb2.Node:
+    """The xDS node of wire-contracts.md §3.3: id ``ztunnel~ip~pod.ns~ns.svc.cluster.local`` + metadata."""
+    node_id = NodeId.ztunnel(settings.instance_ip, settings.pod_name, settings.pod_namespace)
+    metadata = struct_pb2.Struct()
+    metadata.update(
+        {
+            "NAME": settings.pod_name,
+            "NAMESPACE": settings.pod_namespace,
+            "INSTANCE_IPS": settings.instance_ip,
+            "NODE_NAME": settings.node_name,
+            "CLUSTER_ID": settings.cluster_id,
+            **{
+                k.removeprefix("ISTIO_META_"): v for k, v in os.environ.items() if k.startswith("ISTIO_META_")
+            },
+        }
+    )
+    return base_pb2.Node(id=str(node_id), metadata=metadata)
+
+
+def xds_source(settings: Settings, registry: CollectorRegistry | None = None) -> ConfigSource:
+    """The delta xDS client against ``XDS_ADDRESS`` (TLS verified by ``XDS_ROOT_CA``; empty = plaintext)."""
+
+    async def run(state: State, synced: Callable[[], None]) -> None:
+        root = Path(settings.xds_root_ca).read_bytes() if settings.xds_root_ca else None  # noqa: ASYNC240
+        core = ClientCore(node(settings), StateUpdater(state))
+        config = XdsClientConfig(
+            address=settings.xds_address.removeprefix("https://"),
+            root_cert_pem=root,
+            token=settings.auth_token,
+            cluster_id=settings.cluster_id,
+        )
+        client = XdsClient(config, core, XdsClientMetrics(registry) if registry is not None else None)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(client.run())
+            await client.synced.wait()
+            synced()
+
+    return run
