@@ -18,7 +18,7 @@ import logging
 import os
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import h2.exceptions
 
@@ -80,7 +80,7 @@ class HboneConnection(asyncio.BufferedProtocol):
     # -- transport callbacks ----------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio subclasses
         loop = asyncio.get_running_loop()
         self._transport = transport
         self._lost = loop.create_future()

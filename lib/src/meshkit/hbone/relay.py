@@ -18,6 +18,7 @@ import contextlib
 import socket
 import struct
 from dataclasses import dataclass
+from typing import cast
 
 from meshkit.hbone.errors import HboneError
 from meshkit.hbone.stream import HboneStream
@@ -62,7 +63,7 @@ class _TcpSide(asyncio.BufferedProtocol):
     # TCP side ------------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio subclasses
         self._transport = transport
         self.stream.set_sink(self)
 
