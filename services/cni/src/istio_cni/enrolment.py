@@ -92,11 +92,15 @@ def namespace_selected(pod: Obj, namespace: Obj | None, selectors: Sequence[Obj]
     )
 
 
-def skip_reason(pod: Obj, exclude_namespaces: Sequence[str]) -> str | None:
+def skip_reason(
+    pod: Obj, exclude_namespaces: Sequence[str], system_namespace: str = "istio-system"
+) -> str | None:
     """Why a pod can never be enrolled, whatever the labels say; None if it can."""
     meta, spec = pod.get("metadata", {}), pod.get("spec", {})
     if meta.get("namespace") in exclude_namespaces:
         return "namespace excluded"
+    if meta.get("namespace") == system_namespace and labels_of(pod).get("app") == "ztunnel":
+        return "ztunnel itself"
     if spec.get("hostNetwork"):
         return "host network"
     if SIDECAR_STATUS in annotations_of(pod):

@@ -38,7 +38,7 @@ class Settings:
         "POD_NAMESPACE", "istio-system", "This agent's namespace (the system namespace)."
     )
     ambient_enabled: bool = env("AMBIENT_ENABLED", True, "Run the ambient node agent.")
-    enablement_selectors: list[dict[str, Any]] = env(  # noqa: RUF009 - env() builds a default_factory
+    enablement_selectors: list[dict[str, Any]] = env(
         "AMBIENT_ENABLEMENT_SELECTOR",
         [dict(s) for s in DEFAULT_SELECTORS],
         "Which pods to enrol (YAML list of podSelector/namespaceSelector).",
@@ -49,7 +49,7 @@ class Settings:
     reconcile_on_startup: bool = env(
         "AMBIENT_RECONCILE_POD_RULES_ON_STARTUP", True, "Re-apply in-pod rules of enrolled pods at start-up."
     )
-    exclude_namespaces: list[str] = env(  # noqa: RUF009 - env() builds a default_factory
+    exclude_namespaces: list[str] = env(
         "EXCLUDE_NAMESPACES",
         ["kube-system"],
         "Namespaces never enrolled (comma-separated).",
