@@ -35,6 +35,7 @@ from istiod.debug import monitoring_app
 from istiod.index.ambient import AmbientIndex
 from istiod.index.services import MeshContext
 from istiod.settings import Settings
+from istiod.waypoint.controller import start_waypoints
 from istiod.xds.cache import ResourceCache
 from istiod.xds.metrics import XdsMetrics
 from istiod.xds.server import Authenticator, DiscoveryServer, grpc_handler, server_options
@@ -164,9 +165,10 @@ def _watch(app: App, client: KubeClient | None, owner: TaskOwner) -> None:
     for kind, informer in app.informers.items():
         informer.start()
         owner.spawn(_mark_synced(app.readiness, kind, informer), name=f"sync-{kind}")
+    extra = start_waypoints(app.server.cache, client, app.informers, owner, app.settings)  # waypoints (#9)
 
     async def stop() -> None:
-        await asyncio.gather(*(i.stop() for i in app.informers.values()))
+        await asyncio.gather(*(i.stop() for i in [*app.informers.values(), *extra]))
         client.close()
 
     app._closers.append(stop)
