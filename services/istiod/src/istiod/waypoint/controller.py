@@ -274,3 +274,28 @@ class WaypointController:
         except NotFound:
             return  # deleted meanwhile, or the kind is not installed
         self._written[key] = stripped
+
+
+def start_waypoints(cache: Any, client: KubeClient, informers: Mapping[str, Informer], owner: Any,
+                    settings: Any) -> list[Informer]:  # fmt: skip
+    """istiod wiring in one call: register the xDS type, start the controller (and the informers the index
+    does not already run). Returns the informers started here, for the caller to stop.
+
+    ``settings`` is istiod's Settings (trust_domain, domain_suffix, root_namespace, cluster_id); the waypoint
+    image comes from ``WAYPOINT_IMAGE`` (see :class:`~istiod.waypoint.deployment.DeploySettings`).
+    """
+    from istiod.waypoint.publish import register_waypoint_type
+    from meshkit.settings import load
+
+    deploy = load(dep.DeploySettings)
+    deploy = dep.DeploySettings(**{**{f: getattr(deploy, f) for f in deploy.__dataclass_fields__},
+                                   "trust_domain": settings.trust_domain, "domain_suffix": settings.domain_suffix,
+                                   "cluster_id": settings.cluster_id})  # fmt: skip
+    ctl = WaypointController(client, register_waypoint_type(cache), deploy=deploy, trust_domain=settings.trust_domain,
+                             domain_suffix=settings.domain_suffix, root_namespace=settings.root_namespace,
+                             cluster_id=settings.cluster_id)  # fmt: skip
+    created = ctl.informers(client, existing=informers)
+    for informer in created.values():
+        informer.start()
+    owner.spawn(ctl.run(), name="waypoint-controller")
+    return list(created.values())

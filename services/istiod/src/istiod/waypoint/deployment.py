@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from meshkit.settings import env
+
 Obj = dict[str, Any]
 
 __all__ = [
@@ -49,14 +51,16 @@ HBONE_PORT = 15008
 class DeploySettings:
     """What the rendered objects need from istiod's settings."""
 
-    image: str = "ambient/waypoint:latest"
-    pull_policy: str = "IfNotPresent"
-    xds_address: str = "istiod.istio-system.svc:15012"
+    image: str = env("WAYPOINT_IMAGE", "ambient/waypoint:latest", "Image of waypoint pods istiod deploys.")
+    pull_policy: str = env("WAYPOINT_IMAGE_PULL_POLICY", "IfNotPresent", "imagePullPolicy of waypoint pods.")
+    xds_address: str = env(
+        "WAYPOINT_XDS_ADDRESS", "istiod.istio-system.svc:15012", "Where waypoint pods reach istiod (xDS + CA)."
+    )
     trust_domain: str = "cluster.local"
     domain_suffix: str = "cluster.local"
     cluster_id: str = "Kubernetes"
-    revision: str = "default"
-    termination_grace_s: int = 30
+    revision: str = env("REVISION", "default", "istio.io/rev annotation of waypoint pods.")
+    termination_grace_s: int = env("WAYPOINT_TERMINATION_GRACE_S", 30, "terminationGracePeriodSeconds.")
 
 
 def gateway_class() -> Obj:
