@@ -98,7 +98,7 @@ def _dataplane_config(settings: Settings) -> DataplaneConfig:
         dns_capture=settings.dns_capture,
         ipv6=settings.ipv6,
         # outside a pod (a host process, the local e2e cluster) the host's /proc is our own
-        host_proc=settings.host_proc if os.path.isdir(settings.host_proc) else "/proc",
+        host_proc=settings.host_proc if os.path.isdir(os.path.join(settings.host_proc, "1")) else "/proc",
         netns_prefix="/host",
         retry_window_s=settings.retry_interval,
         probe_snat_v4=settings.probe_snat_v4,
