@@ -112,6 +112,7 @@ def _write_kubeconfigs(layout: ClusterLayout, pki: ClusterPKI) -> dict[str, Path
         ips=(KUBERNETES_SVC_IP, cp.ip, "127.0.0.1"),
         server=True,
     )
+    pki.issue("front-proxy-client", "front-proxy-client")
     pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", orgs=("system:masters",))
     for node in layout.nodes:  # serving certificate of each agent's kubelet-style log endpoint
         pki.issue(
@@ -159,12 +160,13 @@ class Cluster:
             self._prepare_node_root(node)
         self._start_etcd()
         self._start_apiserver()
+        # the controllers exit if RBAC's bootstrap policy is not served yet: start them once /readyz says so
+        _wait("kube-apiserver /readyz", self.healthy, 90, layout.logs / "kube-apiserver.log")
         self._start_controllers(kubeconfigs)
         self._start_coredns(kubeconfigs["coredns"])
         for node in layout.nodes:
             self._start_kube_proxy(node, kubeconfigs["kube-proxy"])
             self._start_agent(node, kubeconfigs[f"node-{node.name}"])
-        _wait("kube-apiserver /readyz", self.healthy, 90, layout.logs / "kube-apiserver.log")
         self._bootstrap_objects()
         self._wait_ready()
         took = time.monotonic() - start
@@ -178,10 +180,16 @@ class Cluster:
         cleaned: list[str] = []
         pids = layout.pids
         if pids.exists():
-            agents = [p for p in (procs.pid_of(pids, f"agent-{n.name}") for n in layout.nodes) if p]
-            procs.stop_pids(agents, grace=20.0)  # agents stop their pods and run CNI DEL first
-            for pidfile in sorted(pids.glob("*.pid")):
-                procs.stop(pids, pidfile.stem, grace=5.0)
+            # agents first (they stop their pods and run CNI DEL), the API server and etcd last
+            names = [p.stem for p in pids.glob("*.pid")]
+            tiers = [[n for n in names if n.startswith("agent-")],
+                     [n for n in names if not n.startswith("agent-") and n not in ("kube-apiserver", "etcd")],
+                     ["kube-apiserver"], ["etcd"]]
+            for tier in tiers:
+                found = [p for p in (procs.pid_of(pids, name) for name in tier) if p]
+                procs.stop_pids(found, grace=20.0 if tier is tiers[0] else 5.0)
+                for name in tier:
+                    (pids / f"{name}.pid").unlink(missing_ok=True)
         cleaned += [f"process/{pid}" for pid in procs.sweep(self.marker)]
         cleaned += _unmount_under(layout.run)
         cleaned += network.down()
@@ -272,6 +280,12 @@ class Cluster:
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--enable-admission-plugins=NodeRestriction",
+            # aggregation-layer front proxy CA: without it every component logs a missing requestheader bundle
+            f"--requestheader-client-ca-file={pki / 'ca.crt'}", "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
                 "--profiling=false",
                 "--v=1",
             ],
@@ -352,7 +366,8 @@ class Cluster:
                 "--conntrack-max-per-core=0",
                 "--conntrack-tcp-timeout-established=0",
                 "--conntrack-tcp-timeout-close-wait=0",
-                f"--healthz-bind-address={node.ip}:10256",
+                "--iptables-min-sync-period=100ms",  # new endpoints reach the rules fast (tests wait on them)
+            f"--healthz-bind-address={node.ip}:10256",
                 "--metrics-bind-address=127.0.0.1:10249",
                 "--v=1",
             ],

@@ -40,19 +40,17 @@ def start(
     log_file.parent.mkdir(parents=True, exist_ok=True)
     full_env = dict(os.environ if env is None else env)
     full_env[RUN_MARKER_ENV] = run_marker
-    with open(log_file, "ab") as out:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-            cwd=cwd,
-            start_new_session=True,
-        )
-    (pids / f"{name}.pid").write_text(str(proc.pid))
-    log.info("started %s pid=%d log=%s", name, proc.pid, log_file)
-    return proc.pid
+    full_env["MESHTEST_LOG_FILE"] = str(log_file)
+    # A shell trampoline backgrounds the program and exits, so the program is re-parented away from the caller:
+    # it outlives a CLI `up`, and a test process never holds (and warns about) un-waited Popen children.
+    trampoline = 'setsid "$@" </dev/null >>"$MESHTEST_LOG_FILE" 2>&1 & echo $!'
+    out = subprocess.run(  # noqa: S603 - argv built from our own table
+        ["sh", "-c", trampoline, "sh", *argv], env=full_env, cwd=cwd, capture_output=True, text=True, check=True
+    )
+    pid = int(out.stdout.strip())
+    (pids / f"{name}.pid").write_text(str(pid))
+    log.info("started %s pid=%d log=%s", name, pid, log_file)
+    return pid
 
 
 def alive(pid: int) -> bool:
@@ -134,6 +132,14 @@ def sweep(run_marker: str, grace: float = 2.0) -> list[int]:
     """Kill every remaining process of this cluster; returns the pids that were still running."""
     left = marked(run_marker)
     if left:
-        log.warning("sweeping %d leftover processes: %s", len(left), left)
+        log.warning("sweeping %d leftover processes: %s", len(left), [f"{pid}:{_cmdline(pid)}" for pid in left])
         stop_pids(left, grace)
     return left
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read().replace(b"\0", b" ").decode(errors="replace")[:120]
+    except OSError:
+        return "?"

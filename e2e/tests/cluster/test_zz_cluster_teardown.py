@@ -1,0 +1,48 @@
+"""Tear-down leaves nothing behind: no network namespaces, links, iptables/nft rules, mounts or processes.
+
+Runs last in this directory (file name); it takes the cluster down and brings it back up when it was up, so a
+session fixture that reuses the cluster keeps working.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from meshtest.cluster import network, procs
+from meshtest.cluster.config import PREFIX, ClusterLayout
+from meshtest.cluster.control import Cluster
+
+pytestmark = [pytest.mark.cluster, pytest.mark.root, pytest.mark.slow]
+# markers of everything the cluster creates; nothing else on the host uses these names or ranges
+MARKERS = (PREFIX, "10.244.", "10.96.", "172.18.", "KUBE-", "CNI-")
+
+
+def leftovers(layout: ClusterLayout) -> list[str]:
+    found = [f"netns {n}" for n in network.ours(network.netns_names())]
+    found += [f"link {n}" for n in network.ours(network.links())]
+    found += [f"process {pid}" for pid in procs.marked(str(layout.run))]
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            target = line.split()[4]
+            if target.startswith(str(layout.run)) or target.startswith(f"/run/netns/{PREFIX}"):
+                found.append(f"mount {target}")
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False).stdout
+    rules += subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True, check=False).stdout
+    found += [f"rule {line.strip()}" for line in rules.splitlines() if any(m in line for m in MARKERS)]
+    routes = subprocess.run(["ip", "route"], capture_output=True, text=True, check=False).stdout
+    found += [f"route {line}" for line in routes.splitlines() if any(m in line for m in MARKERS)]
+    return found
+
+
+def test_down_leaves_nothing_behind(kube_cluster: object) -> None:
+    cluster = Cluster(ClusterLayout.default())
+    was_up = cluster.healthy()
+    assert was_up, "the session cluster should be up"
+    assert procs.marked(cluster.marker), "sanity: the running cluster has marked processes"
+    cluster.down()
+    try:
+        assert leftovers(cluster.layout) == []
+    finally:
+        cluster.up()
