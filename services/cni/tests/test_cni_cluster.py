@@ -63,7 +63,8 @@ async def test_label_running_pod_enrols_and_unlabel_cleans(
     if kc.layout is None:
         pytest.skip("needs the local cluster (node network namespaces)")
     daemonsets = (await asyncio.to_thread(kc.get, "daemonsets", "", None, "k8s-app=istio-cni-node"))["items"]
-    assert not daemonsets, "an istio-cni DaemonSet runs in this cluster; this test runs its own agent"
+    if daemonsets:  # two agents on one node would undo each other's work
+        pytest.skip("an istio-cni DaemonSet already runs in this cluster; this test runs its own agent")
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
