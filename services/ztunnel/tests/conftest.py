@@ -304,12 +304,18 @@ class Mesh:
 
         return await build(self.settings(node, **extra), fetcher=self.fetcher, config_source=source)
 
-    async def start(self) -> None:
+    async def start(self, *, wait_ready: bool = True) -> None:
         for node in self.topo.nodes:
             await self.start_agent(node)
             self.apps[node.name] = await self.start_ztunnel(node)
         for app in self.apps.values():
-            await asyncio.wait_for(app.readiness.wait_ready(), 20)
+            if wait_ready:
+                await asyncio.wait_for(app.readiness.wait_ready(), 20)
+            else:  # at least every captured pod has its listeners
+                started = asyncio.Event()
+                app.manager.on_ready_change(lambda ready: started.set() if ready else None)
+                if not app.manager.ready:
+                    await asyncio.wait_for(started.wait(), 20)
 
     async def close(self) -> None:
         for app in [*self.apps.values(), *self.extra_apps]:

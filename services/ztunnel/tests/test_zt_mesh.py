@@ -23,7 +23,9 @@ def echo_service() -> Service:
     return Service("echo", "default", "echo.default.svc.cluster.local", vips=(("", VIP),), ports={80: 8080})
 
 
-async def setup(mesh, topology, *, same_node: bool = False, extra_pods: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+async def setup(
+    mesh, topology, *, same_node: bool = False, extra_pods: tuple[str, ...] = (), hold: bool = False
+):  # type: ignore[no-untyped-def]
     n1, n2 = topology.add_node(), topology.add_node()
     topology.link_nodes()
     client = topology.add_pod(n1, "client")
@@ -31,7 +33,12 @@ async def setup(mesh, topology, *, same_node: bool = False, extra_pods: tuple[st
     extras = [topology.add_pod(n1, name) for name in extra_pods]
     mesh.workloads = [mesh.workload(client), mesh.workload(server, (SVC_KEY,)), *map(mesh.workload, extras)]
     mesh.services = [echo_service()]
-    await mesh.start()
+    if hold:  # the pods are captured before the control plane knows them
+        full, mesh.workloads = mesh.workloads, []
+        await mesh.start(wait_ready=False)
+        mesh.workloads = full
+    else:
+        await mesh.start()
     echo = await mesh.echo(server)
     return client, server, echo, extras
 
@@ -263,3 +270,16 @@ async def test_config_over_xds_and_control_plane_loss(mesh, topology) -> None:  
     assert await asyncio.wait_for(reader.readexactly(4), 10) == b"more"
     writer.close()
     assert len(echo.peers) >= 7
+
+
+async def test_hold_connections_until_workload_and_certificate_arrive(mesh, topology) -> None:  # type: ignore[no-untyped-def]
+    client, _server, echo, _ = await setup(mesh, topology, hold=True)
+    app = mesh.apps["node1"]
+    assert not app.readiness.ready  # captured pods without workload/certificate: not ready
+    pending = asyncio.create_task(mesh.request(client, VIP, 80, b"held, not dropped"))
+    await asyncio.sleep(0.2)  # the connection is now waiting inside ztunnel for the pod's workload
+    assert not pending.done()
+    mesh.publish()  # workloads arrive (and with them the certificates)
+    assert await asyncio.wait_for(pending, 10) == b"held, not dropped"
+    await asyncio.wait_for(app.readiness.wait_ready(), 10)
+    assert len(echo.peers) == 1
