@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -278,3 +280,22 @@ async def test_uninstall_cleans_node(start_agent, agent_settings) -> None:  # ty
     assert not launcher.exists()
     saved = await node_cmd(agent_settings.host_netns, "iptables-save", "-t", "nat")
     assert "ISTIO_POSTRT" not in saved
+
+
+async def test_uninstall_command_cleans_node(start_agent, agent_settings) -> None:  # type: ignore[no-untyped-def]
+    app = await start_agent(FakeKube())
+    await app.close()  # an agent stopped for an upgrade leaves everything in place
+    conf_file = Path(agent_settings.cni_conf_dir) / "10-k8s.conflist"
+    assert "istio-cni" in conf_file.read_text()
+    env = {
+        "PATH": os.environ["PATH"],
+        "CNI_BIN_DIR": agent_settings.cni_bin_dir,
+        "CNI_CONF_DIR": agent_settings.cni_conf_dir,
+        "CNI_AGENT_RUN_DIR": agent_settings.run_dir,
+        "HOST_NETNS_PATH": agent_settings.host_netns,
+    }
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "istio_cni", "uninstall", env=env)
+    assert await proc.wait() == 0
+    assert "istio-cni" not in conf_file.read_text()
+    assert not (Path(agent_settings.cni_bin_dir) / "istio-cni").exists()
+    assert "ISTIO_POSTRT" not in await node_cmd(agent_settings.host_netns, "iptables-save", "-t", "nat")

@@ -13,7 +13,8 @@ from meshkit import logs
 from meshkit.drain import install_sigterm
 from meshkit.settings import load
 
-from istio_cni.app import App, build
+from istio_cni.app import App, build, host_rules
+from istio_cni.install import Installer
 from istio_cni.settings import Settings
 
 DAEMONSET_NAME = "istio-cni-node"
@@ -31,12 +32,25 @@ async def _should_uninstall(app: App) -> bool:
     return gone
 
 
+async def uninstall_node(settings: Settings) -> None:
+    """Remove everything the agent put on the node, without starting it (Helm hooks, operators)."""
+    installer = Installer(
+        settings.cni_bin_dir, settings.cni_conf_dir, settings.run_dir, settings.plugin_python, {}
+    )
+    installer.uninstall()
+    host = host_rules(settings)
+    if host is not None:
+        try:
+            await host.uninstall()
+        finally:
+            host.netns.close()
+
+
 async def _run(settings: Settings, uninstall_only: bool) -> None:
-    app = await build(settings)
     if uninstall_only:
-        await app.uninstall()
-        await app.close()
+        await uninstall_node(settings)
         return
+    app = await build(settings)
     stop = asyncio.Event()
     remove = install_sigterm(asyncio.get_running_loop(), stop.set, also_sigint=True)
     try:

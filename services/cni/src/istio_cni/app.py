@@ -106,7 +106,7 @@ def _dataplane_config(settings: Settings) -> DataplaneConfig:
     )
 
 
-def _host_rules(settings: Settings) -> HostRules | None:
+def host_rules(settings: Settings) -> HostRules | None:
     if not settings.host_rules:
         return None
     netns = Netns.open(settings.host_netns or "/proc/self/ns/net")
@@ -136,7 +136,7 @@ async def build(
     if view is None or annotator is None:
         raise ValueError("pass both view and annotator, or neither")
     dp_cfg = _dataplane_config(settings)
-    host = _host_rules(settings)
+    host = host_rules(settings)
     dataplane = MeshDataplane(dp_cfg, annotator, metrics, host)
     hub = ZtunnelHub(
         settings.ztunnel_uds, dataplane.snapshot, dataplane.on_snapshot_acked, metrics, snapshots_open=False
