@@ -90,6 +90,7 @@ def _entry(settings: Settings) -> dict[str, Any]:
         kubeconfig=f"{settings.run_dir}/{KUBECONFIG_NAME}",
         log_level=settings.log_level.split(",")[0],
         dns_capture=settings.dns_capture,
+        ambient_enabled=settings.ambient_enabled,
     )
 
 

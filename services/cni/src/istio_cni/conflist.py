@@ -43,11 +43,12 @@ def plugin_entry(
     kubeconfig: str,
     log_level: str = "info",
     dns_capture: bool = True,
+    ambient_enabled: bool = True,
 ) -> dict[str, Any]:
     return {
         "type": PLUGIN_TYPE,
         "name": PLUGIN_TYPE,
-        "ambient_enabled": True,
+        "ambient_enabled": ambient_enabled,
         "enablement_selectors": enablement_selectors,
         "exclude_namespaces": exclude_namespaces,
         "cni_agent_run_dir": agent_run_dir,
