@@ -1,4 +1,4 @@
-"""Control-plane benchmark: istiod's ambient index and delta xDS at 10,000 pods / 1,000 services / 500 policies.
+"""Control-plane benchmark: istiod's ambient index and delta xDS, 10,000 pods / 1,000 services / 500 policies.
 
 istiod runs in a child process (built with ``istiod.app.build``, inputs fed directly, no API server) so its
 RSS is its own; the clients run here. Figures:
@@ -26,6 +26,8 @@ from _results import write_results
 
 NAMESPACES, SERVICES_PER_NS, PODS_PER_SERVICE, POLICIES = 100, 10, 10, 500
 CLIENTS, CHANGES = 100, 20
+PORTS = [{"name": "http", "port": 80, "targetPort": "http"}, {"port": 9090, "targetPort": 9090}]
+PRINCIPAL = "cluster.local/ns/x/sa/y"
 
 
 def synthetic() -> dict[str, dict[str, dict[str, Any]]]:
@@ -41,7 +43,7 @@ def synthetic() -> dict[str, dict[str, dict[str, Any]]]:
             out["services"][f"{ns}/{app}"] = {
                 "metadata": {"name": app, "namespace": ns},
                 "spec": {"selector": {"app": app}, "clusterIP": f"10.96.{n}.{s + 1}",
-                         "ports": [{"name": "http", "port": 80, "targetPort": "http"}, {"port": 9090, "targetPort": 9090}]},
+                         "ports": PORTS},
             }  # fmt: skip
             for p in range(PODS_PER_SERVICE):
                 name = f"{app}-{p}"
@@ -58,7 +60,7 @@ def synthetic() -> dict[str, dict[str, dict[str, Any]]]:
         out["authorizationpolicies"][f"{ns}/policy-{i}"] = {
             "metadata": {"name": f"policy-{i}", "namespace": ns},
             "spec": {"selector": {"matchLabels": {"app": f"app-{i % SERVICES_PER_NS}"}},
-                     "rules": [{"from": [{"source": {"namespaces": [ns], "principals": ["cluster.local/ns/x/sa/y"]}}],
+                     "rules": [{"from": [{"source": {"namespaces": [ns], "principals": [PRINCIPAL]}}],
                                 "to": [{"operation": {"ports": ["8080"]}}]}]},
         }  # fmt: skip
     out["peerauthentications"]["istio-system/default"] = {
@@ -92,8 +94,8 @@ async def _server(conn: Connection) -> None:
     for kind in ("namespaces", "services", "authorizationpolicies", "peerauthentications", "pods"):
         app.index.inputs[kind].apply(data[kind])
     build_ms = (time.perf_counter() - started) * 1000
-    conn.send({"port": app.addresses["xds_plaintext"], "build_ms": build_ms,
-               "addresses": len(app.index.addresses), "authorizations": len(app.index.authorizations)})  # fmt: skip
+    sizes = {"addresses": len(app.index.addresses), "authorizations": len(app.index.authorizations)}
+    conn.send({"port": app.addresses["xds_plaintext"], "build_ms": build_ms, **sizes})
     loop = asyncio.get_running_loop()
     counter = 0
     while True:
@@ -225,7 +227,7 @@ async def change_latency(port: int, conn: Connection) -> tuple[list[float], floa
 
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
 
 
 async def run_clients(conn: Connection, info: dict[str, Any]) -> dict[str, float | int | str]:
