@@ -36,7 +36,7 @@ from meshkit.identity.certs import WorkloadCertificate
 from meshkit.identity.manager import CertificateManager
 from meshkit.identity.spiffe import Identity, InvalidIdentity
 from meshkit.logs import kv
-from meshkit.sockets import HostSocketFactory
+from meshkit.sockets import HostSocketFactory, SocketFactory
 from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
 from opentelemetry.sdk.trace.export import SpanExporter
 
@@ -207,8 +207,13 @@ async def build(
     span_exporter: SpanExporter | None = None,
     ext_authz: ExtAuthzCheck | None = None,
     rng: random.Random | None = None,
+    socket_factory: SocketFactory | None = None,
 ) -> App:
-    """Build and start the waypoint. ``fetcher`` signs its certificate (the CA client in production)."""
+    """Build and start the waypoint. ``fetcher`` signs its certificate (the CA client in production).
+
+    ``socket_factory`` opens the HBONE listener (default: the host netns); ``connector`` dials upstream
+    HBONE (default: from the host netns). Tests put both inside the waypoint pod's netns.
+    """
     registry = mk_metrics.new_registry()
     mk_metrics.BuildMetrics(registry, "waypoint", "0.1.0")
     identity = Identity(settings.trust_domain, settings.pod_namespace, settings.service_account)
@@ -248,7 +253,7 @@ async def build(
         sniff_timeout_s=settings.sniff_timeout_s,
     )
     host, port = split_addr(settings.hbone_addr)
-    sock = HostSocketFactory().listen_tcp(host, port)
+    sock = (socket_factory or HostSocketFactory()).listen_tcp(host, port)
     hbone = HboneServer(sock, certificate, proxy.handle, name="waypoint-hbone")
     app = App(settings, identity, store, proxy, hbone, pool, certs, readiness, registry, tracing, tasks)
     app_ref = [app]
