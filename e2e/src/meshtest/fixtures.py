@@ -1,10 +1,12 @@
 """pytest plugin for cluster tests: ``pytest_plugins = ["meshtest.fixtures"]``.
 
 Fixtures:
-- ``kube_cluster`` (session): a :class:`~meshtest.kube.KubeCluster`. With ``AMBIENT_CLUSTER_KUBECONFIG`` set, that
+- ``kube_cluster`` (session): a :class:`~meshtest.kube.KubeCluster`. With ``AMBIENT_CLUSTER_KUBECONFIG``
+set, that
   cluster is used as is. Otherwise the local cluster: reused when already up (and then left up), else brought
   up for the session and torn down at its end (``AMBIENT_CLUSTER_KEEP=1`` leaves it running).
-- ``kube_namespace`` (function): a fresh namespace per test, deleted afterwards; when the test fails, a dump of
+- ``kube_namespace`` (function): a fresh namespace per test, deleted afterwards; when the test fails, a dump
+of
   pods, Events, pod logs and control-plane logs is attached to the report (and written to
   ``<run>/dumps/<test>.txt`` for the local cluster).
 """
@@ -27,8 +29,9 @@ _REPORT_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport,
-                                                                                           pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     item.stash.setdefault(_REPORT_KEY, {})[report.when] = report
     return report

@@ -49,34 +49,58 @@ class KubeCluster:
             env["PATH"] = f"{self.layout.bin}:{env.get('PATH', '')}"
         return env
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,  # noqa: A002
-                timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([self._bin("kubectl"), *args], input=input, capture_output=True, text=True,  # noqa: S603
-                              env=self.env, timeout=timeout, check=False)
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [self._bin("kubectl"), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            check=False,
+        )
         if check and proc.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc
 
     def helm(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([self._bin("helm"), *args], capture_output=True, text=True, env=self.env,  # noqa: S603
-                              timeout=timeout, check=False)
+        proc = subprocess.run(
+            [self._bin("helm"), *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            check=False,
+        )
         if check and proc.returncode != 0:
             raise RuntimeError(f"helm {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc
 
     def apply(self, objects: Obj | Sequence[Obj] | str, namespace: str | None = None) -> None:
-        text = objects if isinstance(objects, str) else yaml.safe_dump_all(
-            [objects] if isinstance(objects, dict) else list(objects))
+        text = (
+            objects
+            if isinstance(objects, str)
+            else yaml.safe_dump_all([objects] if isinstance(objects, dict) else list(objects))
+        )
         self.kubectl("apply", *(["-n", namespace] if namespace else []), "-f", "-", input=text)
 
     def get(self, kind: str, name: str = "", namespace: str | None = None, selector: str = "") -> Obj:
         args = ["get", kind, *([name] if name else []), "-o", "json"]
         args += ["-n", namespace] if namespace else []
         args += ["-l", selector] if selector else []
-        return json.loads(self.kubectl(*args).stdout)
+        result: Obj = json.loads(self.kubectl(*args).stdout)
+        return result
 
     # -- waits -----------------------------------------------------------------------------------------------
-    def wait_for(self, what: str, check: Callable[[], Any], timeout: float = 60, interval: float = 0.25) -> Any:
+    def wait_for(
+        self, what: str, check: Callable[[], Any], timeout: float = 60, interval: float = 0.25
+    ) -> Any:
         """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         last: Any = None
@@ -93,8 +117,11 @@ class KubeCluster:
 
     def ready_pods(self, namespace: str, selector: str, count: int, timeout: float = 90) -> list[Obj]:
         def check() -> list[Obj] | None:
-            pods = [p for p in self.get("pods", namespace=namespace, selector=selector)["items"]
-                    if not p["metadata"].get("deletionTimestamp")]
+            pods = [
+                p
+                for p in self.get("pods", namespace=namespace, selector=selector)["items"]
+                if not p["metadata"].get("deletionTimestamp")
+            ]
             ready = [p for p in pods if _condition(p, "Ready")]
             return ready if len(ready) >= count else None
 
@@ -108,29 +135,39 @@ class KubeCluster:
         return dict(self.wait_for(f"pod {namespace}/{name} in {phases}", check, timeout))
 
     def wait_service(self, namespace: str, service: str, port: int, timeout: float = 60) -> str:
-        """Wait until the Service's ClusterIP accepts TCP on ``port`` from every node (kube-proxy has synced its
+        """Wait until the Service's ClusterIP accepts TCP on ``port`` from every node (kube-proxy has synced
+        its
         endpoints everywhere); returns the ClusterIP. On a non-local cluster only the Service's endpoints are
         awaited."""
         svc = self.get("service", service, namespace)
         cluster_ip = str(svc["spec"]["clusterIP"])
 
         def has_endpoints() -> bool:
-            slices = self.get("endpointslices", namespace=namespace, selector=f"kubernetes.io/service-name={service}")
-            return any(e.get("conditions", {}).get("ready") for s in slices["items"] for e in s.get("endpoints") or [])
+            slices = self.get(
+                "endpointslices", namespace=namespace, selector=f"kubernetes.io/service-name={service}"
+            )
+            return any(
+                e.get("conditions", {}).get("ready")
+                for s in slices["items"]
+                for e in s.get("endpoints") or []
+            )
 
         self.wait_for(f"endpoints of {namespace}/{service}", has_endpoints, timeout)
         if self.layout is not None:
             probe = f"import socket; socket.create_connection(({cluster_ip!r}, {port}), 1).close()"
             for node in self.layout.nodes:
                 argv = ["nsenter", f"--net={node.netns_path}", "--", sys.executable, "-c", probe]
-                self.wait_for(f"{cluster_ip}:{port} from {node.name}",
-                              lambda a=argv: subprocess.run(a, capture_output=True, check=False).returncode == 0,  # type: ignore[misc]
-                              timeout)
+                self.wait_for(
+                    f"{cluster_ip}:{port} from {node.name}",
+                    lambda a=argv: subprocess.run(a, capture_output=True, check=False).returncode == 0,  # type: ignore[misc]
+                    timeout,
+                )
         return cluster_ip
 
     # -- logs and dumps --------------------------------------------------------------------------------------
     def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str:
-        """A container's log: from the node's files when local (fast, no API round trip), else kubectl logs."""
+        """A container's log: from the node's files when local (fast, no API round trip), else kubectl
+        logs."""
         if self.layout is not None and container is not None:
             for node in self.layout.nodes:
                 path = find_log(self.layout.node_dir(node.name), namespace, pod, container)
@@ -143,20 +180,26 @@ class KubeCluster:
         """Everything useful after a failure: pods, Events, every container log, and component log tails."""
         out = []
         scope = ["-n", namespace] if namespace else ["-A"]
-        out.append(self.kubectl("get", "nodes,pods,svc,endpointslices", *scope, "-o", "wide", check=False).stdout)
+        out.append(
+            self.kubectl("get", "nodes,pods,svc,endpointslices", *scope, "-o", "wide", check=False).stdout
+        )
         out.append(self.kubectl("get", "events", *scope, "--sort-by=.lastTimestamp", check=False).stdout)
         if namespace:
             with_logs = self.kubectl("get", "pods", "-n", namespace, "-o", "json", check=False).stdout or "{}"
             for pod in json.loads(with_logs).get("items", []):
                 name = pod["metadata"]["name"]
-                out.append(f"--- pod {namespace}/{name} status:\n{json.dumps(pod.get('status', {}), indent=1)}")
+                out.append(
+                    f"--- pod {namespace}/{name} status:\n{json.dumps(pod.get('status', {}), indent=1)}"
+                )
                 spec = pod["spec"]
                 for container in spec.get("initContainers", []) + spec.get("containers", []):
                     text = self.pod_log(namespace, name, container["name"])
                     out.append(f"--- log {namespace}/{name}/{container['name']}:\n{_tail(text, tail)}")
         if self.layout is not None and self.layout.logs.exists():
             for log_file in sorted(self.layout.logs.glob("*.log")):
-                out.append(f"--- component {log_file.name}:\n{_tail(log_file.read_text(errors='replace'), tail)}")
+                out.append(
+                    f"--- component {log_file.name}:\n{_tail(log_file.read_text(errors='replace'), tail)}"
+                )
         return "\n".join(out)
 
 
@@ -165,5 +208,7 @@ def _tail(text: str, lines: int) -> str:
 
 
 def _condition(obj: Obj, kind: str) -> bool:
-    return any(c.get("type") == kind and c.get("status") == "True"
-               for c in obj.get("status", {}).get("conditions", []))
+    return any(
+        c.get("type") == kind and c.get("status") == "True"
+        for c in obj.get("status", {}).get("conditions", [])
+    )

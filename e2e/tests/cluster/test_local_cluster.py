@@ -1,5 +1,7 @@
-"""The local cluster's "done when" list (issue #3): Ready workers, echo across nodes through DNS + ClusterIP with
-the client's own IP visible, TokenRequest/TokenReview, pod env/volumes/probes/lifecycle as the kubelet does."""
+"""The local cluster's "done when" list (issue #3): Ready workers, echo across nodes through DNS + ClusterIP
+with
+the client's own IP visible, TokenRequest/TokenReview, pod env/volumes/probes/lifecycle as the kubelet
+does."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import urllib.request
 from typing import Any
 
 import pytest
-
 from meshtest.echo import parse_responses
 from meshtest.kube import KubeCluster
 
@@ -21,44 +22,92 @@ IMAGE = "localhost:5000/app:istio-testing"
 def echo_deployment(name: str, replicas: int, version: str = "v1") -> list[dict[str, Any]]:
     labels = {"app": name, "version": version}
     return [
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-         "spec": {"replicas": replicas, "selector": {"matchLabels": labels}, "template": {
-             "metadata": {"labels": labels},
-             "spec": {
-                 "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-                     {"labelSelector": {"matchLabels": labels}, "topologyKey": "kubernetes.io/hostname"}]}},
-                 "containers": [{
-                     "name": "app", "image": IMAGE,
-                     "args": ["--port", "8080", "--tcp", "9090", "--grpc", "7070", "--version", version],
-                     "ports": [{"containerPort": 8080, "name": "http"}],
-                     "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 2},
-                     "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 5},
-                 }],
-             }}}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
-         "spec": {"selector": {"app": name}, "ports": [
-             {"name": "http", "port": 80, "targetPort": 8080},
-             {"name": "tcp", "port": 9090, "targetPort": 9090},
-             {"name": "grpc", "port": 7070, "targetPort": 7070}]}},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "affinity": {
+                            "podAntiAffinity": {
+                                "requiredDuringSchedulingIgnoredDuringExecution": [
+                                    {
+                                        "labelSelector": {"matchLabels": labels},
+                                        "topologyKey": "kubernetes.io/hostname",
+                                    }
+                                ]
+                            }
+                        },
+                        "containers": [
+                            {
+                                "name": "app",
+                                "image": IMAGE,
+                                "args": [
+                                    "--port",
+                                    "8080",
+                                    "--tcp",
+                                    "9090",
+                                    "--grpc",
+                                    "7070",
+                                    "--version",
+                                    version,
+                                ],
+                                "ports": [{"containerPort": 8080, "name": "http"}],
+                                "readinessProbe": {
+                                    "httpGet": {"path": "/", "port": "http"},
+                                    "periodSeconds": 2,
+                                },
+                                "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 5},
+                            }
+                        ],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {
+                "selector": {"app": name},
+                "ports": [
+                    {"name": "http", "port": 80, "targetPort": 8080},
+                    {"name": "tcp", "port": 9090, "targetPort": 9090},
+                    {"name": "grpc", "port": 7070, "targetPort": 7070},
+                ],
+            },
+        },
     ]
 
 
 def forward(pod_ip: str, url: str, count: int = 1) -> list[Any]:
     """Make the echo pod at ``pod_ip`` call ``url`` (the runner reaches pod IPs through the node routes)."""
     query = urllib.parse.urlencode({"url": url, "count": str(count), "timeout": "5", "newConnection": "true"})
-    with urllib.request.urlopen(f"http://{pod_ip}:8080/_forward?{query}", timeout=60) as resp:  # noqa: S310
+    with urllib.request.urlopen(f"http://{pod_ip}:8080/_forward?{query}", timeout=60) as resp:
         return parse_responses(resp.read().decode())
 
 
 def test_two_ready_workers(kube_cluster: KubeCluster) -> None:
     nodes = kube_cluster.get("nodes")["items"]
-    ready = {n["metadata"]["name"] for n in nodes
-             if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])}
-    workers = {n["metadata"]["name"] for n in nodes
-               if "node-role.kubernetes.io/control-plane" not in n["metadata"]["labels"]}
-    assert len(workers) == 2 and workers <= ready
+    ready = {
+        n["metadata"]["name"]
+        for n in nodes
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])
+    }
+    workers = {
+        n["metadata"]["name"]
+        for n in nodes
+        if "node-role.kubernetes.io/control-plane" not in n["metadata"]["labels"]
+    }
+    assert len(workers) == 2
+    assert workers <= ready
     wide = kube_cluster.kubectl("get", "nodes,pods", "-A", "-o", "wide").stdout
-    assert "amb-w1" in wide and "amb-w2" in wide
+    assert "amb-w1" in wide
+    assert "amb-w2" in wide
     assert kube_cluster.kubectl("version", "-o", "json").stdout.count("v1.33") >= 2
 
 
@@ -78,10 +127,12 @@ def test_echo_service_across_nodes_by_dns(kube_cluster: KubeCluster, kube_namesp
     hostnames = {r.hostname for r in replies}
     assert hostnames == {p["metadata"]["name"] for p in pods}, "ClusterIP balances over both nodes"
     remote = [p for p in pods if p["spec"]["nodeName"] != client_node]
-    assert remote and remote[0]["metadata"]["name"] in hostnames  # reached the pod on the other node
+    assert remote
+    assert remote[0]["metadata"]["name"] in hostnames
     for scheme, port in (("tcp", 9090), ("grpc", 7070)):
         (reply,) = forward(client_ip, f"{scheme}://echo.{ns}.svc.cluster.local:{port}")
-        assert reply.code == "200" and reply.ip == client_ip, reply.body
+        assert reply.code == "200", reply.body
+        assert reply.ip == client_ip, reply.body
 
 
 def test_client_image_runs_to_completion_with_logs(kube_cluster: KubeCluster, kube_namespace: str) -> None:
@@ -89,24 +140,46 @@ def test_client_image_runs_to_completion_with_logs(kube_cluster: KubeCluster, ku
     kube_cluster.apply(echo_deployment("echo", 1), ns)
     kube_cluster.ready_pods(ns, "app=echo", 1)
     kube_cluster.wait_service(ns, "echo", 80)
-    kube_cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "once"}, "spec": {
-        "restartPolicy": "Never",
-        "containers": [{"name": "client", "image": IMAGE, "command": ["client"],
-                        "args": [f"http://echo.{ns}:80/", "--count", "3"]}]}}, ns)
+    kube_cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "once"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "client",
+                        "image": IMAGE,
+                        "command": ["client"],
+                        "args": [f"http://echo.{ns}:80/", "--count", "3"],
+                    }
+                ],
+            },
+        },
+        ns,
+    )
     pod = kube_cluster.pod_phase(ns, "once", ["Succeeded", "Failed"])
     assert pod["status"]["phase"] == "Succeeded", kube_cluster.pod_log(ns, "once", "client")
     replies = parse_responses(kube_cluster.pod_log(ns, "once", "client"))
-    assert len(replies) == 3 and {r.ip for r in replies} == {pod["status"]["podIP"]}
-    assert "StatusCode=200" in kube_cluster.kubectl("logs", "-n", ns, "once").stdout  # via the agent's kubelet API
+    assert len(replies) == 3
+    assert {r.ip for r in replies} == {pod["status"]["podIP"]}
+    assert (
+        "StatusCode=200" in kube_cluster.kubectl("logs", "-n", ns, "once").stdout
+    )  # via the agent's kubelet API
 
 
 def test_token_request_and_review(kube_cluster: KubeCluster, kube_namespace: str) -> None:
     ns = kube_namespace
     kube_cluster.kubectl("create", "serviceaccount", "-n", ns, "workload")
-    token = kube_cluster.kubectl("create", "token", "-n", ns, "workload", "--audience", "istio-ca",
-                                 "--duration", "10m").stdout.strip()
-    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-              "spec": {"token": token, "audiences": ["istio-ca"]}}
+    token = kube_cluster.kubectl(
+        "create", "token", "-n", ns, "workload", "--audience", "istio-ca", "--duration", "10m"
+    ).stdout.strip()
+    review = {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": {"token": token, "audiences": ["istio-ca"]},
+    }
     out = json.loads(kube_cluster.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(review)).stdout)
     assert out["status"]["authenticated"] is True
     assert out["status"]["user"]["username"] == f"system:serviceaccount:{ns}:workload"
@@ -120,65 +193,135 @@ def test_pod_env_volumes_and_projected_token(kube_cluster: KubeCluster, kube_nam
     ns = kube_namespace
     kube_cluster.kubectl("create", "configmap", "-n", ns, "cfg", "--from-literal=greeting=hello")
     kube_cluster.kubectl("create", "secret", "generic", "-n", ns, "sec", "--from-literal=password=pw1")
-    script = ("echo POD=$POD_NAME NODE=$NODE IP=$POD_IP CPU=$CPU GREETING=$greeting S_password=$S_password; "
-              "echo HOST=$(hostname); cat /etc/cfg/greeting; echo; cat /etc/sec/password; echo; "
-              "cat /etc/podinfo/labels; echo; cat /var/run/secrets/kubernetes.io/serviceaccount/namespace; echo; "
-              "echo TOKEN=$(cat /var/run/secrets/tokens/istio-token); ls /host-ztunnel; touch /scratch/x; "
-              "grep nameserver /etc/resolv.conf")
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "env", "labels": {"app": "env"}}, "spec": {
-        "restartPolicy": "Never",
-        "initContainers": [{"name": "init", "image": "busybox", "command": ["sh", "-c", "echo init > /scratch/i"],
-                            "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}],
-        "containers": [{
-            "name": "main", "image": "busybox", "command": ["sh", "-c", script + "; cat /scratch/i"],
-            "resources": {"limits": {"cpu": "250m"}},
-            "env": [
-                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-                {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}}},
+    script = (
+        "echo POD=$POD_NAME NODE=$NODE IP=$POD_IP CPU=$CPU GREETING=$greeting S_password=$S_password; "
+        "echo HOST=$(hostname); cat /etc/cfg/greeting; echo; cat /etc/sec/password; echo; "
+        "cat /etc/podinfo/labels; echo; cat /var/run/secrets/kubernetes.io/serviceaccount/namespace; echo; "
+        "echo TOKEN=$(cat /var/run/secrets/tokens/istio-token); ls /host-ztunnel; touch /scratch/x; "
+        "grep nameserver /etc/resolv.conf"
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "env", "labels": {"app": "env"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "initContainers": [
+                {
+                    "name": "init",
+                    "image": "busybox",
+                    "command": ["sh", "-c", "echo init > /scratch/i"],
+                    "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+                }
             ],
-            "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": ""}, {"secretRef": {"name": "sec"}, "prefix": "S_"}],
-            "volumeMounts": [
-                {"name": "cfg", "mountPath": "/etc/cfg"}, {"name": "sec", "mountPath": "/etc/sec"},
-                {"name": "podinfo", "mountPath": "/etc/podinfo"}, {"name": "tokens", "mountPath": "/var/run/secrets/tokens"},
-                {"name": "ztunnel", "mountPath": "/host-ztunnel"}, {"name": "scratch", "mountPath": "/scratch"},
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "busybox",
+                    "command": ["sh", "-c", script + "; cat /scratch/i"],
+                    "resources": {"limits": {"cpu": "250m"}},
+                    "env": [
+                        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                        {
+                            "name": "CPU",
+                            "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}},
+                        },
+                    ],
+                    "envFrom": [
+                        {"configMapRef": {"name": "cfg"}, "prefix": ""},
+                        {"secretRef": {"name": "sec"}, "prefix": "S_"},
+                    ],
+                    "volumeMounts": [
+                        {"name": "cfg", "mountPath": "/etc/cfg"},
+                        {"name": "sec", "mountPath": "/etc/sec"},
+                        {"name": "podinfo", "mountPath": "/etc/podinfo"},
+                        {"name": "tokens", "mountPath": "/var/run/secrets/tokens"},
+                        {"name": "ztunnel", "mountPath": "/host-ztunnel"},
+                        {"name": "scratch", "mountPath": "/scratch"},
+                    ],
+                }
             ],
-        }],
-        "volumes": [
-            {"name": "cfg", "configMap": {"name": "cfg"}}, {"name": "sec", "secret": {"secretName": "sec"}},
-            {"name": "podinfo", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
-            {"name": "tokens", "projected": {"sources": [{"serviceAccountToken": {
-                "audience": "istio-ca", "expirationSeconds": 3600, "path": "istio-token"}}]}},
-            {"name": "ztunnel", "hostPath": {"path": "/var/run/ztunnel", "type": "DirectoryOrCreate"}},
-            {"name": "scratch", "emptyDir": {}},
-        ],
-    }}
+            "volumes": [
+                {"name": "cfg", "configMap": {"name": "cfg"}},
+                {"name": "sec", "secret": {"secretName": "sec"}},
+                {
+                    "name": "podinfo",
+                    "downwardAPI": {
+                        "items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]
+                    },
+                },
+                {
+                    "name": "tokens",
+                    "projected": {
+                        "sources": [
+                            {
+                                "serviceAccountToken": {
+                                    "audience": "istio-ca",
+                                    "expirationSeconds": 3600,
+                                    "path": "istio-token",
+                                }
+                            }
+                        ]
+                    },
+                },
+                {"name": "ztunnel", "hostPath": {"path": "/var/run/ztunnel", "type": "DirectoryOrCreate"}},
+                {"name": "scratch", "emptyDir": {}},
+            ],
+        },
+    }
     kube_cluster.apply(pod, ns)
     done = kube_cluster.pod_phase(ns, "env", ["Succeeded", "Failed"])
     log = kube_cluster.pod_log(ns, "env", "main")
     assert done["status"]["phase"] == "Succeeded", log
     node, ip = done["spec"]["nodeName"], done["status"]["podIP"]
     assert f"POD=env NODE={node} IP={ip} CPU=250 GREETING=hello S_password=pw1" in log
-    assert "HOST=env" in log and "\nhello\n" in log and "\npw1\n" in log and 'app="env"' in log
-    assert f"\n{ns}\n" in log and "nameserver 10.96.0.10" in log and log.rstrip().endswith("init")
+    assert "HOST=env" in log
+    assert "\nhello\n" in log
+    assert "\npw1\n" in log
+    assert 'app="env"' in log
+    assert f"\n{ns}\n" in log
+    assert "nameserver 10.96.0.10" in log
+    assert log.rstrip().endswith("init")
     token = log.split("TOKEN=", 1)[1].split()[0]
     claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "==="))
-    assert claims["aud"] == ["istio-ca"] and claims["kubernetes.io"]["pod"]["name"] == "env"
-    assert (kube_cluster.layout is None or
-            (kube_cluster.layout.node_root(node) / "var/run/ztunnel").is_dir())  # the node's own hostPath
+    assert claims["aud"] == ["istio-ca"]
+    assert claims["kubernetes.io"]["pod"]["name"] == "env"
+    assert (
+        kube_cluster.layout is None or (kube_cluster.layout.node_root(node) / "var/run/ztunnel").is_dir()
+    )  # the node's own hostPath
 
 
 def test_probes_restarts_and_graceful_deletion(kube_cluster: KubeCluster, kube_namespace: str) -> None:
     ns = kube_namespace
-    kube_cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "flaky"}, "spec": {
-        "terminationGracePeriodSeconds": 3,
-        "containers": [{
-            "name": "main", "image": "busybox", "command": ["sh", "-c", "trap 'echo TERM; exit 0' TERM; "
-                                                            "while true; do sleep 0.1; done"],
-            "livenessProbe": {"exec": {"command": ["test", "-e", "/nonexistent"]}, "periodSeconds": 1,
-                              "failureThreshold": 2},
-        }]}}, ns)
+    kube_cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "flaky"},
+            "spec": {
+                "terminationGracePeriodSeconds": 3,
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": "busybox",
+                        "command": [
+                            "sh",
+                            "-c",
+                            "trap 'echo TERM; exit 0' TERM; while true; do sleep 0.1; done",
+                        ],
+                        "livenessProbe": {
+                            "exec": {"command": ["test", "-e", "/nonexistent"]},
+                            "periodSeconds": 1,
+                            "failureThreshold": 2,
+                        },
+                    }
+                ],
+            },
+        },
+        ns,
+    )
 
     def restarted() -> bool:
         pod = kube_cluster.get("pod", "flaky", ns)
@@ -193,8 +336,15 @@ def test_probes_restarts_and_graceful_deletion(kube_cluster: KubeCluster, kube_n
 
 def test_unknown_image_is_reported_on_the_pod(kube_cluster: KubeCluster, kube_namespace: str) -> None:
     ns = kube_namespace
-    kube_cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bad"}, "spec": {
-        "containers": [{"name": "main", "image": "docker.io/library/nginx:1.27"}]}}, ns)
+    kube_cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "bad"},
+            "spec": {"containers": [{"name": "main", "image": "docker.io/library/nginx:1.27"}]},
+        },
+        ns,
+    )
 
     def waiting_reason() -> str:
         statuses = kube_cluster.get("pod", "bad", ns)["status"].get("containerStatuses", [])

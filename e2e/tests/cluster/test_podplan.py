@@ -6,52 +6,107 @@ import base64
 from typing import Any
 
 import pytest
-
 from meshtest.cluster import images, podplan
 
 POD: dict[str, Any] = {
-    "metadata": {"name": "echo-1", "namespace": "ns1", "uid": "u-1", "labels": {"app": "echo"},
-                 "annotations": {"a": "b"}},
+    "metadata": {
+        "name": "echo-1",
+        "namespace": "ns1",
+        "uid": "u-1",
+        "labels": {"app": "echo"},
+        "annotations": {"a": "b"},
+    },
     "spec": {
         "nodeName": "amb-w1",
         "serviceAccountName": "sa1",
-        "containers": [{
-            "name": "app", "image": "localhost:5000/app:istio-testing", "args": ["--port", "$(PORT)", "$$(PORT)"],
-            "resources": {"limits": {"cpu": "500m", "memory": "128Mi"}},
-            "envFrom": [{"configMapRef": {"name": "cm"}, "prefix": "CM_"}, {"secretRef": {"name": "sec"}}],
-            "env": [
-                {"name": "PORT", "value": "8080"},
-                {"name": "URL", "value": "http://$(POD_NAME):$(PORT)/$(MISSING)"},
-                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-                {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-                {"name": "SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
-                {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
-                {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}}},
-                {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
-                {"name": "REQ_CPU", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu"}}},
-                {"name": "KEY", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "k1"}}},
-                {"name": "SKEY", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "token"}}},
-                {"name": "OPT", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "x", "optional": True}}},
-            ],
-            "volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg", "readOnly": True},
-                             {"name": "host", "mountPath": "/var/run/ztunnel"}],
-        }],
+        "containers": [
+            {
+                "name": "app",
+                "image": "localhost:5000/app:istio-testing",
+                "args": ["--port", "$(PORT)", "$$(PORT)"],
+                "resources": {"limits": {"cpu": "500m", "memory": "128Mi"}},
+                "envFrom": [
+                    {"configMapRef": {"name": "cm"}, "prefix": "CM_"},
+                    {"secretRef": {"name": "sec"}},
+                ],
+                "env": [
+                    {"name": "PORT", "value": "8080"},
+                    {"name": "URL", "value": "http://$(POD_NAME):$(PORT)/$(MISSING)"},
+                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                    {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                    {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
+                    {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                    {
+                        "name": "CPU",
+                        "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}},
+                    },
+                    {
+                        "name": "MEM",
+                        "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}},
+                    },
+                    {"name": "REQ_CPU", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu"}}},
+                    {"name": "KEY", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "k1"}}},
+                    {"name": "SKEY", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "token"}}},
+                    {
+                        "name": "OPT",
+                        "valueFrom": {"secretKeyRef": {"name": "nope", "key": "x", "optional": True}},
+                    },
+                ],
+                "volumeMounts": [
+                    {"name": "cfg", "mountPath": "/etc/cfg", "readOnly": True},
+                    {"name": "host", "mountPath": "/var/run/ztunnel"},
+                ],
+            }
+        ],
         "volumes": [
             {"name": "cfg", "configMap": {"name": "cm", "items": [{"key": "k1", "path": "sub/one"}]}},
             {"name": "host", "hostPath": {"path": "/var/run/ztunnel", "type": "DirectoryOrCreate"}},
             {"name": "netns", "hostPath": {"path": "/var/run/netns"}},
-            {"name": "tok", "projected": {"sources": [
-                {"serviceAccountToken": {"audience": "istio-ca", "expirationSeconds": 43200, "path": "istio-token"}},
-                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
-            ]}},
-            {"name": "pod-info", "downwardAPI": {"items": [
-                {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
-                {"path": "cpu", "resourceFieldRef": {"containerName": "app", "resource": "limits.cpu",
-                                                     "divisor": "1m"}},
-            ]}},
+            {
+                "name": "tok",
+                "projected": {
+                    "sources": [
+                        {
+                            "serviceAccountToken": {
+                                "audience": "istio-ca",
+                                "expirationSeconds": 43200,
+                                "path": "istio-token",
+                            }
+                        },
+                        {
+                            "configMap": {
+                                "name": "kube-root-ca.crt",
+                                "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                            }
+                        },
+                        {
+                            "downwardAPI": {
+                                "items": [
+                                    {"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}
+                                ]
+                            }
+                        },
+                    ]
+                },
+            },
+            {
+                "name": "pod-info",
+                "downwardAPI": {
+                    "items": [
+                        {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                        {
+                            "path": "cpu",
+                            "resourceFieldRef": {
+                                "containerName": "app",
+                                "resource": "limits.cpu",
+                                "divisor": "1m",
+                            },
+                        },
+                    ]
+                },
+            },
         ],
     },
     "status": {"podIP": "10.244.1.5", "podIPs": [{"ip": "10.244.1.5"}]},
@@ -60,11 +115,14 @@ POD: dict[str, Any] = {
 
 def sources() -> podplan.Sources:
     return podplan.Sources(
-        configmaps={"cm": {"data": {"k1": "v1", "k2": "v2"}},
-                    "kube-root-ca.crt": {"data": {"ca.crt": "PEM"}}},
+        configmaps={
+            "cm": {"data": {"k1": "v1", "k2": "v2"}},
+            "kube-root-ca.crt": {"data": {"ca.crt": "PEM"}},
+        },
         secrets={"sec": {"data": {"token": base64.b64encode(b"s3cret").decode()}}},
         tokens={("istio-ca", 43200): "jwt"},
-        node_cpu=2, node_memory=2 * 1024**3,
+        node_cpu=2,
+        node_memory=2 * 1024**3,
     )
 
 
@@ -77,13 +135,21 @@ def test_references_collects_everything() -> None:
 
 def test_env_resolution_follows_kubelet_rules() -> None:
     env = podplan.container_env(POD, POD["spec"]["containers"][0], sources())
-    assert env["CM_k1"] == "v1" and env["CM_k2"] == "v2" and env["token"] == "s3cret"
+    assert env["CM_k1"] == "v1"
+    assert env["CM_k2"] == "v2"
+    assert env["token"] == "s3cret"
     assert env["URL"] == "http://$(POD_NAME):8080/$(MISSING)"  # POD_NAME is defined later: not expanded
     assert (env["POD_NAME"], env["NS"], env["NODE"], env["IP"], env["SA"]) == (
-        "echo-1", "ns1", "amb-w1", "10.244.1.5", "sa1")
+        "echo-1",
+        "ns1",
+        "amb-w1",
+        "10.244.1.5",
+        "sa1",
+    )
     assert env["APP"] == "echo"
     assert (env["CPU"], env["MEM"], env["REQ_CPU"]) == ("500", "128", "1")  # request defaults to the limit
-    assert env["KEY"] == "v1" and env["SKEY"] == "s3cret"
+    assert env["KEY"] == "v1"
+    assert env["SKEY"] == "s3cret"
     assert "OPT" not in env
     assert env["KUBERNETES_SERVICE_HOST"] == "10.96.0.1"
 
@@ -97,19 +163,26 @@ def test_missing_required_configmap_is_a_plan_error() -> None:
 
 
 def test_container_plan_maps_image_expands_args_and_mounts() -> None:
-    plan = podplan.container_plan(POD, POD["spec"]["containers"][0], sources(),
-                                  volume_dirs={"cfg": "/pod/volumes/cfg", "host": "/node/root/var/run/ztunnel"},
-                                  python="/venv/python")
+    plan = podplan.container_plan(
+        POD,
+        POD["spec"]["containers"][0],
+        sources(),
+        volume_dirs={"cfg": "/pod/volumes/cfg", "host": "/node/root/var/run/ztunnel"},
+        python="/venv/python",
+    )
     assert plan.argv == ("/venv/python", "-m", "meshtest.echo", "server", "--port", "8080", "$(PORT)")
-    assert plan.mounts == (podplan.Mount("/pod/volumes/cfg", "/etc/cfg", True),
-                           podplan.Mount("/node/root/var/run/ztunnel", "/var/run/ztunnel", False))
+    assert plan.mounts == (
+        podplan.Mount("/pod/volumes/cfg", "/etc/cfg", True),
+        podplan.Mount("/node/root/var/run/ztunnel", "/var/run/ztunnel", False),
+    )
 
 
 def test_unknown_image_fails_loudly() -> None:
     container = {"name": "x", "image": "docker.io/library/nginx:1.27"}
     with pytest.raises(podplan.PlanError) as err:
         podplan.container_plan(POD, container, sources(), volume_dirs={})
-    assert err.value.reason == "ErrImagePull" and "nginx" in str(err.value)
+    assert err.value.reason == "ErrImagePull"
+    assert "nginx" in str(err.value)
 
 
 def test_image_command_table() -> None:
@@ -125,7 +198,11 @@ def test_volume_files() -> None:
     volumes = {v["name"]: v for v in POD["spec"]["volumes"]}
     assert podplan.volume_files(POD, volumes["cfg"], src) == {"sub/one": (b"v1", 0o644)}
     projected = podplan.volume_files(POD, volumes["tok"], src)
-    assert projected == {"istio-token": (b"jwt", 0o644), "ca.crt": (b"PEM", 0o644), "namespace": (b"ns1", 0o644)}
+    assert projected == {
+        "istio-token": (b"jwt", 0o644),
+        "ca.crt": (b"PEM", 0o644),
+        "namespace": (b"ns1", 0o644),
+    }
     info = podplan.volume_files(POD, volumes["pod-info"], src)
     assert info == {"labels": (b'app="echo"', 0o644), "cpu": (b"500", 0o644)}
     assert podplan.volume_files(POD, volumes["host"], src) is None
@@ -134,11 +211,15 @@ def test_volume_files() -> None:
 def test_host_paths_resolve_inside_the_node_root_except_shared_ones() -> None:
     volumes = {v["name"]: v for v in POD["spec"]["volumes"]}
     assert podplan.host_path(volumes["host"], "/run/nodes/amb-w1/root") == (
-        "/run/nodes/amb-w1/root/var/run/ztunnel", "DirectoryOrCreate")
+        "/run/nodes/amb-w1/root/var/run/ztunnel",
+        "DirectoryOrCreate",
+    )
     assert podplan.host_path(volumes["netns"], "/run/nodes/amb-w1/root") == ("/var/run/netns", "")
 
 
-@pytest.mark.parametrize(("text", "value"), [("500m", "0.5"), ("2", "2"), ("1Gi", str(1024**3)), ("1k", "1000")])
+@pytest.mark.parametrize(
+    ("text", "value"), [("500m", "0.5"), ("2", "2"), ("1Gi", str(1024**3)), ("1k", "1000")]
+)
 def test_quantity(text: str, value: str) -> None:
     assert podplan.quantity(text) == podplan.Decimal(value)
 
@@ -149,5 +230,7 @@ def test_expand() -> None:
 
 def test_resolv_conf() -> None:
     text = podplan.resolv_conf("ns1", False, "ClusterFirst", "10.96.0.10", "nameserver 1.1.1.1\n")
-    assert "nameserver 10.96.0.10" in text and "search ns1.svc.cluster.local" in text and "ndots:5" in text
+    assert "nameserver 10.96.0.10" in text
+    assert "search ns1.svc.cluster.local" in text
+    assert "ndots:5" in text
     assert podplan.resolv_conf("ns1", True, "ClusterFirst", "10.96.0.10", "host\n") == "host\n"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
 from meshtest.cluster import network, procs
 from meshtest.cluster.config import PREFIX, ClusterLayout
 from meshtest.cluster.control import Cluster

@@ -7,7 +7,9 @@ from meshtest.echo.fields import parse_responses, render
 
 
 def test_parse_prefixed_responses() -> None:
-    text = "[0] StatusCode=200\n[0] IP=10.0.0.1\n[0] RequestHeader=X-A:b\n[1] StatusCode=503\n[1] IP=10.0.0.2\n"
+    text = (
+        "[0] StatusCode=200\n[0] IP=10.0.0.1\n[0] RequestHeader=X-A:b\n[1] StatusCode=503\n[1] IP=10.0.0.2\n"
+    )
     first, second = parse_responses(text)
     assert (first.code, first.ip, first.request_headers) == ("200", "10.0.0.1", {"x-a": ["b"]})
     assert (second.code, second.ip) == ("503", "10.0.0.2")

@@ -15,11 +15,17 @@ from meshtest.cluster.control import Cluster, ensure_binaries
 
 def tool_env(layout: ClusterLayout) -> dict[str, str]:
     """Environment for kubectl/helm against this cluster (the built binaries first on PATH)."""
-    return {**os.environ, "KUBECONFIG": str(layout.kubeconfig), "PATH": f"{layout.bin}:{os.environ.get('PATH', '')}"}
+    return {
+        **os.environ,
+        "KUBECONFIG": str(layout.kubeconfig),
+        "PATH": f"{layout.bin}:{os.environ.get('PATH', '')}",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m meshtest.cluster", description="local Kubernetes cluster")
+    parser = argparse.ArgumentParser(
+        prog="python -m meshtest.cluster", description="local Kubernetes cluster"
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("build", help="build (or check) the cached binaries")
     sub.add_parser("up", help="start a fresh cluster (tears down a previous one first)")
@@ -41,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         ensure_binaries(layout)
     elif args.cmd == "up":
         took = cluster.up()
-        print(f"cluster up in {took:.1f}s\nexport KUBECONFIG={layout.kubeconfig}\nexport PATH={layout.bin}:$PATH")
+        print(f"cluster up in {took:.1f}s")
+        print(f"export KUBECONFIG={layout.kubeconfig}\nexport PATH={layout.bin}:$PATH")
     elif args.cmd == "down":
         cluster.down()
     elif args.cmd == "status":
@@ -54,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return _logs(layout, args.pod, args.container, args.previous)
     else:
         binary = str(layout.binary(args.cmd))
-        os.execve(binary, [binary, *args.args], tool_env(layout))  # noqa: S606
+        os.execve(binary, [binary, *args.args], tool_env(layout))
     return 0
 
 

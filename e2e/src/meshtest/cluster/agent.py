@@ -2,8 +2,10 @@
 
 It registers the Node (labels, pod CIDR, addresses, capacity, the control-plane taint), renews its Lease every
 10 s and posts a Ready heartbeat, watches the pods bound to it and runs each through a
-:class:`~meshtest.cluster.pods.PodWorker`. It also serves the kubelet's ``/containerLogs`` endpoint on port 10250
-so ``kubectl logs`` works. Graceful deletion ends with the final ``DELETE`` (grace 0, UID precondition), as the
+:class:`~meshtest.cluster.pods.PodWorker`. It also serves the kubelet's ``/containerLogs`` endpoint on port
+10250
+so ``kubectl logs`` works. Graceful deletion ends with the final ``DELETE`` (grace 0, UID precondition), as
+the
 kubelet does. On SIGTERM it stops all its pods (CNI DEL, netns removal) and exits.
 """
 
@@ -18,6 +20,7 @@ import platform
 import signal
 import ssl
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from aiohttp import web
 from meshtest.cluster.cni import CniRunner
 from meshtest.cluster.config import K8S_VERSION, ClusterLayout, NodeSpec
 from meshtest.cluster.kubeapi import ApiError, AsyncKube, retrying, ssl_context
-from meshtest.cluster.pods import PodWorker, now
+from meshtest.cluster.pods import NodeContext, PodWorker, now
 
 log = logging.getLogger("meshtest.cluster.agent")
 Obj = dict[str, Any]
@@ -118,6 +121,7 @@ class NodeAgent:
         )
         self.cni = CniRunner(layout.node_root(node.name))
         self.workers: dict[str, PodWorker] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()
         self.http: aiohttp.ClientSession | None = None
 
@@ -138,7 +142,8 @@ class NodeAgent:
         await self.http.close()
         await self.kube.close()
 
-    # -- node and lease ---------------------------------------------------------------------------------------
+    # -- node and lease
+    # ---------------------------------------------------------------------------------------
     async def _register(self) -> None:
         try:
             await self.kube.request("POST", "/api/v1/nodes", node_object(self.node))
@@ -178,7 +183,7 @@ class NodeAgent:
                 await self._renew_lease()
                 if beats % 3 == 0:
                     await self.kube.patch(f"/api/v1/nodes/{self.node.name}/status", node_status(self.node))
-            except (ApiError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
+            except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as err:
                 log.warning("heartbeat failed: %s", err)
             beats += 1
             await asyncio.sleep(10)
@@ -194,7 +199,7 @@ class NodeAgent:
                         continue
                     seen.add(event["object"]["metadata"]["uid"])
                     await self._dispatch(event["type"], event["object"])
-            except (ApiError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as err:
+            except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as err:
                 log.warning("pod watch: %s; re-listing", err)
                 await asyncio.sleep(1)
 
@@ -203,7 +208,7 @@ class NodeAgent:
         worker = self.workers.get(uid)
         if kind == "DELETED":
             if worker is not None:
-                asyncio.create_task(self._finish(worker, final_delete=False))
+                self._background(self._finish(worker, final_delete=False))
             return
         if worker is None:
             if pod.get("status", {}).get("phase") in ("Succeeded", "Failed") or pod["metadata"].get(
@@ -213,23 +218,28 @@ class NodeAgent:
                     await self._final_delete(pod)
                 return
             assert self.http is not None
-            worker = PodWorker(
-                pod,
-                self.node,
-                self.layout.node_dir(self.node.name),
-                self.kube,
-                self.cni,
-                self.http,
-                sys.executable,
-                str(self.layout.run),
+            context = NodeContext(
+                node=self.node,
+                node_dir=self.layout.node_dir(self.node.name),
+                kube=self.kube,
+                cni=self.cni,
+                http=self.http,
+                python=sys.executable,
+                marker=str(self.layout.run),
             )
+            worker = PodWorker(pod, context)
             self.workers[uid] = worker
             log.info("starting pod %s/%s", pod["metadata"]["namespace"], pod["metadata"]["name"])
             worker.start()
             return
         worker.update(pod)
         if pod["metadata"].get("deletionTimestamp") and not worker.stopping.is_set():
-            asyncio.create_task(self._finish(worker, final_delete=True))
+            self._background(self._finish(worker, final_delete=True))
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def _finish(self, worker: PodWorker, final_delete: bool) -> None:
         log.info("stopping pod %s/%s", worker.namespace, worker.name)
@@ -251,7 +261,7 @@ class NodeAgent:
     # -- kubelet API (logs) ----------------------------------------------------------------------------------
     async def _serve_kubelet_api(self) -> web.AppRunner:
         app = web.Application()
-        app.router.add_get("/healthz", lambda _r: web.Response(text="ok"))
+        app.router.add_get("/healthz", _healthz)
         app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", self._container_logs)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -280,6 +290,10 @@ class NodeAgent:
         if tail:
             data = b"".join(data.splitlines(keepends=True)[-int(tail) :])
         return web.Response(body=data, content_type="text/plain")
+
+
+async def _healthz(_request: web.Request) -> web.StreamResponse:
+    return web.Response(text="ok")
 
 
 def find_log(node_dir: Path, namespace: str, pod: str, container: str, previous: bool = False) -> Path | None:

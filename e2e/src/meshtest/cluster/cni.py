@@ -1,9 +1,12 @@
 """Pod networking through the real CNI plugins, invoked the way a container runtime does (CNI spec 1.0).
 
 The node's network configuration is the lexicographically first ``*.conflist``/``*.conf``/``*.json`` in the
-node's own ``/etc/cni/net.d`` (so a chained plugin that istio-cni inserts there runs on the next pod). ADD runs
-each plugin of the list in order with ``prevResult`` chained through; DEL runs them in reverse with the cached ADD
-result, using the configuration cached at ADD time, like libcni. Loopback is set up first with its own one-plugin
+node's own ``/etc/cni/net.d`` (so a chained plugin that istio-cni inserts there runs on the next pod). ADD
+runs
+each plugin of the list in order with ``prevResult`` chained through; DEL runs them in reverse with the
+cached ADD
+result, using the configuration cached at ADD time, like libcni. Loopback is set up first with its own
+one-plugin
 list, as containerd does.
 
 Plugins run inside a private mount namespace in which the node's ``/etc/cni/net.d``, ``/opt/cni/bin``,
@@ -153,6 +156,7 @@ class CniRunner:
     async def _run_list(
         self,
         command: str,
+        *,
         conflist: Obj,
         container_id: str,
         netns: str,
@@ -190,10 +194,26 @@ class CniRunner:
         args: Mapping[str, str],
         runtime_config: Mapping[str, Any] | None = None,
     ) -> Attachment:
-        await self._run_list("ADD", LOOPBACK_LIST, container_id, netns, "lo", args, {}, None)
+        await self._run_list(
+            "ADD",
+            conflist=LOOPBACK_LIST,
+            container_id=container_id,
+            netns=netns,
+            ifname="lo",
+            args=args,
+            runtime_config={},
+            prev=None,
+        )
         conflist = load_conflist(self.node_root / "etc/cni/net.d")
         result = await self._run_list(
-            "ADD", conflist, container_id, netns, "eth0", args, runtime_config or {}, None
+            "ADD",
+            conflist=conflist,
+            container_id=container_id,
+            netns=netns,
+            ifname="eth0",
+            args=args,
+            runtime_config=runtime_config or {},
+            prev=None,
         )
         attachment = Attachment(conflist, result or {}, "eth0")
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -219,12 +239,12 @@ class CniRunner:
             return
         await self._run_list(
             "DEL",
-            data["conflist"],
-            container_id,
-            netns,
-            data["ifname"],
-            data["args"],
-            data.get("runtimeConfig", {}),
-            data["result"],
+            conflist=data["conflist"],
+            container_id=container_id,
+            netns=netns,
+            ifname=data["ifname"],
+            args=data["args"],
+            runtime_config=data.get("runtimeConfig", {}),
+            prev=data["result"],
         )
         cached.unlink(missing_ok=True)

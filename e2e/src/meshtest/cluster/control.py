@@ -4,13 +4,16 @@
 fresh cluster (etcd state is throwaway) and returns once every node is Ready, DNS answers and the default
 ServiceAccount exists. All processes are detached, so the cluster outlives the command that started it.
 
-CoreDNS runs as a host process in the control-plane node namespace behind a selector-less ``kube-dns`` Service at
-10.96.0.10 with a hand-made EndpointSlice: DNS then works as soon as the API server does, without depending on the
+CoreDNS runs as a host process in the control-plane node namespace behind a selector-less ``kube-dns``
+Service at
+10.96.0.10 with a hand-made EndpointSlice: DNS then works as soon as the API server does, without depending
+on the
 node agent's pod machinery, and its logs sit next to the other control-plane logs.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -19,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from meshtest.cluster import network, procs
 from meshtest.cluster.config import (
@@ -138,7 +142,7 @@ class Cluster:
 
     def healthy(self) -> bool:
         try:
-            return self.client().request("GET", "/readyz", timeout=2.0).get("raw", "").strip() == "ok"
+            return str(self.client().request("GET", "/readyz", timeout=2.0).get("raw", "")).strip() == "ok"
         except (OSError, ApiError):
             return False
 
@@ -182,9 +186,12 @@ class Cluster:
         if pids.exists():
             # agents first (they stop their pods and run CNI DEL), the API server and etcd last
             names = [p.stem for p in pids.glob("*.pid")]
-            tiers = [[n for n in names if n.startswith("agent-")],
-                     [n for n in names if not n.startswith("agent-") and n not in ("kube-apiserver", "etcd")],
-                     ["kube-apiserver"], ["etcd"]]
+            tiers = [
+                [n for n in names if n.startswith("agent-")],
+                [n for n in names if not n.startswith("agent-") and n not in ("kube-apiserver", "etcd")],
+                ["kube-apiserver"],
+                ["etcd"],
+            ]
             for tier in tiers:
                 found = [p for p in (procs.pid_of(pids, name) for name in tier) if p]
                 procs.stop_pids(found, grace=20.0 if tier is tiers[0] else 5.0)
@@ -280,12 +287,15 @@ class Cluster:
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--enable-admission-plugins=NodeRestriction",
-            # aggregation-layer front proxy CA: without it every component logs a missing requestheader bundle
-            f"--requestheader-client-ca-file={pki / 'ca.crt'}", "--requestheader-allowed-names=front-proxy-client",
-            "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
-            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-            f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
-            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+                # aggregation-layer front proxy CA: without it every component logs a missing requestheader
+                # bundle
+                f"--requestheader-client-ca-file={pki / 'ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
                 "--profiling=false",
                 "--v=1",
             ],
@@ -367,7 +377,7 @@ class Cluster:
                 "--conntrack-tcp-timeout-established=0",
                 "--conntrack-tcp-timeout-close-wait=0",
                 "--iptables-min-sync-period=100ms",  # new endpoints reach the rules fast (tests wait on them)
-            f"--healthz-bind-address={node.ip}:10256",
+                f"--healthz-bind-address={node.ip}:10256",
                 "--metrics-bind-address=127.0.0.1:10249",
                 "--v=1",
             ],
@@ -480,8 +490,8 @@ class Cluster:
         for node in self.layout.nodes:
             _wait(
                 f"kube-proxy on {node.name}",
-                lambda n=node: _tcp_ok(n.ip, 10256),
-                60,  # type: ignore[misc]
+                functools.partial(_tcp_ok, node.ip, 10256),
+                60,
                 logs / f"kube-proxy-{node.name}.log",
             )
         _wait("CoreDNS", lambda: _tcp_ok(self.layout.control_plane.ip, 53), 60, logs / "coredns.log")
@@ -492,8 +502,8 @@ def _tcp_ok(host: str, port: int) -> bool:
         return True
 
 
-def _ready(node: dict[str, object]) -> bool:
-    conditions = node.get("status", {}).get("conditions", [])  # type: ignore[union-attr]
+def _ready(node: dict[str, Any]) -> bool:
+    conditions = node.get("status", {}).get("conditions", [])
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 

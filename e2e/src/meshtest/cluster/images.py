@@ -1,8 +1,10 @@
 """Image → local command: the one table that says what a container image runs on this cluster.
 
-Pods run as processes from the workspace, not as containers, so every image a test or chart uses must be listed
+Pods run as processes from the workspace, not as containers, so every image a test or chart uses must be
+listed
 here; anything else fails loudly (the pod's container waits with reason ``ErrImagePull`` and a message naming
-this module). An image matches on its repository's last path segment, so ``<any hub>/ztunnel:<any tag>`` runs our
+this module). An image matches on its repository's last path segment, so ``<any hub>/ztunnel:<any tag>``
+runs our
 ztunnel. ``PYTHON`` in a command is replaced by the node agent's interpreter (the workspace venv).
 
 A container's ``command`` replaces the image entrypoint as in a real runtime; since our images have no
@@ -61,7 +63,8 @@ def resolve(image: str, command: Sequence[str], args: Sequence[str], python: str
     spec = IMAGES.get(repository_name(image))
     if spec is None:
         raise UnknownImage(
-            f"image {image!r} has no local command (known: {', '.join(sorted(IMAGES))}); add it to meshtest.cluster.images"
+            f"image {image!r} has no local command (known: {', '.join(sorted(IMAGES))}); "
+            "add it to meshtest.cluster.images"
         )
     if command:
         head = command[0].rsplit("/", 1)[-1] if command[0] not in spec.commands else command[0]

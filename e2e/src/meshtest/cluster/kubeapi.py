@@ -1,6 +1,7 @@
 """Minimal Kubernetes REST clients used by the cluster harness and the node agent.
 
-Raw JSON over HTTPS with client certificates: the node agent needs only get/list/watch/create/patch/delete on a
+Raw JSON over HTTPS with client certificates: the node agent needs only get/list/watch/create/patch/delete
+on a
 few resources, and owning the client keeps its retry and watch semantics obvious. :class:`SyncKube` serves the
 ``up``/``status`` CLI; :class:`AsyncKube` (aiohttp) serves the agent's event loop.
 """
@@ -127,7 +128,8 @@ class AsyncKube:
         return await self.request("PATCH", path, body, content_type=ctype)
 
     async def watch(self, path: str, params: dict[str, str]) -> AsyncIterator[Obj]:
-        """List then watch from the list's resourceVersion; yields synthetic ADDED events for the list, then the
+        """List then watch from the list's resourceVersion; yields synthetic ADDED events for the list, then
+        the
         stream. Returns when the server closes the watch (callers loop and relist)."""
         listing = await self.request("GET", path, params=params)
         for item in listing.get("items", []):

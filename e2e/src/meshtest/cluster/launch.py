@@ -1,8 +1,10 @@
-"""Container launcher: enter the pod's network namespace, make a private mount + UTS namespace, bind the volumes
+"""Container launcher: enter the pod's network namespace, make a private mount + UTS namespace, bind the
+volumes
 at their mount paths, set the hostname, then exec the container's command. The node agent runs
 ``python -m meshtest.cluster.launch <plan.json>``; after the exec the pid is the container's process.
 
-The new mount namespace is a *slave* of the node's: mounts the host makes later (a new pod's ``/run/netns/...``)
+The new mount namespace is a *slave* of the node's: mounts the host makes later (a new pod's
+``/run/netns/...``)
 still appear inside, which the CNI agent and ztunnel rely on, while the pod's own binds never leak out.
 """
 
@@ -66,8 +68,9 @@ def enter(plan: dict[str, object]) -> None:
         setns(netns)
     _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWUTS), "unshare")
     mount(None, "/", MS_REC | MS_SLAVE)
-    for item in plan.get("mounts", []):  # type: ignore[union-attr]
-        bind(item["source"], item["target"], bool(item.get("read_only")))
+    mounts: list[dict[str, object]] = plan.get("mounts", [])  # type: ignore[assignment]
+    for item in mounts:
+        bind(str(item["source"]), str(item["target"]), bool(item.get("read_only")))
     hostname = str(plan.get("hostname") or "")
     if hostname:
         _check(_libc.sethostname(hostname.encode(), len(hostname.encode())), "sethostname")
@@ -79,7 +82,7 @@ def main() -> None:
         enter(plan)
         os.chdir(plan.get("workdir") or "/")
         argv = [str(a) for a in plan["argv"]]
-        os.execvpe(argv[0], argv, {str(k): str(v) for k, v in plan["env"].items()})  # noqa: S606
+        os.execvpe(argv[0], argv, {str(k): str(v) for k, v in plan["env"].items()})
     except OSError as err:
         print(f"meshtest launch: cannot start container: {err}", file=sys.stderr, flush=True)
         sys.exit(128)

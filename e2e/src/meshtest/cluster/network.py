@@ -84,7 +84,8 @@ def _node_up(node: NodeSpec, nodes: Sequence[NodeSpec]) -> None:
 
 
 def down() -> list[str]:
-    """Delete every ``amb-`` network namespace and link, whatever instance made them; returns what was removed."""
+    """Delete every ``amb-`` network namespace and link, whatever instance made them; returns what was
+    removed."""
     removed = []
     for name in ours(netns_names()):
         run(["ip", "netns", "del", name], check=False)

@@ -93,7 +93,8 @@ class References:
     tokens: frozenset[tuple[str, int]]
 
 
-# ---- references ------------------------------------------------------------------------------------------------
+# ---- references
+# ------------------------------------------------------------------------------------------------
 def _all_containers(pod: Obj) -> list[Obj]:
     spec = pod.get("spec", {})
     return [*spec.get("initContainers", []), *spec.get("containers", [])]
@@ -135,7 +136,8 @@ def token_key(source: Obj) -> tuple[str, int]:
     return (str(source.get("audience", "")), int(source.get("expirationSeconds", 3600)))
 
 
-# ---- downward API and quantities -------------------------------------------------------------------------------
+# ---- downward API and quantities
+# -------------------------------------------------------------------------------
 _SUBSCRIPT = re.compile(r"^metadata\.(labels|annotations)\['(.+)'\]$")
 
 
@@ -163,7 +165,7 @@ def field_value(pod: Obj, path: str) -> str:
     raise PlanError("CreateContainerConfigError", f"unsupported fieldRef fieldPath {path!r}")
 
 
-_SUFFIX = {
+_SUFFIX: dict[str, int | Decimal] = {
     "Ki": 1024,
     "Mi": 1024**2,
     "Gi": 1024**3,
@@ -213,7 +215,8 @@ def resource_value(pod: Obj, container_name: str, ref: Obj, sources: Sources) ->
     return str(math.ceil(value / divisor))
 
 
-# ---- environment -----------------------------------------------------------------------------------------------
+# ---- environment
+# -----------------------------------------------------------------------------------------------
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
@@ -294,7 +297,8 @@ def _env_value(pod: Obj, container: Obj, var: Obj, env: Mapping[str, str], sourc
     raise PlanError("CreateContainerConfigError", f"unsupported valueFrom in env {var['name']!r}")
 
 
-# ---- containers ------------------------------------------------------------------------------------------------
+# ---- containers
+# ------------------------------------------------------------------------------------------------
 def container_plan(
     pod: Obj,
     container: Obj,
@@ -330,7 +334,8 @@ def container_plan(
     )
 
 
-# ---- volumes ---------------------------------------------------------------------------------------------------
+# ---- volumes
+# ---------------------------------------------------------------------------------------------------
 FileMap = dict[str, tuple[bytes, int]]
 
 
@@ -418,7 +423,8 @@ def host_path(volume: Obj, node_root: str) -> tuple[str, str]:
 
 
 def resolv_conf(namespace: str, host_network: bool, dns_policy: str, dns_ip: str, host_resolv: str) -> str:
-    """/etc/resolv.conf of a pod (ClusterFirst, or the node's for hostNetwork without ClusterFirstWithHostNet)."""
+    """/etc/resolv.conf of a pod (ClusterFirst, or the node's for hostNetwork without
+    ClusterFirstWithHostNet)."""
     if dns_policy == "Default" or (host_network and dns_policy != "ClusterFirstWithHostNet"):
         return host_resolv
     search = f"{namespace}.svc.{CLUSTER_DOMAIN} svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}"

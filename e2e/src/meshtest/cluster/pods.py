@@ -3,7 +3,8 @@ probes, and the status the API server sees. The node agent owns one :class:`PodW
 
 Lifecycle: ``setup`` (volumes, then network; retried while a referenced ConfigMap/Secret is missing) → init
 containers in order → all containers, each under a supervisor that restarts it per ``restartPolicy`` with
-exponential back-off (1 s doubling to 60 s, reset after 60 s of healthy running) → ``terminate`` (SIGTERM to the
+exponential back-off (1 s doubling to 60 s, reset after 60 s of healthy running) → ``terminate`` (SIGTERM to
+the
 process group, grace period, SIGKILL; then CNI DEL and the netns). Status is recomputed from this state after
 every change and written with a merge patch only when it differs.
 """
@@ -82,25 +83,29 @@ class ContainerState:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class NodeContext:
+    """What every pod worker of one node shares."""
+
+    node: NodeSpec
+    node_dir: Path
+    kube: AsyncKube
+    cni: CniRunner
+    http: aiohttp.ClientSession
+    python: str  # the interpreter that runs our images' commands (the workspace venv)
+    marker: str  # the cluster's run marker, put in every container's environment
+
+
 class PodWorker:
-    def __init__(
-        self,
-        pod: Obj,
-        node: NodeSpec,
-        node_dir: Path,
-        kube: AsyncKube,
-        cni: CniRunner,
-        http: aiohttp.ClientSession,
-        python: str,
-        marker: str,
-    ) -> None:
+    def __init__(self, pod: Obj, context: NodeContext) -> None:
         self.pod = pod
+        node, node_dir = context.node, context.node_dir
         self.node = node
-        self.kube = kube
-        self.cni = cni
-        self.http = http
-        self.python = python
-        self.marker = marker
+        self.kube = context.kube
+        self.cni = context.cni
+        self.http = context.http
+        self.python = context.python
+        self.marker = context.marker
         meta = pod["metadata"]
         self.uid: str = meta["uid"]
         self.namespace: str = meta["namespace"]
@@ -270,7 +275,8 @@ class PodWorker:
                 )
 
     async def _resync_loop(self) -> None:
-        """ConfigMap/Secret/token volumes are refreshed like the kubelet's periodic sync (tokens at 80% TTL)."""
+        """ConfigMap/Secret/token volumes are refreshed like the kubelet's periodic sync (tokens at 80%
+        TTL)."""
         while not self.stopping.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), 10.0)
@@ -349,10 +355,11 @@ class PodWorker:
             plan = self._plan(state)
         except podplan.PlanError as err:
             state.waiting = (err.reason, str(err))
-            log.error("pod %s/%s container %s: %s", self.namespace, self.name, state.name, err)
+            log.warning("pod %s/%s container %s: %s", self.namespace, self.name, state.name, err)
             self.dirty.set()
             return False
-        with open(self.log_path(state.name, state.restart_count), "ab") as out:
+        # a local append-only file: opening it does not block the loop in any way that matters
+        with open(self.log_path(state.name, state.restart_count), "ab") as out:  # noqa: ASYNC230
             state.proc = await asyncio.create_subprocess_exec(
                 self.python,
                 "-m",
@@ -501,7 +508,7 @@ class PodWorker:
                 sorted(probe),
             )
             return True
-        except (OSError, asyncio.TimeoutError, aiohttp.ClientError):
+        except (TimeoutError, OSError, aiohttp.ClientError):
             return False
 
     async def _http_probe(self, state: ContainerState, get: Obj) -> bool:
@@ -509,7 +516,7 @@ class PodWorker:
         host = get.get("host") or self.pod_ips[0]
         url = f"{scheme}://{host}:{_port(state.spec, get['port'])}{get.get('path', '/')}"
         headers = {h["name"]: h["value"] for h in get.get("httpHeaders", [])}
-        ctx: ssl.SSLContext | bool = False if scheme == "https" else True
+        ctx: ssl.SSLContext | bool = scheme != "https"  # HTTPS probes skip verification, as the kubelet's do
         async with self.http.get(url, headers=headers, ssl=ctx, allow_redirects=False) as resp:
             return 200 <= resp.status < 400
 
@@ -527,7 +534,7 @@ class PodWorker:
         _killpg(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             _killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
         _killpg(proc.pid, signal.SIGKILL)  # stragglers left in the container's process group
@@ -554,7 +561,7 @@ class PodWorker:
             return
         try:
             await self.cni.delete(self.container_id, self.netns_path)
-        except Exception as err:  # noqa: BLE001 - the netns goes anyway; log for the test's dump
+        except Exception as err:  # the netns is removed anyway; the warning lands in the failure dump
             log.warning("pod %s/%s CNI DEL: %s", self.namespace, self.name, err)
         proc = await asyncio.create_subprocess_exec(
             "ip", "netns", "del", self.netns_name, stderr=asyncio.subprocess.DEVNULL

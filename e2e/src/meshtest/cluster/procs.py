@@ -1,12 +1,15 @@
-"""Detached processes of the cluster: start with a pid file and a log file, stop with a grace period, and sweep.
+"""Detached processes of the cluster: start with a pid file and a log file, stop with a grace period, and
+sweep.
 
-Every process gets ``AMBIENT_CLUSTER_RUN=<run dir>`` in its environment (inherited by everything it starts), so
+Every process gets ``AMBIENT_CLUSTER_RUN=<run dir>`` in its environment (inherited by everything it starts),
+so
 :func:`sweep` can find and kill anything of this cluster from /proc even when pid files are gone or an agent
 crashed before stopping its pods.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -35,17 +38,24 @@ def start(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> int:
-    """Start ``argv`` in its own session, detached from the caller; returns the pid (also in ``<pids>/<name>.pid``)."""
+    """Start ``argv`` in its own session, detached from the caller; returns the pid (also in
+    ``<pids>/<name>.pid``)."""
     pids.mkdir(parents=True, exist_ok=True)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     full_env = dict(os.environ if env is None else env)
     full_env[RUN_MARKER_ENV] = run_marker
     full_env["MESHTEST_LOG_FILE"] = str(log_file)
-    # A shell trampoline backgrounds the program and exits, so the program is re-parented away from the caller:
+    # A shell trampoline backgrounds the program and exits, so the program is re-parented away from the
+    # caller:
     # it outlives a CLI `up`, and a test process never holds (and warns about) un-waited Popen children.
     trampoline = 'setsid "$@" </dev/null >>"$MESHTEST_LOG_FILE" 2>&1 & echo $!'
-    out = subprocess.run(  # noqa: S603 - argv built from our own table
-        ["sh", "-c", trampoline, "sh", *argv], env=full_env, cwd=cwd, capture_output=True, text=True, check=True
+    out = subprocess.run(
+        ["sh", "-c", trampoline, "sh", *argv],
+        env=full_env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     pid = int(out.stdout.strip())
     (pids / f"{name}.pid").write_text(str(pid))
@@ -68,10 +78,8 @@ def alive(pid: int) -> bool:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def stop_pids(pids: Iterable[int], grace: float) -> None:
@@ -92,10 +100,8 @@ def stop_pids(pids: Iterable[int], grace: float) -> None:
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def pid_of(pids: Path, name: str) -> int | None:
@@ -132,7 +138,9 @@ def sweep(run_marker: str, grace: float = 2.0) -> list[int]:
     """Kill every remaining process of this cluster; returns the pids that were still running."""
     left = marked(run_marker)
     if left:
-        log.warning("sweeping %d leftover processes: %s", len(left), [f"{pid}:{_cmdline(pid)}" for pid in left])
+        log.warning(
+            "sweeping %d leftover processes: %s", len(left), [f"{pid}:{_cmdline(pid)}" for pid in left]
+        )
         stop_pids(left, grace)
     return left
 

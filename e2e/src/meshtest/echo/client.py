@@ -56,7 +56,9 @@ class Conn:
     async def open(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         if self.http2:
-            self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+            self.h2 = h2.connection.H2Connection(
+                h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+            )
             self.h2.initiate_connection()
             self.writer.write(self.h2.data_to_send())
 
@@ -74,7 +76,8 @@ class Conn:
         return await self._http1()
 
     async def _tcp(self) -> str:
-        assert self.reader is not None and self.writer is not None
+        assert self.reader is not None
+        assert self.writer is not None
         payload = (self.message or "hello") + "\n"
         self.writer.write(payload.encode())
         await self.writer.drain()
@@ -88,7 +91,8 @@ class Conn:
         return text[len(payload) :] if text.startswith(payload) else text
 
     async def _http1(self) -> str:
-        assert self.reader is not None and self.writer is not None
+        assert self.reader is not None
+        assert self.writer is not None
         lines = [f"GET {self.path} HTTP/1.1", f"Host: {self.authority}", "User-Agent: meshtest-echo"]
         lines += [f"{k}: {v}" for k, v in self.headers]
         self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -106,13 +110,21 @@ class Conn:
         return text if "StatusCode=" in text else f"StatusCode={code}\n{text}"
 
     async def _h2(self) -> str:
-        assert self.reader is not None and self.writer is not None and self.h2 is not None
+        assert self.reader is not None
+        assert self.writer is not None
+        assert self.h2 is not None
         conn = self.h2
         stream = conn.get_next_available_stream_id()
         grpc = self.scheme == "grpc"
         path = grpcwire.ECHO_METHOD if grpc else self.path
-        headers = [(":method", "POST" if grpc else "GET"), (":scheme", "http"), (":authority", self.authority),
-                   (":path", path), ("user-agent", "meshtest-echo"), *self.headers]
+        headers = [
+            (":method", "POST" if grpc else "GET"),
+            (":scheme", "http"),
+            (":authority", self.authority),
+            (":path", path),
+            ("user-agent", "meshtest-echo"),
+            *self.headers,
+        ]
         if grpc:
             headers += [("content-type", "application/grpc"), ("te", "trailers")]
             conn.send_headers(stream, headers)
@@ -141,16 +153,27 @@ class Conn:
             self.writer.write(conn.data_to_send())
         if grpc:
             if trailers.get("grpc-status", "0") != "0":
-                raise ConnectionError(f"grpc-status {trailers.get('grpc-status')}: {trailers.get('grpc-message')}")
+                raise ConnectionError(
+                    f"grpc-status {trailers.get('grpc-status')}: {trailers.get('grpc-message')}"
+                )
             messages = grpcwire.unframe(bytes(body))
             return grpcwire.decode_message(messages[0]) if messages else ""
         text = body.decode(errors="replace")
         return text if "StatusCode=" in text else f"StatusCode={status}\n{text}"
 
 
-async def call(url: str, *, count: int = 1, headers: Sequence[tuple[str, str]] = (), http2: bool = False,
-               timeout: float = 5.0, message: str = "", new_connection: bool = False, qps: float = 0.0,
-               hold: float = 0.0) -> list[CallResult]:
+async def call(
+    url: str,
+    *,
+    count: int = 1,
+    headers: Sequence[tuple[str, str]] = (),
+    http2: bool = False,
+    request_timeout: float = 5.0,
+    message: str = "",
+    new_connection: bool = False,
+    qps: float = 0.0,
+    hold: float = 0.0,
+) -> list[CallResult]:
     """Send ``count`` requests (reusing one connection unless ``new_connection``); with ``hold`` keep sending
     one request per second on the same connection for that many seconds instead."""
     results: list[CallResult] = []
@@ -164,9 +187,9 @@ async def call(url: str, *, count: int = 1, headers: Sequence[tuple[str, str]] =
                     conn.close()
                 conn = Conn(url, headers, http2, message)
             try:
-                text = await asyncio.wait_for(conn.request(), timeout)
+                text = await asyncio.wait_for(conn.request(), request_timeout)
                 results.append(CallResult(index, True, text))
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as err:
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as err:
                 results.append(CallResult(index, False, f"{type(err).__name__}: {err}"))
                 conn.close()
                 conn = None
@@ -189,9 +212,13 @@ async def forward_text(query: Mapping[str, list[str]]) -> str:
         if sep:
             headers.append((name, value))
     results = await call(
-        query["url"][0], count=int(query.get("count", ["1"])[0]), headers=headers,
-        http2=query.get("http2", ["false"])[0] == "true", timeout=float(query.get("timeout", ["5"])[0]),
-        message=query.get("message", [""])[0], new_connection=query.get("newConnection", ["false"])[0] == "true",
+        query["url"][0],
+        count=int(query.get("count", ["1"])[0]),
+        headers=headers,
+        http2=query.get("http2", ["false"])[0] == "true",
+        request_timeout=float(query.get("timeout", ["5"])[0]),
+        message=query.get("message", [""])[0],
+        new_connection=query.get("newConnection", ["false"])[0] == "true",
     )
     return "".join(r.lines() for r in results)
 
@@ -209,12 +236,20 @@ def main(argv: list[str]) -> None:
     p.add_argument("--hold", type=float, default=0.0, help="keep one connection open this many seconds")
     p.add_argument("--forever", action="store_true", help="after the calls, stay running (a client pod)")
     args = p.parse_args(argv)
-    headers = [tuple(h.split(":", 1)) for h in args.header if ":" in h]
+    headers = [(h.split(":", 1)[0], h.split(":", 1)[1]) for h in args.header if ":" in h]
 
     async def run() -> int:
-        results = await call(args.url, count=args.count, headers=headers, http2=args.http2,  # type: ignore[arg-type]
-                             timeout=args.timeout, message=args.message, new_connection=args.new_connection,
-                             qps=args.qps, hold=args.hold)
+        results = await call(
+            args.url,
+            count=args.count,
+            headers=headers,
+            http2=args.http2,
+            request_timeout=args.timeout,
+            message=args.message,
+            new_connection=args.new_connection,
+            qps=args.qps,
+            hold=args.hold,
+        )
         for result in results:
             sys.stdout.write(result.lines())
         sys.stdout.flush()

@@ -1,6 +1,7 @@
 """The ``Key=Value`` response format shared by server and client, and its parser.
 
-One field per line; ``RequestHeader=<Name>:<value>`` and ``ResponseHeader=...`` repeat. The client prefixes each
+One field per line; ``RequestHeader=<Name>:<value>`` and ``ResponseHeader=...`` repeat. The client prefixes
+each
 line with ``[<n>] `` for the n-th request (upstream ForwardEcho style); :func:`parse_responses` accepts both.
 """
 
@@ -60,7 +61,8 @@ def parse(text: str) -> EchoResponse:
 
 
 def parse_responses(text: str) -> list[EchoResponse]:
-    """Split ``[n] Key=Value`` output into one response per request index (unprefixed text is one response)."""
+    """Split ``[n] Key=Value`` output into one response per request index (unprefixed text is one
+    response)."""
     groups: dict[int, list[str]] = {}
     plain: list[str] = []
     for line in text.splitlines():

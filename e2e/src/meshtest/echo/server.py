@@ -1,4 +1,5 @@
-"""Echo server. Each ``--port`` speaks HTTP/1.1 and h2c (prior knowledge, sniffed from the client preface) with
+"""Echo server. Each ``--port`` speaks HTTP/1.1 and h2c (prior knowledge, sniffed from the client preface)
+with
 gRPC on the same HTTP/2 connection; ``--grpc`` ports are the same handler; ``--tcp`` ports echo raw bytes and
 append the ``Key=Value`` fields; ``--server-first`` TCP ports greet first.
 
@@ -67,7 +68,7 @@ def _choose_code(spec: str) -> int:
         code, _, weight = part.partition(":")
         choices.append(int(code))
         weights.append(int(weight or "1"))
-    return random.choices(choices, weights)[0]  # noqa: S311 - test traffic shaping, not security
+    return random.choices(choices, weights)[0]
 
 
 class EchoServer:
@@ -75,19 +76,42 @@ class EchoServer:
         self.config = config
         self.servers: list[asyncio.Server] = []
 
-    def fields(self, port: int, peer: str, *, method: str, url: str, host: str, proto: str,
-               headers: Iterable[tuple[str, str]], code: int, alpn: str = "") -> list[tuple[str, str]]:
-        out = [("StatusCode", str(code)), ("ServiceVersion", self.config.version), ("ServicePort", str(port)),
-               ("Host", host), ("URL", url), ("Cluster", self.config.cluster),
-               ("IstioVersion", self.config.istio_version), ("Namespace", self.config.namespace),
-               ("Method", method), ("Proto", proto), ("Alpn", alpn), ("IP", peer)]
+    def fields(
+        self,
+        port: int,
+        peer: str,
+        *,
+        method: str,
+        url: str,
+        host: str,
+        proto: str,
+        headers: Iterable[tuple[str, str]],
+        code: int,
+        alpn: str = "",
+    ) -> list[tuple[str, str]]:
+        out = [
+            ("StatusCode", str(code)),
+            ("ServiceVersion", self.config.version),
+            ("ServicePort", str(port)),
+            ("Host", host),
+            ("URL", url),
+            ("Cluster", self.config.cluster),
+            ("IstioVersion", self.config.istio_version),
+            ("Namespace", self.config.namespace),
+            ("Method", method),
+            ("Proto", proto),
+            ("Alpn", alpn),
+            ("IP", peer),
+        ]
         out += [("RequestHeader", f"{name}:{value}") for name, value in headers]
         out.append(("Hostname", self.config.hostname))
         return out
 
-    # -- HTTP semantics shared by HTTP/1.1 and HTTP/2 ---------------------------------------------------------
-    async def http_reply(self, port: int, peer: str, method: str, target: str, headers: list[tuple[str, str]],
-                         proto: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    # -- HTTP semantics shared by HTTP/1.1 and HTTP/2
+    # ---------------------------------------------------------
+    async def http_reply(
+        self, port: int, peer: str, *, method: str, target: str, headers: list[tuple[str, str]], proto: str
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         parts = urlsplit(target)
         query = parse_qs(parts.query)
         if parts.path == "/_forward":
@@ -105,15 +129,18 @@ class EchoServer:
                 extra.append((unquote(name), unquote(value)))
         host = next((v for k, v in headers if k.lower() in ("host", ":authority")), "")
         visible = [(k, v) for k, v in headers if not k.startswith(":")]
-        body = render(self.fields(port, peer, method=method, url=target, host=host, proto=proto, headers=visible,
-                                  code=code))
+        body = render(
+            self.fields(
+                port, peer, method=method, url=target, host=host, proto=proto, headers=visible, code=code
+            )
+        )
         return code, [("content-type", "application/text"), *extra], body.encode()
 
     # -- listeners -------------------------------------------------------------------------------------------
     async def listen(self, port: int, kind: str, bind: str = "0.0.0.0") -> int:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                if kind == "tcp" or kind == "tcp-server-first":
+                if kind in {"tcp", "tcp-server-first"}:
                     await self._tcp(port, reader, writer, server_first=kind == "tcp-server-first")
                 else:
                     await self._http(port, reader, writer)
@@ -131,17 +158,25 @@ class EchoServer:
         log.info("listening %s on %s:%d", kind, bind, bound)
         return bound
 
-    async def _tcp(self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                   server_first: bool) -> None:
+    async def _tcp(
+        self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, server_first: bool
+    ) -> None:
         peer = writer.get_extra_info("peername")[0]
         if server_first:
             writer.write(b"server-first-protocol\n")
             await writer.drain()
         while data := await reader.read(65536):
-            fields = [("StatusCode", "200"), ("ServiceVersion", self.config.version), ("ServicePort", str(port)),
-                      ("Cluster", self.config.cluster), ("IstioVersion", self.config.istio_version),
-                      ("Namespace", self.config.namespace), ("IP", peer), ("Proto", "TCP"),
-                      ("Hostname", self.config.hostname)]
+            fields = [
+                ("StatusCode", "200"),
+                ("ServiceVersion", self.config.version),
+                ("ServicePort", str(port)),
+                ("Cluster", self.config.cluster),
+                ("IstioVersion", self.config.istio_version),
+                ("Namespace", self.config.namespace),
+                ("IP", peer),
+                ("Proto", "TCP"),
+                ("Hostname", self.config.hostname),
+            ]
             writer.write(data + render(fields).encode())
             await writer.drain()
 
@@ -158,8 +193,9 @@ class EchoServer:
         elif head:
             await self._http1(port, peer, head, reader, writer)
 
-    async def _http1(self, port: int, peer: str, head: bytes, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> None:
+    async def _http1(
+        self, port: int, peer: str, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         buffer = head
         while True:
             while b"\r\n\r\n" not in buffer:
@@ -169,7 +205,7 @@ class EchoServer:
                 buffer += chunk
             raw, _, buffer = buffer.partition(b"\r\n\r\n")
             lines = raw.decode("latin-1").split("\r\n")
-            method, target, version = (lines[0].split(" ", 2) + ["", ""])[:3]
+            method, target, version = ([*lines[0].split(" ", 2), "", ""])[:3]
             headers = [(k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:]) if k]
             length = int(next((v for k, v in headers if k.lower() == "content-length"), "0") or 0)
             while len(buffer) < length:
@@ -178,7 +214,9 @@ class EchoServer:
                     return
                 buffer += chunk
             buffer = buffer[length:]
-            code, out_headers, body = await self.http_reply(port, peer, method, target, headers, version or "HTTP/1.1")
+            code, out_headers, body = await self.http_reply(
+                port, peer, method=method, target=target, headers=headers, proto=version or "HTTP/1.1"
+            )
             response = [f"HTTP/1.1 {code} {_REASONS.get(code, 'Status')}", f"Content-Length: {len(body)}"]
             response += [f"{k}: {v}" for k, v in out_headers]
             writer.write(("\r\n".join(response) + "\r\n\r\n").encode() + body)
@@ -193,18 +231,34 @@ class EchoServer:
             await server.wait_closed()
 
 
-_REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 403: "Forbidden",
-            404: "Not Found", 500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 class H2Session:
     """One HTTP/2 connection (h2c prior knowledge): plain requests and gRPC Echo."""
 
-    def __init__(self, server: EchoServer, port: int, peer: str, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        server: EchoServer,
+        port: int,
+        peer: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
         self.server, self.port, self.peer = server, port, peer
         self.reader, self.writer = reader, writer
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        )
         self.requests: dict[int, tuple[list[tuple[str, str]], bytearray]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -245,9 +299,16 @@ class H2Session:
             await self._grpc(stream_id, pseudo.get(":path", ""), headers, bytes(body))
             return
         code, out_headers, payload = await self.server.http_reply(
-            self.port, self.peer, pseudo.get(":method", ""), pseudo.get(":path", ""), headers, "HTTP/2.0")
-        self.conn.send_headers(stream_id, [(":status", str(code)), ("content-length", str(len(payload))),
-                                           *out_headers])
+            self.port,
+            self.peer,
+            method=pseudo.get(":method", ""),
+            target=pseudo.get(":path", ""),
+            headers=headers,
+            proto="HTTP/2.0",
+        )
+        self.conn.send_headers(
+            stream_id, [(":status", str(code)), ("content-length", str(len(payload))), *out_headers]
+        )
         self.conn.send_data(stream_id, payload, end_stream=True)
         self.writer.write(self.conn.data_to_send())
 
@@ -260,8 +321,16 @@ class H2Session:
             message = grpcwire.decode_message(request[0]) if request else ""
             host = next((v for k, v in headers if k == ":authority"), "")
             visible = [(k, v) for k, v in headers if not k.startswith(":")]
-            fields = self.server.fields(self.port, self.peer, method="POST", url=path, host=host, proto="GRPC",
-                                        headers=visible, code=200)
+            fields = self.server.fields(
+                self.port,
+                self.peer,
+                method="POST",
+                url=path,
+                host=host,
+                proto="GRPC",
+                headers=visible,
+                code=200,
+            )
             text = (f"Echo={message}\n" if message else "") + render(fields)
             self.conn.send_data(stream_id, grpcwire.frame(grpcwire.encode_message(text)))
             trailers = [("grpc-status", "0")]
@@ -284,8 +353,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) -> EchoServer:
-    config = ServerConfig(version=args.version, cluster=args.cluster, istio_version=args.istio_version,
-                          namespace=_namespace(), hostname=socket.gethostname())
+    config = ServerConfig(
+        version=args.version,
+        cluster=args.cluster,
+        istio_version=args.istio_version,
+        namespace=_namespace(),
+        hostname=socket.gethostname(),
+    )
     server = EchoServer(config)
     bind = "127.0.0.1" if args.bind_localhost else args.bind_ip
     ports = [(p, "http") for p in args.port or ([] if args.grpc or args.tcp else [8080])]
