@@ -199,7 +199,7 @@ def _p(values: list[float], q: float) -> float:
 def main() -> None:
     from _results import write_results
 
-    figures: dict[str, float | int | str] = {}
+    figures: dict[str, float | int | str] = {"ca.host_load_1m_before": os.getloadavg()[0]}
     for kind, prefix in (("rsa", "ca"), ("ec", "ca.ec_root")):
         rate, lat = _run_against_server(kind)
         figures[f"{prefix}.csr_signed_per_s"] = rate
@@ -208,6 +208,8 @@ def main() -> None:
     figures["ca.core_sign_per_s"] = _core_rate("rsa")
     figures["ca.ec_root.core_sign_per_s"] = _core_rate("ec")
     figures["ca.callers"] = CALLERS
+    # The machine is shared: a load above ~2 (2 cores) means other work competed with this run.
+    figures["ca.host_load_1m_after"] = os.getloadavg()[0]
     figures["ca.path"] = (
         "grpc.aio CreateCertificate over TLS, real authn (fake TokenReview) + node authorizer"
     )
