@@ -192,3 +192,21 @@ def test_node_id_round_trip() -> None:
         "istio-system",
     )
     assert str(node) == "ztunnel~10.0.0.9~ztunnel-abc.istio-system~istio-system.svc.cluster.local"
+
+
+def test_node_from_env() -> None:
+    from meshkit.xds.node import node_from_env
+
+    env = {"INSTANCE_IP": "10.0.0.3", "POD_NAME": "ztunnel-x", "POD_NAMESPACE": "istio-system"}
+    env |= {"NODE_NAME": "n1", "ISTIO_META_CLUSTER_ID": "Kubernetes", "ISTIO_METAJSON_LABELS": '{"a": "b"}'}
+    env["OTHER"] = "x"
+    node = node_from_env(env, {"DNS_CAPTURE": "true"})
+    assert node.id == "ztunnel~10.0.0.3~ztunnel-x.istio-system~istio-system.svc.cluster.local"
+    fields = node.metadata.fields
+    assert fields["NAMESPACE"].string_value == "istio-system"
+    assert fields["INSTANCE_IPS"].string_value == "10.0.0.3"
+    assert fields["CLUSTER_ID"].string_value == "Kubernetes"
+    assert fields["DNS_CAPTURE"].string_value == "true"
+    assert fields["LABELS"].struct_value.fields["a"].string_value == "b"
+    assert "OTHER" not in fields
+    assert node_from_env({}).id == "ztunnel~1.1.1.1~.~.svc.cluster.local"

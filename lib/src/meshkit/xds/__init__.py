@@ -10,10 +10,9 @@ For the ztunnel engineer — the client interface:
   :class:`~meshkit.xds.client_core.Rejected` ``(name, reason)`` for each bad one (e.g. an address that is not
   4 or 16 bytes, ``LEGACY_ISTIO_MTLS``, an Address with no oneof); never raise for a bad resource. The core
   NACKs with ``"<name>: <reason>; ..."`` and leaves rejected names out of the versions it resumes with.
-* build the node with :class:`~meshkit.xds.types.NodeId` (``NodeId.ztunnel(ip, pod, ns)``) and the metadata
-  of wire-contracts.md §3.3 (NAME, NAMESPACE, INSTANCE_IPS, NODE_NAME, CLUSTER_ID, ISTIO_META_*), then::
+* build the node with :func:`meshkit.xds.node.node_from_env` (id and metadata of wire-contracts.md §3.3), then::
 
-      core = ClientCore(base_pb2.Node(id=str(node_id), metadata=struct), updater)
+      core = ClientCore(node_from_env(), updater)
       client = XdsClient(XdsClientConfig(address="istiod.istio-system.svc:15012", root_cert_pem=root,
                                          token="/var/run/secrets/tokens/istio-token"), core)
       owner.spawn(client.run(), name="xds")
