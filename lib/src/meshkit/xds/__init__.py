@@ -10,7 +10,7 @@ For the ztunnel engineer — the client interface:
   :class:`~meshkit.xds.client_core.Rejected` ``(name, reason)`` for each bad one (e.g. an address that is not
   4 or 16 bytes, ``LEGACY_ISTIO_MTLS``, an Address with no oneof); never raise for a bad resource. The core
   NACKs with ``"<name>: <reason>; ..."`` and leaves rejected names out of the versions it resumes with.
-* build the node with :func:`meshkit.xds.node.node_from_env` (id and metadata of wire-contracts.md §3.3), then::
+* build the node with :func:`meshkit.xds.node.node_from_env` (wire-contracts.md §3.3), then::
 
       core = ClientCore(node_from_env(), updater)
       client = XdsClient(XdsClientConfig(address="istiod.istio-system.svc:15012", root_cert_pem=root,
