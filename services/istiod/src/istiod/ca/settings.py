@@ -17,6 +17,8 @@ class CaSettings:
         "TRUST_DOMAIN_ALIASES", [], "Other trust domains node proxies may request identities in."
     )
     cluster_id: str = env("CLUSTER_ID", "Kubernetes", "This cluster's id; callers send it as clusterid.")
+    # Upstream's binary default is empty (no impersonation); its Helm chart sets <istioNamespace>/ztunnel. We
+    # default to what a standard install runs with, so istiod started without the chart still serves ztunnel.
     trusted_node_accounts: list[str] = env(
         "CA_TRUSTED_NODE_ACCOUNTS",
         ["istio-system/ztunnel"],
