@@ -55,9 +55,20 @@ async def invoke(
 
 
 async def run_chain(
-    node_ns: str, bin_path: str, conf_file: str, command: str, *, netns: str, cid: str, prev: Any = None
+    node_ns: str,
+    bin_path: str,
+    conf_file: str,
+    command: str,
+    *,
+    netns: str,
+    cid: str,
+    prev: Any = None,
+    steps: list[tuple[str, Any, Any]] | None = None,
 ) -> Any:
-    """ADD/CHECK in order, DEL in reverse; returns the final result. Raises on a plugin error."""
+    """ADD/CHECK in order, DEL in reverse; returns the final result. Raises on a plugin error.
+
+    ``steps`` collects (plugin type, prevResult given, output) per plugin.
+    """
     net = json.loads(Path(conf_file).read_text())
     env = {
         "CNI_COMMAND": command,
@@ -70,6 +81,8 @@ async def run_chain(
     result = prev
     for plugin in plugins:
         code, out = await invoke(node_ns, bin_path, plugin, net=net, env=env, prev=result)
+        if steps is not None:
+            steps.append((plugin["type"], result, out))
         if code != 0:
             raise AssertionError(f"{plugin['type']} {command} failed: {out}")
         if command == "ADD":
@@ -130,7 +143,12 @@ async def test_plugin_in_bridge_chain(chain_env: dict[str, Any]) -> None:
     await server.start()
     try:
         # what bridge alone returns is what the whole chain must return (prevResult passed through)
-        result = await run_chain(node.name, bin_path, conf_file, "ADD", netns=pod.path, cid="c1")
+        steps: list[tuple[str, Any, Any]] = []
+        result = await run_chain(node.name, bin_path, conf_file, "ADD", netns=pod.path, cid="c1", steps=steps)
+        (_, _, from_bridge), (ours, given, returned) = steps
+        assert ours == "istio-cni"
+        assert given == from_bridge
+        assert returned == from_bridge  # prevResult passed through untouched
         assert result["ips"][0]["address"].startswith(
             chain_env["primary"]["plugins"][0]["ipam"]["ranges"][0][0]["subnet"][:-4]
         )
