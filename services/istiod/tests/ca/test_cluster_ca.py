@@ -87,7 +87,7 @@ async def test_token_review_accepts_a_service_account_token(
     kube_namespace: str,  # noqa: F811
 ) -> None:
     kube_cluster.kubectl("create", "serviceaccount", "-n", kube_namespace, "workload")
-    authn = KubeJwtAuthenticator(KubeTokenReviewer(api))
+    authn = KubeJwtAuthenticator(api)  # an ApiClient is wrapped in a KubeTokenReviewer
     caller = await authn.authenticate(md(token(kube_cluster, kube_namespace, "workload")))
     assert caller.identity == Identity("cluster.local", kube_namespace, "workload")
     assert caller.pod_name is None

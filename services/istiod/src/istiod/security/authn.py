@@ -157,13 +157,14 @@ def _audiences(claims: Mapping[str, Any]) -> list[str]:
 class KubeJwtAuthenticator:
     """Upstream's KubeJWTAuthenticator with explicit failure reasons (see the module docstring).
 
-    ``remote_reviewers`` maps other cluster ids to their TokenReviewers (multi-cluster); any other non-empty
-    ``clusterid`` is rejected as unknown.
+    ``reviewer`` is a :class:`TokenReviewer`, or a ``kubernetes`` ApiClient (wrapped in
+    :class:`KubeTokenReviewer`). ``remote_reviewers`` maps other cluster ids to their TokenReviewers
+    (multi-cluster); any other non-empty ``clusterid`` is rejected as unknown.
     """
 
     def __init__(
         self,
-        reviewer: TokenReviewer,
+        reviewer: TokenReviewer | Any,
         *,
         audiences: Sequence[str] = ("istio-ca",),
         cluster_id: str = "Kubernetes",
@@ -173,6 +174,8 @@ class KubeJwtAuthenticator:
         cache_size: int = 4096,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        if not hasattr(reviewer, "review"):
+            reviewer = KubeTokenReviewer(reviewer)
         self._reviewers = {cluster_id: reviewer, **(remote_reviewers or {})}
         self._local = cluster_id
         self._audiences = tuple(audiences)
