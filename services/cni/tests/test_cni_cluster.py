@@ -116,3 +116,72 @@ async def test_label_running_pod_enrols_and_unlabel_cleans(
         with contextlib.suppress(asyncio.CancelledError):
             await ztunnel
         await app.close()
+
+
+async def test_new_pod_is_redirected_before_its_init_container(
+    kube_cluster: KubeCluster,  # noqa: F811
+    kube_namespace: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The agent chains its plugin into a worker node's CNI config; a pod created in an ambient namespace on
+    that node gets its rules during CNI ADD: its init container already sees them."""
+    kc, ns = kube_cluster, kube_namespace
+    if kc.layout is None:
+        pytest.skip("needs the local cluster (node network namespaces)")
+    daemonsets = (await asyncio.to_thread(kc.get, "daemonsets", "", None, "k8s-app=istio-cni-node"))["items"]
+    if daemonsets:
+        pytest.skip("an istio-cni DaemonSet already runs in this cluster; this test runs its own agent")
+    node = next(n for n in kc.layout.nodes if not n.control_plane)
+    root = kc.layout.node_root(node.name)
+    settings = load(
+        Settings,
+        {
+            "NODE_NAME": node.name,
+            "KUBECONFIG": str(kc.kubeconfig),
+            "CNI_BIN_DIR": str(root / "opt/cni/bin"),
+            "CNI_CONF_DIR": str(root / "etc/cni/net.d"),
+            # the same absolute path for the agent and for the plugin (which runs with the node's binds)
+            "CNI_AGENT_RUN_DIR": str(root / "var/run/istio-cni"),
+            "HOST_NETNS_PATH": node.netns_path,
+            "HOST_PROC_DIR": "/proc",
+            "ZTUNNEL_UDS_ADDRESS": str(tmp_path / "ztunnel.sock"),
+            "READINESS_PORT": "0",
+            "MONITORING_PORT": "0",
+            "LISTEN_ADDRESS": "127.0.0.1",
+        },
+    )
+    await asyncio.to_thread(kc.kubectl, "label", "namespace", ns, "istio.io/dataplane-mode=ambient")
+    app = await build(settings)
+    ztunnel = asyncio.create_task(ack_everything(settings.ztunnel_uds))
+    check = "iptables-save -t nat | grep -q 'REDIRECT --to-ports 15001' || { echo no redirection; exit 1; }"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "fresh", "labels": {"app": "fresh"}},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node.name},
+            "initContainers": [{"name": "check", "image": "busybox", "command": ["sh", "-c", check]}],
+            "containers": [{"name": "app", "image": IMAGE, "args": ["--port", "8080"]}],
+        },
+    }
+    try:
+        await asyncio.wait_for(app.readiness.wait_ready(), 60)
+        await asyncio.to_thread(kc.apply, pod, ns)
+        (ready,) = await asyncio.to_thread(kc.ready_pods, ns, "app=fresh", 1)
+        await asyncio.to_thread(
+            kc.wait_for,
+            "redirection enabled",
+            lambda: (
+                kc.get("pod", "fresh", ns)["metadata"].get("annotations", {}).get(REDIRECTION) == "enabled"
+            ),
+            60,
+        )
+        assert ready["metadata"]["uid"] in app.dataplane.pods
+        await asyncio.to_thread(kc.kubectl, "delete", "pod", "-n", ns, "fresh", "--wait=true")
+        await asyncio.to_thread(kc.wait_for, "pod forgotten", lambda: not app.dataplane.pods, 60)
+    finally:
+        ztunnel.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ztunnel
+        await app.uninstall()  # the node's CNI config goes back to what it was
+        await app.close()
