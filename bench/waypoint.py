@@ -109,12 +109,34 @@ def _write_config(tmp: Path) -> Path:
 
     cluster = f"inbound-vip|80|http|{HOST}"
     cfg = pb.WaypointConfig(
-        name="waypoint", namespace="default",
-        services=[pb.Service(hostname=HOST, name="bench", namespace="default", vips=[VIP],
-                             ports=[pb.ServicePort(port=80, target_port=APP_PORT, protocol=pb.HTTP)])],
-        clusters=[pb.Cluster(name=cluster, hostname=HOST, port=80, endpoints=[
-            pb.Endpoint(address=DEST_IP, port=APP_PORT, healthy=True, workload="bench", namespace="default",
-                        identity="spiffe://cluster.local/ns/default/sa/reviews")])],
+        name="waypoint",
+        namespace="default",
+        services=[
+            pb.Service(
+                hostname=HOST,
+                name="bench",
+                namespace="default",
+                vips=[VIP],
+                ports=[pb.ServicePort(port=80, target_port=APP_PORT, protocol=pb.HTTP)],
+            )
+        ],
+        clusters=[
+            pb.Cluster(
+                name=cluster,
+                hostname=HOST,
+                port=80,
+                endpoints=[
+                    pb.Endpoint(
+                        address=DEST_IP,
+                        port=APP_PORT,
+                        healthy=True,
+                        workload="bench",
+                        namespace="default",
+                        identity="spiffe://cluster.local/ns/default/sa/reviews",
+                    )
+                ],
+            )
+        ],
     )
     path = tmp / "waypoint.json"
     path.write_text(json_format.MessageToJson(cfg))
@@ -122,7 +144,7 @@ def _write_config(tmp: Path) -> Path:
 
 
 def _load_cert(directory: Path, sa: str):  # type: ignore[no-untyped-def]
-    """A WorkloadCertificate from PEM files (this file is named waypoint.py, so the package is not importable)."""
+    """A WorkloadCertificate from PEM files (this file is waypoint.py: the package is not importable here)."""
     from datetime import UTC, datetime, timedelta
 
     from meshkit.identity.certs import WorkloadCertificate
@@ -130,9 +152,12 @@ def _load_cert(directory: Path, sa: str):  # type: ignore[no-untyped-def]
 
     now = datetime.now(UTC)
     return WorkloadCertificate(
-        Identity("cluster.local", "default", sa), (directory / "cert-chain.pem").read_bytes(),
-        (directory / "key.pem").read_bytes(), (directory / "root-cert.pem").read_bytes(),
-        now - timedelta(hours=1), now + timedelta(days=1),
+        Identity("cluster.local", "default", sa),
+        (directory / "cert-chain.pem").read_bytes(),
+        (directory / "key.pem").read_bytes(),
+        (directory / "root-cert.pem").read_bytes(),
+        now - timedelta(hours=1),
+        now + timedelta(days=1),
     )
 
 
@@ -154,7 +179,6 @@ class Client:
 
     async def start(self) -> None:
         from meshkit.hbone.pool import ConnectionPool
-        from meshkit.identity.spiffe import Identity
 
         self.cert = _load_cert(self.cert_dir, "sleep")
         self.pool = ConnectionPool(lambda _i: self.cert)  # type: ignore[arg-type,return-value]
@@ -165,17 +189,22 @@ class Client:
 
         src = Identity("cluster.local", "default", "sleep")
         if via_waypoint:
-            key = PoolKey.of(src, "127.0.0.1", [Identity("cluster.local", "default", "waypoint")], (WAYPOINT_IP, port))
+            key = PoolKey.of(
+                src, "127.0.0.1", [Identity("cluster.local", "default", "waypoint")], (WAYPOINT_IP, port)
+            )
             authority = f"{VIP}:80"
         else:
-            key = PoolKey.of(src, "127.0.0.1", [Identity("cluster.local", "default", "reviews")], (DEST_IP, DEST_PORT))
+            key = PoolKey.of(
+                src, "127.0.0.1", [Identity("cluster.local", "default", "reviews")], (DEST_IP, DEST_PORT)
+            )
             authority = f"{DEST_IP}:{APP_PORT}"
         assert self.pool is not None
         return await self.pool.connect(key, authority, [])
 
 
 REQUEST = (
-    f"POST /bench HTTP/1.1\r\nhost: {HOST}\r\ncontent-type: text/plain\r\ncontent-length: 1024\r\n\r\n".encode()
+    f"POST /bench HTTP/1.1\r\nhost: {HOST}\r\ncontent-type: text/plain\r\n".encode()
+    + b"content-length: 1024\r\n\r\n"
     + BODY
 )
 
@@ -281,11 +310,19 @@ def main() -> None:
         try:
             procs.append(_spawn([sys.executable, __file__, "--dest", str(tmp)], {}))
             wp_env = {
-                "WAYPOINT_NAME": "waypoint", "POD_NAMESPACE": "default", "SERVICE_ACCOUNT": "waypoint",
-                "WAYPOINT_CONFIG_FILE": str(config), "WAYPOINT_CERT_DIR": str(tmp / "waypoint"),
-                "HBONE_ADDR": f"{WAYPOINT_IP}:0", "ADMIN_ADDR": "127.0.0.1:0", "STATS_ADDR": "127.0.0.1:0",
-                "READINESS_ADDR": "127.0.0.1:0", "LOG_LEVEL": "info", "POD_IP": WAYPOINT_IP,
-                "MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "268435456",
+                "WAYPOINT_NAME": "waypoint",
+                "POD_NAMESPACE": "default",
+                "SERVICE_ACCOUNT": "waypoint",
+                "WAYPOINT_CONFIG_FILE": str(config),
+                "WAYPOINT_CERT_DIR": str(tmp / "waypoint"),
+                "HBONE_ADDR": f"{WAYPOINT_IP}:0",
+                "ADMIN_ADDR": "127.0.0.1:0",
+                "STATS_ADDR": "127.0.0.1:0",
+                "READINESS_ADDR": "127.0.0.1:0",
+                "LOG_LEVEL": "info",
+                "POD_IP": WAYPOINT_IP,
+                "MALLOC_MMAP_THRESHOLD_": "33554432",
+                "MALLOC_TRIM_THRESHOLD_": "268435456",
             }
             wp = _spawn([sys.executable, "-m", "waypoint"], wp_env)
             procs.append(wp)

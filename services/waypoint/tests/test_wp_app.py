@@ -197,7 +197,8 @@ async def test_routes_default_path_with_request_id_and_headers(env: Env) -> None
     stream = await env.client.open(f"{VIP}:80")
     resp = await env.client.request(stream, get("/productpage"))
     assert resp.status == 200
-    assert resp.header("x-backend") == "v1" and resp.header("x-route") == "rest"
+    assert resp.header("x-backend") == "v1"
+    assert resp.header("x-route") == "rest"
     assert resp.header("echo-x-request-id")
     # keep-alive: a second request on the same tunnel
     assert (await env.client.request(stream, get("/again"))).status == 200
@@ -206,7 +207,8 @@ async def test_routes_default_path_with_request_id_and_headers(env: Env) -> None
 async def test_l7_deny_on_a_path_others_succeed(env: Env) -> None:
     stream = await env.client.open(f"{VIP}:80")
     denied = await env.client.request(stream, get("/admin/users"))
-    assert denied.status == 403 and denied.body == b"RBAC: access denied"
+    assert denied.status == 403
+    assert denied.body == b"RBAC: access denied"
     assert (await env.client.request(stream, get("/reviews/1"))).status == 200
     assert not any(r.path.startswith("/admin") for b in env.backends.values() for r in b.requests)
 
@@ -225,7 +227,8 @@ async def test_weighted_split_90_10_over_1000_requests(env: Env) -> None:
 async def test_header_match_route(env: Env) -> None:
     stream = await env.client.open(f"{VIP}:80")
     resp = await env.client.request(stream, get("/reviews", headers=[("end-user", "jason")]))
-    assert resp.header("x-backend") == "v2" and resp.header("echo-x-added") == "yes"
+    assert resp.header("x-backend") == "v2"
+    assert resp.header("echo-x-added") == "yes"
     assert (await env.client.request(stream, get("/reviews"))).header("x-backend") == "v1"
 
 
@@ -242,7 +245,8 @@ async def test_fault_abort_and_timeout(env: Env) -> None:
     assert resp.status == 418
     started = time.monotonic()
     resp = await env.client.request(stream, get("/slow?delay=1"))
-    assert resp.status == 504 and time.monotonic() - started < 1.5
+    assert resp.status == 504
+    assert time.monotonic() - started < 1.5
 
 
 async def test_jwt_required_path(env: Env) -> None:
@@ -255,7 +259,8 @@ async def test_jwt_required_path(env: Env) -> None:
     )
     assert (await env.client.request(stream, get("/jwt"))).status == 403
     bad = await env.client.request(stream, get("/jwt", headers=[("authorization", f"Bearer {expired}")]))
-    assert bad.status == 401 and b"expired" in bad.body
+    assert bad.status == 401
+    assert b"expired" in bad.body
     ok = await env.client.request(stream, get("/jwt", headers=[("authorization", f"Bearer {good}")]))
     assert ok.status == 200
     assert env.backends["v1"].requests[-1].header("authorization") is None  # not forwarded by default
@@ -268,7 +273,8 @@ async def test_one_trace_id_across_hops(env: Env) -> None:
         stream, get("/t", headers=[("traceparent", f"00-{trace_id}-{parent}-01")])
     )
     seen = resp.header("echo-traceparent") or ""
-    assert seen.split("-")[1] == trace_id and seen.split("-")[2] != parent
+    assert seen.split("-")[1] == trace_id
+    assert seen.split("-")[2] != parent
     env.app.tracing.provider.force_flush()  # type: ignore[union-attr]
     spans = env.spans.get_finished_spans()
     assert any(
@@ -296,7 +302,9 @@ async def test_metrics_and_config_dump(env: Env) -> None:
         async with http.get(env.app.url("readiness") + "/healthz/ready") as r:
             assert r.status == 200
     line = next(
-        l for l in text.splitlines() if l.startswith("istio_requests_total{") and 'response_code="200"' in l
+        ln
+        for ln in text.splitlines()
+        if ln.startswith("istio_requests_total{") and 'response_code="200"' in ln
     )
     for label in (
         'reporter="waypoint"',
@@ -308,8 +316,10 @@ async def test_metrics_and_config_dump(env: Env) -> None:
         'connection_security_policy="mutual_tls"',
     ):
         assert label in line, (label, line)
-    assert 'response_code="403"' in text and 'response_flags="RBAC"' in text
-    assert "istio_request_duration_milliseconds_bucket" in text and "istio_response_bytes_bucket" in text
+    assert 'response_code="403"' in text
+    assert 'response_flags="RBAC"' in text
+    assert "istio_request_duration_milliseconds_bucket" in text
+    assert "istio_response_bytes_bucket" in text
     assert dump["waypoint"]["config"]["services"][0]["hostname"] == HOST
 
 

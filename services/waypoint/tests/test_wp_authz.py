@@ -6,7 +6,7 @@ from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
 from waypoint.authz import AuthzContext, compile_policy, evaluate
 
 
-def ctx(
+def ctx(  # noqa: PLR0917
     path: str = "/",
     method: str = "GET",
     principal: str | None = "cluster.local/ns/default/sa/sleep",
@@ -55,7 +55,8 @@ def test_allow_policies_require_a_match() -> None:
     )
     assert evaluate([p], ctx()).allowed
     d = evaluate([p], ctx(method="POST"))
-    assert not d.allowed and "none matched" in d.reason
+    assert not d.allowed
+    assert "none matched" in d.reason
     assert not evaluate([p], ctx(principal="cluster.local/ns/other/sa/x")).allowed
     assert not evaluate([p], ctx(principal=None)).allowed
 
@@ -70,7 +71,8 @@ def test_deny_beats_allow() -> None:
     allow = compile_policy(policy(pb.ALLOW, pb.Rule(), name="a"))
     deny = compile_policy(policy(pb.DENY, pb.Rule(sources=[pb.Source(namespaces=["default"])]), name="d"))
     d = evaluate([allow, deny], ctx())
-    assert not d.allowed and d.policy == "default/d"
+    assert not d.allowed
+    assert d.policy == "default/d"
 
 
 def test_negative_fields_and_headers_and_claims() -> None:
@@ -126,6 +128,9 @@ def test_custom_and_audit_are_reported_dry_run_ignored() -> None:
         pb.Policy(name="dry", namespace="default", action=pb.DENY, rules=[pb.Rule()], dry_run=True)
     )
     d = evaluate([custom, audit, dry], ctx("/ext"))
-    assert d.allowed and d.custom == (custom,) and d.audited == ("default/au",)
-    assert custom.provider is not None and custom.provider.port == 8000
+    assert d.allowed
+    assert d.custom == (custom,)
+    assert d.audited == ("default/au",)
+    assert custom.provider is not None
+    assert custom.provider.port == 8000
     assert evaluate([custom], ctx("/other")).custom == ()

@@ -18,9 +18,8 @@ import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
 from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from waypoint.app import App, build
 from waypoint.config import TYPE_URL
 from waypoint.settings import Settings
@@ -34,9 +33,22 @@ IPS = {"v1": "10.79.1.11", "v2": "10.79.1.12", "bad": "10.79.1.13"}
 
 def _cluster(subset: str, names: list[str], lb: int = pb.LB_DEFAULT) -> pb.Cluster:
     return pb.Cluster(
-        name=f"inbound-vip|80|{subset}|{HOST}", hostname=HOST, port=80, subset=subset, lb=lb,  # type: ignore[arg-type]
-        endpoints=[pb.Endpoint(address=IPS[n], port=8080, healthy=True, workload=f"reviews-{n}", namespace="default",
-                               identity="spiffe://cluster.local/ns/default/sa/reviews") for n in names],
+        name=f"inbound-vip|80|{subset}|{HOST}",
+        hostname=HOST,
+        port=80,
+        subset=subset,
+        lb=lb,  # type: ignore[arg-type]
+        endpoints=[
+            pb.Endpoint(
+                address=IPS[n],
+                port=8080,
+                healthy=True,
+                workload=f"reviews-{n}",
+                namespace="default",
+                identity="spiffe://cluster.local/ns/default/sa/reviews",
+            )
+            for n in names
+        ],
     )
 
 
@@ -49,35 +61,72 @@ def _config(key: rsa.RSAPrivateKey) -> pb.WaypointConfig:
     jwk.update(kid="k1", alg="RS256")
     prefix = lambda p: pb.RouteMatch(path=pb.StringMatch(path_prefix=p))  # noqa: E731
     return pb.WaypointConfig(
-        name="waypoint", namespace="default",
-        services=[pb.Service(
-            hostname=HOST, name="reviews", namespace="default", vips=[VIP],
-            ports=[pb.ServicePort(port=80, target_port=8080, protocol=pb.HTTP)],
-            routes=[
-                pb.Route(name="header", backends=[_ref("v2")],
-                         matches=[pb.RouteMatch(headers=[pb.HeaderMatch(name="end-user", value=pb.StringMatch(exact="jason"))])]),
-                pb.Route(name="split", matches=[prefix("/split")], backends=[_ref("v1", 90), _ref("v2", 10)]),
-                pb.Route(name="retry", matches=[prefix("/flaky")], backends=[_ref("flaky")]),
-                pb.Route(name="fault", matches=[prefix("/fault")], backends=[_ref("v1")],
-                         fault=pb.Fault(abort_percent=100, abort_status=418)),
-                pb.Route(name="rest", backends=[_ref("v1")]),
-            ],
-            policies=[
-                pb.Policy(name="deny-admin", namespace="default", action=pb.DENY,
-                          rules=[pb.Rule(operations=[pb.Operation(paths=["/admin*"])])]),
-                pb.Policy(name="require-jwt", namespace="default", action=pb.DENY,
-                          rules=[pb.Rule(sources=[pb.Source(not_request_principals=["*"])],
-                                         operations=[pb.Operation(paths=["/jwt*"])])]),
-            ],
-            jwt=pb.JwtRules(providers=[pb.JwtProvider(issuer=ISS, jwks=json.dumps({"keys": [jwk]}))]),
-        )],
-        clusters=[_cluster("v1", ["v1"]), _cluster("v2", ["v2"]), _cluster("flaky", ["bad", "v1"], pb.ROUND_ROBIN),
-                  _cluster("http", ["v1"])],
-    )  # fmt: skip
+        name="waypoint",
+        namespace="default",
+        services=[
+            pb.Service(
+                hostname=HOST,
+                name="reviews",
+                namespace="default",
+                vips=[VIP],
+                ports=[pb.ServicePort(port=80, target_port=8080, protocol=pb.HTTP)],
+                routes=[
+                    pb.Route(
+                        name="header",
+                        backends=[_ref("v2")],
+                        matches=[
+                            pb.RouteMatch(
+                                headers=[pb.HeaderMatch(name="end-user", value=pb.StringMatch(exact="jason"))]
+                            )
+                        ],
+                    ),
+                    pb.Route(
+                        name="split", matches=[prefix("/split")], backends=[_ref("v1", 90), _ref("v2", 10)]
+                    ),
+                    pb.Route(name="retry", matches=[prefix("/flaky")], backends=[_ref("flaky")]),
+                    pb.Route(
+                        name="fault",
+                        matches=[prefix("/fault")],
+                        backends=[_ref("v1")],
+                        fault=pb.Fault(abort_percent=100, abort_status=418),
+                    ),
+                    pb.Route(name="rest", backends=[_ref("v1")]),
+                ],
+                policies=[
+                    pb.Policy(
+                        name="deny-admin",
+                        namespace="default",
+                        action=pb.DENY,
+                        rules=[pb.Rule(operations=[pb.Operation(paths=["/admin*"])])],
+                    ),
+                    pb.Policy(
+                        name="require-jwt",
+                        namespace="default",
+                        action=pb.DENY,
+                        rules=[
+                            pb.Rule(
+                                sources=[pb.Source(not_request_principals=["*"])],
+                                operations=[pb.Operation(paths=["/jwt*"])],
+                            )
+                        ],
+                    ),
+                ],
+                jwt=pb.JwtRules(providers=[pb.JwtProvider(issuer=ISS, jwks=json.dumps({"keys": [jwk]}))]),
+            )
+        ],
+        clusters=[
+            _cluster("v1", ["v1"]),
+            _cluster("v2", ["v2"]),
+            _cluster("flaky", ["bad", "v1"], pb.ROUND_ROBIN),
+            _cluster("http", ["v1"]),
+        ],
+    )
 
 
 class Env:
-    def __init__(self, mesh: OneNodeMesh, waypoint: App, spans: InMemorySpanExporter, key: rsa.RSAPrivateKey) -> None:
+    def __init__(
+        self, mesh: OneNodeMesh, waypoint: App, spans: InMemorySpanExporter, key: rsa.RSAPrivateKey
+    ) -> None:
         self.mesh, self.waypoint, self.spans, self.key = mesh, waypoint, spans, key
 
 
@@ -97,11 +146,21 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
             store.apply(TYPE_URL, [("default/waypoint", _config(key))], [])
             synced()
 
-        settings = Settings(hbone_addr="0.0.0.0:15008", admin_addr="127.0.0.1:0", stats_addr="127.0.0.1:0",
-                            readiness_addr="127.0.0.1:0", pod_ip=mesh.pods["waypoint"].ip)  # fmt: skip
-        waypoint = await build(settings, fetcher=mesh.fetcher, config_source=source, span_exporter=spans,
-                               socket_factory=mesh.factory(mesh.pods["waypoint"]),
-                               connector=mesh.waypoint_connector())  # fmt: skip
+        settings = Settings(
+            hbone_addr="0.0.0.0:15008",
+            admin_addr="127.0.0.1:0",
+            stats_addr="127.0.0.1:0",
+            readiness_addr="127.0.0.1:0",
+            pod_ip=mesh.pods["waypoint"].ip,
+        )
+        waypoint = await build(
+            settings,
+            fetcher=mesh.fetcher,
+            config_source=source,
+            span_exporter=spans,
+            socket_factory=mesh.factory(mesh.pods["waypoint"]),
+            connector=mesh.waypoint_connector(),
+        )
         mesh.closers.append(waypoint.close)
         await waypoint.readiness.wait_ready()
         yield Env(mesh, waypoint, spans, key)
@@ -114,7 +173,9 @@ async def test_l7_through_ztunnel_and_waypoint(env: Env) -> None:
     try:
         # plain request: via the waypoint (x-request-id is added there; ztunnel alone never adds it)
         resp = await conn.request("/productpage")
-        assert resp.status == 200 and resp.header("x-backend") == "v1" and resp.header("echo-x-request-id")
+        assert resp.status == 200
+        assert resp.header("x-backend") == "v1"
+        assert resp.header("echo-x-request-id")
         # L7 DENY on a path, others pass
         denied = await conn.request("/admin/x")
         assert (denied.status, denied.body) == (403, b"RBAC: access denied")
@@ -128,19 +189,26 @@ async def test_l7_through_ztunnel_and_waypoint(env: Env) -> None:
         assert (await conn.request("/fault")).status == 418
         # JWT-required path
         assert (await conn.request("/jwt")).status == 403
-        token = jwt.encode({"iss": ISS, "sub": "sub-1", "exp": int(time.time()) + 60}, env.key, "RS256",
-                           headers={"kid": "k1"})
+        token = jwt.encode(
+            {"iss": ISS, "sub": "sub-1", "exp": int(time.time()) + 60},
+            env.key,
+            "RS256",
+            headers={"kid": "k1"},
+        )
         assert (await conn.request("/jwt", [("authorization", f"Bearer {token}")])).status == 200
         assert (await conn.request("/jwt", [("authorization", "Bearer not.a.jwt")])).status == 401
         # one trace id across the hops
         trace_id = "0af7651916cd43dd8448eb211c80319c"
         resp = await conn.request("/trace", [("traceparent", f"00-{trace_id}-b7ad6b7169203331-01")])
         seen = (resp.header("echo-traceparent") or "").split("-")
-        assert seen[1] == trace_id and seen[2] != "b7ad6b7169203331"
+        assert seen[1] == trace_id
+        assert seen[2] != "b7ad6b7169203331"
         assert env.waypoint.tracing.provider is not None
         env.waypoint.tracing.provider.force_flush()
-        assert any(s.context is not None and f"{s.context.trace_id:032x}" == trace_id
-                   for s in env.spans.get_finished_spans())
+        assert any(
+            s.context is not None and f"{s.context.trace_id:032x}" == trace_id
+            for s in env.spans.get_finished_spans()
+        )
     finally:
         conn.close()
     # the server saw the waypoint as its peer (ztunnel spoofs the HBONE peer IP towards the app)

@@ -35,7 +35,14 @@ from meshkit.netns import TempNetns, temp_netns
 from meshkit.settings import load
 from meshkit.sockets import NetnsSocketFactory, open_tcp
 from meshkit.zds import WorkloadInfo, ZdsServer, ZdsServerConnection
-from waypoint.http1 import Request, RequestParser, Response, ResponseParser, serialize_request, serialize_response
+from waypoint.http1 import (
+    Request,
+    RequestParser,
+    Response,
+    ResponseParser,
+    serialize_request,
+    serialize_response,
+)
 
 PREFIX = "wp-"
 RULES = (Path(__file__).parent / "testdata" / "inpod-rules.txt").read_text()
@@ -117,9 +124,13 @@ class OneNodeMesh:
         node.ip("link", "add", "br0", "type", "bridge")
         node.ip("addr", "add", "10.79.1.1/24", "dev", "br0")
         node.ip("link", "set", "br0", "up")
-        for name, sa, last, captured in (("client", "sleep", 10, True), ("v1", "reviews", 11, True),
-                                         ("v2", "reviews", 12, True), ("bad", "reviews", 13, True),
-                                         ("waypoint", "waypoint", 20, False)):  # fmt: skip
+        for name, sa, last, captured in (
+            ("client", "sleep", 10, True),
+            ("v1", "reviews", 11, True),
+            ("v2", "reviews", 12, True),
+            ("bad", "reviews", 13, True),
+            ("waypoint", "waypoint", 20, False),
+        ):
             self.pods[name] = self._pod(name, sa, f"10.79.1.{last}", captured)
 
     def _pod(self, name: str, sa: str, ip: str, captured: bool) -> Pod:
@@ -153,18 +164,32 @@ class OneNodeMesh:
 
         uds = os.path.join(self.tmp, "zds.sock")
         resolv = os.path.join(self.tmp, "resolv.conf")
-        Path(resolv).write_text("")
+        Path(resolv).write_text("")  # noqa: ASYNC240 - set-up, once
         svc_key = f"default/{HOST}"
         workloads = [
-            Workload(uid=f"Kubernetes//Pod/default/{p.name}", name=p.name, namespace="default", addresses=(p.ip,),
-                     tunnel_protocol="HBONE" if p.captured else "NONE", service_account=p.sa, node="node1",
-                     workload_name=f"reviews-{p.name}" if p.sa == "reviews" else p.name, canonical_name=p.name,
-                     canonical_revision="v1",
-                     services={svc_key: {80: 8080}} if p.sa == "reviews" else {})
+            Workload(
+                uid=f"Kubernetes//Pod/default/{p.name}",
+                name=p.name,
+                namespace="default",
+                addresses=(p.ip,),
+                tunnel_protocol="HBONE" if p.captured else "NONE",
+                service_account=p.sa,
+                node="node1",
+                workload_name=f"reviews-{p.name}" if p.sa == "reviews" else p.name,
+                canonical_name=p.name,
+                canonical_revision="v1",
+                services={svc_key: {80: 8080}} if p.sa == "reviews" else {},
+            )
             for p in self.pods.values()
-        ]  # fmt: skip
-        service = Service("reviews", "default", HOST, vips=(("", VIP),), ports={80: 8080},
-                          waypoint=GatewayAddress(None, ("", self.pods["waypoint"].ip)))  # fmt: skip
+        ]
+        service = Service(
+            "reviews",
+            "default",
+            HOST,
+            vips=(("", VIP),),
+            ports={80: 8080},
+            waypoint=GatewayAddress(None, ("", self.pods["waypoint"].ip)),
+        )
 
         async def source(state: State, synced: Callable[[], None]) -> None:
             for wl in workloads:
@@ -188,8 +213,15 @@ class OneNodeMesh:
         zds = ZdsServer(uds, agent, accepts_per_s=100)
         await zds.start()
         self.closers.append(zds.close)
-        env = {"NODE_NAME": "node1", "INPOD_UDS": uds, "ADMIN_ADDR": "127.0.0.1:0", "STATS_ADDR": "127.0.0.1:0",
-               "READINESS_ADDR": "127.0.0.1:0", "DNS_RESOLV_CONF": resolv, "CONNECTION_TERMINATION_DEADLINE": "2s"}
+        env = {
+            "NODE_NAME": "node1",
+            "INPOD_UDS": uds,
+            "ADMIN_ADDR": "127.0.0.1:0",
+            "STATS_ADDR": "127.0.0.1:0",
+            "READINESS_ADDR": "127.0.0.1:0",
+            "DNS_RESOLV_CONF": resolv,
+            "CONNECTION_TERMINATION_DEADLINE": "2s",
+        }
         app = await build_ztunnel(load(ZtSettings, env), fetcher=self.fetcher, config_source=source)
         self.closers.append(app.close)
         await asyncio.wait_for(app.readiness.wait_ready(), 20)

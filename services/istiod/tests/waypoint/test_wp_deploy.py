@@ -15,18 +15,29 @@ Obj = dict[str, Any]
 
 
 def gw(name: str = "waypoint", ns: str = "app", **labels: str) -> Obj:
-    return {"metadata": {"name": name, "namespace": ns, "uid": "u-1", "generation": 3, "labels": labels},
-            "spec": {"gatewayClassName": "istio-waypoint",
-                     "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}
+    return {
+        "metadata": {"name": name, "namespace": ns, "uid": "u-1", "generation": 3, "labels": labels},
+        "spec": {
+            "gatewayClassName": "istio-waypoint",
+            "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}],
+        },
+    }
 
 
 def test_rendered_objects_follow_upstream_names_labels_and_owner() -> None:
     objs = dict(dep.desired_objects(gw(**{"istio.io/waypoint-for": "service"}), dep.DeploySettings()))
     for kind in ("ServiceAccount", "Deployment", "Service"):
         m = objs[kind]["metadata"]
-        assert m["name"] == "waypoint" and m["namespace"] == "app"
-        assert m["ownerReferences"] == [{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-                                         "name": "waypoint", "uid": "u-1"}]
+        assert m["name"] == "waypoint"
+        assert m["namespace"] == "app"
+        assert m["ownerReferences"] == [
+            {
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "Gateway",
+                "name": "waypoint",
+                "uid": "u-1",
+            }
+        ]
         assert m["labels"]["gateway.networking.k8s.io/gateway-name"] == "waypoint"
         assert m["labels"]["gateway.istio.io/managed"] == "istio.io-mesh-controller"
         assert m["labels"]["istio.io/waypoint-for"] == "service"
@@ -34,30 +45,47 @@ def test_rendered_objects_follow_upstream_names_labels_and_owner() -> None:
     assert pod["metadata"]["labels"]["istio.io/dataplane-mode"] == "none"
     assert pod["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
     assert pod["spec"]["serviceAccountName"] == "waypoint"
-    assert pod["spec"]["containers"][0]["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15021}
+    assert pod["spec"]["containers"][0]["readinessProbe"]["httpGet"] == {
+        "path": "/healthz/ready",
+        "port": 15021,
+    }
     svc = objs["Service"]
     assert svc["spec"]["selector"] == {"gateway.networking.k8s.io/gateway-name": "waypoint"}
     assert [(p["name"], p["port"], p["appProtocol"]) for p in svc["spec"]["ports"]] == [
-        ("status-port", 15021, "tcp"), ("mesh", 15008, "all")]
+        ("status-port", 15021, "tcp"),
+        ("mesh", 15008, "all"),
+    ]
     assert svc["metadata"]["annotations"]["networking.istio.io/traffic-distribution"] == "PreferClose"
 
 
 def test_name_overrides() -> None:
     g = gw()
-    g["metadata"]["annotations"] = {"gateway.istio.io/name-override": "wp", "gateway.istio.io/service-account": "wp-sa"}
+    g["metadata"]["annotations"] = {
+        "gateway.istio.io/name-override": "wp",
+        "gateway.istio.io/service-account": "wp-sa",
+    }
     objs = dict(dep.desired_objects(g, dep.DeploySettings()))
-    assert objs["Deployment"]["metadata"]["name"] == "wp" and objs["ServiceAccount"]["metadata"]["name"] == "wp-sa"
+    assert objs["Deployment"]["metadata"]["name"] == "wp"
+    assert objs["ServiceAccount"]["metadata"]["name"] == "wp-sa"
 
 
 def test_gateway_status_programmed_only_when_ready() -> None:
     svc = {"metadata": {"name": "waypoint"}, "spec": {"clusterIPs": ["10.96.3.3"]}}
     not_ready = dep.gateway_status(gw(), svc, {"status": {}}, dep.DeploySettings(), "t")
-    assert [(c["type"], c["status"]) for c in not_ready["conditions"]] == [("Accepted", "True"), ("Programmed", "False")]
+    assert [(c["type"], c["status"]) for c in not_ready["conditions"]] == [
+        ("Accepted", "True"),
+        ("Programmed", "False"),
+    ]
     assert not_ready["addresses"] == []
     ready = dep.gateway_status(gw(), svc, {"status": {"readyReplicas": 1}}, dep.DeploySettings(), "t")
-    assert [(c["type"], c["status"]) for c in ready["conditions"]] == [("Accepted", "True"), ("Programmed", "True")]
-    assert ready["addresses"] == [{"type": "IPAddress", "value": "10.96.3.3"},
-                                  {"type": "Hostname", "value": "waypoint.app.svc.cluster.local"}]
+    assert [(c["type"], c["status"]) for c in ready["conditions"]] == [
+        ("Accepted", "True"),
+        ("Programmed", "True"),
+    ]
+    assert ready["addresses"] == [
+        {"type": "IPAddress", "value": "10.96.3.3"},
+        {"type": "Hostname", "value": "waypoint.app.svc.cluster.local"},
+    ]
     assert ready["conditions"][0]["observedGeneration"] == 3
     bad = gw()
     bad["spec"]["listeners"][0]["protocol"] = "HTTP"
@@ -66,7 +94,9 @@ def test_gateway_status_programmed_only_when_ready() -> None:
 
 class FakeSource:
     def __init__(self, objs: list[Obj] | None = None) -> None:
-        self.store = {f"{o['metadata'].get('namespace', '')}/{o['metadata']['name']}".lstrip("/"): o for o in objs or []}
+        self.store = {
+            f"{o['metadata'].get('namespace', '')}/{o['metadata']['name']}".lstrip("/"): o for o in objs or []
+        }
         self.handlers: list[Any] = []
 
     def subscribe(self, handler: Any) -> None:
@@ -122,17 +152,33 @@ class FakeCache:
 async def test_controller_reconciles_class_objects_status_config_and_cleanup() -> None:
     client, cache = FakeClient(), FakeCache()
     ctl = WaypointController(client, register_waypoint_type(cache), debounce_s=0)  # type: ignore[arg-type]
-    sources = {k: FakeSource() for k in ("gateways", "gatewayclasses", "namespaces", "services", "pods", "deployments")}
+    sources = {
+        k: FakeSource()
+        for k in ("gateways", "gatewayclasses", "namespaces", "services", "pods", "deployments")
+    }
     sources["gateways"] = FakeSource([gw()])
-    sources["namespaces"] = FakeSource([{"metadata": {"name": "app", "labels": {"istio.io/use-waypoint": "waypoint"}}}])
-    sources["services"] = FakeSource([{"metadata": {"name": "reviews", "namespace": "app"},
-                                       "spec": {"clusterIP": "10.79.0.10", "selector": {"app": "reviews"},
-                                                "ports": [{"name": "http", "port": 80}]}}])
+    sources["namespaces"] = FakeSource(
+        [{"metadata": {"name": "app", "labels": {"istio.io/use-waypoint": "waypoint"}}}]
+    )
+    sources["services"] = FakeSource(
+        [
+            {
+                "metadata": {"name": "reviews", "namespace": "app"},
+                "spec": {
+                    "clusterIP": "10.79.0.10",
+                    "selector": {"app": "reviews"},
+                    "ports": [{"name": "http", "port": 80}],
+                },
+            }
+        ]
+    )
     for kind, src in sources.items():
         ctl.watch(kind, src)  # type: ignore[arg-type]
     await ctl.reconcile()
     assert ("create", "GatewayClass", "istio-waypoint") in client.calls
-    assert {("create", k, "waypoint") for k in ("ServiceAccount", "Deployment", "Service")} <= set(client.calls)
+    assert {("create", k, "waypoint") for k in ("ServiceAccount", "Deployment", "Service")} <= set(
+        client.calls
+    )
     assert client.status[("Gateway", "app", "waypoint")]["conditions"][0]["type"] == "Accepted"
     assert client.status[("Service", "app", "reviews")]["conditions"][0]["type"] == "istio.io/WaypointBound"
     assert cache.pushed == [(WAYPOINT_TYPE, {"app/waypoint"})]
@@ -143,7 +189,9 @@ async def test_controller_reconciles_class_objects_status_config_and_cleanup() -
     # A second reconcile with nothing changed writes nothing and pushes nothing.
     client.calls.clear()
     sources["gatewayclasses"].store["istio-waypoint"] = client.objects[("GatewayClass", "", "istio-waypoint")]
-    sources["gatewayclasses"].store["istio-waypoint"]["status"] = client.status[("GatewayClass", "", "istio-waypoint")]
+    sources["gatewayclasses"].store["istio-waypoint"]["status"] = client.status[
+        ("GatewayClass", "", "istio-waypoint")
+    ]
     sources["gateways"].store["app/waypoint"]["status"] = client.status[("Gateway", "app", "waypoint")]
     await ctl.reconcile()
     assert client.calls == []
@@ -153,5 +201,8 @@ async def test_controller_reconciles_class_objects_status_config_and_cleanup() -
     sources["deployments"].store["app/waypoint"] = client.objects[("Deployment", "app", "waypoint")]
     del sources["gateways"].store["app/waypoint"]
     await ctl.reconcile()
-    assert {("delete", k, "waypoint") for k in ("Deployment", "Service", "ServiceAccount")} <= set(client.calls)
-    assert cache.pushed[-1] == (WAYPOINT_TYPE, {"app/waypoint"}) and "app/waypoint" not in cache.resources[WAYPOINT_TYPE]
+    assert {("delete", k, "waypoint") for k in ("Deployment", "Service", "ServiceAccount")} <= set(
+        client.calls
+    )
+    assert cache.pushed[-1] == (WAYPOINT_TYPE, {"app/waypoint"})
+    assert "app/waypoint" not in cache.resources[WAYPOINT_TYPE]

@@ -11,33 +11,67 @@ Obj = dict[str, Any]
 
 
 def gateway(name: str = "waypoint", ns: str = "app", **labels: str) -> Obj:
-    return {"metadata": {"name": name, "namespace": ns, "labels": labels, "generation": 1},
-            "spec": {"gatewayClassName": "istio-waypoint",
-                     "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}
+    return {
+        "metadata": {"name": name, "namespace": ns, "labels": labels, "generation": 1},
+        "spec": {
+            "gatewayClassName": "istio-waypoint",
+            "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}],
+        },
+    }
 
 
-def service(name: str, ns: str = "app", ip: str = "10.79.0.10", labels: dict[str, str] | None = None,
-            ports: list[Obj] | None = None) -> Obj:
-    return {"metadata": {"name": name, "namespace": ns, "labels": labels or {}},
-            "spec": {"clusterIP": ip, "clusterIPs": [ip], "selector": {"app": name},
-                     "ports": ports or [{"name": "http", "port": 80, "targetPort": 8080}]}}
+def service(
+    name: str,
+    ns: str = "app",
+    ip: str = "10.79.0.10",
+    labels: dict[str, str] | None = None,
+    ports: list[Obj] | None = None,
+) -> Obj:
+    return {
+        "metadata": {"name": name, "namespace": ns, "labels": labels or {}},
+        "spec": {
+            "clusterIP": ip,
+            "clusterIPs": [ip],
+            "selector": {"app": name},
+            "ports": ports or [{"name": "http", "port": 80, "targetPort": 8080}],
+        },
+    }
 
 
-def pod(name: str, app: str, ip: str, version: str = "v1", ns: str = "app", ready: bool = True) -> Obj:
-    return {"metadata": {"name": name, "namespace": ns, "labels": {"app": app, "version": version},
-                         "ownerReferences": [{"kind": "ReplicaSet", "name": f"{app}-{version}-abc"}]},
-            "spec": {"serviceAccountName": app, "containers": [{"ports": [{"name": "web", "containerPort": 8080}]}]},
-            "status": {"podIP": ip, "phase": "Running",
-                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+def pod(name: str, app: str, ip: str, version: str = "v1", ns: str = "app", ready: bool = True) -> Obj:  # noqa: PLR0917
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": {"app": app, "version": version},
+            "ownerReferences": [{"kind": "ReplicaSet", "name": f"{app}-{version}-abc"}],
+        },
+        "spec": {
+            "serviceAccountName": app,
+            "containers": [{"ports": [{"name": "web", "containerPort": 8080}]}],
+        },
+        "status": {
+            "podIP": ip,
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
 
 
 def base(**extra: Any) -> L7Inputs:
     return L7Inputs(
         gateways=[gateway()],
         namespaces=[{"metadata": {"name": "app", "labels": {"istio.io/use-waypoint": "waypoint"}}}],
-        services=[service("reviews"), service("ratings", ip="10.79.0.11", labels={"istio.io/use-waypoint": "none"})],
-        pods=[pod("r1", "reviews", "10.79.1.1"), pod("r2", "reviews", "10.79.1.2", "v2"),
-              pod("r3", "reviews", "10.79.1.3", "v2", ready=False), pod("t1", "ratings", "10.79.1.9")],
+        services=[
+            service("reviews"),
+            service("ratings", ip="10.79.0.11", labels={"istio.io/use-waypoint": "none"}),
+        ],
+        pods=[
+            pod("r1", "reviews", "10.79.1.1"),
+            pod("r2", "reviews", "10.79.1.2", "v2"),
+            pod("r3", "reviews", "10.79.1.3", "v2", ready=False),
+            pod("t1", "ratings", "10.79.1.9"),
+        ],
         **extra,
     )
 
@@ -70,92 +104,201 @@ def test_missing_waypoint_and_wrong_traffic_type() -> None:
 
 
 def httproute(name: str, rules: list[Obj], parent: str = "reviews") -> Obj:
-    return {"metadata": {"name": name, "namespace": "app", "generation": 2, "creationTimestamp": "2026-01-01T00:00:00Z"},
-            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": parent, "port": 80}], "rules": rules}}
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "app",
+            "generation": 2,
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+        },
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": parent, "port": 80}],
+            "rules": rules,
+        },
+    }
 
 
 def test_httproute_split_header_match_and_precedence() -> None:
-    route = httproute("split", [
-        {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-         "backendRefs": [{"name": "reviews", "port": 80, "weight": 90}, {"name": "ratings", "port": 80, "weight": 10}]},
-        {"matches": [{"path": {"type": "Exact", "value": "/exact"}, "headers": [{"name": "End-User", "value": "jason"}]}],
-         "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "X-A", "value": "1"}]}}],
-         "backendRefs": [{"name": "ratings", "port": 80}], "timeouts": {"request": "2s"}},
-    ])
+    route = httproute(
+        "split",
+        [
+            {
+                "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                "backendRefs": [
+                    {"name": "reviews", "port": 80, "weight": 90},
+                    {"name": "ratings", "port": 80, "weight": 10},
+                ],
+            },
+            {
+                "matches": [
+                    {
+                        "path": {"type": "Exact", "value": "/exact"},
+                        "headers": [{"name": "End-User", "value": "jason"}],
+                    }
+                ],
+                "filters": [
+                    {
+                        "type": "RequestHeaderModifier",
+                        "requestHeaderModifier": {"set": [{"name": "X-A", "value": "1"}]},
+                    }
+                ],
+                "backendRefs": [{"name": "ratings", "port": 80}],
+                "timeouts": {"request": "2s"},
+            },
+        ],
+    )
     res = build_configs(base(httproutes=[route]))
     routes = res.configs["app/waypoint"].services[0].routes
     assert [r.name for r in routes] == ["HTTPRoute/app/split#1", "HTTPRoute/app/split#0"]  # Exact first
     exact, split = routes
-    assert exact.matches[0].headers[0].name == "end-user" and exact.request_headers.set["x-a"] == "1"
+    assert exact.matches[0].headers[0].name == "end-user"
+    assert exact.request_headers.set["x-a"] == "1"
     assert exact.timeout_ms == 2000
     assert [(b.cluster.split("|")[3], b.weight) for b in split.backends] == [
-        ("reviews.app.svc.cluster.local", 90), ("ratings.app.svc.cluster.local", 10)]
+        ("reviews.app.svc.cluster.local", 90),
+        ("ratings.app.svc.cluster.local", 10),
+    ]
     status = next(s for s in res.statuses if s.kind == "HTTPRoute").status["parents"][0]
     assert [c["status"] for c in status["conditions"]] == ["True", "True"]
 
 
 def test_invalid_route_rule_is_dropped_alone_with_status() -> None:
-    route = httproute("bad", [
-        {"matches": [{"path": {"type": "RegularExpression", "value": "(("}}], "backendRefs": [{"name": "reviews", "port": 80}]},
-        {"backendRefs": [{"name": "nope", "port": 80}]},
-    ])
-    good = httproute("good", [{"matches": [{"path": {"type": "PathPrefix", "value": "/good"}}],
-                               "backendRefs": [{"name": "reviews", "port": 80}]}])
+    route = httproute(
+        "bad",
+        [
+            {
+                "matches": [{"path": {"type": "RegularExpression", "value": "(("}}],
+                "backendRefs": [{"name": "reviews", "port": 80}],
+            },
+            {"backendRefs": [{"name": "nope", "port": 80}]},
+        ],
+    )
+    good = httproute(
+        "good",
+        [
+            {
+                "matches": [{"path": {"type": "PathPrefix", "value": "/good"}}],
+                "backendRefs": [{"name": "reviews", "port": 80}],
+            }
+        ],
+    )
     res = build_configs(base(httproutes=[route, good]))
     names = [r.name for r in res.configs["app/waypoint"].services[0].routes]
-    assert "HTTPRoute/app/good#0" in names and "HTTPRoute/app/bad#1" in names and "HTTPRoute/app/bad#0" not in names
-    bad = next(s for s in res.statuses if s.kind == "HTTPRoute" and s.name == "bad").status["parents"][0]["conditions"]
-    assert bad[0]["reason"] == "UnsupportedValue" and "bad regex" in bad[0]["message"]
+    assert "HTTPRoute/app/good#0" in names
+    assert "HTTPRoute/app/bad#1" in names
+    assert "HTTPRoute/app/bad#0" not in names
+    bad = next(s for s in res.statuses if s.kind == "HTTPRoute" and s.name == "bad").status["parents"][0][
+        "conditions"
+    ]
+    assert bad[0]["reason"] == "UnsupportedValue"
+    assert "bad regex" in bad[0]["message"]
     assert bad[1]["reason"] == "BackendNotFound"
-    invalid = next(r for r in res.configs["app/waypoint"].services[0].routes if r.name == "HTTPRoute/app/bad#1")
+    invalid = next(
+        r for r in res.configs["app/waypoint"].services[0].routes if r.name == "HTTPRoute/app/bad#1"
+    )
     assert invalid.backends[0].cluster.startswith("invalid-backend|")
 
 
 def test_virtualservice_with_destinationrule_subsets_retries_faults() -> None:
-    vs = {"metadata": {"name": "reviews", "namespace": "app"},
-          "spec": {"hosts": ["reviews"], "http": [
-              {"match": [{"headers": {"end-user": {"exact": "jason"}}}], "route": [{"destination": {"host": "reviews", "subset": "v2"}}],
-               "fault": {"abort": {"percentage": {"value": 100}, "httpStatus": 555}}},
-              {"route": [{"destination": {"host": "reviews", "subset": "v1"}, "weight": 75},
-                         {"destination": {"host": "reviews", "subset": "v2"}, "weight": 25}],
-               "retries": {"attempts": 3, "perTryTimeout": "1s", "retryOn": "5xx,503"}, "timeout": "5s"}]}}
-    dr = {"metadata": {"name": "reviews", "namespace": "app"},
-          "spec": {"host": "reviews", "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}},
-                   "subsets": [{"name": "v1", "labels": {"version": "v1"}},
-                               {"name": "v2", "labels": {"version": "v2"},
-                                "trafficPolicy": {"loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}}}}]}}
+    vs = {
+        "metadata": {"name": "reviews", "namespace": "app"},
+        "spec": {
+            "hosts": ["reviews"],
+            "http": [
+                {
+                    "match": [{"headers": {"end-user": {"exact": "jason"}}}],
+                    "route": [{"destination": {"host": "reviews", "subset": "v2"}}],
+                    "fault": {"abort": {"percentage": {"value": 100}, "httpStatus": 555}},
+                },
+                {
+                    "route": [
+                        {"destination": {"host": "reviews", "subset": "v1"}, "weight": 75},
+                        {"destination": {"host": "reviews", "subset": "v2"}, "weight": 25},
+                    ],
+                    "retries": {"attempts": 3, "perTryTimeout": "1s", "retryOn": "5xx,503"},
+                    "timeout": "5s",
+                },
+            ],
+        },
+    }
+    dr = {
+        "metadata": {"name": "reviews", "namespace": "app"},
+        "spec": {
+            "host": "reviews",
+            "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}},
+            "subsets": [
+                {"name": "v1", "labels": {"version": "v1"}},
+                {
+                    "name": "v2",
+                    "labels": {"version": "v2"},
+                    "trafficPolicy": {"loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}}},
+                },
+            ],
+        },
+    }
     res = build_configs(base(virtualservices=[vs], destinationrules=[dr]))
     cfg = res.configs["app/waypoint"]
     first, second = cfg.services[0].routes
-    assert first.fault.abort_status == 555 and first.backends[0].cluster == "inbound-vip|80|v2|reviews.app.svc.cluster.local"
-    assert second.retries.attempts == 3 and second.retries.per_try_timeout_ms == 1000 and second.timeout_ms == 5000
-    assert set(second.retries.retry_on) >= {"5xx", "retriable-status-codes"} and list(second.retries.retriable_status_codes) == [503]
+    assert first.fault.abort_status == 555
+    assert first.backends[0].cluster == "inbound-vip|80|v2|reviews.app.svc.cluster.local"
+    assert second.retries.attempts == 3
+    assert second.retries.per_try_timeout_ms == 1000
+    assert second.timeout_ms == 5000
+    assert set(second.retries.retry_on) >= {"5xx", "retriable-status-codes"}
+    assert list(second.retries.retriable_status_codes) == [503]
     clusters = {c.name: c for c in cfg.clusters}
     v1 = clusters["inbound-vip|80|v1|reviews.app.svc.cluster.local"]
     v2 = clusters["inbound-vip|80|v2|reviews.app.svc.cluster.local"]
-    assert [e.address for e in v1.endpoints] == ["10.79.1.1"] and v1.lb == pb.ROUND_ROBIN
-    assert [e.address for e in v2.endpoints] == ["10.79.1.2"] and v2.lb == pb.CONSISTENT_HASH and v2.hash.header == "x-user"
+    assert [e.address for e in v1.endpoints] == ["10.79.1.1"]
+    assert v1.lb == pb.ROUND_ROBIN
+    assert [e.address for e in v2.endpoints] == ["10.79.1.2"]
+    assert v2.lb == pb.CONSISTENT_HASH
+    assert v2.hash.header == "x-user"
 
 
 def test_policies_attach_by_target_ref() -> None:
-    deny = {"metadata": {"name": "deny-admin", "namespace": "app"},
-            "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "reviews"}], "action": "DENY",
-                     "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]}}
-    allow = {"metadata": {"name": "allow-sleep", "namespace": "app"},
-             "spec": {"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}],
-                      "rules": [{"from": [{"source": {"serviceAccounts": ["sleep", "other/x"]}}]}]}}
-    selector = {"metadata": {"name": "l4", "namespace": "app"}, "spec": {"selector": {"matchLabels": {"app": "x"}}}}
-    dangling = {"metadata": {"name": "dangling", "namespace": "app"},
-                "spec": {"targetRefs": [{"kind": "Service", "name": "missing"}], "action": "DENY"}}
-    ra = {"metadata": {"name": "jwt", "namespace": "app"},
-          "spec": {"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}],
-                   "jwtRules": [{"issuer": "iss", "jwks": "{\"keys\": []}", "fromHeaders": [{"name": "x-jwt"}]}]}}
-    res = build_configs(base(authorizationpolicies=[deny, allow, selector, dangling], requestauthentications=[ra]))
+    deny = {
+        "metadata": {"name": "deny-admin", "namespace": "app"},
+        "spec": {
+            "targetRefs": [{"kind": "Service", "group": "", "name": "reviews"}],
+            "action": "DENY",
+            "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}],
+        },
+    }
+    allow = {
+        "metadata": {"name": "allow-sleep", "namespace": "app"},
+        "spec": {
+            "targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}],
+            "rules": [{"from": [{"source": {"serviceAccounts": ["sleep", "other/x"]}}]}],
+        },
+    }
+    selector = {
+        "metadata": {"name": "l4", "namespace": "app"},
+        "spec": {"selector": {"matchLabels": {"app": "x"}}},
+    }
+    dangling = {
+        "metadata": {"name": "dangling", "namespace": "app"},
+        "spec": {"targetRefs": [{"kind": "Service", "name": "missing"}], "action": "DENY"},
+    }
+    ra = {
+        "metadata": {"name": "jwt", "namespace": "app"},
+        "spec": {
+            "targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}],
+            "jwtRules": [{"issuer": "iss", "jwks": '{"keys": []}', "fromHeaders": [{"name": "x-jwt"}]}],
+        },
+    }
+    res = build_configs(
+        base(authorizationpolicies=[deny, allow, selector, dangling], requestauthentications=[ra])
+    )
     cfg = res.configs["app/waypoint"]
     assert [p.name for p in cfg.services[0].policies] == ["deny-admin"]
     assert [p.name for p in cfg.policies] == ["allow-sleep"]
-    assert list(cfg.policies[0].rules[0].sources[0].principals) == ["cluster.local/ns/app/sa/sleep", "cluster.local/ns/other/sa/x"]
-    assert cfg.jwt.providers[0].issuer == "iss" and list(cfg.jwt.providers[0].from_headers) == ["x-jwt"]
+    assert list(cfg.policies[0].rules[0].sources[0].principals) == [
+        "cluster.local/ns/app/sa/sleep",
+        "cluster.local/ns/other/sa/x",
+    ]
+    assert cfg.jwt.providers[0].issuer == "iss"
+    assert list(cfg.jwt.providers[0].from_headers) == ["x-jwt"]
     by_name = {s.name: s for s in res.statuses if s.kind == "AuthorizationPolicy"}
     assert "l4" not in by_name
     assert by_name["dangling"].status["conditions"][0]["status"] == "False"
@@ -169,4 +312,5 @@ def test_config_round_trips_through_the_waypoint_compiler() -> None:
     route = httproute("split", [{"backendRefs": [{"name": "reviews", "port": 80, "weight": 1}]}])
     cfg = build_configs(base(httproutes=[route])).configs["app/waypoint"]
     snap = compile_snapshot(pb.WaypointConfig.FromString(cfg.SerializeToString()))
-    assert snap.find_service("10.79.0.10", 80) is not None and snap.services[0].routes[0].backends
+    assert snap.find_service("10.79.0.10", 80) is not None
+    assert snap.services[0].routes[0].backends

@@ -19,6 +19,7 @@ from meshkit.identity.caclient import CaClient, CaClientConfig, CaClientSettings
 from meshkit.identity.certs import WorkloadCertificate
 from meshkit.identity.spiffe import Identity
 from meshkit.settings import load
+
 from waypoint.app import build
 from waypoint.settings import Settings
 from waypoint.xds import xds_source
@@ -34,9 +35,9 @@ class FileFetcher:
         now = datetime.now(UTC)
         return WorkloadCertificate(
             identity=identity,
-            chain_pem=(self.dir / "cert-chain.pem").read_bytes(),  # noqa: ASYNC240 - start-up only
-            private_key_pem=(self.dir / "key.pem").read_bytes(),  # noqa: ASYNC240
-            roots_pem=(self.dir / "root-cert.pem").read_bytes(),  # noqa: ASYNC240
+            chain_pem=(self.dir / "cert-chain.pem").read_bytes(),
+            private_key_pem=(self.dir / "key.pem").read_bytes(),
+            roots_pem=(self.dir / "root-cert.pem").read_bytes(),
             not_before=now - timedelta(hours=1),
             not_after=now + timedelta(days=365),
         )
@@ -53,7 +54,7 @@ async def main_async() -> None:
         source = xds_source(settings, ca_settings.root_ca, ca_settings.auth_token)
     app = await build(settings, fetcher=fetcher, config_source=source)
     install_sigterm(asyncio.get_running_loop(), app.request_shutdown, also_sigint=True)
-    print(f"READY {app.hbone_address[1]}", flush=True)  # noqa: T201 - for harnesses that start us
+    print(f"READY {app.hbone_address[1]}", flush=True)
     await app.stopped.wait()
 
 

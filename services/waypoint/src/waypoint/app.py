@@ -1,4 +1,4 @@
-"""The waypoint's composition root: ``build(settings, ...)`` returns a running :class:`App` (STYLE.md practice 4).
+"""The waypoint's composition root: ``build(settings, ...)`` returns a running :class:`App` (STYLE.md #4).
 
 Wires: the certificate (one identity: the waypoint's service account), the config store fed by a config
 source (istiod's delta xDS, a static file, or a test pushing ``WaypointConfig`` directly), the HBONE server

@@ -7,7 +7,7 @@ A denial is ``403`` with body ``RBAC: access denied`` (the caller writes it).
 Matching, as Istio's AuthorizationPolicy: a policy with no rules never matches (so ALLOW-with-no-rules denies
 everything and DENY-with-no-rules does nothing); a rule matches when *any* ``from`` source, *any* ``to``
 operation and *all* ``when`` conditions match (an empty list matches); inside a source or operation each
-field is a positive list (any value matches; empty ignores the field) AND a negative list (no value may match).
+field is a positive list (any value matches; empty ignores the field) AND a negative list (none may match).
 Values use Istio's wildcard syntax (``*``, ``x*``, ``*x``), see :func:`waypoint.matching.istio_value`.
 ``dry_run`` policies are evaluated and logged, never enforced.
 """
@@ -141,7 +141,8 @@ def _both(pos: Pred | None, neg: Pred | None) -> list[Pred]:
     if pos is not None:
         out.append(pos)
     if neg is not None:
-        out.append(lambda ctx, n=neg: not n(ctx))
+        negated: Pred = neg
+        out.append(lambda ctx: not negated(ctx))
     return out
 
 
@@ -255,8 +256,9 @@ def _condition_getter(key: str) -> Callable[[AuthzContext], list[str]]:
 def _condition(cond: pb.Condition) -> Pred:
     get = _condition_getter(cond.key)
     if cond.key in {"source.ip", "remote.ip", "destination.ip"}:
-        pos = _cidrs(cond.values, lambda c: (get(c) or [None])[0])
-        neg = _cidrs(cond.not_values, lambda c: (get(c) or [None])[0])
+        first: Callable[[AuthzContext], str | None] = lambda c: next(iter(get(c)), None)  # noqa: E731
+        pos = _cidrs(cond.values, first)
+        neg = _cidrs(cond.not_values, first)
         return _all(_both(pos, neg))
     pos_tests = [istio_value(v) for v in cond.values]
     neg_tests = [istio_value(v) for v in cond.not_values]

@@ -1,4 +1,4 @@
-"""``WaypointConfig`` protobuf → :class:`~waypoint.records.Snapshot`, and the store that holds the current one.
+"""``WaypointConfig`` protobuf → :class:`~waypoint.records.Snapshot`, and the store holding the current one.
 
 :class:`ConfigStore` is the xDS updater for our type URL: ``apply(type_url, upserts, removes) -> rejected``.
 A resource that does not compile (bad regex, bad weights) is rejected alone with its reason and the previous

@@ -15,6 +15,7 @@ Invariants: header names are lower-cased; ``Request.path`` never contains the qu
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import httptools
@@ -87,6 +88,7 @@ class Request:
         query: str = "",
         headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
+        *,
         keep_alive: bool = True,
     ) -> None:
         self.method = method
@@ -190,7 +192,7 @@ class _RequestCollector(_Collector):
                 query,
                 self.headers,
                 bytes(self.body),
-                self.parser.should_keep_alive(),
+                keep_alive=self.parser.should_keep_alive(),
             )
         )
 
@@ -269,10 +271,8 @@ class ResponseParser:
     def feed_eof(self) -> list[Response]:
         """The backend closed: a read-until-close body is complete now."""
         if self._c.url or self._c.headers:
-            try:
+            with contextlib.suppress(httptools.HttpParserError):
                 self._p.feed_data(b"")
-            except httptools.HttpParserError:
-                pass
         out, self._c.done = self._c.done, []
         return out
 

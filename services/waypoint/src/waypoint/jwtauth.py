@@ -95,8 +95,8 @@ class JwtRules:
     def authenticate(self, headers: Mapping[str, str], query: str, *, now: float | None = None) -> JwtResult:
         """Validate the token if there is one; raise :class:`JwtFailure` for a bad one."""
         found: tuple[str, str] | None = None
-        for provider in self.providers:
-            found = provider.token_from(headers, query)
+        for candidate in self.providers:
+            found = candidate.token_from(headers, query)
             if found:
                 break
         if found is None:

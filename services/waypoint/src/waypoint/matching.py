@@ -85,10 +85,10 @@ def compile_string_match(kind: str, value: str, ignore_case: bool = False) -> St
 
 def istio_value(pattern: str, *, ignore_case: bool = False) -> Callable[[str | None], bool]:
     """AuthorizationPolicy string syntax: ``*`` presence, ``x*`` prefix, ``*x`` suffix, else exact."""
-    norm: Callable[[str], str] = str.lower if ignore_case else (lambda s: s)
+    norm: Callable[[str], str] = str.lower if ignore_case else str
     want = norm(pattern)
     if pattern == "*":
-        return lambda v: bool(v)
+        return bool
     if pattern.endswith("*"):
         head = want[:-1]
         return lambda v: v is not None and norm(v).startswith(head)

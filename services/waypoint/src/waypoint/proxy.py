@@ -21,8 +21,9 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from meshkit.drain import TaskOwner
 from meshkit.hbone.errors import HboneError
@@ -326,7 +327,8 @@ class WaypointProxy:
         self, snap: rec.Snapshot, req: Request, down: Downstream, out: _Outcome
     ) -> Response | None:
         jwt_rules = JwtRules(snap.jwt.providers + down.service.jwt.providers)
-        principal, claims = None, {}
+        principal: str | None = None
+        claims: Mapping[str, Any] = {}
         if jwt_rules:
             try:
                 result = jwt_rules.authenticate(req.header_map(), req.query)
@@ -434,7 +436,8 @@ class WaypointProxy:
                     out.details = "upstream_reset_before_response_started{" + exc.kind + "}"
                     resp = simple_response(
                         503,
-                        f"upstream connect error or disconnect/reset before headers. reset reason: {exc.kind}",
+                        "upstream connect error or disconnect/reset before headers. "
+                        f"reset reason: {exc.kind}",
                     )
                 if not _retriable_error(policy, exc) or attempt == policy.attempts:
                     return resp
@@ -488,7 +491,7 @@ class WaypointProxy:
 
     # -- telemetry --------------------------------------------------------------------------------------
 
-    def _labels(
+    def _labels(  # noqa: PLR0917
         self,
         down: Downstream,
         cluster: rec.Cluster | None,
@@ -531,7 +534,7 @@ class WaypointProxy:
             "mutual_tls",
         )
 
-    def _finish(
+    def _finish(  # noqa: PLR0917
         self,
         req: Request,
         resp: Response,

@@ -144,7 +144,7 @@ class Service:
     ports: tuple[ServicePort, ...]
     routes: tuple[Route, ...] = ()
     policies: tuple[Policy, ...] = ()
-    jwt: JwtRules = JwtRules()
+    jwt: JwtRules = field(default_factory=JwtRules)
 
     def port(self, port: int) -> ServicePort | None:
         return next((p for p in self.ports if p.port == port), None)
@@ -185,7 +185,7 @@ class Snapshot:
     version: str = ""
     services: tuple[Service, ...] = ()
     policies: tuple[Policy, ...] = ()
-    jwt: JwtRules = JwtRules()
+    jwt: JwtRules = field(default_factory=JwtRules)
     clusters: dict[str, Cluster] = field(default_factory=dict)
     by_vip: dict[tuple[str, int], Service] = field(default_factory=dict)
     by_host: dict[str, Service] = field(default_factory=dict)

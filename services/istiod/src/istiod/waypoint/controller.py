@@ -31,12 +31,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from istiod.waypoint import deployment as dep
-from istiod.waypoint.l7 import L7Inputs, StatusUpdate, build_configs
-from istiod.waypoint.publish import WaypointPublisher
 from meshkit.k8s import ApiError, Conflict, Event, Informer, KubeClient, NotFound
 from meshkit.k8s import resources as r
 from meshkit.logs import kv
+
+from istiod.waypoint import deployment as dep
+from istiod.waypoint.l7 import L7Inputs, StatusUpdate, build_configs
+from istiod.waypoint.publish import WaypointPublisher
 
 __all__ = ["KINDS", "WaypointController"]
 
@@ -47,7 +48,9 @@ DEPLOYMENTS = r.Resource("apps", "v1", "deployments", "Deployment")
 HTTPROUTES = r.Resource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
 VIRTUALSERVICES = r.Resource("networking.istio.io", "v1", "virtualservices", "VirtualService")
 DESTINATIONRULES = r.Resource("networking.istio.io", "v1", "destinationrules", "DestinationRule")
-REQUESTAUTHENTICATIONS = r.Resource("security.istio.io", "v1", "requestauthentications", "RequestAuthentication")
+REQUESTAUTHENTICATIONS = r.Resource(
+    "security.istio.io", "v1", "requestauthentications", "RequestAuthentication"
+)
 
 #: kind → (resource, optional); the ambient index already watches some of these (shared when passed in).
 KINDS: dict[str, tuple[r.Resource, bool]] = {
@@ -63,9 +66,16 @@ KINDS: dict[str, tuple[r.Resource, bool]] = {
     "authorizationpolicies": (r.AUTHORIZATIONPOLICIES, True),
     "requestauthentications": (REQUESTAUTHENTICATIONS, True),
 }
-BY_KIND = {"ServiceAccount": r.SERVICEACCOUNTS, "Deployment": DEPLOYMENTS, "Service": r.SERVICES,
-           "HTTPRoute": HTTPROUTES, "VirtualService": VIRTUALSERVICES, "AuthorizationPolicy": r.AUTHORIZATIONPOLICIES,
-           "RequestAuthentication": REQUESTAUTHENTICATIONS, "Gateway": r.GATEWAYS}  # fmt: skip
+BY_KIND = {
+    "ServiceAccount": r.SERVICEACCOUNTS,
+    "Deployment": DEPLOYMENTS,
+    "Service": r.SERVICES,
+    "HTTPRoute": HTTPROUTES,
+    "VirtualService": VIRTUALSERVICES,
+    "AuthorizationPolicy": r.AUTHORIZATIONPOLICIES,
+    "RequestAuthentication": REQUESTAUTHENTICATIONS,
+    "Gateway": r.GATEWAYS,
+}
 HASH_ANNOTATION = "istio.io/rendered-hash"
 
 
@@ -102,8 +112,9 @@ class WaypointController:
     ) -> None:
         self.client = client
         self.publisher = publisher
-        self.deploy = deploy or dep.DeploySettings(trust_domain=trust_domain, domain_suffix=domain_suffix,
-                                                   cluster_id=cluster_id)  # fmt: skip
+        self.deploy = deploy or dep.DeploySettings(
+            trust_domain=trust_domain, domain_suffix=domain_suffix, cluster_id=cluster_id
+        )
         self.trust_domain, self.domain_suffix = trust_domain, domain_suffix
         self.root_namespace, self.cluster_id = root_namespace, cluster_id
         self.debounce_s = debounce_s
@@ -114,7 +125,9 @@ class WaypointController:
 
     # -- inputs ---------------------------------------------------------------------------------------------
 
-    def informers(self, client: KubeClient, existing: Mapping[str, Informer] | None = None) -> dict[str, Informer]:
+    def informers(
+        self, client: KubeClient, existing: Mapping[str, Informer] | None = None
+    ) -> dict[str, Informer]:
         """Informers for every kind we read, reusing ``existing`` ones; returns the ones created here."""
         created: dict[str, Informer] = {}
         for kind, (resource, optional) in KINDS.items():
@@ -137,17 +150,22 @@ class WaypointController:
 
     def inputs(self) -> L7Inputs:
         return L7Inputs(
-            gateways=self._objects("gateways"), namespaces=self._objects("namespaces"),
-            services=self._objects("services"), pods=self._objects("pods"),
-            httproutes=self._objects("httproutes"), virtualservices=self._objects("virtualservices"),
+            gateways=self._objects("gateways"),
+            namespaces=self._objects("namespaces"),
+            services=self._objects("services"),
+            pods=self._objects("pods"),
+            httproutes=self._objects("httproutes"),
+            virtualservices=self._objects("virtualservices"),
             destinationrules=self._objects("destinationrules"),
             authorizationpolicies=self._objects("authorizationpolicies"),
             requestauthentications=self._objects("requestauthentications"),
-            trust_domain=self.trust_domain, domain_suffix=self.domain_suffix,
-            root_namespace=self.root_namespace, cluster_id=self.cluster_id,
-        )  # fmt: skip
+            trust_domain=self.trust_domain,
+            domain_suffix=self.domain_suffix,
+            root_namespace=self.root_namespace,
+            cluster_id=self.cluster_id,
+        )
 
-    # -- loop -------------------------------------------------------------------------------------------------
+    # -- loop ---------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Reconcile on every change (debounced) until cancelled."""
@@ -172,7 +190,7 @@ class WaypointController:
             return
         await asyncio.to_thread(self._write_all, gateways, result.statuses)
 
-    # -- writes (thread) --------------------------------------------------------------------------------------
+    # -- writes (thread) ----------------------------------------------------------------------------------
 
     def _write_all(self, gateways: list[Obj], statuses: list[StatusUpdate]) -> None:
         self._ensure_class()
@@ -193,7 +211,9 @@ class WaypointController:
 
     def _ensure_class(self) -> None:
         assert self.client is not None
-        existing = next((c for c in self._objects("gatewayclasses") if c["metadata"]["name"] == dep.CLASS_NAME), None)
+        existing = next(
+            (c for c in self._objects("gatewayclasses") if c["metadata"]["name"] == dep.CLASS_NAME), None
+        )
         if existing is None:
             try:
                 existing = self.client.create(r.GATEWAYCLASSES, dep.gateway_class())
@@ -201,11 +221,14 @@ class WaypointController:
             except Conflict:
                 existing = self.client.get(r.GATEWAYCLASSES, dep.CLASS_NAME)  # first writer wins
             except ApiError as exc:
-                log.warning("cannot create GatewayClass (Gateway API CRDs installed?)", extra=kv(error=str(exc)))
+                log.warning(
+                    "cannot create GatewayClass (Gateway API CRDs installed?)", extra=kv(error=str(exc))
+                )
                 return
         status = dep.class_status(existing, _now())
-        if (existing.get("spec") or {}).get("controllerName") == dep.CONTROLLER_NAME and \
-                _strip_times((existing.get("status") or {}).get("conditions")) != _strip_times(status["conditions"]):
+        if (existing.get("spec") or {}).get("controllerName") == dep.CONTROLLER_NAME and _strip_times(
+            (existing.get("status") or {}).get("conditions")
+        ) != _strip_times(status["conditions"]):
             self._safe(self.client.patch_status, r.GATEWAYCLASSES, dep.CLASS_NAME, {"status": status})
 
     def _ensure_objects(self, gw: Obj) -> None:
@@ -219,7 +242,10 @@ class WaypointController:
                 current = self.client.get(resource, desired["metadata"]["name"], ns)
             except NotFound:
                 self.client.create(resource, desired, ns)
-                log.info("created waypoint object", extra=kv(kind=kind, namespace=ns, name=desired["metadata"]["name"]))
+                log.info(
+                    "created waypoint object",
+                    extra=kv(kind=kind, namespace=ns, name=desired["metadata"]["name"]),
+                )
                 continue
             if ((current.get("metadata") or {}).get("annotations") or {}).get(HASH_ANNOTATION) == digest:
                 continue
@@ -236,7 +262,10 @@ class WaypointController:
         for kind in ("deployments", "services"):
             for obj in self._objects(kind):
                 labels = (obj.get("metadata") or {}).get("labels") or {}
-                if labels.get(dep.MANAGED_LABEL) != dep.MANAGED or labels.get(dep.GATEWAY_CLASS_NAME) != dep.CLASS_NAME:
+                if (
+                    labels.get(dep.MANAGED_LABEL) != dep.MANAGED
+                    or labels.get(dep.GATEWAY_CLASS_NAME) != dep.CLASS_NAME
+                ):
                     continue
                 ns, gw_name = obj["metadata"]["namespace"], labels.get(dep.GATEWAY_NAME, "")
                 if (ns, gw_name) in live:
@@ -245,7 +274,9 @@ class WaypointController:
                 for resource in (DEPLOYMENTS, r.SERVICES, r.SERVICEACCOUNTS):
                     try:
                         self.client.delete(resource, name, ns)
-                        log.info("deleted waypoint object", extra=kv(kind=resource.kind, namespace=ns, name=name))
+                        log.info(
+                            "deleted waypoint object", extra=kv(kind=resource.kind, namespace=ns, name=name)
+                        )
                     except NotFound:
                         pass
 
@@ -256,44 +287,60 @@ class WaypointController:
     def _gateway_status(self, gw: Obj) -> None:
         ns, gw_name = gw["metadata"]["namespace"], gw["metadata"]["name"]
         name, _sa = dep.object_names(gw)
-        status = dep.gateway_status(gw, self._find("services", ns, name), self._find("deployments", ns, name),
-                                    self.deploy, _now())  # fmt: skip
+        status = dep.gateway_status(
+            gw, self._find("services", ns, name), self._find("deployments", ns, name), self.deploy, _now()
+        )
         if _strip_times(gw.get("status") or {}) == _strip_times(status):
             return
         self._status(StatusUpdate("Gateway", ns, gw_name, status), force=True)
 
     def _status(self, update: StatusUpdate, *, force: bool = False) -> None:
-        """Patch ``status`` unless we already wrote exactly this (``force``: compared with the live object)."""
+        """Patch ``status`` unless we already wrote exactly this (``force``: compared with the live one)."""
         assert self.client is not None
         key = (update.kind, update.namespace, update.name)
         stripped = _strip_times(update.status)
         if not force and self._written.get(key) == stripped:
             return
         try:
-            self.client.patch_status(BY_KIND[update.kind], update.name, {"status": update.status}, update.namespace)
+            self.client.patch_status(
+                BY_KIND[update.kind], update.name, {"status": update.status}, update.namespace
+            )
         except NotFound:
             return  # deleted meanwhile, or the kind is not installed
         self._written[key] = stripped
 
 
-def start_waypoints(cache: Any, client: KubeClient, informers: Mapping[str, Informer], owner: Any,
-                    settings: Any) -> list[Informer]:  # fmt: skip
+def start_waypoints(
+    cache: Any, client: KubeClient, informers: Mapping[str, Informer], owner: Any, settings: Any
+) -> list[Informer]:
     """istiod wiring in one call: register the xDS type, start the controller (and the informers the index
     does not already run). Returns the informers started here, for the caller to stop.
 
     ``settings`` is istiod's Settings (trust_domain, domain_suffix, root_namespace, cluster_id); the waypoint
     image comes from ``WAYPOINT_IMAGE`` (see :class:`~istiod.waypoint.deployment.DeploySettings`).
     """
-    from istiod.waypoint.publish import register_waypoint_type
     from meshkit.settings import load
 
+    from istiod.waypoint.publish import register_waypoint_type
+
     deploy = load(dep.DeploySettings)
-    deploy = dep.DeploySettings(**{**{f: getattr(deploy, f) for f in deploy.__dataclass_fields__},
-                                   "trust_domain": settings.trust_domain, "domain_suffix": settings.domain_suffix,
-                                   "cluster_id": settings.cluster_id})  # fmt: skip
-    ctl = WaypointController(client, register_waypoint_type(cache), deploy=deploy, trust_domain=settings.trust_domain,
-                             domain_suffix=settings.domain_suffix, root_namespace=settings.root_namespace,
-                             cluster_id=settings.cluster_id)  # fmt: skip
+    deploy = dep.DeploySettings(
+        **{
+            **{f: getattr(deploy, f) for f in deploy.__dataclass_fields__},
+            "trust_domain": settings.trust_domain,
+            "domain_suffix": settings.domain_suffix,
+            "cluster_id": settings.cluster_id,
+        }
+    )
+    ctl = WaypointController(
+        client,
+        register_waypoint_type(cache),
+        deploy=deploy,
+        trust_domain=settings.trust_domain,
+        domain_suffix=settings.domain_suffix,
+        root_namespace=settings.root_namespace,
+        cluster_id=settings.cluster_id,
+    )
     created = ctl.informers(client, existing=informers)
     for informer in created.values():
         informer.start()

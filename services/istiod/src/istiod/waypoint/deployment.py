@@ -3,7 +3,8 @@
 Follows upstream's deployment controller for class ``istio-waypoint`` (behaviour.md §6.1, deploy-and-e2e.md
 §5.1): objects named after the Gateway (overrides: annotations ``gateway.istio.io/name-override`` and
 ``gateway.istio.io/service-account``), owned by the Gateway (so Kubernetes garbage-collects them when it is
-deleted), labelled ``gateway.networking.k8s.io/gateway-name``, ``gateway.networking.k8s.io/gateway-class-name``,
+deleted), labelled ``gateway.networking.k8s.io/gateway-name``,
+``gateway.networking.k8s.io/gateway-class-name``,
 ``gateway.istio.io/managed=istio.io-mesh-controller`` plus the Gateway's own labels (``istio.io/waypoint-for``
 among them). The container runs our Python waypoint (``python -m waypoint``), configured by environment.
 
@@ -54,7 +55,9 @@ class DeploySettings:
     image: str = env("WAYPOINT_IMAGE", "ambient/waypoint:latest", "Image of waypoint pods istiod deploys.")
     pull_policy: str = env("WAYPOINT_IMAGE_PULL_POLICY", "IfNotPresent", "imagePullPolicy of waypoint pods.")
     xds_address: str = env(
-        "WAYPOINT_XDS_ADDRESS", "istiod.istio-system.svc:15012", "Where waypoint pods reach istiod (xDS + CA)."
+        "WAYPOINT_XDS_ADDRESS",
+        "istiod.istio-system.svc:15012",
+        "Where waypoint pods reach istiod (xDS + CA).",
     )
     trust_domain: str = "cluster.local"
     domain_suffix: str = "cluster.local"
@@ -73,7 +76,7 @@ def gateway_class() -> Obj:
     }
 
 
-def _condition(kind: str, ok: bool, reason: str, message: str, generation: int, now: str) -> Obj:
+def _condition(kind: str, ok: bool, reason: str, message: str, generation: int, now: str) -> Obj:  # noqa: PLR0917
     return {
         "type": kind,
         "status": "True" if ok else "False",
@@ -86,7 +89,11 @@ def _condition(kind: str, ok: bool, reason: str, message: str, generation: int, 
 
 def class_status(gc: Obj, now: str) -> Obj:
     generation = int((gc.get("metadata") or {}).get("generation") or 1)
-    return {"conditions": [_condition("Accepted", True, "Accepted", "Handled by Istio controller", generation, now)]}
+    return {
+        "conditions": [
+            _condition("Accepted", True, "Accepted", "Handled by Istio controller", generation, now)
+        ]
+    }
 
 
 def is_waypoint_gateway(gw: Obj) -> bool:
@@ -130,8 +137,14 @@ def _service_ports(gw: Obj) -> list[Obj]:
     ports = [{"name": "status-port", "port": STATUS_PORT, "protocol": "TCP", "appProtocol": "tcp"}]
     for listener in (gw.get("spec") or {}).get("listeners") or []:
         if listener.get("protocol") == "HBONE":
-            ports.append({"name": listener.get("name", "mesh"), "port": int(listener.get("port", HBONE_PORT)),
-                          "protocol": "TCP", "appProtocol": "all"})
+            ports.append(
+                {
+                    "name": listener.get("name", "mesh"),
+                    "port": int(listener.get("port", HBONE_PORT)),
+                    "protocol": "TCP",
+                    "appProtocol": "all",
+                }
+            )
     return ports
 
 
@@ -151,9 +164,11 @@ def _env(gw: Obj, sa: str, s: DeploySettings) -> list[Obj]:
         "ISTIO_META_INTERCEPTION_MODE": "REDIRECT",
         "PROXY_MODE": "dedicated",
     }
-    env: list[Obj] = [{"name": "POD_NAME", **field("metadata.name")},
-                      {"name": "POD_NAMESPACE", **field("metadata.namespace")},
-                      {"name": "POD_IP", **field("status.podIP")}]
+    env: list[Obj] = [
+        {"name": "POD_NAME", **field("metadata.name")},
+        {"name": "POD_NAMESPACE", **field("metadata.namespace")},
+        {"name": "POD_IP", **field("status.podIP")},
+    ]
     env.extend({"name": k, "value": v} for k, v in plain.items())
     return env
 
@@ -170,22 +185,47 @@ def _pod_spec(gw: Obj, name: str, sa: str, s: DeploySettings) -> Obj:
             {"name": "http-envoy-prom", "containerPort": 15020, "protocol": "TCP"},
             {"name": "status-port", "containerPort": STATUS_PORT, "protocol": "TCP"},
         ],
-        "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": STATUS_PORT},
-                           "periodSeconds": 2, "failureThreshold": 4},
-        "startupProbe": {"httpGet": {"path": "/healthz/ready", "port": STATUS_PORT},
-                         "periodSeconds": 1, "failureThreshold": 60},
-        "securityContext": {"runAsUser": 1337, "runAsGroup": 1337, "runAsNonRoot": True,
-                            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "istio-token", "mountPath": "/var/run/secrets/tokens"},
-                         {"name": "istiod-ca-cert", "mountPath": "/var/run/secrets/istio"}],
+        "readinessProbe": {
+            "httpGet": {"path": "/healthz/ready", "port": STATUS_PORT},
+            "periodSeconds": 2,
+            "failureThreshold": 4,
+        },
+        "startupProbe": {
+            "httpGet": {"path": "/healthz/ready", "port": STATUS_PORT},
+            "periodSeconds": 1,
+            "failureThreshold": 60,
+        },
+        "securityContext": {
+            "runAsUser": 1337,
+            "runAsGroup": 1337,
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "istio-token", "mountPath": "/var/run/secrets/tokens"},
+            {"name": "istiod-ca-cert", "mountPath": "/var/run/secrets/istio"},
+        ],
     }
     return {
         "serviceAccountName": sa,
         "terminationGracePeriodSeconds": s.termination_grace_s,
         "containers": [container],
         "volumes": [
-            {"name": "istio-token", "projected": {"sources": [{"serviceAccountToken": {
-                "audience": "istio-ca", "expirationSeconds": 43200, "path": "istio-token"}}]}},
+            {
+                "name": "istio-token",
+                "projected": {
+                    "sources": [
+                        {
+                            "serviceAccountToken": {
+                                "audience": "istio-ca",
+                                "expirationSeconds": 43200,
+                                "path": "istio-token",
+                            }
+                        }
+                    ]
+                },
+            },
             {"name": "istiod-ca-cert", "configMap": {"name": "istio-ca-root-cert"}},
         ],
     }
@@ -195,10 +235,19 @@ def desired_objects(gw: Obj, s: DeploySettings) -> list[tuple[str, Obj]]:
     """``[(kind, object)]``: ServiceAccount, Deployment, Service for a waypoint Gateway (§6.1)."""
     name, sa = object_names(gw)
     labels = _labels(gw)
-    pod_labels = {**labels, "sidecar.istio.io/inject": "false", "istio.io/dataplane-mode": "none",
-                  "service.istio.io/canonical-name": name, "service.istio.io/canonical-revision": "latest"}
-    pod_annos = {"istio.io/rev": s.revision, "prometheus.io/scrape": "true", "prometheus.io/port": "15020",
-                 "prometheus.io/path": "/stats/prometheus"}
+    pod_labels = {
+        **labels,
+        "sidecar.istio.io/inject": "false",
+        "istio.io/dataplane-mode": "none",
+        "service.istio.io/canonical-name": name,
+        "service.istio.io/canonical-revision": "latest",
+    }
+    pod_annos = {
+        "istio.io/rev": s.revision,
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "15020",
+        "prometheus.io/path": "/stats/prometheus",
+    }
     account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(gw, sa, labels)}
     deployment = {
         "apiVersion": "apps/v1",
@@ -206,8 +255,10 @@ def desired_objects(gw: Obj, s: DeploySettings) -> list[tuple[str, Obj]]:
         "metadata": _meta(gw, name, labels),
         "spec": {
             "selector": {"matchLabels": {GATEWAY_NAME: gw["metadata"]["name"]}},
-            "template": {"metadata": {"labels": pod_labels, "annotations": pod_annos},
-                         "spec": _pod_spec(gw, name, sa, s)},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": pod_annos},
+                "spec": _pod_spec(gw, name, sa, s),
+            },
         },
     }
     service = {
@@ -235,16 +286,29 @@ def gateway_status(gw: Obj, service: Obj | None, deployment: Obj | None, s: Depl
     generation = int((gw.get("metadata") or {}).get("generation") or 1)
     if not _has_hbone_listener(gw):
         msg = "a waypoint Gateway needs a listener with protocol HBONE (port 15008)"
-        return {"conditions": [_condition("Accepted", False, "UnsupportedProtocol", msg, generation, now),
-                               _condition("Programmed", False, "Invalid", msg, generation, now)]}
+        return {
+            "conditions": [
+                _condition("Accepted", False, "UnsupportedProtocol", msg, generation, now),
+                _condition("Programmed", False, "Invalid", msg, generation, now),
+            ]
+        }
     ready = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
     ips = [ip for ip in ((service or {}).get("spec") or {}).get("clusterIPs") or [] if ip and ip != "None"]
     conditions = [_condition("Accepted", True, "Accepted", "Resource accepted", generation, now)]
     addresses: list[Obj] = []
     if ready and ips:
-        conditions.append(_condition("Programmed", True, "Programmed", "Resource programmed, assigned to "
-                                     f"service(s) {service['metadata']['name']}.{gw['metadata']['namespace']}"  # type: ignore[index]
-                                     f".svc.{s.domain_suffix}:{HBONE_PORT}", generation, now))
+        conditions.append(
+            _condition(
+                "Programmed",
+                True,
+                "Programmed",
+                "Resource programmed, assigned to "
+                f"service(s) {service['metadata']['name']}.{gw['metadata']['namespace']}"  # type: ignore[index]
+                f".svc.{s.domain_suffix}:{HBONE_PORT}",
+                generation,
+                now,
+            )
+        )
         addresses = [{"type": "IPAddress", "value": ip} for ip in ips]
         host = f"{service['metadata']['name']}.{gw['metadata']['namespace']}.svc.{s.domain_suffix}"  # type: ignore[index]
         addresses.append({"type": "Hostname", "value": host})
@@ -252,10 +316,16 @@ def gateway_status(gw: Obj, service: Obj | None, deployment: Obj | None, s: Depl
         why = "Deployment has no ready replica yet" if ips else "Service has no address yet"
         conditions.append(_condition("Programmed", False, "NoResources", why, generation, now))
     listeners = [
-        {"name": lst.get("name", "mesh"), "attachedRoutes": 0, "supportedKinds": [],
-         "conditions": [_condition("Accepted", True, "Accepted", "No errors found", generation, now),
-                        _condition("Programmed", True, "Programmed", "No errors found", generation, now),
-                        _condition("ResolvedRefs", True, "ResolvedRefs", "No errors found", generation, now)]}
+        {
+            "name": lst.get("name", "mesh"),
+            "attachedRoutes": 0,
+            "supportedKinds": [],
+            "conditions": [
+                _condition("Accepted", True, "Accepted", "No errors found", generation, now),
+                _condition("Programmed", True, "Programmed", "No errors found", generation, now),
+                _condition("ResolvedRefs", True, "ResolvedRefs", "No errors found", generation, now),
+            ],
+        }
         for lst in (gw.get("spec") or {}).get("listeners") or []
     ]
     return {"conditions": conditions, "addresses": addresses, "listeners": listeners}

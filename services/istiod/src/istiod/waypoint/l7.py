@@ -23,23 +23,41 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
+
 from istiod.index import meta
 from istiod.index import waypoints as wp
 from istiod.waypoint.deployment import CLASS_NAME
 from istiod.waypoint.policy import convert_authorization, convert_request_authn, targets
 from istiod.waypoint.routes import INVALID, Converted, convert_httproute, convert_virtualservice, vs_hosts
-from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
 
 Obj = dict[str, Any]
 
 __all__ = ["BuildResult", "L7Inputs", "StatusUpdate", "build_configs"]
 
 BOUND_CONDITION = "istio.io/WaypointBound"
-LB = {"ROUND_ROBIN": pb.ROUND_ROBIN, "LEAST_REQUEST": pb.LEAST_REQUEST, "LEAST_CONN": pb.LEAST_REQUEST,
-      "RANDOM": pb.RANDOM, "PASSTHROUGH": pb.PASSTHROUGH, "UNSPECIFIED": pb.LB_DEFAULT}  # fmt: skip
-PROTOCOLS = {"http": pb.HTTP, "http2": pb.HTTP2, "grpc": pb.GRPC, "grpc-web": pb.HTTP, "tcp": pb.TCP,
-             "h2c": pb.HTTP2, "kubernetes.io/h2c": pb.HTTP2, "https": pb.TCP, "tls": pb.TCP, "mongo": pb.TCP,
-             "mysql": pb.TCP, "redis": pb.TCP}  # fmt: skip
+LB = {
+    "ROUND_ROBIN": pb.ROUND_ROBIN,
+    "LEAST_REQUEST": pb.LEAST_REQUEST,
+    "LEAST_CONN": pb.LEAST_REQUEST,
+    "RANDOM": pb.RANDOM,
+    "PASSTHROUGH": pb.PASSTHROUGH,
+    "UNSPECIFIED": pb.LB_DEFAULT,
+}
+PROTOCOLS = {
+    "http": pb.HTTP,
+    "http2": pb.HTTP2,
+    "grpc": pb.GRPC,
+    "grpc-web": pb.HTTP,
+    "tcp": pb.TCP,
+    "h2c": pb.HTTP2,
+    "kubernetes.io/h2c": pb.HTTP2,
+    "https": pb.TCP,
+    "tls": pb.TCP,
+    "mongo": pb.TCP,
+    "mysql": pb.TCP,
+    "redis": pb.TCP,
+}
 
 
 @dataclass
@@ -96,7 +114,7 @@ def _pod_ready(pod: Obj) -> bool:
 def _target_port(svc_port: Obj, pod: Obj) -> int | None:
     target = svc_port.get("targetPort", svc_port.get("port"))
     if isinstance(target, int) or str(target).isdigit():
-        return int(target)
+        return int(str(target))
     for c in (pod.get("spec") or {}).get("containers") or []:
         for p in c.get("ports") or []:
             if p.get("name") == target:
@@ -110,12 +128,16 @@ class _Index:
     def __init__(self, inputs: L7Inputs) -> None:
         self.inputs = inputs
         self.ns_labels = {meta.name(n): meta.labels(n) for n in inputs.namespaces}
-        self.services = {f"{meta.name(s)}.{meta.namespace(s)}.svc.{inputs.domain_suffix}": s for s in inputs.services}
+        self.services = {
+            f"{meta.name(s)}.{meta.namespace(s)}.svc.{inputs.domain_suffix}": s for s in inputs.services
+        }
         self.pods_by_ns: dict[str, list[Obj]] = defaultdict(list)
         for pod in inputs.pods:
             self.pods_by_ns[meta.namespace(pod)].append(pod)
         self.drs: dict[str, Obj] = {}
-        for dr in sorted(inputs.destinationrules, key=lambda d: str((d.get("metadata") or {}).get("creationTimestamp", ""))):
+        for dr in sorted(
+            inputs.destinationrules, key=lambda d: str((d.get("metadata") or {}).get("creationTimestamp", ""))
+        ):
             host = str(meta.spec(dr).get("host", ""))
             fq = f"{host}.{meta.namespace(dr)}.svc.{inputs.domain_suffix}" if "." not in host else host
             self.drs.setdefault(fq, dr)  # oldest wins, as upstream merges conflicting rules
@@ -136,7 +158,11 @@ class _Clusters:
         if svc is None:
             return None
         ports = meta.spec(svc).get("ports") or []
-        svc_port = next((p for p in ports if int(p.get("port", 0)) == port), None) if port else (ports[0] if ports else None)
+        svc_port = (
+            next((p for p in ports if int(p.get("port", 0)) == port), None)
+            if port
+            else (ports[0] if ports else None)
+        )
         if svc_port is None:
             return None
         port = int(svc_port["port"])
@@ -149,10 +175,13 @@ class _Clusters:
         return name
 
     def _lb(self, cluster: pb.Cluster, dr: Obj | None, subset: Obj | None) -> None:
-        policy = ((subset or {}).get("trafficPolicy") or {}).get("loadBalancer") or \
-            (meta.spec(dr).get("trafficPolicy") or {}).get("loadBalancer") or {}
+        policy = (
+            ((subset or {}).get("trafficPolicy") or {}).get("loadBalancer")
+            or (meta.spec(dr).get("trafficPolicy") or {}).get("loadBalancer")
+            or {}
+        )
         if policy.get("simple"):
-            cluster.lb = LB.get(str(policy["simple"]), pb.LB_DEFAULT)  # type: ignore[assignment]
+            cluster.lb = LB.get(str(policy["simple"]), pb.LB_DEFAULT)
         ch = policy.get("consistentHash") or {}
         if ch:
             cluster.lb = pb.CONSISTENT_HASH
@@ -169,7 +198,9 @@ class _Clusters:
         dr = self.index.drs.get(host)
         subset_obj = None
         if subset:
-            subset_obj = next((s for s in meta.spec(dr).get("subsets") or [] if s.get("name") == subset), None)
+            subset_obj = next(
+                (s for s in meta.spec(dr).get("subsets") or [] if s.get("name") == subset), None
+            )
             if subset_obj is None:
                 return None
         cluster = pb.Cluster(name=name, hostname=host, port=int(svc_port["port"]), subset=subset)
@@ -184,14 +215,24 @@ class _Clusters:
                 continue
             labels = meta.labels(pod)
             sa = (pod.get("spec") or {}).get("serviceAccountName") or "default"
-            cluster.endpoints.append(pb.Endpoint(
-                address=str(pod["status"]["podIP"]), port=target, weight=1, healthy=True,
-                workload=_workload_name(pod), namespace=meta.namespace(pod),
-                identity=f"spiffe://{self.index.inputs.trust_domain}/ns/{meta.namespace(pod)}/sa/{sa}",
-                canonical_name=labels.get("service.istio.io/canonical-name") or labels.get("app") or _workload_name(pod),
-                canonical_revision=labels.get("service.istio.io/canonical-revision") or labels.get("version") or "latest",
-                cluster_id=self.index.inputs.cluster_id,
-            ))  # fmt: skip
+            cluster.endpoints.append(
+                pb.Endpoint(
+                    address=str(pod["status"]["podIP"]),
+                    port=target,
+                    weight=1,
+                    healthy=True,
+                    workload=_workload_name(pod),
+                    namespace=meta.namespace(pod),
+                    identity=f"spiffe://{self.index.inputs.trust_domain}/ns/{meta.namespace(pod)}/sa/{sa}",
+                    canonical_name=labels.get("service.istio.io/canonical-name")
+                    or labels.get("app")
+                    or _workload_name(pod),
+                    canonical_revision=labels.get("service.istio.io/canonical-revision")
+                    or labels.get("version")
+                    or "latest",
+                    cluster_id=self.index.inputs.cluster_id,
+                )
+            )
         return cluster
 
 
@@ -217,8 +258,13 @@ def _admits(gw: Obj, namespace: str, ns_labels: Mapping[str, str]) -> bool:
 
 
 def _condition(kind: str, ok: bool, reason: str, message: str, generation: int) -> Obj:
-    return {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message,
-            "observedGeneration": generation}  # fmt: skip
+    return {
+        "type": kind,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+    }
 
 
 def _gen(obj: Obj) -> int:
@@ -230,8 +276,11 @@ class _Builder:
         self.inputs = inputs
         self.index = _Index(inputs)
         self.result = BuildResult()
-        self.waypoints = {f"{meta.namespace(g)}/{meta.name(g)}": g for g in inputs.gateways
-                          if meta.spec(g).get("gatewayClassName") == CLASS_NAME}  # fmt: skip
+        self.waypoints = {
+            f"{meta.namespace(g)}/{meta.name(g)}": g
+            for g in inputs.gateways
+            if meta.spec(g).get("gatewayClassName") == CLASS_NAME
+        }
         self.bound: dict[str, list[Obj]] = defaultdict(list)
         self.route_problems: dict[tuple[str, str], list[str]] = defaultdict(list)
 
@@ -248,38 +297,63 @@ class _Builder:
             if gw is None:
                 self._bound_status(svc, False, "WaypointNotFound", f"waypoint {ref.key} not found")
             elif not _admits(gw, ns, ns_labels):
-                self._bound_status(svc, False, "NamespaceNotAccepted",
-                                   f"waypoint {ref.key} does not allow routes from namespace {ns}")
+                self._bound_status(
+                    svc,
+                    False,
+                    "NamespaceNotAccepted",
+                    f"waypoint {ref.key} does not allow routes from namespace {ns}",
+                )
             elif wp.traffic_type(gw, None) not in {wp.FOR_SERVICE, wp.FOR_ALL}:
-                self._bound_status(svc, False, "UnsupportedTrafficType",
-                                   f"waypoint {ref.key} is for {wp.traffic_type(gw, None)} traffic")
+                self._bound_status(
+                    svc,
+                    False,
+                    "UnsupportedTrafficType",
+                    f"waypoint {ref.key} is for {wp.traffic_type(gw, None)} traffic",
+                )
             else:
                 self.bound[ref.key].append(svc)
                 self._bound_status(svc, True, "Bound", f"bound to {ref.key}")
 
     def _bound_status(self, svc: Obj, ok: bool, reason: str, message: str) -> None:
         cond = _condition(BOUND_CONDITION, ok, reason, message, _gen(svc))
-        self.result.statuses.append(StatusUpdate("Service", meta.namespace(svc), meta.name(svc), {"conditions": [cond]}))
+        self.result.statuses.append(
+            StatusUpdate("Service", meta.namespace(svc), meta.name(svc), {"conditions": [cond]})
+        )
 
     def service_config(self, svc: Obj, clusters: _Clusters) -> pb.Service:
         host = f"{meta.name(svc)}.{meta.namespace(svc)}.svc.{self.inputs.domain_suffix}"
         spec = meta.spec(svc)
-        out = pb.Service(hostname=host, name=meta.name(svc), namespace=meta.namespace(svc),
-                         vips=[ip for ip in spec.get("clusterIPs") or [spec.get("clusterIP")] if ip and ip != "None"])
+        out = pb.Service(
+            hostname=host,
+            name=meta.name(svc),
+            namespace=meta.namespace(svc),
+            vips=[ip for ip in spec.get("clusterIPs") or [spec.get("clusterIP")] if ip and ip != "None"],
+        )
         for port in spec.get("ports") or []:
             if str(port.get("protocol", "TCP")) != "TCP":
                 continue
             target = port.get("targetPort", port.get("port"))
-            out.ports.append(pb.ServicePort(port=int(port["port"]), target_port=int(target) if str(target).isdigit() else 0,
-                                            protocol=_protocol(port), name=str(port.get("name") or "")))  # type: ignore[arg-type]
+            out.ports.append(
+                pb.ServicePort(
+                    port=int(port["port"]),
+                    target_port=int(target) if str(target).isdigit() else 0,
+                    protocol=_protocol(port),  # type: ignore[arg-type]
+                    name=str(port.get("name") or ""),
+                )
+            )
             clusters(host, int(port["port"]), "")  # the default route's cluster
         routes: list[tuple[tuple[Any, ...], pb.Route]] = []
         for route in self.inputs.httproutes:
-            for parent in (meta.spec(route).get("parentRefs") or []):
-                if parent.get("kind") == "Service" and parent.get("group", "") in {"", "core"} and \
-                        parent.get("name") == meta.name(svc) and \
-                        (parent.get("namespace") or meta.namespace(route)) == meta.namespace(svc):
-                    conv = convert_httproute(route, int(parent.get("port") or 0), clusters, self.inputs.domain_suffix)
+            for parent in meta.spec(route).get("parentRefs") or []:
+                if (
+                    parent.get("kind") == "Service"
+                    and parent.get("group", "") in {"", "core"}
+                    and parent.get("name") == meta.name(svc)
+                    and (parent.get("namespace") or meta.namespace(route)) == meta.namespace(svc)
+                ):
+                    conv = convert_httproute(
+                        route, int(parent.get("port") or 0), clusters, self.inputs.domain_suffix
+                    )
                     routes.extend(conv.routes)
                     self._route_status(route, parent, conv)
         routes.sort(key=lambda kr: kr[0])
@@ -295,22 +369,43 @@ class _Builder:
         accepted = not conv.problems
         resolved = not conv.unresolved
         entry = {
-            "parentRef": {k: parent[k] for k in ("group", "kind", "name", "namespace", "port") if k in parent},
+            "parentRef": {
+                k: parent[k] for k in ("group", "kind", "name", "namespace", "port") if k in parent
+            },
             "controllerName": "istio.io/gateway-controller",
             "conditions": [
-                _condition("Accepted", accepted, "Accepted" if accepted else "UnsupportedValue",
-                           "Route was valid" if accepted else "; ".join(conv.problems), _gen(route)),
-                _condition("ResolvedRefs", resolved, "ResolvedRefs" if resolved else "BackendNotFound",
-                           "All references resolved" if resolved else "; ".join(conv.unresolved), _gen(route)),
+                _condition(
+                    "Accepted",
+                    accepted,
+                    "Accepted" if accepted else "UnsupportedValue",
+                    "Route was valid" if accepted else "; ".join(conv.problems),
+                    _gen(route),
+                ),
+                _condition(
+                    "ResolvedRefs",
+                    resolved,
+                    "ResolvedRefs" if resolved else "BackendNotFound",
+                    "All references resolved" if resolved else "; ".join(conv.unresolved),
+                    _gen(route),
+                ),
             ],
         }
-        self.result.statuses.append(StatusUpdate("HTTPRoute", meta.namespace(route), meta.name(route), {"parents": [entry]}))
+        self.result.statuses.append(
+            StatusUpdate("HTTPRoute", meta.namespace(route), meta.name(route), {"parents": [entry]})
+        )
 
     def _problems_status(self, kind: str, obj: Obj, problems: list[str]) -> None:
         ok = not problems
-        cond = _condition("Accepted", ok, "Accepted" if ok else "UnsupportedValue",
-                          "ok" if ok else "; ".join(problems), _gen(obj))
-        self.result.statuses.append(StatusUpdate(kind, meta.namespace(obj), meta.name(obj), {"conditions": [cond]}))
+        cond = _condition(
+            "Accepted",
+            ok,
+            "Accepted" if ok else "UnsupportedValue",
+            "ok" if ok else "; ".join(problems),
+            _gen(obj),
+        )
+        self.result.statuses.append(
+            StatusUpdate(kind, meta.namespace(obj), meta.name(obj), {"conditions": [cond]})
+        )
 
     def policies(self) -> None:
         for ap in self.inputs.authorizationpolicies:
@@ -318,17 +413,25 @@ class _Builder:
             if not refs:
                 continue  # selector / namespace policies are ztunnel's
             policy, problems = convert_authorization(ap, self.inputs.trust_domain, self.inputs.ext_authz)
-            attached = self._attach(refs, lambda cfg, svc, p=policy: (svc.policies if svc else cfg.policies).append(p)
-                                    if p is not None else None)  # fmt: skip
+            attached = self._attach(
+                refs,
+                lambda cfg, svc, p=policy: (
+                    (svc.policies if svc else cfg.policies).append(p) if p is not None else None
+                ),
+            )
             if not attached:
-                problems.append("no targetRef names a waypoint Gateway, a Service bound to one, or the GatewayClass")
+                problems.append(
+                    "no targetRef names a waypoint Gateway, a Service bound to one, or the GatewayClass"
+                )
             self._problems_status("AuthorizationPolicy", ap, problems)
         for ra in self.inputs.requestauthentications:
             refs = targets(ra)
             if not refs:
                 continue
             providers, problems = convert_request_authn(ra)
-            attached = self._attach(refs, lambda cfg, svc, ps=providers: (svc.jwt if svc else cfg.jwt).providers.extend(ps))
+            attached = self._attach(
+                refs, lambda cfg, svc, ps=providers: (svc.jwt if svc else cfg.jwt).providers.extend(ps)
+            )
             if not attached:
                 problems.append("no targetRef names a waypoint Gateway or a Service bound to one")
             self._problems_status("RequestAuthentication", ra, problems)
@@ -338,8 +441,11 @@ class _Builder:
         for ref in refs:
             for key, cfg in self.result.configs.items():
                 ns, name = key.split("/", 1)
-                if ref.kind == "Gateway" and ref.namespace == ns and ref.name == name or \
-                        ref.kind == "GatewayClass" and ref.name == CLASS_NAME and ref.namespace == self.inputs.root_namespace:
+                if (ref.kind == "Gateway" and ref.namespace == ns and ref.name == name) or (
+                    ref.kind == "GatewayClass"
+                    and ref.name == CLASS_NAME
+                    and ref.namespace == self.inputs.root_namespace
+                ):
                     add(cfg, None)
                     attached = True
                 elif ref.kind == "Service":
@@ -353,7 +459,9 @@ class _Builder:
         self.bind()
         for key, gw in sorted(self.waypoints.items()):
             clusters = _Clusters(self.index)
-            cfg = pb.WaypointConfig(name=meta.name(gw), namespace=meta.namespace(gw), trust_domain=self.inputs.trust_domain)
+            cfg = pb.WaypointConfig(
+                name=meta.name(gw), namespace=meta.namespace(gw), trust_domain=self.inputs.trust_domain
+            )
             for svc in sorted(self.bound.get(key, []), key=lambda s: (meta.namespace(s), meta.name(s))):
                 cfg.services.append(self.service_config(svc, clusters))
             cfg.clusters.extend(clusters.clusters[n] for n in sorted(clusters.clusters))

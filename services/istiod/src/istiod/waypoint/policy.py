@@ -40,7 +40,9 @@ def targets(obj: Obj) -> list[Target]:
     refs = list(spec.get("targetRefs") or [])
     if spec.get("targetRef"):
         refs.append(spec["targetRef"])
-    return [Target(str(r.get("kind", "")), str(r.get("namespace") or ns), str(r.get("name", ""))) for r in refs]
+    return [
+        Target(str(r.get("kind", "")), str(r.get("namespace") or ns), str(r.get("name", ""))) for r in refs
+    ]
 
 
 def _strs(value: Any) -> list[str]:
@@ -72,11 +74,15 @@ def _service_account_principals(src: Obj, ns: str, trust_domain: str) -> list[st
 
 def _operation(op: Obj) -> pb.Operation:
     return pb.Operation(
-        hosts=_strs(op.get("hosts")), not_hosts=_strs(op.get("notHosts")),
-        ports=_strs(op.get("ports")), not_ports=_strs(op.get("notPorts")),
-        methods=_strs(op.get("methods")), not_methods=_strs(op.get("notMethods")),
-        paths=_strs(op.get("paths")), not_paths=_strs(op.get("notPaths")),
-    )  # fmt: skip
+        hosts=_strs(op.get("hosts")),
+        not_hosts=_strs(op.get("notHosts")),
+        ports=_strs(op.get("ports")),
+        not_ports=_strs(op.get("notPorts")),
+        methods=_strs(op.get("methods")),
+        not_methods=_strs(op.get("notMethods")),
+        paths=_strs(op.get("paths")),
+        not_paths=_strs(op.get("notPaths")),
+    )
 
 
 def convert_authorization(
@@ -103,16 +109,21 @@ def convert_authorization(
             out.operations.append(_operation(entry.get("operation") or {}))
         for cond in rule.get("when") or []:
             out.conditions.append(
-                pb.Condition(key=str(cond.get("key", "")), values=_strs(cond.get("values")),
-                             not_values=_strs(cond.get("notValues")))  # fmt: skip
+                pb.Condition(
+                    key=str(cond.get("key", "")),
+                    values=_strs(cond.get("values")),
+                    not_values=_strs(cond.get("notValues")),
+                )
             )
     if action_name == "CUSTOM":
         name = str((spec.get("provider") or {}).get("name", ""))
         if name in providers:
             policy.provider.CopyFrom(providers[name])
         else:
-            problems.append(f"CUSTOM provider {name!r} is not in meshConfig.extensionProviders: matching "
-                            "requests are denied")  # fmt: skip
+            problems.append(
+                f"CUSTOM provider {name!r} is not in meshConfig.extensionProviders: matching "
+                "requests are denied"
+            )
     return policy, problems
 
 
@@ -127,15 +138,17 @@ def convert_request_authn(obj: Obj) -> tuple[list[pb.JwtProvider], list[str]]:
             continue
         if not rule.get("jwks") and not rule.get("jwksUri"):
             problems.append(f"issuer {issuer}: neither jwks nor jwksUri; tokens from it are rejected")
-        providers.append(pb.JwtProvider(
-            issuer=issuer,
-            audiences=_strs(rule.get("audiences")),
-            jwks=str(rule.get("jwks") or ""),
-            jwks_uri=str(rule.get("jwksUri") or ""),
-            from_headers=[str(h.get("name", "")) for h in rule.get("fromHeaders") or [] if h.get("name")],
-            from_params=_strs(rule.get("fromParams")),
-            forward_original_token=bool(rule.get("forwardOriginalToken", False)),
-            output_payload_to_header=str(rule.get("outputPayloadToHeader") or ""),
-            origin=origin,
-        ))  # fmt: skip
+        providers.append(
+            pb.JwtProvider(
+                issuer=issuer,
+                audiences=_strs(rule.get("audiences")),
+                jwks=str(rule.get("jwks") or ""),
+                jwks_uri=str(rule.get("jwksUri") or ""),
+                from_headers=[str(h.get("name", "")) for h in rule.get("fromHeaders") or [] if h.get("name")],
+                from_params=_strs(rule.get("fromParams")),
+                forward_original_token=bool(rule.get("forwardOriginalToken", False)),
+                output_payload_to_header=str(rule.get("outputPayloadToHeader") or ""),
+                origin=origin,
+            )
+        )
     return providers, problems

@@ -80,14 +80,26 @@ def _gw_match(m: Obj, port: int) -> tuple[pb.RouteMatch, tuple[Any, ...]]:
     path = m.get("path") or {"type": "PathPrefix", "value": "/"}
     out.path.CopyFrom(_gw_path(path))
     for h in m.get("headers") or []:
-        out.headers.append(pb.HeaderMatch(name=str(h["name"]).lower(), value=_gw_string(h.get("type", "Exact"), str(h["value"]))))
+        out.headers.append(
+            pb.HeaderMatch(
+                name=str(h["name"]).lower(), value=_gw_string(h.get("type", "Exact"), str(h["value"]))
+            )
+        )
     for q in m.get("queryParams") or []:
-        out.query_params.append(pb.HeaderMatch(name=str(q["name"]), value=_gw_string(q.get("type", "Exact"), str(q["value"]))))
+        out.query_params.append(
+            pb.HeaderMatch(name=str(q["name"]), value=_gw_string(q.get("type", "Exact"), str(q["value"])))
+        )
     if m.get("method"):
         out.method = str(m["method"]).upper()
     ptype = path.get("type", "PathPrefix")
     rank = {"Exact": 0, "PathPrefix": 1, "RegularExpression": 2}.get(ptype, 3)
-    key = (rank, -len(str(path.get("value", ""))), 0 if out.method else 1, -len(out.headers), -len(out.query_params))
+    key = (
+        rank,
+        -len(str(path.get("value", ""))),
+        0 if out.method else 1,
+        -len(out.headers),
+        -len(out.query_params),
+    )
     return out, key
 
 
@@ -121,8 +133,14 @@ def _gw_filters(filters: list[Obj], route: pb.Route, ns: str, cluster_for: Clust
             route.response_headers.MergeFrom(_gw_headers(f.get("responseHeaderModifier") or {}))
         elif kind == "RequestRedirect":
             rd = f.get("requestRedirect") or {}
-            route.redirect.CopyFrom(pb.Redirect(scheme=str(rd.get("scheme") or ""), hostname=str(rd.get("hostname") or ""),
-                                                port=int(rd.get("port") or 0), status_code=int(rd.get("statusCode") or 302)))
+            route.redirect.CopyFrom(
+                pb.Redirect(
+                    scheme=str(rd.get("scheme") or ""),
+                    hostname=str(rd.get("hostname") or ""),
+                    port=int(rd.get("port") or 0),
+                    status_code=int(rd.get("statusCode") or 302),
+                )
+            )
             if rd.get("path"):
                 _gw_path_modifier(rd["path"], route.redirect)
         elif kind == "URLRewrite":
@@ -177,10 +195,20 @@ def convert_httproute(obj: Obj, parent_port: int, cluster_for: ClusterFor, domai
             timeouts = rule.get("timeouts") or {}
             base.timeout_ms = parse_duration_ms(timeouts.get("request"))
             if timeouts.get("backendRequest"):
-                base.retries.CopyFrom(pb.RetryPolicy(
-                    attempts=2, per_try_timeout_ms=parse_duration_ms(timeouts["backendRequest"]),
-                    retry_on=["connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"],
-                    retriable_status_codes=[503]))  # fmt: skip
+                base.retries.CopyFrom(
+                    pb.RetryPolicy(
+                        attempts=2,
+                        per_try_timeout_ms=parse_duration_ms(timeouts["backendRequest"]),
+                        retry_on=[
+                            "connect-failure",
+                            "refused-stream",
+                            "unavailable",
+                            "cancelled",
+                            "retriable-status-codes",
+                        ],
+                        retriable_status_codes=[503],
+                    )
+                )
             for m in rule.get("matches") or [{}]:
                 match, key = _gw_match(m, parent_port)
                 route = pb.Route()
@@ -229,8 +257,17 @@ def _vs_match(m: Obj) -> pb.RouteMatch:
         if value:
             hm.value.CopyFrom(_vs_string(value))
         out.query_params.append(hm)
-    unsupported = set(m) - {"uri", "method", "authority", "headers", "withoutHeaders", "queryParams", "port",
-                            "ignoreUriCase", "name"}
+    unsupported = set(m) - {
+        "uri",
+        "method",
+        "authority",
+        "headers",
+        "withoutHeaders",
+        "queryParams",
+        "port",
+        "ignoreUriCase",
+        "name",
+    }
     if unsupported:
         raise Unsupported(f"match fields {sorted(unsupported)}")
     return out
@@ -258,7 +295,9 @@ def _vs_destination(dest: Obj, host_of: Callable[[str], str], cluster_for: Clust
     return cluster_for(host, port, str(dest.get("subset") or ""))
 
 
-def _vs_route(http: Obj, name: str, host_of: Callable[[str], str], cluster_for: ClusterFor, out: Converted) -> pb.Route:
+def _vs_route(
+    http: Obj, name: str, host_of: Callable[[str], str], cluster_for: ClusterFor, out: Converted
+) -> pb.Route:
     route = pb.Route(name=name)
     for m in http.get("match") or []:
         route.matches.append(_vs_match(m))
@@ -268,7 +307,9 @@ def _vs_route(http: Obj, name: str, host_of: Callable[[str], str], cluster_for: 
             out.unresolved.append(f"destination {(dest.get('destination') or {}).get('host')} not found")
             cluster = f"{INVALID}|{(dest.get('destination') or {}).get('host')}"
             cluster_for(cluster, 0, "")
-        wc = pb.WeightedCluster(cluster=cluster, weight=int(dest.get("weight", 100 if len(http["route"]) == 1 else 0)))
+        wc = pb.WeightedCluster(
+            cluster=cluster, weight=int(dest.get("weight", 100 if len(http["route"]) == 1 else 0))
+        )
         headers = dest.get("headers") or {}
         wc.request_headers.CopyFrom(_vs_headers(headers.get("request") or {}))
         wc.response_headers.CopyFrom(_vs_headers(headers.get("response") or {}))
@@ -280,13 +321,27 @@ def _vs_route(http: Obj, name: str, host_of: Callable[[str], str], cluster_for: 
     route.timeout_ms = parse_duration_ms(http.get("timeout"))
     if "retries" in http:
         r = http.get("retries") or {}
-        route.retries.CopyFrom(pb.RetryPolicy(
-            attempts=int(r.get("attempts") or 0), per_try_timeout_ms=parse_duration_ms(r.get("perTryTimeout")),
-            retry_on=[t.strip() for t in str(r.get("retryOn") or "connect-failure,refused-stream,unavailable,cancelled,503").split(",")
-                      if t.strip() and not t.strip().isdigit()] + (["retriable-status-codes"] if any(
-                          t.strip().isdigit() for t in str(r.get("retryOn") or "503").split(",")) else []),
-            retriable_status_codes=[int(t) for t in str(r.get("retryOn") or "503").split(",") if t.strip().isdigit()],
-        ))  # fmt: skip
+        route.retries.CopyFrom(
+            pb.RetryPolicy(
+                attempts=int(r.get("attempts") or 0),
+                per_try_timeout_ms=parse_duration_ms(r.get("perTryTimeout")),
+                retry_on=[
+                    t.strip()
+                    for t in str(
+                        r.get("retryOn") or "connect-failure,refused-stream,unavailable,cancelled,503"
+                    ).split(",")
+                    if t.strip() and not t.strip().isdigit()
+                ]
+                + (
+                    ["retriable-status-codes"]
+                    if any(t.strip().isdigit() for t in str(r.get("retryOn") or "503").split(","))
+                    else []
+                ),
+                retriable_status_codes=[
+                    int(t) for t in str(r.get("retryOn") or "503").split(",") if t.strip().isdigit()
+                ],
+            )
+        )
     fault = http.get("fault") or {}
     if fault:
         f = pb.Fault()
@@ -299,15 +354,25 @@ def _vs_route(http: Obj, name: str, host_of: Callable[[str], str], cluster_for: 
         route.fault.CopyFrom(f)
     if http.get("redirect"):
         rd = http["redirect"]
-        route.redirect.CopyFrom(pb.Redirect(path=str(rd.get("uri") or ""), hostname=str(rd.get("authority") or ""),
-                                            scheme=str(rd.get("scheme") or ""), port=int(rd.get("port") or 0),
-                                            status_code=int(rd.get("redirectCode") or 301)))  # fmt: skip
+        route.redirect.CopyFrom(
+            pb.Redirect(
+                path=str(rd.get("uri") or ""),
+                hostname=str(rd.get("authority") or ""),
+                scheme=str(rd.get("scheme") or ""),
+                port=int(rd.get("port") or 0),
+                status_code=int(rd.get("redirectCode") or 301),
+            )
+        )
     if http.get("rewrite"):
         rw = http["rewrite"]
         if rw.get("uriRegexRewrite"):
             raise Unsupported("rewrite.uriRegexRewrite")
         route.rewrite.authority = str(rw.get("authority") or "")
-        if rw.get("uri") is not None and route.matches and route.matches[0].path.WhichOneof("kind") == "prefix":
+        if (
+            rw.get("uri") is not None
+            and route.matches
+            and route.matches[0].path.WhichOneof("kind") == "prefix"
+        ):
             route.rewrite.replace_prefix = True
             route.rewrite.prefix_replace = str(rw["uri"])
         elif rw.get("uri"):
@@ -319,8 +384,11 @@ def _vs_route(http: Obj, name: str, host_of: Callable[[str], str], cluster_for: 
             route.mirrors.append(pb.Mirror(cluster=cluster, percent=pct))
     if http.get("directResponse"):
         dr = http["directResponse"]
-        route.direct_response.CopyFrom(pb.DirectResponse(status=int(dr.get("status", 200)),
-                                                         body=str((dr.get("body") or {}).get("string", ""))))
+        route.direct_response.CopyFrom(
+            pb.DirectResponse(
+                status=int(dr.get("status", 200)), body=str((dr.get("body") or {}).get("string", ""))
+            )
+        )
     return route
 
 
@@ -339,8 +407,13 @@ def convert_virtualservice(obj: Obj, cluster_for: ClusterFor, domain: str) -> Co
     out = Converted()
     for i, http in enumerate((obj.get("spec") or {}).get("http") or []):
         try:
-            route = _vs_route(http, f"VirtualService/{ns}/{meta.get('name')}#{http.get('name') or i}", host_of,
-                              cluster_for, out)
+            route = _vs_route(
+                http,
+                f"VirtualService/{ns}/{meta.get('name')}#{http.get('name') or i}",
+                host_of,
+                cluster_for,
+                out,
+            )
             out.routes.append(((i,), route))
         except (Unsupported, KeyError, ValueError, TypeError) as exc:
             out.problems.append(f"http[{i}]: {exc}")
@@ -352,7 +425,7 @@ def convert_virtualservice(obj: Obj, cluster_for: ClusterFor, domain: str) -> Co
 def vs_hosts(obj: Obj, domain: str) -> set[str]:
     ns = (obj.get("metadata") or {}).get("namespace", "")
     out = set()
-    for host in (obj.get("spec") or {}).get("hosts") or []:
-        host = str(host)
+    for entry in (obj.get("spec") or {}).get("hosts") or []:
+        host = str(entry)
         out.add(f"{host}.{ns}.svc.{domain}" if "." not in host else host)
     return out
