@@ -25,6 +25,10 @@ from meshkit.k8s.resources import Obj, Resource
 
 __all__ = ["ApiError", "Conflict", "Gone", "KubeClient", "NotFound", "WatchStream"]
 
+#: One connection per open watch plus headroom for lists and writes (urllib3's default of 10 is too few for
+#: istiod's dozen informers).
+POOL_SIZE = 32
+
 
 class ApiError(Exception):
     """The API server answered with an error status."""
@@ -92,6 +96,7 @@ class KubeClient:
     def from_config(cls, kubeconfig: str = "", context: str | None = None) -> KubeClient:
         """In-cluster config when ``kubeconfig`` is empty and we run in a pod, else the kubeconfig file."""
         configuration = kubernetes.client.Configuration()
+        configuration.connection_pool_maxsize = POOL_SIZE
         if not kubeconfig:
             try:
                 kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
@@ -101,6 +106,13 @@ class KubeClient:
         kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=kubeconfig or None, context=context, client_configuration=configuration
         )
+        return cls(kubernetes.client.ApiClient(configuration))
+
+    @classmethod
+    def for_host(cls, host: str) -> KubeClient:
+        """An unauthenticated client for ``host`` (tests against a fake API server)."""
+        configuration = kubernetes.client.Configuration(host=host)
+        configuration.connection_pool_maxsize = POOL_SIZE
         return cls(kubernetes.client.ApiClient(configuration))
 
     def close(self) -> None:
