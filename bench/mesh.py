@@ -1,0 +1,550 @@
+"""Mesh data-path benchmark: client pod -> ztunnel -> ztunnel -> server pod, against direct pod -> pod.
+
+Needs root (network namespaces, iptables). Builds two "nodes" (netns with a bridge) joined by a veth link,
+a captured client and server pod (in-pod iptables rules of behaviour.md §3.3) and an uncaptured pair for the
+direct baseline, all in 10.77.0.0/16 with ``zt-`` names. Each node runs a real ztunnel *process* (CPU and RSS
+are measured per process); this script plays the CNI agent (ZDS) and the CA (a throwaway P-256 root), and
+gives both ztunnels the same static config (LOCAL_XDS_PATH) including 1,000 extra workloads.
+
+Figures (bench/results/mesh.json):
+- ``direct.throughput_gbps`` / ``mesh.throughput_gbps``: one connection, 256 MiB one way;
+- ``direct.rr_p50_us`` / ``_p99_us`` and ``mesh.rr_p50_us`` / ``_p99_us``: 1 KiB request, 1 KiB response,
+  sequential on one established connection;
+- ``mesh.cpu_ms_per_1k_req``: CPU of both ztunnels per 1,000 requests at 1,000 req/s over 20 connections;
+- ``mesh.new_conns_per_s``: new connections (connect, 1-byte echo, close), 4 at a time;
+- ``ztunnel.rss_mb_1k_workloads``: RSS of a ztunnel holding 1,000 workloads of config, before traffic.
+
+Modes: ``mesh.py`` (the run), ``mesh.py --ztunnel`` (one ztunnel, configured by env), ``mesh.py --server``
+(echo on 8080 and a byte sink on 8081, run inside a pod netns).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import os
+import secrets
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+INPOD_RULES = """*mangle
+:ISTIO_PRERT - [0:0]
+:ISTIO_OUTPUT - [0:0]
+-A PREROUTING -j ISTIO_PRERT
+-A OUTPUT -j ISTIO_OUTPUT
+-A ISTIO_PRERT -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x111/0xfff
+-A ISTIO_OUTPUT -m connmark --mark 0x111/0xfff -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff
+COMMIT
+*nat
+:ISTIO_PRERT - [0:0]
+:ISTIO_OUTPUT - [0:0]
+-A OUTPUT -j ISTIO_OUTPUT
+-A PREROUTING -j ISTIO_PRERT
+-A ISTIO_PRERT -s 169.254.7.127 -p tcp -m tcp -j ACCEPT
+-A ISTIO_OUTPUT -d 169.254.7.127 -p tcp -m tcp -j ACCEPT
+-A ISTIO_PRERT ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15006
+-A ISTIO_OUTPUT -p tcp -m mark --mark 0x111/0xfff -j ACCEPT
+-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -j ACCEPT
+-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001
+COMMIT
+"""
+VIP = "10.77.200.1"
+KIB = b"x" * 1024
+THROUGHPUT_BYTES = 256 * 1024 * 1024
+
+
+# --- plumbing -----------------------------------------------------------------------------------------------
+
+
+def sh(*argv: str, stdin: str | None = None) -> str:
+    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False, timeout=60)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+class Net:
+    """Two nodes and four pods; ``close`` deletes every namespace (and so every link and rule)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.pods: dict[str, tuple[str, str]] = {}  # pod -> (netns, ip)
+
+    def netns(self) -> str:
+        name = f"zt-b{secrets.token_hex(3)}"
+        sh("ip", "netns", "add", name)
+        self.names.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def build(self) -> None:
+        self.nodes = [self.netns(), self.netns()]
+        for i, node in enumerate(self.nodes, 1):
+            sh("ip", "netns", "exec", node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            sh("ip", "-n", node, "link", "add", "br0", "type", "bridge")
+            sh("ip", "-n", node, "addr", "add", f"10.77.{i}.1/24", "dev", "br0")
+            sh("ip", "-n", node, "link", "set", "br0", "up")
+        a, b = self.nodes
+        sh("ip", "-n", a, "link", "add", "link0", "type", "veth", "peer", "name", "link0", "netns", b)
+        for i, node in enumerate(self.nodes, 1):
+            sh("ip", "-n", node, "addr", "add", f"10.77.254.{i}/24", "dev", "link0")
+            sh("ip", "-n", node, "link", "set", "link0", "up")
+        sh("ip", "-n", a, "route", "add", "10.77.2.0/24", "via", "10.77.254.2")
+        sh("ip", "-n", b, "route", "add", "10.77.1.0/24", "via", "10.77.254.1")
+        for name, node, k, captured in (
+            ("client", 1, 10, True), ("server", 2, 10, True), ("dclient", 1, 11, False), ("dserver", 2, 11, False),
+        ):  # fmt: skip
+            self.pod(name, node, k, captured)
+
+    def pod(self, name: str, node: int, k: int, captured: bool) -> None:
+        ns, ip = self.netns(), f"10.77.{node}.{k}"
+        sh(
+            "ip",
+            "-n",
+            ns,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            f"v{k}",
+            "netns",
+            self.nodes[node - 1],
+        )
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "route", "add", "default", "via", f"10.77.{node}.1")
+        sh("ip", "-n", self.nodes[node - 1], "link", "set", f"v{k}", "master", "br0")
+        sh("ip", "-n", self.nodes[node - 1], "link", "set", f"v{k}", "up")
+        if captured:
+            sh("ip", "netns", "exec", ns, "iptables-restore", "--noflush", stdin=INPOD_RULES)
+            sh("ip", "-n", ns, "rule", "add", "fwmark", "0x111/0xfff", "pref", "32764", "lookup", "100")
+            sh("ip", "-n", ns, "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
+        self.pods[name] = (ns, ip)
+
+    def close(self) -> None:
+        for name in reversed(self.names):
+            with contextlib.suppress(RuntimeError):
+                sh("ip", "netns", "del", name)
+
+
+def make_ca(directory: Path) -> None:
+    """A throwaway P-256 root for this run (key and cert as PEM files)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "bench mesh root")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    (directory / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "ca.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+
+
+class FileCa:
+    """Certificate fetcher for the ztunnel processes: signs leaves with the run's root."""
+
+    def __init__(self, directory: Path) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        self.root_pem = (directory / "ca.pem").read_bytes()
+        self.root = x509.load_pem_x509_certificate(self.root_pem)
+        self.key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+
+    async def fetch(self, identity):  # type: ignore[no-untyped-def]
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
+        from meshkit.identity.certs import WorkloadCertificate
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        nb, na = now - dt.timedelta(minutes=5), now + dt.timedelta(hours=24)
+        usage = x509.KeyUsage(True, False, True, False, False, False, False, False, False)
+        eku = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+        leaf = (
+            x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(self.root.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(nb).not_valid_after(na)
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), True)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(usage, critical=True).add_extension(eku, False)
+            .sign(self.key, hashes.SHA256())
+        )  # fmt: skip
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return WorkloadCertificate(
+            identity,
+            leaf.public_bytes(serialization.Encoding.PEM),
+            key_pem,
+            self.root_pem,
+            nb,
+            na,
+            leaf.serial_number,
+        )
+
+
+def config(path: Path, extra_workloads: int) -> None:
+    """Static config: the four pods, the echo service, and ``extra_workloads`` more (config only)."""
+
+    def wl(name: str, ip: str, node: str, captured: bool, svc: str = "") -> dict[str, object]:
+        out: dict[str, object] = {
+            "uid": f"Kubernetes//Pod/default/{name}", "name": name, "namespace": "default",
+            "addresses": [_b64(ip)], "tunnelProtocol": "HBONE" if captured else "NONE",
+            "serviceAccount": name, "node": node, "workloadName": name, "canonicalName": name,
+        }  # fmt: skip
+        if svc:
+            out["services"] = {svc: {"ports": [{"servicePort": 80, "targetPort": 8080}]}}
+        return out
+
+    workloads = [
+        wl("client", "10.77.1.10", "node1", True),
+        wl("server", "10.77.2.10", "node2", True, "default/echo.default.svc.cluster.local"),
+        wl("dclient", "10.77.1.11", "node1", False),
+        wl("dserver", "10.77.2.11", "node2", False),
+    ]
+    services = [
+        {"name": "echo", "namespace": "default", "hostname": "echo.default.svc.cluster.local",
+         "addresses": [{"address": _b64(VIP)}], "ports": [{"servicePort": 80, "targetPort": 8080}]},
+    ]  # fmt: skip
+    base = int(ipaddress.IPv4Address("10.77.100.1"))
+    for i in range(extra_workloads):
+        svc = f"default/filler-{i % 100}.default.svc.cluster.local"
+        workloads.append(wl(f"filler-{i}", str(ipaddress.IPv4Address(base + i)), f"node-{i % 50}", True, svc))
+    for i in range(100):
+        services.append(
+            {"name": f"filler-{i}", "namespace": "default", "hostname": f"filler-{i}.default.svc.cluster.local",
+             "addresses": [{"address": _b64(f"10.77.201.{i + 1}")}], "ports": [{"servicePort": 80, "targetPort": 8080}]}
+        )  # fmt: skip
+    path.write_text(json.dumps({"workloads": workloads, "services": services}))
+
+
+def _b64(ip: str) -> str:
+    import base64
+
+    return base64.b64encode(ipaddress.ip_address(ip).packed).decode()
+
+
+# --- child modes -----------------------------------------------------------------------------------------------
+
+
+def run_ztunnel() -> None:
+    import uvloop
+
+    from meshkit import logs
+    from meshkit.settings import load
+    from ztunnel.app import build
+    from ztunnel.settings import Settings
+
+    async def main() -> None:
+        settings = load(Settings)
+        logs.setup("warning")
+        app = await build(settings, fetcher=FileCa(Path(os.environ["BENCH_DIR"])))
+        await app.readiness.wait_ready()
+        print("READY", flush=True)
+        await asyncio.get_running_loop().run_in_executor(
+            None, sys.stdin.read
+        )  # until the parent closes stdin
+        await app.drain(1.0)
+
+    uvloop.run(main())
+
+
+def run_server() -> None:
+    import uvloop
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        total = 0
+        while data := await reader.read(1 << 20):
+            total += len(data)
+        writer.write(struct.pack("!Q", total))
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        await asyncio.start_server(echo, "0.0.0.0", 8080, reuse_address=True)
+        await asyncio.start_server(sink, "0.0.0.0", 8081, reuse_address=True)
+        print("READY", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+    uvloop.run(main())
+
+
+# --- load generation (in the client pod netns) -----------------------------------------------------------------
+
+
+class Client:
+    def __init__(self, netns: str) -> None:
+        from meshkit.sockets import NetnsSocketFactory
+
+        self.factory = NetnsSocketFactory(f"/run/netns/{netns}", mark=None, name="bench")
+
+    async def open(self, ip: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        from meshkit.sockets import open_tcp
+
+        sock = await open_tcp(self.factory, ip, port)
+        return await asyncio.open_connection(sock=sock, limit=1 << 20)
+
+    async def throughput(self, ip: str) -> float:
+        reader, writer = await self.open(ip, 8081)
+        chunk = b"\0" * (256 * 1024)
+        start = time.perf_counter()
+        for _ in range(THROUGHPUT_BYTES // len(chunk)):
+            writer.write(chunk)
+            await writer.drain()
+        writer.write_eof()
+        total = struct.unpack("!Q", await reader.readexactly(8))[0]
+        elapsed = time.perf_counter() - start
+        writer.close()
+        assert total == THROUGHPUT_BYTES, total
+        return total * 8 / elapsed / 1e9
+
+    async def rr(self, ip: str, port: int, n: int = 5000, warmup: int = 500) -> tuple[float, float]:
+        reader, writer = await self.open(ip, port)
+        samples = []
+        for i in range(n + warmup):
+            t0 = time.perf_counter()
+            writer.write(KIB)
+            await reader.readexactly(len(KIB))
+            if i >= warmup:
+                samples.append((time.perf_counter() - t0) * 1e6)
+        writer.close()
+        samples.sort()
+        return statistics.median(samples), samples[int(len(samples) * 0.99)]
+
+    async def paced(self, ip: str, port: int, conns: int, rate: float, seconds: float) -> int:
+        """``conns`` connections, together ``rate`` req/s of 1 KiB each way, for ``seconds``; returns requests."""
+        streams = [await self.open(ip, port) for _ in range(conns)]
+        interval = conns / rate
+        done = 0
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+
+        async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, offset: float) -> None:
+            nonlocal done
+            nxt = loop.time() + offset
+            while nxt < end:
+                await asyncio.sleep(max(0.0, nxt - loop.time()))
+                writer.write(KIB)
+                await reader.readexactly(len(KIB))
+                done += 1
+                nxt += interval
+
+        await asyncio.gather(*(one(r, w, i * interval / conns) for i, (r, w) in enumerate(streams)))
+        for _, w in streams:
+            w.close()
+        return done
+
+    async def new_conns(self, ip: str, port: int, seconds: float, parallel: int = 4) -> float:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        count = 0
+
+        async def worker() -> None:
+            nonlocal count
+            while loop.time() < end:
+                reader, writer = await self.open(ip, port)
+                writer.write(b"x")
+                await reader.readexactly(1)
+                writer.close()
+                count += 1
+
+        start = loop.time()
+        await asyncio.gather(*(worker() for _ in range(parallel)))
+        return count / (loop.time() - start)
+
+
+def cpu_ms(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# --- the run ---------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            with contextlib.suppress(OSError):
+                if p.stdin:
+                    p.stdin.close()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def spawn(procs: list[subprocess.Popen[str]], argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    p = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, **env}
+    )
+    procs.append(p)
+    return p
+
+
+def wait_ready(p: subprocess.Popen[str]) -> None:
+    assert p.stdout is not None
+    line = p.stdout.readline()
+    if line.strip() != "READY":
+        raise RuntimeError(f"child {p.args} did not start: {line!r}")
+
+
+async def zds_agents(tmp: Path, net: Net) -> list[object]:
+    from meshkit.zds import WorkloadInfo, ZdsServer, ZdsServerConnection
+
+    servers = []
+    for node, pod in (("node1", "client"), ("node2", "server")):
+        netns, _ip = net.pods[pod]
+
+        async def agent(conn: ZdsServerConnection, netns: str = netns, pod: str = pod) -> None:
+            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+            try:
+                await conn.add(secrets.token_hex(8), WorkloadInfo(pod, "default", pod), fd)
+            finally:
+                os.close(fd)
+            await conn.snapshot_sent()
+            while await conn.probe():
+                await asyncio.sleep(1.0)
+
+        server = ZdsServer(str(tmp / f"{node}.sock"), agent)
+        await server.start()
+        servers.append(server)
+    return servers
+
+
+async def measure(tmp: Path, net: Net, procs: list[subprocess.Popen[str]]) -> dict[str, float | int | str]:
+    agents = await zds_agents(tmp, net)
+    figures: dict[str, float | int | str] = {}
+    try:
+        zts = []
+        for node in ("node1", "node2"):
+            env = {
+                "NODE_NAME": node, "INPOD_UDS": str(tmp / f"{node}.sock"), "LOCAL_XDS_PATH": str(tmp / "config.json"),
+                "ADMIN_ADDR": "127.0.0.1:0", "STATS_ADDR": "127.0.0.1:0", "READINESS_ADDR": "127.0.0.1:0",
+                "DNS_RESOLV_CONF": "/dev/null", "BENCH_DIR": str(tmp), "PYTHONPATH": str(HERE),
+            }  # fmt: skip
+            zts.append(spawn(procs, [sys.executable, str(HERE / "mesh.py"), "--ztunnel"], env))
+        await asyncio.gather(*(asyncio.to_thread(wait_ready, p) for p in zts))
+        figures["ztunnel.rss_mb_1k_workloads"] = max(rss_mb(p.pid) for p in zts)
+        client_d, client_m = Client(net.pods["dclient"][0]), Client(net.pods["client"][0])
+        dserver_ip = net.pods["dserver"][1]
+
+        figures["direct.throughput_gbps"] = await client_d.throughput(dserver_ip)
+        figures["mesh.throughput_gbps"] = await client_m.throughput(net.pods["server"][1])
+        figures["direct.rr_p50_us"], figures["direct.rr_p99_us"] = await client_d.rr(dserver_ip, 8080)
+        figures["mesh.rr_p50_us"], figures["mesh.rr_p99_us"] = await client_m.rr(VIP, 80)
+        figures["mesh.added_p50_us"] = float(figures["mesh.rr_p50_us"]) - float(figures["direct.rr_p50_us"])
+
+        await client_m.paced(VIP, 80, 20, 1000.0, 2.0)  # warm-up
+        before = sum(cpu_ms(p.pid) for p in zts)
+        requests = await client_m.paced(VIP, 80, 20, 1000.0, 10.0)
+        spent = sum(cpu_ms(p.pid) for p in zts) - before
+        figures["mesh.cpu_ms_per_1k_req"] = spent / (requests / 1000)
+        figures["mesh.paced_requests"] = requests
+        figures["direct.new_conns_per_s"] = await client_d.new_conns(dserver_ip, 8080, 3.0)
+        figures["mesh.new_conns_per_s"] = await client_m.new_conns(VIP, 80, 3.0)
+        figures["ztunnel.rss_mb_after_load"] = max(rss_mb(p.pid) for p in zts)
+        client_d.factory.close()
+        client_m.factory.close()
+    finally:
+        for agent in agents:
+            await agent.close()  # type: ignore[attr-defined]
+    return figures
+
+
+def main() -> None:
+    if "--ztunnel" in sys.argv:
+        run_ztunnel()
+        return
+    if "--server" in sys.argv:
+        run_server()
+        return
+    import uvloop
+
+    from _results import write_results
+
+    if os.geteuid() != 0:
+        raise SystemExit("bench/mesh.py needs root (network namespaces, iptables)")
+    net = Net()
+    with tempfile.TemporaryDirectory(prefix="zt-bench-") as tmpdir, processes() as procs:
+        tmp = Path(tmpdir)
+        try:
+            net.build()
+            make_ca(tmp)
+            config(tmp / "config.json", 1000)
+            for pod in ("server", "dserver"):
+                netns = net.pods[pod][0]
+                wait_ready(
+                    spawn(
+                        procs,
+                        ["ip", "netns", "exec", netns, sys.executable, str(HERE / "mesh.py"), "--server"],
+                        {},
+                    )
+                )
+            figures = uvloop.run(measure(tmp, net, procs))
+        finally:
+            for p in procs:
+                with contextlib.suppress(OSError):
+                    if p.stdin:
+                        p.stdin.close()
+            for p in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=10)
+            net.close()
+    figures["targets.added_p50_us"] = 500
+    figures["targets.cpu_ms_per_1k_req"] = 300
+    figures["targets.rss_mb"] = 64
+    write_results("mesh", figures)
+
+
+if __name__ == "__main__":
+    main()
