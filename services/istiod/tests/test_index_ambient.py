@@ -145,3 +145,38 @@ def test_failing_derivation_is_isolated() -> None:
         "inverse", source, lambda _ctx, n: {"x": 1 / n} if n else {"y": 1 / n}
     )
     assert derived.keys() == ["x"]
+
+
+def _slice(name: str, endpoints: list[dict[str, Any]]) -> dict[str, Any]:
+    ports = [
+        {"name": "http", "port": 8080, "protocol": "TCP"},
+        {"name": "dns", "port": 53, "protocol": "UDP"},
+    ]
+    return obj(name, "app", {"kubernetes.io/service-name": "ext"}, endpoints=endpoints, ports=ports)
+
+
+def test_selectorless_service_endpoint_slices() -> None:
+    index = make()
+    ext = obj(
+        "ext",
+        "app",
+        spec={"clusterIP": "10.96.0.9", "ports": [{"name": "http", "port": 80}, {"name": "dns", "port": 53}]},
+    )
+    feed(index, "services", ext)
+    feed(index, "endpointslices", _slice("ext-abc", [
+        {"addresses": ["10.0.0.2"], "targetRef": {"kind": "Pod", "name": "b", "namespace": "app"}},
+        {"addresses": ["192.168.9.9"], "conditions": {"ready": False}},
+    ]))  # fmt: skip
+    ext_key = "app/ext.app.svc.cluster.local"
+    assert dict(workload(index, "Kubernetes//Pod/app/b").services)[ext_key] == (
+        r.Port(80, 8080),
+        r.Port(53, 53),
+    )
+    assert ext_key not in dict(workload(index, "Kubernetes//Pod/app/a").services)
+    vm = workload(index, "Kubernetes/discovery.k8s.io/EndpointSlice/app/ext-abc/192.168.9.9")
+    assert vm.network_mode == r.NETWORK_MODE_HOST
+    assert vm.status == r.STATUS_UNHEALTHY
+    assert vm.services == ((ext_key, (r.Port(80, 8080),)),)  # TCP ports only
+    index.inputs["endpointslices"].delete("app/ext-abc")
+    assert ext_key not in dict(workload(index, "Kubernetes//Pod/app/b").services)
+    assert "Kubernetes/discovery.k8s.io/EndpointSlice/app/ext-abc/192.168.9.9" not in index.addresses

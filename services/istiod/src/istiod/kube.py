@@ -19,6 +19,7 @@ KINDS: dict[str, tuple[r.Resource, bool]] = {
     "nodes": (r.NODES, False),
     "pods": (r.PODS, False),
     "services": (r.SERVICES, False),
+    "endpointslices": (r.ENDPOINTSLICES, False),
     "serviceentries": (r.SERVICEENTRIES, True),
     "workloadentries": (r.WORKLOADENTRIES, True),
     "authorizationpolicies": (r.AUTHORIZATIONPOLICIES, True),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from istiod.index import meta, peerauthn, policies, waypoints
+from istiod.index import endpointslices, meta, peerauthn, policies, waypoints
 from istiod.index.authz import ConvertedPolicy, convert_authorization_policy
 from istiod.index.krt import Collection, Context, Derived, Input, Join, singleton_source
 from istiod.index.records import AUTHZ_SCOPE_WORKLOAD_SELECTOR, Authorization, Service, Workload
@@ -34,7 +34,7 @@ from istiod.index.workloads import (
 Obj = dict[str, Any]
 Address = Workload | Service
 INPUT_KINDS = (
-    "namespaces", "nodes", "pods", "services", "serviceentries", "workloadentries",
+    "namespaces", "nodes", "pods", "services", "endpointslices", "serviceentries", "workloadentries",
     "authorizationpolicies", "peerauthentications", "gateways", "gatewayclasses",
 )  # fmt: skip
 
@@ -62,6 +62,7 @@ class AmbientIndex:
         self.inputs: dict[str, Input[Obj]] = {kind: Input(kind) for kind in INPUT_KINDS}
         for kind in ("services", "serviceentries", "peerauthentications", "workloadentries"):
             self.inputs[kind].add_index("namespace", _by_namespace)
+        self.inputs["endpointslices"].add_index("pod", endpointslices.pod_refs)
         self.waypoints: Derived[Obj, waypoints.Waypoint] = Derived(
             "waypoints", self.inputs["gateways"], self._waypoint
         )
@@ -139,6 +140,7 @@ class AmbientIndex:
             Derived("pod-workloads", self.inputs["pods"], self._pod_workload),
             Derived("we-workloads", self.inputs["workloadentries"], self._we_workload),
             Derived("se-workloads", self.inputs["serviceentries"], self._se_workloads),
+            Derived("endpoint-workloads", self.inputs["endpointslices"], self._endpoint_workloads),
         ]
         self.address_parts = parts
         self.addresses: Collection[Address] = Join("addresses", parts)
@@ -173,9 +175,14 @@ class AmbientIndex:
         else:
             waypoint = self._resolve_waypoint(ctx, pod, labels, "workload")
         node = ctx.get(self.inputs["nodes"], str(meta.spec(pod).get("nodeName") or ""))
+        services = services_map(self.mesh, pod, labels=labels, k8s_services=svcs, service_entries=ses)
+        slices = ctx.by_index(self.inputs["endpointslices"], "pod", f"{ns}/{meta.name(pod)}")
+        if slices:  # selector-less Services list the pods their slices reference (§5.2)
+            by_key = {f"{meta.namespace(s)}/{meta.name(s)}": s for s in svcs}
+            extra = endpointslices.pod_service_entries(f"{ns}/{meta.name(pod)}", slices, by_key, self.mesh)
+            services = tuple(sorted({**dict(services), **extra}.items()))
         record = pod_workload(
-            pod, self.mesh, services=services_map(self.mesh, pod, labels=labels, k8s_services=svcs,
-                                                  service_entries=ses),
+            pod, self.mesh, services=services,
             waypoint=waypoint, application_tunnel=tunnel, policies=self._policy_keys(ctx, ns, labels),
             locality=node_locality(node),
         )  # fmt: skip
@@ -196,6 +203,11 @@ class AmbientIndex:
     def _se_workloads(self, ctx: Context, se: Obj) -> dict[str, Workload]:
         waypoint = self._resolve_waypoint(ctx, se, meta.labels(se), "workload")
         return {w.uid: w for w in service_entry_workloads(se, self.mesh, waypoint)}
+
+    def _endpoint_workloads(self, ctx: Context, slice_: Obj) -> dict[str, Workload]:
+        key = endpointslices.service_key(slice_)
+        svc = ctx.get(self.inputs["services"], key) if key else None
+        return {w.uid: w for w in endpointslices.endpoint_workloads(slice_, svc, self.mesh)}
 
     # ---- queries ----
 
