@@ -397,3 +397,34 @@ async def test_plugged_intermediate_chain_over_the_wire_and_in_tls(
     assert web.chain_pem.count(b"BEGIN CERTIFICATE") == 2
     client_saw, server_saw = await handshake(context(web, tmp_path, False), context(api, tmp_path, True))
     assert (client_saw, server_saw) == ([API], [WEB])
+
+
+async def test_issued_certificates_work_with_hbone_tls_contexts(server: CaServer) -> None:
+    """The same certificates through meshkit.hbone.tls, as HBONE will use them (ALPN h2, SAN checks)."""
+    from meshkit.hbone import tls as hbone_tls
+
+    web = await fetch(server.client(ZT_A), WEB)
+    api = await fetch(server.client(ZT_A), API)
+    seen: asyncio.Future[Identity] = asyncio.get_running_loop().create_future()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.set_result(
+            hbone_tls.verify_client_identity(writer.get_extra_info("ssl_object"), "cluster.local")
+        )
+        writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=hbone_tls.server_context(api))
+    try:
+        port = srv.sockets[0].getsockname()[1]
+        async with asyncio.timeout(10):
+            _, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=hbone_tls.client_context(web), server_hostname=""
+            )
+            ssl_object = writer.get_extra_info("ssl_object")
+            assert ssl_object.selected_alpn_protocol() == "h2"
+            assert hbone_tls.verify_server_identity(ssl_object, {API}) == API
+            assert await seen == WEB
+            writer.close()
+    finally:
+        srv.close()
+        await srv.wait_closed()
