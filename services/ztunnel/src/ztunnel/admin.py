@@ -12,14 +12,14 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
 from meshkit import logs
 from meshkit.identity.certs import WorkloadCertificate
 
+from ztunnel.http import Handler, Request, Response
 from ztunnel.state.records import Authorization, GatewayAddress, Match, Service, StringMatch, Workload
 from ztunnel.state.state import State
 
-__all__ = ["admin_app", "config_dump", "dump_policy", "dump_service", "dump_workload"]
+__all__ = ["admin_routes", "config_dump", "dump_policy", "dump_service", "dump_workload"]
 
 
 def _gw(gw: GatewayAddress | None) -> dict[str, Any] | None:
@@ -181,30 +181,31 @@ def config_dump(
     }
 
 
-def admin_app(dump: Callable[[], dict[str, Any]], quit_: Callable[[], None]) -> web.Application:
+def admin_routes(
+    dump: Callable[[], dict[str, Any]], quit_: Callable[[], None]
+) -> dict[tuple[str, str], Handler]:
     """``/config_dump``, ``/logging`` (GET shows, POST ``?level=...`` changes levels), ``/quitquitquit``."""
 
-    async def handle_dump(_request: web.Request) -> web.Response:
-        return web.Response(
-            text=json.dumps(dump(), indent=2, sort_keys=True), content_type="application/json"
-        )
+    async def handle_dump(_request: Request) -> Response:
+        body = json.dumps(dump(), indent=2, sort_keys=True).encode()
+        return Response(body=body, content_type="application/json")
 
-    async def handle_logging(request: web.Request) -> web.Response:
+    async def handle_logging(request: Request) -> Response:
         level = request.query.get("level")
         if request.method == "POST" and level:
             try:
                 logs.set_levels(level)
             except ValueError as exc:
-                return web.Response(status=400, text=f"{exc}\n")
-        return web.Response(text=json.dumps(logs.current_levels(), indent=2, sort_keys=True) + "\n")
+                return Response(400, f"{exc}\n".encode())
+        return Response(body=(json.dumps(logs.current_levels(), indent=2, sort_keys=True) + "\n").encode())
 
-    async def handle_quit(_request: web.Request) -> web.Response:
+    async def handle_quit(_request: Request) -> Response:
         quit_()
-        return web.Response(text="OK\n")
+        return Response(body=b"OK\n")
 
-    app = web.Application()
-    app.router.add_get("/config_dump", handle_dump)
-    app.router.add_get("/logging", handle_logging)
-    app.router.add_post("/logging", handle_logging)
-    app.router.add_post("/quitquitquit", handle_quit)
-    return app
+    return {
+        ("GET", "/config_dump"): handle_dump,
+        ("GET", "/logging"): handle_logging,
+        ("POST", "/logging"): handle_logging,
+        ("POST", "/quitquitquit"): handle_quit,
+    }

@@ -21,9 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-from meshkit import metrics as mk_metrics
-from meshkit.admin import HttpServer, Readiness, start_http
 from meshkit.drain import Drain, TaskOwner
 from meshkit.identity.caclient import CertificateFetcher
 from meshkit.identity.manager import CertificateManager
@@ -31,8 +28,11 @@ from meshkit.logs import kv
 from meshkit.netns import arun_in_netns
 from meshkit.sockets import SO_MARK, NetnsSocketFactory
 from meshkit.zds import WorkloadInfo
+from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from ztunnel.admin import admin_app, config_dump
+from ztunnel.admin import admin_routes, config_dump
+from ztunnel.http import HttpServer, Readiness, Request, Response, start_http
 from ztunnel.inpod.client import run_zds_client
 from ztunnel.inpod.manager import WorkloadProxyManager
 from ztunnel.inpod.pod import InPodProxy
@@ -126,9 +126,16 @@ class App:
         self.stopped.set()
 
 
-async def _serve_http(app: App, name: str, web_app: web.Application, addr: str) -> None:
+async def _serve_http(app: App, name: str, routes: dict[tuple[str, str], Any], addr: str) -> None:
     host, port = split_addr(addr)
-    app.servers[name] = await start_http(web_app, host, port)
+    app.servers[name] = await start_http(host, port, routes)
+
+
+def _metrics_routes(registry: CollectorRegistry) -> dict[tuple[str, str], Any]:
+    async def handle(_request: Request) -> Response:
+        return Response(body=generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+    return {("GET", "/metrics"): handle, ("GET", "/stats/prometheus"): handle}
 
 
 async def build(
@@ -139,7 +146,8 @@ async def build(
     rng: random.Random | None = None,
 ) -> App:
     """Build and start ztunnel. ``fetcher`` signs workload certificates (the CA client in production)."""
-    registry = mk_metrics.new_registry()
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # Istio emits no *_created series
+    registry = CollectorRegistry(auto_describe=True)
     build_info(registry, "0.1.0")
     state = State(settings.network)
     certs = CertificateManager(fetcher)
@@ -198,14 +206,14 @@ async def build(
         manager.snapshot_done = True
         app.update_readiness()
 
-    stats = web.Application()
-    mk_metrics.add_metrics_routes(stats, registry)
-    ready_app = web.Application()
-    readiness.add_routes(ready_app)
     try:
-        await _serve_http(app, "admin", admin_app(app.config_dump, app.request_shutdown), settings.admin_addr)
-        await _serve_http(app, "stats", stats, settings.stats_addr)
-        await _serve_http(app, "readiness", ready_app, settings.readiness_addr)
+        await _serve_http(
+            app, "admin", admin_routes(app.config_dump, app.request_shutdown), settings.admin_addr
+        )
+        await _serve_http(app, "stats", _metrics_routes(registry), settings.stats_addr)
+        await _serve_http(
+            app, "readiness", {("GET", "/healthz/ready"): readiness.handle}, settings.readiness_addr
+        )
     except BaseException:
         await app.close()
         raise
