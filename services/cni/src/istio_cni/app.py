@@ -29,6 +29,7 @@ from istio_cni.dataplane import Annotator, DataplaneConfig, MeshDataplane
 from istio_cni.events import PluginEventServer
 from istio_cni.hostrules import HostRules
 from istio_cni.install import KUBECONFIG_NAME, Installer, in_cluster_kubeconfig
+from istio_cni.iptables import RuleError
 from istio_cni.metrics import CniMetrics
 from istio_cni.netns import Netns
 from istio_cni.plugin.agentclient import PLUGIN_EVENT_SOCKET
@@ -172,7 +173,16 @@ async def _start(app: App, metrics: CniMetrics) -> None:
     mk_metrics.add_metrics_routes(metrics_app, app.registry)
     app.servers["metrics"] = await start_http(metrics_app, s.listen_address, s.metrics_port)
     if app.host is not None:
-        await app.host.install()
+        try:
+            await app.host.install()
+        except RuleError as exc:  # e.g. no ipset on the node: run on, but say loudly what is lost
+            log.error(  # noqa: TRY400 - the message is the useful part
+                "node probe rules could not be installed; kubelet probes to enrolled pods will be captured"
+                " by ztunnel (is ipset installed?)",
+                extra=kv(error=str(exc)),
+            )
+            app.host.netns.close()
+            app.host = app.dataplane.host = None
     await app.hub.start()
     app.readiness.set("zds")
     await app.plugin_server.start()

@@ -96,7 +96,7 @@ class MeshDataplane:
         self.cfg = cfg
         self.annotator = annotator
         self._metrics = metrics
-        self._host = host
+        self.host = host
         self.pods: dict[str, PodRecord] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._marks: dict[str, str | None] = {}  # the annotation value each cached pod carries
@@ -158,8 +158,8 @@ class MeshDataplane:
         try:
             if apply_rules:
                 await apply_pod_rules(netns, rule_config(pod, self.cfg), self.cfg.ipv6)
-            if self._host is not None:
-                await self._host.add_ips(ips)
+            if self.host is not None:
+                await self.host.add_ips(ips)
         except BaseException:
             netns.close()
             self.pods.pop(uid, None)
@@ -201,8 +201,8 @@ class MeshDataplane:
             if rec is None:
                 return
             try:
-                if self._host is not None:
-                    await self._host.remove_ips(rec.ips)
+                if self.host is not None:
+                    await self.host.remove_ips(rec.ips)
                 if not deleted and rec.netns is not None:
                     await remove_pod_rules(rec.netns)
                 if self.hub is not None:
