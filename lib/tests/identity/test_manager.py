@@ -298,3 +298,23 @@ async def test_config_dump_matches_ztunnel(sign: Callable[[bytes, list[str]], li
     assert leaf["expirationTime"] == cert.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert len(alice["rootCerts"]) == 1
     assert bob == {"identity": BOB.uri, "state": "Unavailable: denied", "certChain": [], "rootCerts": []}
+
+
+async def test_waiters_released_when_identity_is_forgotten(manager: CertificateManager, ca: FakeCa) -> None:
+    ca.gate = asyncio.Event()
+    manager.workload_added("uid-1", ALICE)
+    waiter = asyncio.create_task(manager.fetch_certificate(ALICE))
+    await ca.wait_calls(1)
+    manager.workload_removed("uid-1")
+    with pytest.raises(CertificateUnavailable, match="the identity is no longer needed"):
+        await asyncio.wait_for(waiter, 5)
+
+
+async def test_waiters_released_on_close(ca: FakeCa, clock: ManualClock) -> None:
+    ca.gate = asyncio.Event()
+    mgr = CertificateManager(ca, clock=clock)
+    waiter = asyncio.create_task(mgr.fetch_certificate(ALICE))
+    await ca.wait_calls(1)
+    await mgr.close()
+    with pytest.raises(CertificateUnavailable, match="closed"):
+        await asyncio.wait_for(waiter, 5)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import logging
 import random
 from collections.abc import Callable
@@ -146,6 +147,7 @@ class CertificateManager:
         self._slots = asyncio.Semaphore(max_concurrent_fetches)
         self._entries: dict[Identity, _Entry] = {}
         self._workloads: dict[str, Identity] = {}
+        self._refcounts: collections.Counter[Identity] = collections.Counter()
         self._listeners: list[CertificateListener] = []
         self._owner = TaskOwner("certificates")
 
@@ -156,6 +158,7 @@ class CertificateManager:
         if previous == identity:
             return
         self._workloads[uid] = identity
+        self._refcounts[identity] += 1
         if previous is not None:
             self._release(previous)
         if identity not in self._entries:
@@ -167,10 +170,12 @@ class CertificateManager:
             self._release(identity)
 
     def _refs(self, identity: Identity) -> int:
-        return sum(1 for i in self._workloads.values() if i == identity)
+        return self._refcounts[identity]
 
     def _release(self, identity: Identity) -> None:
-        if self._refs(identity) == 0:
+        self._refcounts[identity] -= 1
+        if self._refcounts[identity] <= 0:
+            del self._refcounts[identity]
             self.forget_certificate(identity)
 
     # -- lookups ----------------------------------------------------------------------------------------
@@ -200,10 +205,18 @@ class CertificateManager:
             return
         if entry.task is not None:
             entry.task.cancel()
+        self._release_waiters(entry, "the identity is no longer needed")
         log.info("certificate forgotten", extra=kv(identity=identity))
         self._update_held()
         if entry.cert is not None:
             self._notify(identity, None)
+
+    @staticmethod
+    def _release_waiters(entry: _Entry, reason: str) -> None:
+        """Callers still waiting for a first certificate get an error instead of waiting forever."""
+        if not entry.settled.is_set():
+            entry.error = CertificateUnavailable(reason)
+            entry.settled.set()
 
     def statuses(self) -> list[CertificateStatus]:
         out = []
@@ -313,5 +326,8 @@ class CertificateManager:
     async def close(self) -> None:
         """Stop every worker; certificates are dropped."""
         await self._owner.close()
+        for entry in self._entries.values():
+            self._release_waiters(entry, "the certificate manager is closed")
         self._entries.clear()
         self._workloads.clear()
+        self._refcounts.clear()
