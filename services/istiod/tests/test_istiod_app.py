@@ -30,6 +30,7 @@ class FakeApi:
         self.held: dict[str, asyncio.Event] = {}
         self.version = 10
         self.closing = asyncio.Event()
+        self.written = asyncio.Event()
 
     def hold(self, plural: str) -> asyncio.Event:
         self.held[plural] = asyncio.Event()
@@ -68,6 +69,7 @@ class FakeApi:
         assert name is not None
         body["metadata"]["resourceVersion"] = str(self.version)
         items[name] = body
+        self.written.set()
         return web.json_response(body)
 
     @staticmethod
@@ -187,3 +189,38 @@ class _Transport:
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.peer if name == "peername" else default
+
+
+async def test_policy_status_written_by_the_leader(fake_api: tuple[FakeApi, KubeClient]) -> None:
+    fake, client = fake_api
+    allow = {"metadata": {"name": "l7", "namespace": "app", "resourceVersion": "5", "generation": 2},
+             "spec": {"rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]}}  # fmt: skip
+    audit = {"metadata": {"name": "audit", "namespace": "app", "resourceVersion": "6", "generation": 1},
+             "spec": {"action": "AUDIT", "rules": [{}]}}  # fmt: skip
+    waypoint = {"metadata": {"name": "wp", "namespace": "app", "resourceVersion": "7", "generation": 1},
+                "spec": {"targetRefs": [{"kind": "Gateway", "name": "w"}], "rules": [{}]}}  # fmt: skip
+    objects: dict[str, dict[str, Any]] = {"l7": allow, "audit": audit, "wp": waypoint}
+    fake.objects["apis/security.istio.io/v1/authorizationpolicies"] = objects
+    fake.objects["apis/security.istio.io/v1/namespaces/app/authorizationpolicies"] = objects
+    app = await build(SETTINGS, kube_client=client)
+    try:
+        async with asyncio.timeout(10):
+            while not ("status" in objects["l7"] and "status" in objects["audit"]):
+                fake.written.clear()
+                await fake.written.wait()
+        (l7,) = objects["l7"]["status"]["conditions"]
+        assert (l7["type"], l7["status"], l7["reason"], l7["observedGeneration"]) == (
+            "ZtunnelAccepted",
+            "True",
+            "UnsupportedValue",
+            2,
+        )
+        assert "found: methods" in l7["message"]
+        (refused,) = objects["audit"]["status"]["conditions"]
+        assert (refused["status"], refused["message"]) == (
+            "False",
+            "ztunnel does not support the AUDIT action",
+        )
+        assert "status" not in objects["wp"]  # a waypoint policy: not ours to report
+    finally:
+        await app.shutdown()

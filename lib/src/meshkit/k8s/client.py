@@ -204,5 +204,9 @@ class KubeClient:
             content_type="application/merge-patch+json",
         )
 
+    def replace_status(self, resource: Resource, obj: Obj, namespace: str | None = None) -> Obj:
+        """PUT the ``status`` subresource (with ``metadata.resourceVersion``: a stale write gets Conflict)."""
+        return self._json("PUT", resource.path(namespace, obj["metadata"]["name"]) + "/status", body=obj)
+
     def delete(self, resource: Resource, name: str, namespace: str | None = None) -> Obj:
         return self._json("DELETE", resource.path(namespace, name))

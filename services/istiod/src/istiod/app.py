@@ -35,6 +35,7 @@ from istiod.debug import monitoring_app
 from istiod.index.ambient import AmbientIndex
 from istiod.index.services import MeshContext
 from istiod.settings import Settings
+from istiod.status import StatusWriter
 from istiod.waypoint.controller import start_waypoints
 from istiod.xds.cache import ResourceCache
 from istiod.xds.metrics import XdsMetrics
@@ -60,6 +61,7 @@ class App:
     addresses: dict[str, int] = field(default_factory=dict)
     informers: dict[str, Informer] = field(default_factory=dict)
     leader: LeaderElector | None = None
+    status: StatusWriter | None = None
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _closed: bool = False
 
@@ -181,14 +183,18 @@ async def _mark_synced(readiness: Readiness, kind: str, informer: Informer) -> N
 
 
 def _writers(app: App, client: KubeClient | None, owner: TaskOwner, ca: Any) -> None:
-    """Start the writers, behind the leader Lease when enabled."""
-    if client is None or ca is None:
+    """Start the writers (policy status, the root-cert ConfigMaps), behind the leader Lease if enabled."""
+    if client is None:
         return
     writers = TaskOwner("istiod-writers")
+    app.status = StatusWriter(app.index, client)
+    status = app.status
 
     def start() -> None:
         writers._closed = False  # reopened on each leadership term
-        writers.spawn(ca.publisher.run(ca.configmaps.watch()), name="root-cert-publisher")
+        writers.spawn(status.run(), name="policy-status")
+        if ca is not None:
+            writers.spawn(ca.publisher.run(ca.configmaps.watch()), name="root-cert-publisher")
 
     def stop() -> None:
         for task in writers.tasks:
