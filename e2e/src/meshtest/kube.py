@@ -165,15 +165,18 @@ class KubeCluster:
         return cluster_ip
 
     # -- logs and dumps --------------------------------------------------------------------------------------
-    def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str:
+    def pod_log(
+        self, namespace: str, pod: str, container: str | None = None, *, previous: bool = False
+    ) -> str:
         """A container's log: from the node's files when local (fast, no API round trip), else kubectl
         logs."""
         if self.layout is not None and container is not None:
             for node in self.layout.nodes:
-                path = find_log(self.layout.node_dir(node.name), namespace, pod, container)
+                path = find_log(self.layout.node_dir(node.name), namespace, pod, container, previous)
                 if path is not None:
                     return path.read_text(errors="replace")
         args = ["logs", "-n", namespace, pod] + (["-c", container] if container else [])
+        args += ["--previous"] if previous else []
         return self.kubectl(*args, check=False).stdout
 
     def dump(self, namespace: str | None, tail: int = 60) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.parse
 import urllib.request
 from typing import Any
@@ -326,12 +327,116 @@ def test_probes_restarts_and_graceful_deletion(kube_cluster: KubeCluster, kube_n
     def restarted() -> bool:
         pod = kube_cluster.get("pod", "flaky", ns)
         statuses = pod["status"].get("containerStatuses", [])
-        return bool(statuses) and statuses[0]["restartCount"] >= 1
+        # restarted and running again, so "previous" is the instance the liveness probe killed
+        return bool(statuses) and statuses[0]["restartCount"] >= 1 and "running" in statuses[0]["state"]
 
     kube_cluster.wait_for("a liveness restart", restarted, timeout=60)
-    assert "TERM" in kube_cluster.pod_log(ns, "flaky", "main") or True  # the first run's log was rotated
+    assert "TERM" in kube_cluster.pod_log(ns, "flaky", "main", previous=True)  # liveness kill is graceful
+    started = time.monotonic()
     kube_cluster.kubectl("delete", "pod", "-n", ns, "flaky", "--wait=true", timeout=60)
+    assert time.monotonic() - started < 3, (
+        "a container that exits on SIGTERM is gone well before the grace period"
+    )
+    assert "TERM" in kube_cluster.pod_log(ns, "flaky", "main")
     assert kube_cluster.kubectl("get", "pod", "-n", ns, "flaky", check=False).returncode != 0
+
+
+def test_grace_period_ends_with_sigkill(kube_cluster: KubeCluster, kube_namespace: str) -> None:
+    ns = kube_namespace
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "stubborn"},
+        "spec": {
+            "terminationGracePeriodSeconds": 2,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "busybox",
+                    "command": ["sh", "-c", "trap 'echo IGNORED' TERM; while true; do sleep 0.1; done"],
+                }
+            ],
+        },
+    }
+    kube_cluster.apply(pod, ns)
+    kube_cluster.pod_phase(ns, "stubborn", ["Running"])
+    kube_cluster.wait_for(
+        "container running",
+        lambda: kube_cluster.get("pod", "stubborn", ns)["status"]["containerStatuses"][0]["state"].get(
+            "running"
+        ),
+    )
+    started = time.monotonic()
+    kube_cluster.kubectl("delete", "pod", "-n", ns, "stubborn", "--wait=true", timeout=60)
+    took = time.monotonic() - started
+    assert 2 <= took < 8, f"deletion took {took:.1f}s with a 2s grace period"
+    assert "IGNORED" in kube_cluster.pod_log(ns, "stubborn", "main")
+
+
+def test_host_network_pod_and_chained_cni_plugin(kube_cluster: KubeCluster, kube_namespace: str) -> None:
+    """A plugin appended to the node's conflist runs on the next pod with prevResult and the pod's CNI_ARGS,
+    exactly as istio-cni will; a hostNetwork pod runs in the node's namespace with the node's IP."""
+    layout = kube_cluster.layout
+    if layout is None:
+        pytest.skip("inspects the local cluster's node files")
+    ns = kube_namespace
+    node = layout.node("amb-w1")
+    root = layout.node_root(node.name)
+    record = root / "var/lib/cni/chain-record.json"
+    plugin = root / "opt/cni/bin/amb-recorder"
+    # a minimal chained plugin: record stdin and env, pass prevResult through (what istio-cni does on ADD)
+    plugin.write_text(
+        "#!/bin/sh\n"
+        "input=$(cat)\n"
+        'if [ "$CNI_COMMAND" = ADD ]; then\n'
+        '  printf \'{"args":"%s","netns":"%s","stdin":%s}\' "$CNI_ARGS" "$CNI_NETNS" "$input" \\\n'
+        "    > /var/lib/cni/chain-record.json\n"
+        "  printf '%s' \"$input\" | python3 -c "
+        "'import json,sys; print(json.dumps(json.load(sys.stdin)[\"prevResult\"]))'\n"
+        "fi\n"
+    )
+    plugin.chmod(0o755)
+    conf_path = root / "etc/cni/net.d/10-amb-bridge.conflist"
+    original = conf_path.read_text()
+    conf = json.loads(original)
+    conf["plugins"].append({"type": "amb-recorder"})
+    conf_path.write_text(json.dumps(conf))
+    try:
+        kube_cluster.apply(
+            [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": name},
+                    "spec": {
+                        "nodeName": node.name,
+                        "hostNetwork": host_net,
+                        "containers": [
+                            {
+                                "name": "app",
+                                "image": IMAGE,
+                                "args": ["--port", str(port)],
+                                "readinessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 1},
+                            }
+                        ],
+                    },
+                }
+                for name, host_net, port in (("chained", False, 8080), ("hostnet", True, 18080))
+            ],
+            ns,
+        )
+        chained = kube_cluster.ready_pods(ns, "", 2)
+    finally:
+        conf_path.write_text(original)
+    pods = {p["metadata"]["name"]: p for p in chained}
+    recorded = json.loads(record.read_text())
+    assert "K8S_POD_NAME=chained" in recorded["args"]
+    assert f"K8S_POD_NAMESPACE={ns}" in recorded["args"]
+    prev_ips = [ip["address"].split("/")[0] for ip in recorded["stdin"]["prevResult"]["ips"]]
+    assert prev_ips == [pods["chained"]["status"]["podIP"]]
+    assert pods["hostnet"]["status"]["podIP"] == node.ip
+    (reply,) = forward(pods["chained"]["status"]["podIP"], f"http://{node.ip}:18080/")
+    assert reply.hostname == node.name  # hostNetwork: the node's UTS name, reached on the node IP
 
 
 def test_unknown_image_is_reported_on_the_pod(kube_cluster: KubeCluster, kube_namespace: str) -> None:

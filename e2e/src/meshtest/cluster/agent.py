@@ -300,7 +300,10 @@ def find_log(node_dir: Path, namespace: str, pod: str, container: str, previous:
     """The newest (or previous) log file of a container on this node, whatever pod UID it had."""
     candidates = sorted(
         (node_dir / "pods").glob(f"{namespace}_{pod}_*/logs/{container}.*.log"),
-        key=lambda p: (p.stat().st_mtime, int(p.name.rsplit(".", 2)[-2])),
+        key=lambda p: (
+            p.parent.parent.stat().st_mtime,
+            int(p.name.rsplit(".", 2)[-2]),
+        ),  # pod dir age, restart
     )
     if previous:
         return candidates[-2] if len(candidates) > 1 else None

@@ -70,15 +70,17 @@ def ensure_binaries(layout: ClusterLayout) -> None:
 
 def _wait(what: str, check: Callable[[], bool], timeout: float, log_file: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
+    last: Exception | None = None
     while time.monotonic() < deadline:
         try:
             if check():
                 return
-        except Exception:
-            pass
+        except Exception as err:  # not up yet: retried until the deadline, reported if it never clears
+            last = err
         time.sleep(0.2)
     hint = f"; see {log_file}" if log_file else ""
-    raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}{hint}")
+    cause = f" (last error: {last})" if last else ""
+    raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}{cause}{hint}")
 
 
 def _write_kubeconfigs(layout: ClusterLayout, pki: ClusterPKI) -> dict[str, Path]:
@@ -171,7 +173,13 @@ class Cluster:
         for node in layout.nodes:
             self._start_kube_proxy(node, kubeconfigs["kube-proxy"])
             self._start_agent(node, kubeconfigs[f"node-{node.name}"])
-        self._bootstrap_objects()
+        # just after /readyz the ClusterIP allocator may still be syncing and refuse 10.96.0.10: retry
+        _wait(
+            "kube-dns Service and EndpointSlice",
+            self._bootstrap_objects,
+            30,
+            layout.logs / "kube-apiserver.log",
+        )
         self._wait_ready()
         took = time.monotonic() - start
         (layout.run / "up-seconds").write_text(f"{took:.1f}\n")
@@ -427,7 +435,7 @@ class Cluster:
         }
         (root / "etc/cni/net.d/10-amb-bridge.conflist").write_text(json.dumps(conflist, indent=2))
 
-    def _bootstrap_objects(self) -> None:
+    def _bootstrap_objects(self) -> bool:
         kube = self.client()
         cp = self.layout.control_plane
         kube.create(
@@ -470,6 +478,7 @@ class Cluster:
                 ],
             },
         )
+        return True
 
     def _wait_ready(self) -> None:
         kube = self.client()
