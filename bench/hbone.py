@@ -507,7 +507,9 @@ def run_client(what: str, mode: str, ports: dict[str, int], certs: Path, loop_na
     return result
 
 
-def measure_relay(mode: str, ports: dict[str, int], certs: Path, loop_name: str, window: float) -> dict[str, float]:
+def measure_relay(
+    mode: str, ports: dict[str, int], certs: Path, loop_name: str, window: float
+) -> dict[str, float]:
     relay_proc = Proc("relay", mode, json.dumps(ports), str(certs), loop_name=loop_name)
     port = int(relay_proc.line().split()[1])
     load = Proc("loadgen", str(port), "20", "1000", loop_name=loop_name)
@@ -530,31 +532,54 @@ def measure_relay(mode: str, ports: dict[str, int], certs: Path, loop_name: str,
             "p50_us": sample["p50"]}  # fmt: skip
 
 
+class Server:
+    """A fresh server process per measurement: a bulk run must not leave a warm (or fragmented) heap behind
+    for the next measurement, and no transport should benefit from running first."""
+
+    def __init__(self, certs: Path, loop_name: str) -> None:
+        self.proc = Proc("server", str(certs), loop_name=loop_name)
+        self.ports: dict[str, int] = json.loads(self.proc.line().split(" ", 1)[1])
+
+    def __enter__(self) -> dict[str, int]:
+        return self.ports
+
+    def __exit__(self, *_exc: object) -> None:
+        self.proc.stop()
+
+
 def orchestrate(loop_name: str) -> None:
     from _results import write_results
 
     figures: dict[str, float | int | str] = {}
+    runs: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="hbone-bench-") as tmp:
         certs = Path(tmp)
         write_certs(certs)
-        server = Proc("server", str(certs), loop_name=loop_name)
-        try:
-            ports = json.loads(server.line().split(" ", 1)[1])
+        # interleave the transports, three rounds, medians: the VM's noise is shared fairly
+        for _round in range(3):
             for mode in ("tcp", "tls", "hbone"):
-                runs = [run_client("throughput", mode, ports, certs, loop_name)["gbps"] for _ in range(3)]
-                figures[f"{mode}.throughput_gbps"] = statistics.median(runs)
-                rr = run_client("rr", mode, ports, certs, loop_name)
-                figures[f"{mode}.rr_p50_us"] = rr["p50"]
-                figures[f"{mode}.rr_p99_us"] = rr["p99"]
-            figures["hbone.new_tunnels_per_s"] = run_client("tunnels", "hbone", ports, certs, loop_name)["rate"]
-            figures["hbone.new_streams_per_s"] = run_client("streams", "hbone", ports, certs, loop_name)["rate"]
-            for mode in ("hbone", "tls"):
+                with Server(certs, loop_name) as ports:
+                    gbps = run_client("throughput", mode, ports, certs, loop_name)["gbps"]
+                    runs.setdefault(f"{mode}.throughput_gbps", []).append(gbps)
+                with Server(certs, loop_name) as ports:
+                    rr = run_client("rr", mode, ports, certs, loop_name)
+                    runs.setdefault(f"{mode}.rr_p50_us", []).append(rr["p50"])
+                    runs.setdefault(f"{mode}.rr_p99_us", []).append(rr["p99"])
+        for name, values in runs.items():
+            figures[name] = statistics.median(values)
+        with Server(certs, loop_name) as ports:
+            figures["hbone.new_tunnels_per_s"] = run_client("tunnels", "hbone", ports, certs, loop_name)[
+                "rate"
+            ]
+            figures["hbone.new_streams_per_s"] = run_client("streams", "hbone", ports, certs, loop_name)[
+                "rate"
+            ]
+        for mode in ("hbone", "tls"):
+            with Server(certs, loop_name) as ports:
                 relay_figures = measure_relay(mode, ports, certs, loop_name, window=10.0)
-                figures[f"{mode}.relay_cpu_ms_per_1k_req"] = relay_figures["cpu_ms_per_1k"]
-                figures[f"{mode}.relay_req_per_s"] = relay_figures["req_per_s"]
-                figures[f"{mode}.relay_loadgen_p50_us"] = relay_figures["p50_us"]
-        finally:
-            server.stop()
+            figures[f"{mode}.relay_cpu_ms_per_1k_req"] = relay_figures["cpu_ms_per_1k"]
+            figures[f"{mode}.relay_req_per_s"] = relay_figures["req_per_s"]
+            figures[f"{mode}.relay_loadgen_p50_us"] = relay_figures["p50_us"]
     tls_gbps = float(figures["tls.throughput_gbps"])
     figures["hbone.throughput_vs_tls"] = float(figures["hbone.throughput_gbps"]) / tls_gbps
     figures["hbone.rr_p50_vs_tls"] = float(figures["hbone.rr_p50_us"]) / float(figures["tls.rr_p50_us"])

@@ -14,8 +14,10 @@ after 20 s without an answer). ``connection_lost`` fails every open stream with 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any, cast
@@ -37,6 +39,18 @@ log = logging.getLogger("hbone")
 READ_BUFFER = 256 * 1024
 Verify = Callable[[ssl.SSLObject], Identity]
 RequestCallback = Callable[[HboneStream], None]
+
+
+def _tune_socket(sock: socket.socket | None) -> None:
+    """ztunnel's TCP options (behaviour.md §2.8): TCP_NODELAY; keepalive 180 s idle, 180 s interval, 9 probes."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 180)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 180)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 9)
 
 
 class HboneConnection(asyncio.BufferedProtocol):
@@ -84,6 +98,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         loop = asyncio.get_running_loop()
         self._transport = transport
         self._lost = loop.create_future()
+        _tune_socket(transport.get_extra_info("socket"))
         peer = transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)
         self.peer_address, self.local_address = (peer[0], peer[1]), (local[0], local[1])
@@ -202,9 +217,10 @@ class HboneConnection(asyncio.BufferedProtocol):
     # -- stream plumbing (called by HboneStream) -----------------------------------------------------------
 
     def _flush(self) -> None:
-        data = self.core.data_to_send()
-        if data and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
+        if self.core.has_output:
+            data = self.core.data_to_send()
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.write(data)
 
     def _acknowledge(self, stream_id: int, n: int) -> None:
         if not self.closed:

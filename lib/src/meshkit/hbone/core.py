@@ -182,18 +182,20 @@ class HboneCore:
     # -- sending ----------------------------------------------------------------------------------------
 
     def _take_h2(self) -> None:
-        pending = self._h2.data_to_send()
-        if pending:
-            self._out.append(pending)
+        if self._h2._data_to_send:  # peek first: data_to_send() allocates even when empty
+            self._out.append(self._h2.data_to_send())
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._out or self._h2._data_to_send)
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer, in order; the caller writes it as one buffer."""
-        pending = self._h2.data_to_send()
         out = self._out
         if not out:
-            return bytes(pending)
-        if pending:
-            out.append(pending)
+            return self._h2.data_to_send() if self._h2._data_to_send else b""
+        if self._h2._data_to_send:
+            out.append(self._h2.data_to_send())
         self._out = []
         return out[0] if len(out) == 1 else b"".join(out)
 

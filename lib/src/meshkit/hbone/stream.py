@@ -176,8 +176,12 @@ class HboneStream:
                 await self._rwaiter
             finally:
                 self._rwaiter = None
-        data = bytes(self._rbuf[:n])
-        del self._rbuf[:n]
+        if n >= len(self._rbuf):
+            data = bytes(self._rbuf)
+            self._rbuf.clear()
+        else:
+            data = bytes(self._rbuf[:n])
+            del self._rbuf[:n]
         self.conn._acknowledge(self.stream_id, len(data))
         return data
 
