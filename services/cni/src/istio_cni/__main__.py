@@ -7,10 +7,12 @@ its DaemonSet is gone (a Helm uninstall rather than an upgrade), as upstream dec
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 
 from meshkit import logs
 from meshkit.drain import install_sigterm
+from meshkit.logs import kv
 from meshkit.settings import load
 
 from istio_cni.app import App, build, host_rules
@@ -18,6 +20,7 @@ from istio_cni.install import Installer
 from istio_cni.settings import Settings
 
 DAEMONSET_NAME = "istio-cni-node"
+log = logging.getLogger("cni")
 
 
 async def _should_uninstall(app: App) -> bool:
@@ -27,8 +30,9 @@ async def _should_uninstall(app: App) -> bool:
         return False
     try:
         gone: bool = await app.kube.daemonset_gone(app.settings.pod_namespace, DAEMONSET_NAME)
-    except Exception:
-        return False  # cannot tell: keep the plugin (fail safe for new pods)
+    except Exception as exc:
+        log.warning("cannot tell upgrade from uninstall; keeping the plugin", extra=kv(error=str(exc)))
+        return False  # fail safe: new pods wait for the next agent instead of starting outside the mesh
     return gone
 
 
@@ -57,7 +61,9 @@ async def _run(settings: Settings, uninstall_only: bool) -> None:
         await stop.wait()
     finally:
         remove()
-        if await _should_uninstall(app):
+        uninstall = await _should_uninstall(app)
+        log.info("shutting down", extra=kv(uninstall=uninstall))
+        if uninstall:
             await app.uninstall()
         await app.close()
 

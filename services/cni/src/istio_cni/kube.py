@@ -9,7 +9,7 @@ import asyncio
 import logging
 from typing import Any
 
-from meshkit.k8s import Callbacks, Informer, KubeClient, NotFound
+from meshkit.k8s import ApiError, Callbacks, Informer, KubeClient, NotFound
 from meshkit.k8s.resources import NAMESPACES, PODS, Obj, Resource
 
 from istio_cni.controller import PodController
@@ -57,8 +57,17 @@ class KubeAdapter:
                 raise
 
     async def daemonset_gone(self, namespace: str, name: str) -> bool:
-        """Uninstall (not upgrade) when our DaemonSet is gone or being deleted."""
-        ds = await self._get(DAEMONSETS, name, namespace)
+        """Uninstall (not upgrade) when our DaemonSet is gone or being deleted.
+
+        401/403 count as gone: ``helm uninstall`` deletes our ServiceAccount and ClusterRole in the same sweep
+        as the DaemonSet, so by the time we are stopped we may no longer be allowed to look.
+        """
+        try:
+            ds = await self._get(DAEMONSETS, name, namespace)
+        except ApiError as exc:
+            if exc.status in (401, 403):
+                return True
+            raise
         return ds is None or bool(ds.get("metadata", {}).get("deletionTimestamp"))
 
     def connect(self, controller: PodController) -> None:
