@@ -121,7 +121,7 @@ async def test_real_objects_reach_a_real_delta_stream(
         await call(kube.replace, r.SERVICES, current, ns)
         await store.wait("the Service update", lambda: len(store.items[svc_key].service.ports) == 2)  # type: ignore[attr-defined]
 
-        await call(kube.delete, r.PODS, "web-1", ns)
+        await call(kube.delete, r.PODS, "web-1", ns, 0)  # no kubelet runs it: no graceful wait
         await store.wait("the workload removal", lambda: uid not in store.items)
         await call(kube.delete, r.SERVICES, "web", ns)
         await store.wait("the Service removal", lambda: svc_key not in store.items)

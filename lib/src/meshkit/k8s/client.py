@@ -208,5 +208,9 @@ class KubeClient:
         """PUT the ``status`` subresource (with ``metadata.resourceVersion``: a stale write gets Conflict)."""
         return self._json("PUT", resource.path(namespace, obj["metadata"]["name"]) + "/status", body=obj)
 
-    def delete(self, resource: Resource, name: str, namespace: str | None = None) -> Obj:
-        return self._json("DELETE", resource.path(namespace, name))
+    def delete(
+        self, resource: Resource, name: str, namespace: str | None = None, grace_period_s: int | None = None
+    ) -> Obj:
+        """Delete; ``grace_period_s=0`` removes a pod at once (no kubelet confirmation)."""
+        query = {} if grace_period_s is None else {"gracePeriodSeconds": str(grace_period_s)}
+        return self._json("DELETE", resource.path(namespace, name), query=query)
