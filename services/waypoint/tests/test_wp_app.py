@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import Counter
@@ -14,7 +15,7 @@ import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
-from meshkit.hbone.errors import ConnectFailed
+from meshkit.hbone.errors import ConnectFailed, HboneError
 from meshkit.hbone.testing import TestCA
 from meshkit.identity.spiffe import Identity
 from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
@@ -28,7 +29,8 @@ from .wphelpers import TD, Backend, Fetcher, MeshClient, get, mapping_connector,
 HOST = "reviews.default.svc.cluster.local"
 VIP = "10.96.0.10"
 ISS = "testing@secure.istio.io"
-ADDRS = {"v1": "10.79.1.1", "v2": "10.79.1.2", "bad": "10.79.1.3", "good": "10.79.1.4"}
+ADDRS = {"v1": "10.79.1.1", "v2": "10.79.1.2", "bad": "10.79.1.3", "good": "10.79.1.4", "authz": "10.79.1.9"}
+AUTHZ_HOST = "authz.default.svc.cluster.local"
 
 
 def _cluster(subset: str, names: list[str], lb: int = pb.LB_DEFAULT) -> pb.Cluster:
@@ -120,6 +122,15 @@ def config(key: rsa.RSAPrivateKey) -> pb.WaypointConfig:
                         rules=[pb.Rule(operations=[pb.Operation(paths=["/admin*"])])],
                     ),
                     pb.Policy(
+                        name="ext",
+                        namespace="default",
+                        action=pb.CUSTOM,
+                        rules=[pb.Rule(operations=[pb.Operation(paths=["/ext*"])])],
+                        provider=pb.ExtAuthz(
+                            name="ext", service=AUTHZ_HOST, port=8000, include_request_headers=["x-allow"]
+                        ),
+                    ),
+                    pb.Policy(
                         name="require-jwt",
                         namespace="default",
                         action=pb.DENY,
@@ -139,6 +150,19 @@ def config(key: rsa.RSAPrivateKey) -> pb.WaypointConfig:
             _cluster("v2", ["v2"]),
             _cluster("flaky", ["bad", "good"], pb.ROUND_ROBIN),
             _cluster("http", ["v1"]),
+            pb.Cluster(
+                name=f"inbound-vip|8000|http|{AUTHZ_HOST}",
+                hostname=AUTHZ_HOST,
+                port=8000,
+                endpoints=[
+                    pb.Endpoint(
+                        address=ADDRS["authz"],
+                        port=8000,
+                        healthy=True,
+                        identity=f"spiffe://{TD}/ns/default/sa/reviews",
+                    )
+                ],
+            ),
         ],
     )
 
@@ -329,3 +353,59 @@ async def test_tcp_passthrough_for_non_http(env: Env) -> None:
     assert await stream.read() == b"echo:\x00\x01binary-not-http"
     stream.write_eof()
     assert await stream.read() == b""
+
+
+async def test_custom_policy_asks_the_ext_authz_provider(env: Env) -> None:
+    stream = await env.client.open(f"{VIP}:80")
+    denied = await env.client.request(stream, get("/ext/a"))
+    assert denied.status == 403
+    assert denied.body == b"denied by ext authz"
+    assert (await env.client.request(stream, get("/ext/a", headers=[("x-allow", "yes")]))).status == 200
+    assert (await env.client.request(stream, get("/other"))).status == 200  # the CUSTOM rule does not match
+    assert env.backends["authz"].requests[0].path == "/ext/a"
+
+
+async def test_remote_jwks_is_fetched(env: Env) -> None:
+    from aiohttp import web
+
+    async def keys(_req: web.Request) -> web.Response:
+        return web.Response(text=_jwks(env.key))
+
+    jwks = web.Application()
+    jwks.router.add_get("/keys", keys)
+    runner = web.AppRunner(jwks)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/keys"
+    try:
+        cfg = config(env.key)
+        cfg.services[0].jwt.providers.append(pb.JwtProvider(issuer="remote-iss", jwks_uri=url))
+        assert env.app.store.apply(TYPE_URL, [("default/waypoint", cfg)], []) == []
+        await asyncio.wait_for(env.app.jwks.wait_fetched(url), 10)
+        token = jwt.encode(
+            {"iss": "remote-iss", "sub": "s", "exp": int(time.time()) + 60},
+            env.key,
+            "RS256",
+            headers={"kid": "k1"},
+        )
+        stream = await env.client.open(f"{VIP}:80")
+        ok = await env.client.request(stream, get("/jwt", headers=[("authorization", f"Bearer {token}")]))
+        assert ok.status == 200
+    finally:
+        await env.app.jwks.close()
+        await runner.cleanup()
+
+
+async def test_drain_finishes_in_flight_requests_and_refuses_new_tunnels(env: Env) -> None:
+    stream = await env.client.open(f"{VIP}:80")
+    in_flight = asyncio.ensure_future(env.client.request(stream, get("/slow-but-ok?delay=1")))
+    while not env.backends["v1"].requests or env.backends["v1"].requests[-1].path != "/slow-but-ok":
+        await asyncio.sleep(0.01)  # poll for the event: the backend received the request
+    drain = asyncio.ensure_future(env.app.drain(5.0))
+    resp = await asyncio.wait_for(in_flight, 10)
+    assert resp.status == 200
+    await asyncio.wait_for(drain, 10)
+    assert env.app.stopped.is_set()
+    with pytest.raises((ConnectFailed, OSError, HboneError)):
+        await env.client.open(f"{VIP}:80")

@@ -77,6 +77,11 @@ class Backend:
                 self.requests.append(req)
                 if "delay" in req.query:
                     await asyncio.sleep(2)
+                if self.name == "authz":  # an ext_authz server: allow only with x-allow: yes
+                    ok = req.header("x-allow") == "yes"
+                    body = b"" if ok else b"denied by ext authz"
+                    stream.write(serialize_response(Response(200 if ok else 403, [("x-ext", "1")], body)))
+                    continue
                 body = f"backend={self.name} path={req.target}\n".encode()
                 headers = [("x-backend", self.name)]
                 for name in ("traceparent", "x-request-id", "x-added"):

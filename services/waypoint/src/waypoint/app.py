@@ -41,6 +41,7 @@ from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from waypoint.config import TYPE_URL, ConfigStore
+from waypoint.jwks import JwksFetcher
 from waypoint.otlp import OtlpJsonExporter
 from waypoint.proxy import ExtAuthzCheck, WaypointProxy
 from waypoint.settings import Settings
@@ -74,6 +75,7 @@ class App:
     registry: Any
     tracing: Tracing
     tasks: TaskOwner
+    jwks: JwksFetcher
     servers: dict[str, HttpServer] = field(default_factory=dict)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     _closing: asyncio.Task[None] | None = None
@@ -114,6 +116,7 @@ class App:
             return
         await self.hbone.close()
         await self.tasks.close()
+        await self.jwks.close()
         await self.proxy.close()
         await self.pool.close()
         await self.certs.close()
@@ -239,9 +242,11 @@ async def build(
     )
     opener = _opener(pool, identity, settings, lambda: store.snapshot)
     store.subscribe(lambda _snap: opener.reset())
+    tasks = TaskOwner("waypoint")
+    jwks = JwksFetcher(tasks)
+    store.subscribe(jwks.attach)
     if not settings.access_log:
         logging.getLogger("access").setLevel(logging.WARNING)
-    tasks = TaskOwner("waypoint")
     proxy = WaypointProxy(
         store,
         opener,
@@ -255,7 +260,7 @@ async def build(
     host, port = split_addr(settings.hbone_addr)
     sock = (socket_factory or HostSocketFactory()).listen_tcp(host, port)
     hbone = HboneServer(sock, certificate, proxy.handle, name="waypoint-hbone")
-    app = App(settings, identity, store, proxy, hbone, pool, certs, readiness, registry, tracing, tasks)
+    app = App(settings, identity, store, proxy, hbone, pool, certs, readiness, registry, tracing, tasks, jwks)
     app_ref = [app]
     try:
         await hbone.start()

@@ -369,15 +369,41 @@ class WaypointProxy:
     async def _custom(
         self, decision: AuthzDecision, req: Request, down: Downstream, out: _Outcome
     ) -> Response | None:
+        check = self._ext_authz or self._ext_authz_http
         for policy in decision.custom:
-            if self._ext_authz is None or policy.provider is None:
+            if policy.provider is None:
                 out.flags, out.details = "UAEX", "ext_authz_error"
                 return simple_response(403, "RBAC: access denied")
-            denied = await self._ext_authz(policy, req, down)
+            denied = await check(policy, req, down)
             if denied is not None:
                 out.flags, out.details = "UAEX", "ext_authz_denied"
                 return denied
         return None
+
+    async def _ext_authz_http(self, policy: Policy, req: Request, down: Downstream) -> Response | None:
+        """envoyExtAuthzHttp-style check over HBONE to the provider's Service: 200 allows, else its answer."""
+        p = policy.provider
+        assert p is not None
+        denied = None if p.fail_open else simple_response(403, "RBAC: access denied")
+        cluster = self.store.snapshot.clusters.get(f"inbound-vip|{p.port}|http|{p.service}")
+        ep = self.balancer.pick(cluster, req, down.peer.address[0]) if cluster else None
+        if ep is None:
+            log.warning("ext_authz provider has no endpoint", extra=kv(provider=p.name, service=p.service))
+            return denied
+        wanted = {"authorization", *p.include_request_headers}
+        headers = [("host", req.authority), *((k, v) for k, v in req.headers if k in wanted)]
+        check = Request(req.method, p.path_prefix + req.path, req.query, headers)
+        try:
+            async with asyncio.timeout(p.timeout_s):
+                resp = await self.upstreams.exchange(ep.address, ep.port, serialize_request(check))
+        except (UpstreamError, TimeoutError) as exc:
+            log.warning("ext_authz check failed", extra=kv(provider=p.name, error=str(exc)))
+            return denied
+        if resp.status == 200:
+            return None
+        return Response(
+            resp.status, [(k, v) for k, v in resp.headers if k not in {"content-length"}], resp.body
+        )
 
     async def _local_reply(self, route: rec.Route, req: Request, out: _Outcome) -> Response | None:
         if route.direct_response is not None:

@@ -282,7 +282,7 @@ class _Builder:
             if meta.spec(g).get("gatewayClassName") == CLASS_NAME
         }
         self.bound: dict[str, list[Obj]] = defaultdict(list)
-        self.route_problems: dict[tuple[str, str], list[str]] = defaultdict(list)
+        self.cluster_sets: dict[str, _Clusters] = {}
 
     def bind(self) -> None:
         for svc in self.inputs.services:
@@ -464,9 +464,15 @@ class _Builder:
             )
             for svc in sorted(self.bound.get(key, []), key=lambda s: (meta.namespace(s), meta.name(s))):
                 cfg.services.append(self.service_config(svc, clusters))
-            cfg.clusters.extend(clusters.clusters[n] for n in sorted(clusters.clusters))
+            self.cluster_sets[key] = clusters
             self.result.configs[key] = cfg
         self.policies()
+        for key, cfg in self.result.configs.items():
+            clusters = self.cluster_sets[key]
+            for policy in [*cfg.policies, *(p for svc in cfg.services for p in svc.policies)]:
+                if policy.HasField("provider"):  # CUSTOM: the waypoint calls the provider's Service
+                    clusters(policy.provider.service, policy.provider.port, "")
+            cfg.clusters.extend(clusters.clusters[n] for n in sorted(clusters.clusters))
         return self.result
 
 
