@@ -400,8 +400,7 @@ async def test_remote_jwks_is_fetched(env: Env) -> None:
 async def test_drain_finishes_in_flight_requests_and_refuses_new_tunnels(env: Env) -> None:
     stream = await env.client.open(f"{VIP}:80")
     in_flight = asyncio.ensure_future(env.client.request(stream, get("/slow-but-ok?delay=1")))
-    while not env.backends["v1"].requests or env.backends["v1"].requests[-1].path != "/slow-but-ok":
-        await asyncio.sleep(0.01)  # poll for the event: the backend received the request
+    await asyncio.wait_for(env.backends["v1"].arrived("/slow-but-ok"), 10)
     drain = asyncio.ensure_future(env.app.drain(5.0))
     resp = await asyncio.wait_for(in_flight, 10)
     assert resp.status == 200

@@ -57,6 +57,11 @@ class Backend:
     status: int = 200
     requests: list[Request] = field(default_factory=list)
     server: HboneServer | None = None
+    _seen: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    async def arrived(self, path: str) -> None:
+        """Return once a request for ``path`` has reached this backend."""
+        await self._seen.setdefault(path, asyncio.Event()).wait()
 
     @property
     def port(self) -> int:
@@ -75,6 +80,7 @@ class Backend:
                 continue
             for req in parser.feed(data):
                 self.requests.append(req)
+                self._seen.setdefault(req.path, asyncio.Event()).set()
                 if "delay" in req.query:
                     await asyncio.sleep(2)
                 if self.name == "authz":  # an ext_authz server: allow only with x-allow: yes

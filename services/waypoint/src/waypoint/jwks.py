@@ -12,9 +12,9 @@ import asyncio
 import logging
 
 import aiohttp
-
 from meshkit.drain import TaskOwner
 from meshkit.logs import kv
+
 from waypoint.jwtauth import JwtProvider
 from waypoint.records import Snapshot
 
@@ -46,10 +46,9 @@ class JwksFetcher:
                 continue
             if uri in self.documents:
                 provider.set_jwks(self.documents[uri])
-            elif uri not in self._fetched or not self._fetched[uri].is_set():
-                if uri not in self._fetched:
-                    self._fetched[uri] = asyncio.Event()
-                    self._owner.spawn(self._keep_fresh(uri), name=f"jwks {uri}")
+            elif uri not in self._fetched:
+                self._fetched[uri] = asyncio.Event()
+                self._owner.spawn(self._keep_fresh(uri), name=f"jwks {uri}")
 
     async def wait_fetched(self, uri: str) -> None:
         await self._fetched.setdefault(uri, asyncio.Event()).wait()
@@ -75,8 +74,7 @@ class JwksFetcher:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout))
         try:
             async with self._session.get(uri) as resp:
-                if resp.status != 200:
-                    raise aiohttp.ClientError(f"HTTP {resp.status}")
+                resp.raise_for_status()
                 return await resp.text()
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("JWKS fetch failed", extra=kv(uri=uri, error=str(exc) or type(exc).__name__))
