@@ -24,7 +24,6 @@ import json
 import os
 import resource
 import socket
-import ssl
 import statistics
 import subprocess
 import sys
@@ -383,7 +382,8 @@ class Pipe(asyncio.BufferedProtocol):
         return self.buf
 
     def buffer_updated(self, nbytes: int) -> None:
-        assert self.peer is not None and self.peer.transport is not None
+        assert self.peer is not None
+        assert self.peer.transport is not None
         self.peer.transport.write(bytes(self.buf[:nbytes]))
 
     def pause_writing(self) -> None:

@@ -84,6 +84,13 @@ class EchoServer:
 Handler = Callable[[InboundPeer, ConnectRequest], Awaitable[Decision]]
 
 
+async def wait_until(cond: Callable[[], bool], limit_s: float = 10.0) -> None:
+    """Wait (bounded) for protocol state that has no event of its own, e.g. a window filling up."""
+    async with asyncio.timeout(limit_s):
+        while not cond():  # noqa: ASYNC110 - the states polled here have no asyncio.Event to wait on
+            await asyncio.sleep(0.005)
+
+
 def forward_to(port: int, seen: list[tuple[InboundPeer, ConnectRequest]] | None = None) -> Handler:
     """A handler that forwards every CONNECT to 127.0.0.1:``port`` regardless of authority."""
 

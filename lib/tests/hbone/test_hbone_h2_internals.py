@@ -6,7 +6,6 @@ import h2
 import h2.config
 import h2.connection
 import hyperframe.frame
-
 from meshkit.hbone import core
 from meshkit.hbone.core import H2_VERSION, HboneCore
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-
 from meshkit.hbone.request import ConnectRequest
 from meshkit.hbone.server import Decision, HboneServer, InboundPeer, Reject
 from meshkit.identity.certs import WorkloadCertificate
@@ -66,11 +65,11 @@ async def server(echo: EchoServer, server_cert: WorkloadCertificate) -> AsyncIte
     await srv.close()
 
 
-async def run(*cmd: str, stdin: bytes = b"", timeout: float = 60) -> tuple[int, bytes, str]:
+async def run(*cmd: str, stdin: bytes = b"", limit_s: float = 60) -> tuple[int, bytes, str]:
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    out, err = await asyncio.wait_for(proc.communicate(stdin), limit_s)
     return proc.returncode or 0, out, err.decode(errors="replace")
 
 
@@ -119,7 +118,7 @@ async def test_go_http2_client_rejects_an_unexpected_server_identity(
 
 async def test_nghttp_get_is_answered_400(server: HboneServer, pem_files: dict[str, Path]) -> None:
     host, port = server.address
-    code, out, _err = await run(
+    _code, out, _err = await run(
         "nghttp", "-v", "--cert", str(pem_files["cert"]), "--key", str(pem_files["key"]),
         f"https://{host}:{port}/",
     )  # fmt: skip
@@ -133,7 +132,7 @@ async def test_nghttp_malformed_connect_is_a_protocol_error(
     server: HboneServer, pem_files: dict[str, Path]
 ) -> None:
     host, port = server.address
-    code, out, _err = await run(
+    _code, out, _err = await run(
         "nghttp", "-v", "--cert", str(pem_files["cert"]), "--key", str(pem_files["key"]),
         "-H", ":method: CONNECT", "-H", ":authority: 10.0.0.1:80", f"https://{host}:{port}/",
     )  # fmt: skip

@@ -10,7 +10,6 @@ import struct
 from collections.abc import Callable
 
 import pytest
-
 from meshkit.hbone.errors import ConnectFailed, StreamReset
 from meshkit.hbone.pool import ConnectionPool, PoolKey
 from meshkit.hbone.request import ConnectRequest, SourceMetadata, connect_headers
@@ -21,14 +20,7 @@ from meshkit.hbone.testing import TestCA
 from meshkit.identity.certs import WorkloadCertificate
 from meshkit.identity.spiffe import Identity
 
-from .conftest import CLIENT_ID, SERVER_ID, EchoServer, Mesh, forward_to, listen, make_key
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait for a condition driven by the event loop (bounded)."""
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.005)
+from .conftest import CLIENT_ID, SERVER_ID, EchoServer, Mesh, forward_to, listen, make_key, wait_until
 
 
 async def test_echo_round_trip_and_integrity(mesh: Mesh) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import ssl
 
 import pytest
-
 from meshkit.hbone import tls
 from meshkit.hbone.errors import ConnectFailed, IdentityError
 from meshkit.hbone.pool import ConnectionPool, PoolKey
@@ -93,11 +92,9 @@ async def test_server_rejects_client_from_foreign_root(
     server = await _serve(server_cert, echo)
     pool = _pool(client)
     try:
+        key = PoolKey.of(CLIENT_ID, "127.0.0.1", [SERVER_ID], server.address)
         with pytest.raises((ConnectFailed, IdentityError)):
-            stream = await pool.connect(
-                PoolKey.of(CLIENT_ID, "127.0.0.1", [SERVER_ID], server.address), "1.1.1.1:1"
-            )
-            await stream.read()
+            await pool.connect(key, "1.1.1.1:1")
         assert not any(c.peer_identity for c in server.connections)
     finally:
         await pool.close()

@@ -42,7 +42,7 @@ RequestCallback = Callable[[HboneStream], None]
 
 
 def _tune_socket(sock: socket.socket | None) -> None:
-    """ztunnel's TCP options (behaviour.md §2.8): TCP_NODELAY; keepalive 180 s idle, 180 s interval, 9 probes."""
+    """ztunnel's TCP options (behaviour.md §2.8): TCP_NODELAY; keepalive 180 s / 180 s / 9 probes."""
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     with contextlib.suppress(OSError):
