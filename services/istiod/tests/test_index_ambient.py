@@ -180,3 +180,28 @@ def test_selectorless_service_endpoint_slices() -> None:
     index.inputs["endpointslices"].delete("app/ext-abc")
     assert ext_key not in dict(workload(index, "Kubernetes//Pod/app/b").services)
     assert "Kubernetes/discovery.k8s.io/EndpointSlice/app/ext-abc/192.168.9.9" not in index.addresses
+
+
+def test_waypoint_pods_get_an_inbound_binding_not_a_waypoint() -> None:
+    index = make()
+    feed(index, "namespaces", obj("app", labels={"istio.io/use-waypoint": "wp"}))
+    gw = obj("wp", "app", labels={"istio.io/waypoint-for": "all"},
+             spec={"gatewayClassName": "istio-waypoint", "listeners": []},
+             status={"addresses": [{"type": "Hostname", "value": "wp.app.svc.cluster.local"}]})  # fmt: skip
+    gw["metadata"]["annotations"] = {"ambient.istio.io/waypoint-inbound-binding": "PROXY/15088"}
+    feed(index, "gateways", gw)
+    feed(index, "pods", pod("wp-pod", labels={"gateway.networking.k8s.io/gateway-name": "wp"}, ip="10.0.0.9"))
+    waypoint_pod = workload(index, "Kubernetes//Pod/app/wp-pod")
+    assert waypoint_pod.waypoint is None
+    assert waypoint_pod.application_tunnel == r.ApplicationTunnel(r.APP_TUNNEL_PROXY, 15088)
+    assert workload(index, "Kubernetes//Pod/app/a").waypoint == r.GatewayAddress(
+        "app", "wp.app.svc.cluster.local"
+    )
+
+
+def test_dry_run_policies_sent_when_enabled() -> None:
+    index = AmbientIndex(MeshContext(), dry_run_policies=True)
+    policy = obj("dry", "app", spec={"action": "DENY", "rules": [{}]})
+    policy["metadata"]["annotations"] = {"istio.io/dry-run": "true"}
+    feed(index, "authorizationpolicies", policy)
+    assert index.authorizations.get("app/dry").dry_run is True  # type: ignore[union-attr]
