@@ -222,6 +222,9 @@ async def test_label_unlabel_running_pod(start_agent, ztunnel, running_pod) -> N
         text = await resp.text()
     assert "istio_cni_ambient_pods_enrolled 0.0" in text
     assert 'istio_cni_ambient_enrolments_total{op="unenrol",result="ok"} 1.0' in text
+    assert "ztunnel_connected 1.0" in text
+    assert "istio_cni_install_ready 1.0" in text
+    assert 'istio_cni_installs_total{result="success"} 1.0' in text
 
 
 async def test_plugin_add_and_restart_reconcile(start_agent, running_pod, agent_settings) -> None:  # type: ignore[no-untyped-def]

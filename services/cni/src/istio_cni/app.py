@@ -152,7 +152,9 @@ async def build(
         retry_s=settings.retry_interval,
         reapply_on_startup=settings.reconcile_on_startup,
     )
-    plugin_server = PluginEventServer(f"{settings.run_dir}/{PLUGIN_EVENT_SOCKET}", controller.plugin_add)
+    plugin_server = PluginEventServer(
+        f"{settings.run_dir}/{PLUGIN_EVENT_SOCKET}", controller.plugin_add, metrics
+    )
     app = App(
         settings, dataplane, hub, controller, plugin_server, readiness, registry, tasks, host=host, kube=kube
     )
@@ -208,13 +210,17 @@ async def _start(app: App, metrics: CniMetrics) -> None:
 
 
 async def _watch_install(installer: Installer, ready: asyncio.Event, metrics: CniMetrics) -> None:
-    before = installer.repairs
+    """Run the installer and mirror its counters into the metrics."""
+    seen = {"writes": 0, "failures": 0, "repairs": 0}
     task = asyncio.create_task(installer.watch(ready))
     try:
         while True:
             await installer.wait_changed()
-            metrics.install_repairs.inc(installer.repairs - before)
-            before = installer.repairs
+            metrics.install_ready.set(1 if installer.chained_into else 0)
+            metrics.installs.labels(result="success").inc(installer.writes - seen["writes"])
+            metrics.installs.labels(result="failure").inc(installer.failures - seen["failures"])
+            metrics.install_repairs.inc(installer.repairs - seen["repairs"])
+            seen = {"writes": installer.writes, "failures": installer.failures, "repairs": installer.repairs}
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from aiohttp import web
 from meshkit.logs import kv
 
+from istio_cni.metrics import CniMetrics
+
 log = logging.getLogger("cni.events")
 
 
@@ -57,9 +59,10 @@ AddHandler = Callable[[PluginAddEvent], Awaitable[AddOutcome]]
 class PluginEventServer:
     """Serves ``/cmdadd`` on a unix socket; one request at a time per pod is the plugin's own behaviour."""
 
-    def __init__(self, path: str, handler: AddHandler) -> None:
+    def __init__(self, path: str, handler: AddHandler, metrics: CniMetrics | None = None) -> None:
         self.path = path
         self._handler = handler
+        self._metrics = metrics
         self._runner: web.AppRunner | None = None
 
     async def _cmdadd(self, request: web.Request) -> web.Response:
@@ -70,12 +73,18 @@ class PluginEventServer:
         try:
             outcome = await self._handler(event)
         except Exception as exc:
+            self._count("error")
             log.warning(
                 "pod add from CNI plugin failed",
                 extra=kv(pod=f"{event.pod_namespace}/{event.pod_name}", error=str(exc)),
             )
             return web.Response(status=500, text=str(exc))
+        self._count("enrolled" if outcome.enrolled else "skipped")
         return web.Response(text=json.dumps({"enrolled": outcome.enrolled, "reason": outcome.reason}))
+
+    def _count(self, result: str) -> None:
+        if self._metrics is not None:
+            self._metrics.plugin_events.labels(result=result).inc()
 
     async def start(self) -> None:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)

@@ -91,7 +91,9 @@ class Installer:
     entry: dict[str, Any]
     conf_name: str = ""
     kubeconfig_text: str | None = None
-    repairs: int = 0
+    repairs: int = 0  # writes after the first: someone removed or rewrote our files
+    writes: int = 0
+    failures: int = 0
     chained_into: str | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -151,17 +153,29 @@ class Installer:
             os.makedirs(d, exist_ok=True)
         watcher = DirWatcher([self.bin_dir, self.conf_dir])
         try:
-            self.install()
+            self._attempt()
             while True:
                 if ready is not None and self.chained_into is not None:
                     ready.set()
                 self._changed.set()
                 await watcher.changed()
-                if self.install():
-                    self.repairs += 1
-                    log.info("repaired the CNI installation", extra=kv(repairs=self.repairs))
+                self._attempt()
         finally:
             watcher.close()
+
+    def _attempt(self) -> None:
+        """One install pass; a broken primary config is logged and retried on the next change."""
+        try:
+            wrote = self.install()
+        except (OSError, conflist.ConfError) as exc:
+            self.failures += 1
+            log.error("could not install the CNI plugin", extra=kv(error=str(exc)))  # noqa: TRY400
+            return
+        if wrote:
+            self.writes += 1
+            if self.writes > 1:
+                self.repairs += 1
+                log.info("repaired the CNI installation", extra=kv(repairs=self.repairs))
 
     async def wait_changed(self) -> None:
         """For tests: wait until the watch loop has processed the latest change."""

@@ -1,4 +1,8 @@
-"""Node agent metrics (one object, registered on the registry the app passes in)."""
+"""Node agent metrics (one object, registered on the registry the app passes in).
+
+Upstream's names where upstream has the metric (``ztunnel_connected``, ``istio_cni_install_ready``,
+``istio_cni_installs_total``); the ambient pod metrics are ours, prefixed ``istio_cni_``.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +24,15 @@ class CniMetrics:
         self.plugin_events = Counter(
             "istio_cni_plugin_events", "ADD events from the CNI plugin.", ["result"], registry=r
         )
-        self.ztunnel_connected = Gauge(
-            "istio_cni_ztunnel_connected", "ztunnels connected over ZDS (snapshot acked).", registry=r
+        self.ztunnel_connected = Gauge("ztunnel_connected", "number of connections to ztunnel", registry=r)
+        self.install_ready = Gauge(
+            "istio_cni_install_ready", "Whether the CNI plugin installation is ready or not", registry=r
+        )
+        self.installs = Counter(
+            "istio_cni_installs",
+            "CNI plugin installs (launcher or conflist written).",
+            ["result"],
+            registry=r,
         )
         self.zds_requests = Counter(
             "istio_cni_zds_requests", "ZDS requests after the snapshot.", ["type", "result"], registry=r
