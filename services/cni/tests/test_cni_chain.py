@@ -193,3 +193,24 @@ async def test_installer_restores_entry_when_config_rewritten(chain_env: dict[st
             await task
     installer.uninstall()
     assert json.loads(path.read_text()) == chain_env["primary"]
+
+
+async def test_installer_waits_out_a_broken_primary_config(chain_env: dict[str, Any]) -> None:
+    installer: Installer = chain_env["installer"]
+    path = Path(installer.conf_dir) / "10-bridge.conflist"
+    path.write_text("{ half-written")
+    ready = asyncio.Event()
+    task = asyncio.create_task(installer.watch(ready))
+    try:
+        async with asyncio.timeout(10):
+            while installer.failures == 0:
+                await installer.wait_changed()
+        assert not ready.is_set()
+        path.write_text(json.dumps(chain_env["primary"]))  # the primary CNI finishes writing it
+        await asyncio.wait_for(ready.wait(), 10)
+        assert "istio-cni" in path.read_text()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    installer.uninstall()
