@@ -6,8 +6,7 @@ set, that
   cluster is used as is. Otherwise the local cluster: reused when already up (and then left up), else brought
   up for the session and torn down at its end (``AMBIENT_CLUSTER_KEEP=1`` leaves it running).
 - ``kube_namespace`` (function): a fresh namespace per test, deleted afterwards; when the test fails, a dump
-of
-  pods, Events, pod logs and control-plane logs is attached to the report (and written to
+of pods, Events, pod logs and control-plane logs is attached to the report (and written to
   ``<run>/dumps/<test>.txt`` for the local cluster).
 """
 

@@ -1,6 +1,5 @@
 """The local cluster's "done when" list (issue #3): Ready workers, echo across nodes through DNS + ClusterIP
-with
-the client's own IP visible, TokenRequest/TokenReview, pod env/volumes/probes/lifecycle as the kubelet
+with the client's own IP visible, TokenRequest/TokenReview, pod env/volumes/probes/lifecycle as the kubelet
 does."""
 
 from __future__ import annotations

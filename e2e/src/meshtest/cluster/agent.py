@@ -5,8 +5,7 @@ It registers the Node (labels, pod CIDR, addresses, capacity, the control-plane 
 :class:`~meshtest.cluster.pods.PodWorker`. It also serves the kubelet's ``/containerLogs`` endpoint on port
 10250
 so ``kubectl logs`` works. Graceful deletion ends with the final ``DELETE`` (grace 0, UID precondition), as
-the
-kubelet does. On SIGTERM it stops all its pods (CNI DEL, netns removal) and exits.
+the kubelet does. On SIGTERM it stops all its pods (CNI DEL, netns removal) and exits.
 """
 
 from __future__ import annotations
@@ -192,12 +191,16 @@ class NodeAgent:
     async def _watch_pods(self) -> None:
         params = {"fieldSelector": f"spec.nodeName={self.node.name}"}
         while True:
-            seen: set[str] = set()
             try:
                 async for event in self.kube.watch("/api/v1/pods", params):
                     if event["type"] == "BOOKMARK":
                         continue
-                    seen.add(event["object"]["metadata"]["uid"])
+                    if event["type"] == "SYNCED":
+                        listed = {item["metadata"]["uid"] for item in event["object"]["items"]}
+                        for uid, worker in list(self.workers.items()):
+                            if uid not in listed and not worker.stopping.is_set():
+                                self._background(self._finish(worker, final_delete=False))
+                        continue
                     await self._dispatch(event["type"], event["object"])
             except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as err:
                 log.warning("pod watch: %s; re-listing", err)

@@ -2,12 +2,10 @@
 
 The node's network configuration is the lexicographically first ``*.conflist``/``*.conf``/``*.json`` in the
 node's own ``/etc/cni/net.d`` (so a chained plugin that istio-cni inserts there runs on the next pod). ADD
-runs
-each plugin of the list in order with ``prevResult`` chained through; DEL runs them in reverse with the
+runs each plugin of the list in order with ``prevResult`` chained through; DEL runs them in reverse with the
 cached ADD
 result, using the configuration cached at ADD time, like libcni. Loopback is set up first with its own
-one-plugin
-list, as containerd does.
+one-plugin list, as containerd does.
 
 Plugins run inside a private mount namespace in which the node's ``/etc/cni/net.d``, ``/opt/cni/bin``,
 ``/var/lib/cni`` and the istio-cni/ztunnel socket directories are bind-mounted from the node root, so a plugin

@@ -7,8 +7,7 @@ ServiceAccount exists. All processes are detached, so the cluster outlives the c
 CoreDNS runs as a host process in the control-plane node namespace behind a selector-less ``kube-dns``
 Service at
 10.96.0.10 with a hand-made EndpointSlice: DNS then works as soon as the API server does, without depending
-on the
-node agent's pod machinery, and its logs sit next to the other control-plane logs.
+on the node agent's pod machinery, and its logs sit next to the other control-plane logs.
 """
 
 from __future__ import annotations

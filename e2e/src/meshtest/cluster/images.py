@@ -4,8 +4,7 @@ Pods run as processes from the workspace, not as containers, so every image a te
 listed
 here; anything else fails loudly (the pod's container waits with reason ``ErrImagePull`` and a message naming
 this module). An image matches on its repository's last path segment, so ``<any hub>/ztunnel:<any tag>``
-runs our
-ztunnel. ``PYTHON`` in a command is replaced by the node agent's interpreter (the workspace venv).
+runs our ztunnel. ``PYTHON`` in a command is replaced by the node agent's interpreter (the workspace venv).
 
 A container's ``command`` replaces the image entrypoint as in a real runtime; since our images have no
 filesystem of binaries, ``command[0]`` is looked up in the image's ``commands`` table (by basename) instead.

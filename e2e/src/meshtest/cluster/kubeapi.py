@@ -128,12 +128,14 @@ class AsyncKube:
         return await self.request("PATCH", path, body, content_type=ctype)
 
     async def watch(self, path: str, params: dict[str, str]) -> AsyncIterator[Obj]:
-        """List then watch from the list's resourceVersion; yields synthetic ADDED events for the list, then
-        the
-        stream. Returns when the server closes the watch (callers loop and relist)."""
+        """List, then watch from the list's resourceVersion. Yields a synthetic ADDED per listed object, one
+        SYNCED event (``object.items`` = the list), then the stream; returns when the server ends the watch
+        (callers loop and relist)."""
         listing = await self.request("GET", path, params=params)
         for item in listing.get("items", []):
             yield {"type": "ADDED", "object": item}
+        # marks the end of the list: everything not listed is gone (a DELETED may have been missed)
+        yield {"type": "SYNCED", "object": {"items": listing.get("items", [])}}
         query = dict(
             params,
             watch="1",

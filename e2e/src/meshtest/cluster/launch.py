@@ -1,6 +1,5 @@
 """Container launcher: enter the pod's network namespace, make a private mount + UTS namespace, bind the
-volumes
-at their mount paths, set the hostname, then exec the container's command. The node agent runs
+volumes at their mount paths, set the hostname, then exec the container's command. The node agent runs
 ``python -m meshtest.cluster.launch <plan.json>``; after the exec the pid is the container's process.
 
 The new mount namespace is a *slave* of the node's: mounts the host makes later (a new pod's

@@ -122,6 +122,8 @@ class PodWorker:
         self.init_states = [ContainerState(c, init=True) for c in spec.get("initContainers", [])]
         self.states = [ContainerState(c) for c in spec.get("containers", [])]
         self.initialized = not self.init_states
+        self.init_failed = False
+        self.sandbox_released = False
         self.setup_error: tuple[str, str] | None = None
         self.stopping = asyncio.Event()
         self.terminated = asyncio.Event()
@@ -138,6 +140,8 @@ class PodWorker:
 
     def _spawn(self, coro: Coroutine[Any, Any, None], into: list[asyncio.Task[None]] | None = None) -> None:
         task = asyncio.get_running_loop().create_task(coro)
+        if into is None:
+            self._tasks = [t for t in self._tasks if not t.done()]
         (self._tasks if into is None else into).append(task)
 
     def update(self, pod: Obj) -> None:
@@ -147,6 +151,41 @@ class PodWorker:
     def netns_path(self) -> str:
         return self.node.netns_path if self.host_network else f"/run/netns/{self.netns_name}"
 
+    # -- events ----------------------------------------------------------------------------------------------
+    def event(self, reason: str, message: str, *, container: str = "", warning: bool = False) -> None:
+        """Post a core/v1 Event about this pod, as the kubelet does (fire and forget)."""
+        stamp = now()
+        involved: Obj = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "namespace": self.namespace,
+            "name": self.name,
+            "uid": self.uid,
+        }
+        if container:
+            involved["fieldPath"] = f"spec.containers{{{container}}}"
+        body: Obj = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{self.name}.", "namespace": self.namespace},
+            "involvedObject": involved,
+            "reason": reason,
+            "message": message,
+            "type": "Warning" if warning else "Normal",
+            "count": 1,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "source": {"component": "kubelet", "host": self.node.name},
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.node.name,
+        }
+
+        async def post() -> None:
+            with contextlib.suppress(ApiError, aiohttp.ClientError, OSError, TimeoutError):
+                await self.kube.request("POST", f"/api/v1/namespaces/{self.namespace}/events", body)
+
+        self._spawn(post())
+
     # -- main flow -------------------------------------------------------------------------------------------
     async def _run(self) -> None:
         try:
@@ -154,11 +193,18 @@ class PodWorker:
             self._spawn(self._resync_loop())
             for state in self.init_states:
                 if not await self._run_init(state):
+                    self.init_failed = not self.stopping.is_set()
+                    self.dirty.set()
                     return
             self.initialized = True
             self.dirty.set()
             for state in self.states:
                 self._spawn(self._supervise(state), state.tasks)
+            if self.pod["spec"].get("restartPolicy", "Always") != "Always":
+                # a finished pod keeps its status but, as with the kubelet, not its sandbox
+                await asyncio.gather(*[t for s in self.states for t in s.tasks], return_exceptions=True)
+                if not self.stopping.is_set():
+                    await self._teardown_network()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -174,6 +220,8 @@ class PodWorker:
                 self.setup_error = None
                 break
             except podplan.PlanError as err:
+                if self.setup_error != (err.reason, str(err)):
+                    self.event("FailedMount", str(err), warning=True)
                 self.setup_error = (err.reason, str(err))
                 self.dirty.set()
                 log.warning("pod %s/%s waiting: %s", self.namespace, self.name, err)
@@ -354,6 +402,8 @@ class PodWorker:
         try:
             plan = self._plan(state)
         except podplan.PlanError as err:
+            if state.waiting != (err.reason, str(err)):
+                self.event("Failed", str(err), container=state.name, warning=True)
             state.waiting = (err.reason, str(err))
             log.warning("pod %s/%s container %s: %s", self.namespace, self.name, state.name, err)
             self.dirty.set()
@@ -373,6 +423,7 @@ class PodWorker:
             )
         state.started_at, state.waiting, state.terminated = now(), None, None
         state.ready = False
+        self.event("Started", f"Started container {state.name} (pid {state.proc.pid})", container=state.name)
         self.dirty.set()
         return True
 
@@ -436,6 +487,12 @@ class PodWorker:
                 backoff = BACKOFF_START
             state.last_terminated, state.restart_count = state.terminated, state.restart_count + 1
             state.waiting = ("CrashLoopBackOff", f"back-off {backoff:.0f}s restarting failed container")
+            self.event(
+                "BackOff",
+                f"Back-off {backoff:.0f}s restarting container {state.name}",
+                container=state.name,
+                warning=True,
+            )
             self.dirty.set()
             await self._sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
@@ -464,7 +521,11 @@ class PodWorker:
                 if ready != state.ready:
                     state.ready = ready
                     self.dirty.set()
-            elif failures >= failure_needed and state.proc is not None:
+            if failures == failure_needed:  # once per failing streak, not every poll
+                self.event(
+                    "Unhealthy", f"{kind[:-5].capitalize()} probe failed", container=state.name, warning=True
+                )
+            if kind == "livenessProbe" and failures >= failure_needed and state.proc is not None:
                 log.warning(
                     "pod %s/%s container %s failed liveness; restarting",
                     self.namespace,
@@ -531,6 +592,7 @@ class PodWorker:
         proc = state.proc
         if proc is None or proc.returncode is not None:
             return
+        self.event("Killing", f"Stopping container {state.name}", container=state.name)
         _killpg(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
@@ -557,8 +619,9 @@ class PodWorker:
         self.dirty.set()
 
     async def _teardown_network(self) -> None:
-        if self.host_network:
+        if self.host_network or self.sandbox_released:
             return
+        self.sandbox_released = True
         try:
             await self.cni.delete(self.container_id, self.netns_path)
         except Exception as err:  # the netns is removed anyway; the warning lands in the failure dump
@@ -599,6 +662,8 @@ class PodWorker:
         phase = "Pending"
         if self.initialized and running:
             phase = "Running"
+        if self.init_failed:
+            phase = "Failed"
         if policy != "Always" and self.states and len(exited) == len(self.states) and not running:
             failed = any(s.terminated and s.terminated["exitCode"] != 0 for s in exited)
             if policy == "Never" or not failed:
