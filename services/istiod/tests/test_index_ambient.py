@@ -205,3 +205,26 @@ def test_dry_run_policies_sent_when_enabled() -> None:
     policy["metadata"]["annotations"] = {"istio.io/dry-run": "true"}
     feed(index, "authorizationpolicies", policy)
     assert index.authorizations.get("app/dry").dry_run is True  # type: ignore[union-attr]
+
+
+def test_weighted_waypoint_canary() -> None:
+    index = make()
+    for name in ("wp", "wp-v2"):
+        address = {"type": "Hostname", "value": f"{name}.app.svc.cluster.local"}
+        spec = {"gatewayClassName": "istio-waypoint", "listeners": []}
+        feed(index, "gateways", obj(name, "app", spec=spec, status={"addresses": [address]}))
+    svc = service("web", labels={"istio.io/use-waypoint": "wp", "istio.io/use-waypoint-canary": "wp-v2"})
+    svc["metadata"]["annotations"] = {"istio.io/use-waypoint-canary-weight": "5"}
+    feed(index, "services", svc)
+    record = index.addresses.get("app/web.app.svc.cluster.local")
+    assert isinstance(record, r.Service)
+    primary, canary = (
+        r.GatewayAddress("app", "wp.app.svc.cluster.local"),
+        r.GatewayAddress("app", "wp-v2.app.svc.cluster.local"),
+    )
+    assert record.waypoint == primary
+    assert record.weighted_waypoints == (r.WeightedWaypoint(primary, 95), r.WeightedWaypoint(canary, 5))
+    index.inputs["gateways"].delete("app/wp-v2")  # canary not ready: no weights, primary stays
+    record = index.addresses.get("app/web.app.svc.cluster.local")
+    assert isinstance(record, r.Service)
+    assert (record.waypoint, record.weighted_waypoints) == (primary, ())

@@ -15,6 +15,7 @@ The waypoint deployer (issue #9, ``istiod/waypoint/``) may add its own derivatio
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from typing import Any
 
 from istiod.index import endpointslices, meta, peerauthn, policies, waypoints
@@ -148,19 +149,29 @@ class AmbientIndex:
 
     def _k8s_service(self, ctx: Context, svc: Obj) -> dict[str, Service]:
         labels = meta.labels(svc)
-        waypoint = (
-            None
-            if waypoints.is_waypoint_service(labels)
-            else self._resolve_waypoint(ctx, svc, labels, "service")
-        )
-        record = k8s_service(
-            svc, self.mesh, ctx.get(self.inputs["namespaces"], meta.namespace(svc)), waypoint
-        )
-        return {record.resource_name: record} if record else {}
+        waypoint = None
+        if not waypoints.is_waypoint_service(labels):
+            waypoint = self._resolve_waypoint(ctx, svc, labels, "service")
+        namespace = ctx.get(self.inputs["namespaces"], meta.namespace(svc))
+        record = k8s_service(svc, self.mesh, namespace, waypoint)
+        if record is None:
+            return {}
+        record = replace(record, weighted_waypoints=self._canary(ctx, svc, namespace, waypoint))
+        return {record.resource_name: record}
 
     def _se_services(self, ctx: Context, se: Obj) -> dict[str, Service]:
         waypoint = self._resolve_waypoint(ctx, se, meta.labels(se), "service")
-        return {s.resource_name: s for s in service_entry_services(se, self.mesh, waypoint)}
+        canary = self._canary(ctx, se, ctx.get(self.inputs["namespaces"], meta.namespace(se)), waypoint)
+        records = service_entry_services(se, self.mesh, waypoint)
+        return {s.resource_name: replace(s, weighted_waypoints=canary) for s in records}
+
+    def _canary(self, ctx: Context, obj: Obj, namespace: Obj | None, primary: Any) -> Any:
+        """Weighted waypoints (primary + canary) for a Service or ServiceEntry (§5.3)."""
+        ns, ns_labels = meta.namespace(obj), meta.labels(namespace)
+        canary = waypoints.canary_requested(
+            meta.labels(obj), meta.annos(obj), ns, ns_labels, meta.annos(namespace)
+        )
+        return waypoints.weighted(primary, canary, ns, ns_labels, lambda key: ctx.get(self.waypoints, key))
 
     def _pod_workload(self, ctx: Context, pod: Obj) -> dict[str, Workload]:
         ns, labels = meta.namespace(pod), meta.labels(pod)

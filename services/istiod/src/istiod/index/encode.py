@@ -82,6 +82,9 @@ def encode_service(s: Service) -> wpb.Service:
     )  # fmt: skip
     if s.waypoint is not None:
         msg.waypoint.CopyFrom(_gateway(s.waypoint))
+    for weighted in s.weighted_waypoints:
+        entry = msg.weighted_waypoints.add(weight=weighted.weight)
+        entry.destination.CopyFrom(_gateway(weighted.destination))
     if s.load_balancing is not None:
         lb = s.load_balancing
         msg.load_balancing.routing_preference.extend(lb.routing_preference)  # type: ignore[arg-type]

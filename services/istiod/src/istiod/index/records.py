@@ -43,6 +43,12 @@ class GatewayAddress:
 
 
 @dataclass(frozen=True, slots=True)
+class WeightedWaypoint:
+    destination: GatewayAddress
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
 class Port:
     service_port: int
     target_port: int
@@ -113,6 +119,7 @@ class Service:
     ip_families: int = IP_FAMILIES_AUTOMATIC
     canonical: bool = False
     ingress_use_waypoint: bool = False
+    weighted_waypoints: tuple[WeightedWaypoint, ...] = ()
 
     @property
     def resource_name(self) -> str:

@@ -15,11 +15,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from istiod.index import meta
-from istiod.index.records import APP_TUNNEL_PROXY, ApplicationTunnel, GatewayAddress, NetworkAddress
+from istiod.index.records import (
+    APP_TUNNEL_PROXY,
+    ApplicationTunnel,
+    GatewayAddress,
+    NetworkAddress,
+    WeightedWaypoint,
+)
 
 Obj = dict[str, Any]
 USE_WAYPOINT = "istio.io/use-waypoint"
 USE_WAYPOINT_NAMESPACE = "istio.io/use-waypoint-namespace"
+USE_CANARY = "istio.io/use-waypoint-canary"
+USE_CANARY_NAMESPACE = "istio.io/use-waypoint-canary-namespace"
+CANARY_WEIGHT = "istio.io/use-waypoint-canary-weight"
 WAYPOINT_FOR = "istio.io/waypoint-for"
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 INBOUND_BINDING = "ambient.istio.io/waypoint-inbound-binding"
@@ -146,3 +155,31 @@ def inbound_binding(gateway: Obj | None, gateway_class: Obj | None) -> Applicati
     if protocol != "PROXY" or (port and not port.isdigit()):
         return None
     return ApplicationTunnel(APP_TUNNEL_PROXY, int(port) if port else 0)
+
+
+def canary_requested(
+    obj_labels: Mapping[str, str], obj_annotations: Mapping[str, str], obj_namespace: str,
+    namespace_labels: Mapping[str, str], namespace_annotations: Mapping[str, str],
+) -> tuple[WaypointRef, int] | None:  # fmt: skip
+    """The canary waypoint and its weight (0-100, default 0) from the object, else its namespace (§5.3)."""
+    for labels, annos in ((obj_labels, obj_annotations), (namespace_labels, namespace_annotations)):
+        name = labels.get(USE_CANARY)
+        if name:
+            text = annos.get(CANARY_WEIGHT, "0")
+            weight = int(text) if text.isdigit() and int(text) <= 100 else 0
+            return WaypointRef(labels.get(USE_CANARY_NAMESPACE) or obj_namespace, name), weight
+    return None
+
+
+def weighted(
+    primary: GatewayAddress | None, canary: tuple[WaypointRef, int] | None, obj_namespace: str,
+    namespace_labels: Mapping[str, str], lookup: Callable[[str], Waypoint | None],
+) -> tuple[WeightedWaypoint, ...]:  # fmt: skip
+    """``[primary (100 - w), canary (w)]`` when both resolve for a service; else nothing."""
+    if primary is None or canary is None:
+        return ()
+    ref, weight = canary
+    address = resolve(ref, FOR_SERVICE, obj_namespace, namespace_labels, lookup)
+    if address is None:
+        return ()
+    return (WeightedWaypoint(primary, 100 - weight), WeightedWaypoint(address, weight))
