@@ -566,3 +566,48 @@ async def test_keepalive_pings_are_answered_and_a_silent_peer_is_dropped(
     finally:
         await pool.close()
         await server.close()
+
+
+async def test_relay_streams_variant_copies_both_ways_with_half_close(mesh: Mesh) -> None:
+    from meshkit.hbone.relay import relay_streams
+
+    stream = await mesh.pool.connect(mesh.key, "10.0.0.1:80")  # tunnel to the echo upstream
+    results = []
+
+    async def inbound(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        results.append(await relay_streams(reader, writer, stream))
+
+    local = await asyncio.start_server(inbound, "127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection(*local.sockets[0].getsockname()[:2])
+        writer.write(b"via streams")
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 10) == b"via streams"
+        writer.close()
+        await wait_until(lambda: bool(results))
+        assert results[0].sent == results[0].received == len(b"via streams")
+        assert results[0].error is None
+    finally:
+        local.close()
+        await local.wait_closed()
+
+
+async def test_server_close_drains_with_goaway(mesh: Mesh) -> None:
+    stream = await mesh.pool.connect(mesh.key, "10.0.0.1:80")
+    closing = asyncio.ensure_future(mesh.server.close(grace_s=10))
+    await wait_until(lambda: stream.conn.core.goaway_received)
+    # the open stream still works during the drain; new streams need a new connection, which is refused
+    await stream.send(b"during drain")
+    assert await stream.readexactly(12) == b"during drain"
+    with pytest.raises(ConnectFailed):
+        await mesh.pool.connect(mesh.key, "10.0.0.1:80")
+    stream.write_eof()
+    assert await stream.read() == b""
+    await asyncio.wait_for(closing, 10)  # finished once the last stream ended, well before the grace
+    assert not mesh.server.connections
+
+
+def test_tune_malloc_applies_on_glibc() -> None:
+    from meshkit.hbone.tuning import tune_malloc
+
+    assert tune_malloc() is True

@@ -232,18 +232,15 @@ class HboneConnection(asyncio.BufferedProtocol):
             stream.pending += data
             self._blocked[stream] = None
             return
-        sid = stream.stream_id
-        window = self.core.send_window(sid)
-        n = len(data)
-        if n <= window:
-            self.core.send_data(sid, data)
-            self._flush()
-            return
-        if window > 0:
-            self.core.send_data(sid, memoryview(data)[:window])
-            self._flush()
-        stream.pending += memoryview(data)[window:]
-        self._blocked[stream] = None
+        core = self.core
+        sent = core.send_some(stream.stream_id, data)
+        if sent:
+            transport = self._transport
+            if transport is not None and not transport.is_closing():
+                transport.write(core.data_to_send())
+        if sent < len(data):
+            stream.pending += memoryview(data)[sent:]
+            self._blocked[stream] = None
 
     def _stream_write_eof(self, stream: HboneStream) -> None:
         if stream.pending:

@@ -252,6 +252,28 @@ class HboneCore:
         if end_stream:
             self.end_stream(stream_id)
 
+    def send_some(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
+        """Queue as much of ``data`` as the send window allows; returns how many bytes were queued."""
+        stream = self._h2.streams.get(stream_id)
+        if stream is None or stream_id not in self._send_open:
+            return 0
+        conn_window = self._h2.outbound_flow_control_window
+        n = len(data)
+        window = min(conn_window, stream.outbound_flow_control_window)
+        if n > window:
+            if window <= 0:
+                return 0
+            n = window
+            data = memoryview(data)[:n]
+        if n <= self._h2.max_outbound_frame_size and not self._h2._data_to_send:
+            # the common case, kept short: one frame, nothing of h2's queued before it
+            self._out.append(_HDR.pack(n >> 16, n & 0xFFFF, T_DATA, 0, stream_id) + data)
+            self._h2.outbound_flow_control_window = conn_window - n
+            stream.outbound_flow_control_window -= n
+        else:
+            self.send_data(stream_id, data)
+        return n
+
     def end_stream(self, stream_id: int) -> None:
         """Half-close our side (END_STREAM): the peer reads EOF."""
         if stream_id in self._send_open:
