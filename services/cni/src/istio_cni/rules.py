@@ -214,21 +214,3 @@ def _remove_block(t: TableRules, current: dict[str, tuple[set[str], list[str]]])
     block.extend(f"-X {c}" for c in present)
     block.append("COMMIT")
     return "\n".join(block)
-
-
-def netlink_commands(family: Family) -> tuple[tuple[str, ...], ...]:
-    """``ip`` commands for the policy route that returns replies to spoofed-source ztunnel sockets (§3.3)."""
-    flag = "-4" if family is Family.V4 else "-6"
-    anyaddr = "0.0.0.0/0" if family is Family.V4 else "::/0"
-    return (
-        ("ip", flag, "rule", "add", "fwmark", CONN_MARK, "pref", str(RULE_PREF), "lookup", str(ROUTE_TABLE)),
-        ("ip", flag, "route", "replace", "local", anyaddr, "dev", "lo", "table", str(ROUTE_TABLE)),
-    )
-
-
-def netlink_remove_commands(family: Family) -> tuple[tuple[str, ...], ...]:
-    flag = "-4" if family is Family.V4 else "-6"
-    return (
-        ("ip", flag, "rule", "del", "fwmark", CONN_MARK, "pref", str(RULE_PREF), "lookup", str(ROUTE_TABLE)),
-        ("ip", flag, "route", "flush", "table", str(ROUTE_TABLE)),
-    )
