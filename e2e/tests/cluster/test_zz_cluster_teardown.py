@@ -12,6 +12,7 @@ import pytest
 from meshtest.cluster import network, procs
 from meshtest.cluster.config import PREFIX, ClusterLayout
 from meshtest.cluster.control import Cluster
+from meshtest.kube import KubeCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.root, pytest.mark.slow]
 # markers of everything the cluster creates; nothing else on the host uses these names or ranges
@@ -35,10 +36,34 @@ def leftovers(layout: ClusterLayout) -> list[str]:
     return found
 
 
-def test_down_leaves_nothing_behind(kube_cluster: object) -> None:
+def test_down_leaves_nothing_behind(kube_cluster: KubeCluster, kube_namespace: str) -> None:
     cluster = Cluster(ClusterLayout.default())
-    was_up = cluster.healthy()
-    assert was_up, "the session cluster should be up"
+    assert cluster.healthy(), "the session cluster should be up"
+    # running pods (one with a hostPort, so portmap chains exist) must not survive the tear-down either
+    kube_cluster.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"p{i}"},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": "app",
+                            "args": ["--port", "8080"],
+                            "ports": [{"containerPort": 8080, **({"hostPort": 18081} if i == 0 else {})}],
+                            "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+                        }
+                    ],
+                    "volumes": [{"name": "scratch", "emptyDir": {}}],
+                },
+            }
+            for i in range(3)
+        ],
+        kube_namespace,
+    )
+    kube_cluster.ready_pods(kube_namespace, "", 3)
     assert procs.marked(cluster.marker), "sanity: the running cluster has marked processes"
     cluster.down()
     try:
