@@ -37,33 +37,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-INPOD_RULES = """*mangle
-:ISTIO_PRERT - [0:0]
-:ISTIO_OUTPUT - [0:0]
--A PREROUTING -j ISTIO_PRERT
--A OUTPUT -j ISTIO_OUTPUT
--A ISTIO_PRERT -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x111/0xfff
--A ISTIO_OUTPUT -m connmark --mark 0x111/0xfff -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff
-COMMIT
-*nat
-:ISTIO_PRERT - [0:0]
-:ISTIO_OUTPUT - [0:0]
--A OUTPUT -j ISTIO_OUTPUT
--A PREROUTING -j ISTIO_PRERT
--A ISTIO_PRERT -s 169.254.7.127 -p tcp -m tcp -j ACCEPT
--A ISTIO_OUTPUT -d 169.254.7.127 -p tcp -m tcp -j ACCEPT
--A ISTIO_PRERT ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15006
--A ISTIO_OUTPUT -p tcp -m mark --mark 0x111/0xfff -j ACCEPT
--A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -j ACCEPT
--A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001
-COMMIT
-"""
+# behaviour.md §3.3 in-pod rules: the same test copy the ztunnel tests use
+INPOD_RULES = (HERE.parent / "services/ztunnel/tests/testdata/inpod-rules.txt").read_text()
 VIP = "10.77.200.1"
 KIB = b"x" * 1024
 THROUGHPUT_BYTES = 256 * 1024 * 1024
 
 
-# --- plumbing -----------------------------------------------------------------------------------------------
+# --- plumbing --------------------------------------------------------------------------------------
 
 
 def sh(*argv: str, stdin: str | None = None) -> str:
@@ -102,8 +83,11 @@ class Net:
         sh("ip", "-n", a, "route", "add", "10.77.2.0/24", "via", "10.77.254.2")
         sh("ip", "-n", b, "route", "add", "10.77.1.0/24", "via", "10.77.254.1")
         for name, node, k, captured in (
-            ("client", 1, 10, True), ("server", 2, 10, True), ("dclient", 1, 11, False), ("dserver", 2, 11, False),
-        ):  # fmt: skip
+            ("client", 1, 10, True),
+            ("server", 2, 10, True),
+            ("dclient", 1, 11, False),
+            ("dserver", 2, 11, False),
+        ):
             self.pod(name, node, k, captured)
 
     def pod(self, name: str, node: int, k: int, captured: bool) -> None:
@@ -151,13 +135,19 @@ def make_ca(directory: Path) -> None:
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "bench mesh root")])
     now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
         .sign(key, hashes.SHA256())
-    )  # fmt: skip
+    )
     (directory / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (directory / "ca.key").write_bytes(
         key.private_bytes(
@@ -182,7 +172,6 @@ class FileCa:
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.x509.oid import ExtendedKeyUsageOID
-
         from meshkit.identity.certs import WorkloadCertificate
 
         key = ec.generate_private_key(ec.SECP256R1())
@@ -191,14 +180,19 @@ class FileCa:
         usage = x509.KeyUsage(True, False, True, False, False, False, False, False, False)
         eku = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
         leaf = (
-            x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(self.root.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(nb).not_valid_after(na)
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(self.root.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(nb)
+            .not_valid_after(na)
             .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), True)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(usage, critical=True).add_extension(eku, False)
+            .add_extension(usage, critical=True)
+            .add_extension(eku, False)
             .sign(self.key, hashes.SHA256())
-        )  # fmt: skip
+        )
         key_pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
@@ -218,10 +212,16 @@ def config(path: Path, extra_workloads: int) -> None:
 
     def wl(name: str, ip: str, node: str, captured: bool, svc: str = "") -> dict[str, object]:
         out: dict[str, object] = {
-            "uid": f"Kubernetes//Pod/default/{name}", "name": name, "namespace": "default",
-            "addresses": [_b64(ip)], "tunnelProtocol": "HBONE" if captured else "NONE",
-            "serviceAccount": name, "node": node, "workloadName": name, "canonicalName": name,
-        }  # fmt: skip
+            "uid": f"Kubernetes//Pod/default/{name}",
+            "name": name,
+            "namespace": "default",
+            "addresses": [_b64(ip)],
+            "tunnelProtocol": "HBONE" if captured else "NONE",
+            "serviceAccount": name,
+            "node": node,
+            "workloadName": name,
+            "canonicalName": name,
+        }
         if svc:
             out["services"] = {svc: {"ports": [{"servicePort": 80, "targetPort": 8080}]}}
         return out
@@ -233,18 +233,28 @@ def config(path: Path, extra_workloads: int) -> None:
         wl("dserver", "10.77.2.11", "node2", False),
     ]
     services = [
-        {"name": "echo", "namespace": "default", "hostname": "echo.default.svc.cluster.local",
-         "addresses": [{"address": _b64(VIP)}], "ports": [{"servicePort": 80, "targetPort": 8080}]},
-    ]  # fmt: skip
+        {
+            "name": "echo",
+            "namespace": "default",
+            "hostname": "echo.default.svc.cluster.local",
+            "addresses": [{"address": _b64(VIP)}],
+            "ports": [{"servicePort": 80, "targetPort": 8080}],
+        },
+    ]
     base = int(ipaddress.IPv4Address("10.77.100.1"))
     for i in range(extra_workloads):
         svc = f"default/filler-{i % 100}.default.svc.cluster.local"
         workloads.append(wl(f"filler-{i}", str(ipaddress.IPv4Address(base + i)), f"node-{i % 50}", True, svc))
     for i in range(100):
         services.append(
-            {"name": f"filler-{i}", "namespace": "default", "hostname": f"filler-{i}.default.svc.cluster.local",
-             "addresses": [{"address": _b64(f"10.77.201.{i + 1}")}], "ports": [{"servicePort": 80, "targetPort": 8080}]}
-        )  # fmt: skip
+            {
+                "name": f"filler-{i}",
+                "namespace": "default",
+                "hostname": f"filler-{i}.default.svc.cluster.local",
+                "addresses": [{"address": _b64(f"10.77.201.{i + 1}")}],
+                "ports": [{"servicePort": 80, "targetPort": 8080}],
+            }
+        )
     path.write_text(json.dumps({"workloads": workloads, "services": services}))
 
 
@@ -254,16 +264,17 @@ def _b64(ip: str) -> str:
     return base64.b64encode(ipaddress.ip_address(ip).packed).decode()
 
 
-# --- child modes -----------------------------------------------------------------------------------------------
+# --- child modes -----------------------------------------------------------------------------------
 
 
 def run_ztunnel() -> None:
     import uvloop
-
     from meshkit import logs
     from meshkit.settings import load
-    from ztunnel.app import build
+    from ztunnel.app import build, tune_process
     from ztunnel.settings import Settings
+
+    tune_process()
 
     async def main() -> None:
         settings = load(Settings)
@@ -306,7 +317,7 @@ def run_server() -> None:
     uvloop.run(main())
 
 
-# --- load generation (in the client pod netns) -----------------------------------------------------------------
+# --- load generation (in the client pod netns) -----------------------------------------------------
 
 
 class Client:
@@ -349,7 +360,7 @@ class Client:
         return statistics.median(samples), samples[int(len(samples) * 0.99)]
 
     async def paced(self, ip: str, port: int, conns: int, rate: float, seconds: float) -> int:
-        """``conns`` connections, together ``rate`` req/s of 1 KiB each way, for ``seconds``; returns requests."""
+        """``conns`` connections, together ``rate`` req/s (1 KiB each way), for ``seconds``; returns count."""
         streams = [await self.open(ip, port) for _ in range(conns)]
         interval = conns / rate
         done = 0
@@ -402,7 +413,7 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-# --- the run ---------------------------------------------------------------------------------------------------
+# --- the run ---------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -452,7 +463,7 @@ async def zds_agents(tmp: Path, net: Net) -> list[object]:
             finally:
                 os.close(fd)
             await conn.snapshot_sent()
-            while await conn.probe():
+            while await conn.probe():  # noqa: ASYNC110 - the keepalive period
                 await asyncio.sleep(1.0)
 
         server = ZdsServer(str(tmp / f"{node}.sock"), agent)
@@ -468,13 +479,38 @@ async def measure(tmp: Path, net: Net, procs: list[subprocess.Popen[str]]) -> di
         zts = []
         for node in ("node1", "node2"):
             env = {
-                "NODE_NAME": node, "INPOD_UDS": str(tmp / f"{node}.sock"), "LOCAL_XDS_PATH": str(tmp / "config.json"),
-                "ADMIN_ADDR": "127.0.0.1:0", "STATS_ADDR": "127.0.0.1:0", "READINESS_ADDR": "127.0.0.1:0",
-                "DNS_RESOLV_CONF": "/dev/null", "BENCH_DIR": str(tmp), "PYTHONPATH": str(HERE),
-            }  # fmt: skip
-            zts.append(spawn(procs, [sys.executable, str(HERE / "mesh.py"), "--ztunnel"], env))
+                "NODE_NAME": node,
+                "INPOD_UDS": str(tmp / f"{node}.sock"),
+                "LOCAL_XDS_PATH": str(tmp / "config.json"),
+                "ADMIN_ADDR": "127.0.0.1:0",
+                "STATS_ADDR": "127.0.0.1:0",
+                "READINESS_ADDR": "127.0.0.1:0",
+                "DNS_RESOLV_CONF": "/dev/null",
+                "BENCH_DIR": str(tmp),
+                "PYTHONPATH": str(HERE),
+            }
+            # -OO as the chart should run ztunnel (PYTHONOPTIMIZE=2): docstrings are ~3 MB of RSS
+            zts.append(spawn(procs, [sys.executable, "-OO", str(HERE / "mesh.py"), "--ztunnel"], env))
         await asyncio.gather(*(asyncio.to_thread(wait_ready, p) for p in zts))
         figures["ztunnel.rss_mb_1k_workloads"] = max(rss_mb(p.pid) for p in zts)
+        if os.environ.get("BENCH_SMAPS"):
+            import collections
+            import re
+
+            for p in zts:
+                c: collections.Counter[str] = collections.Counter()
+                cur = ""
+                for line in Path(f"/proc/{p.pid}/smaps").read_text().splitlines():  # noqa: ASYNC240
+                    parts = line.split()
+                    if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                        cur = re.sub(r".*/site-packages/", "", parts[5]) if len(parts) > 5 else "[anon]"
+                    elif parts[0] == "Rss:":
+                        c[cur] += int(parts[1])
+                print(
+                    p.pid,
+                    [(k, round(v / 1024, 1)) for k, v in c.most_common(8)],
+                    Path(f"/proc/{p.pid}/status").read_text().split("Threads:")[1].split()[0],  # noqa: ASYNC240
+                )
         client_d, client_m = Client(net.pods["dclient"][0]), Client(net.pods["client"][0])
         dserver_ip = net.pods["dserver"][1]
 
@@ -509,7 +545,6 @@ def main() -> None:
         run_server()
         return
     import uvloop
-
     from _results import write_results
 
     if os.geteuid() != 0:

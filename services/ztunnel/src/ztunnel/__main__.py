@@ -11,7 +11,7 @@ from meshkit.drain import install_sigterm
 from meshkit.identity.caclient import CaClient, CaClientConfig, CaClientSettings
 from meshkit.settings import load
 
-from ztunnel.app import build
+from ztunnel.app import build, tune_process
 from ztunnel.settings import Settings
 
 
@@ -25,6 +25,7 @@ async def main_async() -> None:
 
 
 def main() -> None:
+    tune_process()
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(main_async())
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import random
 import socket
@@ -65,6 +66,25 @@ def _udp_reuseport(host: str, port: int, mark: int) -> socket.socket:
     return sock
 
 
+M_ARENA_MAX = -8  # <malloc.h>
+
+
+def tune_process(arenas: int = 2) -> None:
+    """Process-wide memory tuning, called first thing by ``__main__``: at most ``arenas`` glibc malloc arenas.
+
+    Every thread that allocates (one per pod netns, executor threads) would otherwise get its own arena and
+    keep its fragments resident; two arenas keep ztunnel inside its RSS budget (64 MB with 1,000 workloads).
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
+
+
+def _trim_heap() -> None:
+    """glibc ``malloc_trim(0)``: return freed heap pages to the OS (no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _enable_reqsk_migration() -> None:
     """Per-netns sysctl: on listener close, queued connections move to another SO_REUSEPORT listener."""
     with contextlib.suppress(OSError), open("/proc/sys/net/ipv4/tcp_migrate_req", "w") as f:
@@ -93,6 +113,12 @@ class App:
         return config_dump(self.state, self.certs.config_dump(), self.manager.dump(), asdict(self.settings))
 
     def update_readiness(self) -> None:
+        was_ready = self.readiness.ready
+        self._update_conditions()
+        if self.readiness.ready and not was_ready:
+            _trim_heap()  # start-up garbage (config parse, first certificates) goes back to the OS
+
+    def _update_conditions(self) -> None:
         if self.manager.ready:
             self.readiness.set(READY_INPOD)
         else:
@@ -190,6 +216,8 @@ async def build(
     app.update_readiness()
 
     def synced() -> None:
+        if not readiness.ready:
+            _trim_heap()  # the first full config leaves parse garbage; hand the freed pages back
         readiness.set(READY_XDS)
 
     if settings.local_xds_path and Path(settings.local_xds_path).exists():  # noqa: ASYNC240 - once, at start
