@@ -54,6 +54,11 @@ def test_settings_we_set_before_initiate_are_sent_and_limits_applied() -> None:
     assert h2c.local_settings.initial_window_size == 4 * 1024 * 1024
     # streams is a dict of H2Stream with the attribute the fast path writes
     assert isinstance(h2c.streams, dict)
+    # the server advertises 200 concurrent streams, then lifts h2's own (connection-error) enforcement
+    c.initiate()
+    frame = c.data_to_send()
+    assert b"\x00\x03\x00\x00\x00\xc8" in frame  # SETTINGS_MAX_CONCURRENT_STREAMS = 200 on the wire
+    assert h2c.local_settings.max_concurrent_streams == 2**31 - 1
 
 
 def test_empty_end_stream_data_frame_leaves_windows_alone() -> None:

@@ -143,6 +143,11 @@ class HboneCore:
     def initiate(self) -> None:
         """Queue the preface (client), our SETTINGS and the WINDOW_UPDATE opening the connection window."""
         self._h2.initiate_connection()
+        if not self.client_side:
+            # h2 answers a stream past SETTINGS_MAX_CONCURRENT_STREAMS with a connection error; RFC 9113 §5.1.2
+            # wants a stream error, which lets the client retry. So h2's own limit is lifted once the
+            # SETTINGS frame carrying the advertised one is queued, and _translate enforces the advertised one.
+            self._h2.local_settings._settings[SettingCodes.MAX_CONCURRENT_STREAMS][0] = 2**31 - 1
         if self.settings.connection_window > DEFAULT_WINDOW:
             self._h2.increment_flow_control_window(self.settings.connection_window - DEFAULT_WINDOW)
 
@@ -458,7 +463,9 @@ class HboneCore:
     def _translate(self, event: h2.events.Event, out: list[ev.Event]) -> None:
         if isinstance(event, h2.events.RequestReceived):
             sid = int(event.stream_id)
-            if self.goaway_sent and sid > self._goaway_last:
+            if (self.goaway_sent and sid > self._goaway_last) or (
+                self._h2.open_inbound_streams > self.settings.server_max_concurrent_streams
+            ):
                 self.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
                 return
             self._recv[sid] = _Recv(self.settings.stream_window)
