@@ -146,7 +146,7 @@ class HboneCore:
         if not self.client_side:
             # h2 answers a stream past SETTINGS_MAX_CONCURRENT_STREAMS with a connection error; RFC 9113
             # §5.1.2 wants a stream error (the client may retry). So h2's own limit is lifted once SETTINGS
-            # frame advertising ours is queued, and _translate enforces the advertised value itself.
+            # advertising ours are queued, and _translate enforces the advertised value itself.
             self._h2.local_settings._settings[SettingCodes.MAX_CONCURRENT_STREAMS][0] = 2**31 - 1
         if self.settings.connection_window > DEFAULT_WINDOW:
             self._h2.increment_flow_control_window(self.settings.connection_window - DEFAULT_WINDOW)
