@@ -1,7 +1,8 @@
 """Where the repository, the charts and the helm/kubectl binaries are.
 
 The binaries are the ones the local cluster builds (``meshtest.cluster.control.ensure_binaries`` puts them in
-``<cache>/<k8s version>/bin``); the lookup is the cluster code's own :class:`ClusterLayout`, so tests find them
+``<cache>/<k8s version>/bin``); the lookup is the cluster code's own :class:`ClusterLayout`, so tests find
+them
 exactly where CI's cluster bring-up leaves them. ``PATH`` is the fallback (a kind user's own helm).
 """
 
@@ -15,7 +16,7 @@ from meshtest.cluster.config import K8S_VERSION, ClusterLayout
 REPO = Path(__file__).resolve().parents[4]
 HELM_DIR = REPO / "helm"
 CHARTS = ("base", "istiod", "cni", "ztunnel", "ambient")
-#: Kubernetes version offline renders assume (the local cluster's); helm's own default is older than our charts' target.
+#: Kubernetes version offline renders assume (the local cluster's); helm's default is older
 K8S_RENDER_VERSION = K8S_VERSION.lstrip("v")
 
 

@@ -1,0 +1,31 @@
+# syntax=docker/dockerfile:1
+# app: the echo test app (meshtest.echo), upstream's "<hub>/app" image for the e2e suite on kind. Build from
+# the repository root:  docker build -f e2e/src/meshtest/e2e/Dockerfile.app -t <hub>/app:<tag> .
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+
+FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
+
+FROM ${PYTHON_IMAGE} AS build
+COPY --from=uv /uv /bin/uv
+ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=/app/.venv
+WORKDIR /src
+COPY pyproject.toml uv.lock ./
+COPY proto/pyproject.toml proto/
+COPY lib/pyproject.toml lib/
+COPY services/istiod/pyproject.toml services/istiod/
+COPY services/ztunnel/pyproject.toml services/ztunnel/
+COPY services/cni/pyproject.toml services/cni/
+COPY services/waypoint/pyproject.toml services/waypoint/
+COPY e2e/pyproject.toml e2e/
+RUN uv sync --frozen --no-dev --no-install-workspace --package ambient-e2e
+COPY proto/ proto/
+COPY lib/ lib/
+COPY e2e/ e2e/
+RUN uv sync --frozen --no-dev --no-editable --package ambient-e2e
+
+FROM ${PYTHON_IMAGE}
+COPY --from=build /app/.venv /app/.venv
+ENV PATH=/app/.venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+# upstream's echo app runs as uid 1338
+USER 1338:1338
+ENTRYPOINT ["python", "-m", "meshtest.echo", "server"]

@@ -1,0 +1,123 @@
+"""Installing the mesh as a user does: ``helm install ambient ./helm/ambient -n istio-system
+--create-namespace``, then waiting for each component by its own readiness (istiod ``/ready``, ztunnel and the
+CNI agent on every node), and the reverse on uninstall.
+
+With ``previous`` set, the install is first done from that earlier copy of the charts and then upgraded with
+``helm upgrade`` to the working tree's charts, which is the upgrade path a user takes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshtest.e2e.charts import set_args
+from meshtest.e2e.tools import REPO, chart
+from meshtest.kube import KubeCluster
+
+NAMESPACE = "istio-system"
+RELEASE = "ambient"
+
+
+def previous_charts(commit: str, into: Path) -> Path:
+    """Extract ``helm/`` at ``commit`` (a chart version users may have installed) and return its umbrella."""
+    archive = into / "helm.tar"
+    with archive.open("wb") as out:
+        subprocess.run(["git", "-C", str(REPO), "archive", commit, "helm"], stdout=out, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="tar")  # the umbrella's charts/ are symlinks to its siblings
+    return into / "helm" / "ambient"
+
+
+@dataclass
+class Mesh:
+    kube: KubeCluster
+    values: Mapping[str, object] = field(default_factory=dict)
+    namespace: str = NAMESPACE
+    release: str = RELEASE
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def nodes(self) -> list[str]:
+        return [n["metadata"]["name"] for n in self.kube.get("nodes")["items"]]
+
+    def helm_install(self, chart_dir: Path, upgrade: bool = False) -> None:
+        verb = ["upgrade"] if upgrade else ["install"]
+        start = time.monotonic()
+        self.kube.helm(
+            *verb,
+            self.release,
+            str(chart_dir),
+            "-n",
+            self.namespace,
+            "--create-namespace",
+            *set_args(self.values),
+            timeout=300,
+        )
+        self.timings["helm upgrade" if upgrade else "helm install"] = time.monotonic() - start
+
+    def install(self, previous: str | None = None) -> None:
+        """Install (or upgrade from ``previous``) and wait until every component is ready."""
+        if previous:
+            with tempfile.TemporaryDirectory(prefix="pk-helm-prev-") as tmp:
+                self.helm_install(previous_charts(previous, Path(tmp)))
+                self.wait_ready()
+                self.helm_install(chart("ambient"), upgrade=True)
+        else:
+            self.helm_install(chart("ambient"))
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 240) -> None:
+        start = time.monotonic()
+        count = len(self.nodes())
+        self.kube.ready_pods(self.namespace, "app=istiod", 1, timeout)
+        self.kube.ready_pods(self.namespace, "k8s-app=istio-cni-node", count, timeout)
+        self.kube.ready_pods(self.namespace, "app=ztunnel", count, timeout)
+        self.wait_rollout("daemonset", "ztunnel", timeout)
+        self.wait_rollout("daemonset", "istio-cni-node", timeout)
+        self.timings["components ready"] = time.monotonic() - start
+
+    def wait_rollout(self, kind: str, name: str, timeout: float = 240) -> None:
+        self.kube.kubectl(
+            "rollout",
+            "status",
+            f"{kind}/{name}",
+            "-n",
+            self.namespace,
+            f"--timeout={int(timeout)}s",
+            timeout=timeout + 10,
+        )
+
+    def installed(self) -> bool:
+        out = self.kube.helm("status", self.release, "-n", self.namespace, check=False)
+        return out.returncode == 0
+
+    def uninstall(self) -> None:
+        self.kube.helm(
+            "uninstall",
+            self.release,
+            "-n",
+            self.namespace,
+            "--wait",
+            "--timeout",
+            "180s",
+            check=False,
+            timeout=200,
+        )
+
+    def pods(self, selector: str) -> list[dict[str, object]]:
+        return list(self.kube.get("pods", namespace=self.namespace, selector=selector)["items"])
+
+    def ztunnel_on(self, node: str) -> str:
+        for pod in self.pods("app=ztunnel"):
+            spec = pod["spec"]
+            meta = pod["metadata"]
+            assert isinstance(spec, dict)
+            assert isinstance(meta, dict)
+            if spec.get("nodeName") == node and not meta.get("deletionTimestamp"):
+                return str(meta["name"])
+        raise LookupError(f"no ztunnel pod on node {node}")

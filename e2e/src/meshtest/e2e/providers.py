@@ -1,0 +1,203 @@
+"""Cluster providers for the e2e suite: ``kind`` (Docker) or ``local`` (``meshtest.cluster``).
+
+Both hand the suite a :class:`~meshtest.kube.KubeCluster`; the suite then installs the mesh with
+``helm install ambient`` from ``helm/`` as a user would. Selection: ``AMBIENT_E2E_PROVIDER=kind|local``, else
+kind when both ``kind`` and a reachable Docker daemon exist, else local. The run prints which one it used.
+
+Why not pytest-kind (spec deploy-and-e2e.md §6.1): its ``kind_cluster`` fixture cannot pass a kind config, so
+no multi-node cluster (the reachability matrix needs two workers); it downloads kind v0.17/kubectl v1.25
+(amd64 only) unless told otherwise, and its ``port_forward`` drops PATH. The few kind commands we need are
+listed explicitly below (:meth:`KindProvider.plan_up`), which also lets a test check them without Docker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from meshtest.cluster.config import ClusterLayout
+from meshtest.cluster.control import Cluster
+from meshtest.e2e.tools import REPO
+from meshtest.kube import KubeCluster
+
+#: kind node image: Kubernetes >= 1.31 (Gateway API CEL rules need it; upstream CI uses 1.35)
+KIND_NODE_IMAGE = "kindest/node:v1.33.1"
+KIND_CLUSTER = "ambient-e2e"
+#: the images the suite needs: (Dockerfile, image name); names match meshtest.cluster.images
+IMAGES: tuple[tuple[str, str], ...] = (
+    ("services/istiod/Dockerfile", "pilot"),
+    ("services/ztunnel/Dockerfile", "ztunnel"),
+    ("services/cni/Dockerfile", "install-cni"),
+    ("services/waypoint/Dockerfile", "proxyv2"),
+    ("e2e/src/meshtest/e2e/Dockerfile.app", "app"),
+)
+KIND_CONFIG = """\
+kind: Cluster
+apiVersion: kind.x-k8s.io/v1alpha4
+nodes:
+- role: control-plane
+- role: worker
+- role: worker
+"""
+
+Runner = Callable[[Sequence[str]], subprocess.CompletedProcess[str]]
+
+
+def run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """Run a provider command from the repository root, failing loudly with its stderr."""
+    proc = subprocess.run(list(argv), cwd=REPO, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return proc
+
+
+class Provider(Protocol):
+    name: str
+    @property
+    def helm_values(self) -> dict[str, str]:
+        """Helm values the suite adds so the chart's images are the ones this provider has."""
+        ...
+
+    def up(self) -> KubeCluster: ...
+
+    def down(self) -> None: ...
+
+
+@dataclass
+class LocalProvider:
+    """The local cluster: reused when up (and left up), else started and stopped around the run."""
+
+    layout: ClusterLayout = field(default_factory=ClusterLayout.default)
+    name: str = "local"
+    helm_values: dict[str, str] = field(default_factory=dict)  # the image table maps the chart defaults
+    _started: bool = False
+
+    def up(self) -> KubeCluster:
+        cluster = Cluster(self.layout)
+        if not cluster.healthy():
+            cluster.up()
+            self._started = True
+        return KubeCluster(self.layout.kubeconfig, self.layout)
+
+    def down(self) -> None:
+        if self._started and os.environ.get("AMBIENT_CLUSTER_KEEP") != "1":
+            Cluster(self.layout).down()
+
+
+@dataclass
+class KindProvider:
+    """A three-node kind cluster with our images built by Docker and side-loaded with ``kind load``."""
+
+    runner: Runner = run
+    kind: str = "kind"
+    docker: str = "docker"
+    cluster: str = KIND_CLUSTER
+    node_image: str = KIND_NODE_IMAGE
+    hub: str = "localhost/ambient"
+    tag: str = "e2e"
+    keep: bool = False
+    workdir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "ambient-e2e-kind")
+    name: str = "kind"
+
+    @property
+    def helm_values(self) -> dict[str, str]:
+        return {"global.hub": self.hub, "global.tag": self.tag, "global.imagePullPolicy": "IfNotPresent"}
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    def image(self, name: str) -> str:
+        return f"{self.hub}/{name}:{self.tag}"
+
+    def plan_build(self) -> list[list[str]]:
+        return [
+            [self.docker, "build", "-f", dockerfile, "-t", self.image(name), "."]
+            for dockerfile, name in IMAGES
+        ]
+
+    def plan_up(self, existing: Sequence[str]) -> list[list[str]]:
+        """Every command ``up`` runs, given the clusters ``kind get clusters`` listed."""
+        cmds = self.plan_build()
+        if self.cluster in existing:
+            cmds.append(
+                [
+                    self.kind,
+                    "export",
+                    "kubeconfig",
+                    "--name",
+                    self.cluster,
+                    "--kubeconfig",
+                    str(self.kubeconfig),
+                ]
+            )
+        else:
+            cmds.append(
+                [
+                    self.kind,
+                    "create",
+                    "cluster",
+                    "--name",
+                    self.cluster,
+                    "--image",
+                    self.node_image,
+                    "--config",
+                    str(self.workdir / "kind.yaml"),
+                    "--kubeconfig",
+                    str(self.kubeconfig),
+                    "--wait",
+                    "180s",
+                ]
+            )
+        cmds += [
+            [self.kind, "load", "docker-image", self.image(name), "--name", self.cluster]
+            for _, name in IMAGES
+        ]
+        return cmds
+
+    def plan_down(self) -> list[list[str]]:
+        return [] if self.keep else [[self.kind, "delete", "cluster", "--name", self.cluster]]
+
+    def up(self) -> KubeCluster:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "kind.yaml").write_text(KIND_CONFIG)
+        listed = self.runner([self.kind, "get", "clusters"]).stdout.split()
+        for argv in self.plan_up(listed):
+            self.runner(argv)
+        return KubeCluster(self.kubeconfig, None)
+
+    def down(self) -> None:
+        for argv in self.plan_down():
+            self.runner(argv)
+
+
+def docker_available(docker: str = "docker") -> bool:
+    if shutil.which(docker) is None:
+        return False
+    probe = subprocess.run([docker, "info"], capture_output=True, check=False, timeout=20)
+    return probe.returncode == 0
+
+
+def select(env: dict[str, str] | None = None) -> tuple[Provider, str]:
+    """The provider for this run and why it was chosen."""
+    env = dict(os.environ) if env is None else env
+    wanted = env.get("AMBIENT_E2E_PROVIDER", "")
+    keep = env.get("AMBIENT_CLUSTER_KEEP") == "1"
+    if wanted == "kind":
+        kind: Provider = KindProvider(keep=keep)
+        return kind, "AMBIENT_E2E_PROVIDER=kind"
+    if wanted == "local":
+        return LocalProvider(), "AMBIENT_E2E_PROVIDER=local"
+    if wanted:
+        raise ValueError(f"AMBIENT_E2E_PROVIDER={wanted!r}: expected 'kind' or 'local'")
+    if shutil.which("kind") and docker_available():
+        found: Provider = KindProvider(keep=keep)
+        return found, "kind and a Docker daemon are present"
+    reason = "no kind binary" if not shutil.which("kind") else "no reachable Docker daemon"
+    return LocalProvider(), f"{reason}: using the local cluster"
