@@ -239,3 +239,16 @@ async def test_tls_with_root_verification_and_authentication(tmp_path: Any) -> N
     finally:
         await owner.close()
         await app.shutdown()
+
+
+async def test_changes_in_one_debounce_window_are_one_push(stack: Callable[..., Any]) -> None:
+    s: Running = await stack(settings=replace(SETTINGS, debounce_s=0.3))
+    async with asyncio.timeout(10):
+        await s.client.synced.wait()
+    rounds = s.app.server.push_rounds
+    for i in range(1, 6):
+        put(s.app, "pods", pod(f"p{i}", f"10.0.0.{i}"))
+    await s.store.wait(lambda: len(s.store.items[ADDRESS_TYPE]) == 5)
+    assert s.app.server.push_rounds == rounds + 1
+    pushes = s.app.registry.get_sample_value("pilot_xds_pushes_total", {"type": "address"})
+    assert pushes == 2  # the initial answer and one batched push

@@ -95,6 +95,20 @@ async def _build_ca(settings: Settings, client: KubeClient, registry: CollectorR
     return await build_ca(load(CaSettings), client.api, registry=registry)
 
 
+def _jwt_authenticator(settings: Settings, client: KubeClient) -> Authenticator:
+    """ServiceAccount JWT authentication for xDS when the CA (which normally provides it) is off."""
+    from meshkit.settings import load
+
+    from istiod.ca.settings import CaSettings
+    from istiod.security.authn import KubeJwtAuthenticator
+
+    ca_settings = load(CaSettings)
+    return KubeJwtAuthenticator(
+        client.api, audiences=ca_settings.token_audiences, cluster_id=settings.cluster_id,
+        trust_domain=settings.trust_domain,
+    )  # fmt: skip
+
+
 async def build(
     settings: Settings,
     *,
@@ -110,8 +124,8 @@ async def build(
     index = AmbientIndex(mesh, dry_run_policies=settings.dry_run_policies)
     owner = TaskOwner("istiod")
     ca = await _build_ca(settings, kube_client, registry) if settings.ca_enabled and kube_client else None
-    if authenticator is None and settings.xds_auth and ca is not None:
-        authenticator = ca.authenticator
+    if authenticator is None and settings.xds_auth and kube_client is not None:
+        authenticator = ca.authenticator if ca is not None else _jwt_authenticator(settings, kube_client)
     server = DiscoveryServer(
         ResourceCache(), XdsMetrics(registry), authenticator=authenticator,
         identity_check=settings.identity_check,
