@@ -1,5 +1,6 @@
 """istiod against the REAL API server of the local cluster (e2e/cluster): informers list+watch real objects
-and a real gRPC delta stream delivers the adds, updates and removals; the writer Lease is really taken.
+and a real gRPC delta stream delivers the adds, updates and removals; the client authenticates with a real
+ServiceAccount token (TokenReview); the writer Lease is really taken.
 
 The pod is bound to a made-up node (no kubelet runs it); the test writes its status (IP, Ready) itself, as
 a kubelet would, so the cluster does no work for it.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,7 +80,9 @@ async def call(fn: Callable[..., Any], *args: Any) -> Any:
 
 async def test_real_objects_reach_a_real_delta_stream(
     istiod: tuple[App, KubeClient],
+    kube_cluster: KubeCluster,  # noqa: F811
     kube_namespace: str,  # noqa: F811
+    tmp_path: Path,
 ) -> None:  # fmt: skip
     app, kube = istiod
     ns = kube_namespace
