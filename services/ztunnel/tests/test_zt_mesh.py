@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 from pathlib import Path
 
 import aiohttp
@@ -26,8 +27,11 @@ def echo_service() -> Service:
 async def setup(
     mesh, topology, *, same_node: bool = False, extra_pods: tuple[str, ...] = (), hold: bool = False
 ):  # type: ignore[no-untyped-def]
-    n1, n2 = topology.add_node(), topology.add_node()
-    topology.link_nodes()
+    if not topology.nodes:
+        topology.add_node()
+        topology.add_node()
+        topology.link_nodes()
+    n1, n2 = topology.nodes
     client = topology.add_pod(n1, "client")
     server = topology.add_pod(n1 if same_node else n2, "server")
     extras = [topology.add_pod(n1, name) for name in extra_pods]
@@ -283,3 +287,83 @@ async def test_hold_connections_until_workload_and_certificate_arrive(mesh, topo
     assert await asyncio.wait_for(pending, 10) == b"held, not dropped"
     await asyncio.wait_for(app.readiness.wait_ready(), 10)
     assert len(echo.peers) == 1
+
+
+async def test_non_mesh_destinations_are_plaintext(mesh, topology, caplog) -> None:  # type: ignore[no-untyped-def]
+    client, _server, _echo, _ = await setup(mesh, topology)
+    outsider = topology.add_pod(topology.nodes[1], "outsider", captured=False)
+    mesh.workloads.append(mesh.workload(outsider))
+    mesh.publish()
+    plain = await mesh.echo(outsider, 9090)
+    caplog.set_level("INFO", logger="access")
+    # a known workload without HBONE: plain TCP from the client's pod; its own IP is what the app sees
+    assert await mesh.request(client, outsider.ip, 9090, b"plain to uncaptured") == b"plain to uncaptured"
+    assert plain.peers[0][0] == client.ip
+
+    def complete() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "access" and r.getMessage() == "connection complete"]
+
+    async with asyncio.timeout(10):
+        while not complete():  # noqa: ASYNC110 - the record is written as the relay ends, just after the echo
+            await asyncio.sleep(0.01)
+    records = complete()
+    assert len(records) == 1  # one access-log record per connection
+    fields = records[0].kv  # type: ignore[attr-defined]
+    assert fields["direction"] == "outbound"
+    assert fields["dst.addr"] == f"{outsider.ip}:9090"
+    assert fields["bytes_sent"] == len(b"plain to uncaptured")
+    assert "src.identity" not in fields  # no mTLS
+
+
+async def test_dns_tcp_and_forwarding(mesh, topology, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # an upstream resolver in node1's netns (the pod reaches it via its gateway)
+    from meshkit.sockets import NetnsSocketFactory
+
+    node_factory = NetnsSocketFactory(str(_node_path(topology)), mark=None)
+    upstream = node_factory.bind_udp("10.77.1.1", 53)
+    loop = asyncio.get_running_loop()
+
+    async def resolver() -> None:
+        while True:
+            data, addr = await loop.sock_recvfrom(upstream, 4096)
+            query = dnslib.DNSRecord.parse(data)
+            reply = query.reply()
+            reply.add_answer(dnslib.RR(query.q.qname, rdata=dnslib.A("10.77.250.250"), ttl=60))
+            await loop.sock_sendto(upstream, reply.pack(), addr)
+
+    task = asyncio.create_task(resolver())
+    try:
+        Path(mesh.resolv_conf).write_text("nameserver 10.77.1.1\n")
+        client, _server, _echo, _ = await setup(mesh, topology)
+        sock = mesh.factory(client).bind_udp("0.0.0.0", 0)
+        try:  # through the pod's DNS capture, to a name the mesh does not know: forwarded upstream
+            await loop.sock_connect(sock, ("10.77.1.1", 53))
+            await loop.sock_sendall(sock, dnslib.DNSRecord.question("example.org", "A").pack())
+            reply = dnslib.DNSRecord.parse(await asyncio.wait_for(loop.sock_recv(sock, 4096), 10))
+        finally:
+            sock.close()
+        assert [str(rr.rdata) for rr in reply.rr] == ["10.77.250.250"]
+        # DNS over TCP, answered locally
+        from meshkit.sockets import open_tcp
+
+        tcp = await open_tcp(mesh.factory(client), "127.0.0.1", 15053)
+        reader, writer = await asyncio.open_connection(sock=tcp)
+        query = dnslib.DNSRecord.question("echo", "A").pack()
+        writer.write(len(query).to_bytes(2, "big") + query)
+        size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), 10), "big")
+        answer = dnslib.DNSRecord.parse(await reader.readexactly(size))
+        writer.close()
+        assert [str(rr.rdata) for rr in answer.rr] == [VIP]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        upstream.close()
+        node_factory.close()
+
+
+def _node_path(topology) -> Path:  # type: ignore[no-untyped-def]
+    if not topology.nodes:
+        topology.add_node()
+        topology.add_node()
+        topology.link_nodes()
+    return topology.nodes[0].ns.path
