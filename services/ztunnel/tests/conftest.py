@@ -313,7 +313,7 @@ class Mesh:
                 await asyncio.wait_for(app.readiness.wait_ready(), 20)
             else:  # at least every captured pod has its listeners
                 started = asyncio.Event()
-                app.manager.on_ready_change(lambda ready: started.set() if ready else None)
+                app.manager.on_ready_change(lambda ready, ev=started: ev.set() if ready else None)
                 if not app.manager.ready:
                     await asyncio.wait_for(started.wait(), 20)
 
@@ -487,8 +487,8 @@ class FakeXds:
             },
         }
         old, self.resources = self.resources, new
-        for type_url in new:
-            names = sorted(set(old[type_url]) | set(new[type_url]))
+        for type_url, resources in new.items():
+            names = sorted(set(old[type_url]) | set(resources))
             for queue in self._queues:
                 queue.put_nowait((type_url, names))
 

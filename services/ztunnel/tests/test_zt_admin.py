@@ -26,7 +26,8 @@ CONFIG = {
          "tunnelProtocol": "HBONE", "services": {"default/s.default.svc.cluster.local": {"ports": []}}},
     ],
     "services": [{"name": "s", "namespace": "default", "hostname": "s.default.svc.cluster.local",
-                  "addresses": [{"address": "Ck3IAQ=="}], "ports": [{"servicePort": 80, "targetPort": 8080}]}],
+                  "addresses": [{"address": "Ck3IAQ=="}],
+                  "ports": [{"servicePort": 80, "targetPort": 8080}]}],
     "policies": [{"name": "deny", "namespace": "default", "scope": "NAMESPACE", "action": "DENY",
                   "rules": [{"clauses": [{"matches": [{"destinationPorts": [9]}]}]}]}],
 }  # fmt: skip

@@ -259,7 +259,7 @@ async def test_config_over_xds_and_control_plane_loss(mesh, topology) -> None:  
     async with asyncio.timeout(10):
         while "default/deny-8080" in dst_state.policies.by_key:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
-    # istiod goes away (xDS server and CA): cached config and certificates keep serving old and new connections
+    # istiod goes away (xDS server and CA): cached config and certificates keep serving old and new ones
     from meshkit.sockets import open_tcp
 
     sock = await open_tcp(mesh.factory(client), VIP, 80)
@@ -333,7 +333,7 @@ async def test_dns_tcp_and_forwarding(mesh, topology, tmp_path) -> None:  # type
 
     task = asyncio.create_task(resolver())
     try:
-        Path(mesh.resolv_conf).write_text("nameserver 10.77.1.1\n")
+        Path(mesh.resolv_conf).write_text("nameserver 10.77.1.1\n")  # noqa: ASYNC240
         client, _server, _echo, _ = await setup(mesh, topology)
         sock = mesh.factory(client).bind_udp("0.0.0.0", 0)
         try:  # through the pod's DNS capture, to a name the mesh does not know: forwarded upstream
