@@ -228,3 +228,12 @@ def test_weighted_waypoint_canary() -> None:
     record = index.addresses.get("app/web.app.svc.cluster.local")
     assert isinstance(record, r.Service)
     assert (record.waypoint, record.weighted_waypoints) == (primary, ())
+
+
+def test_locality_from_the_node() -> None:
+    index = make()
+    labels = {"topology.kubernetes.io/region": "eu", "topology.kubernetes.io/zone": "eu-1",
+              "topology.istio.io/subzone": "rack7"}  # fmt: skip
+    feed(index, "nodes", obj("n1", labels=labels))
+    assert workload(index, "Kubernetes//Pod/app/a").locality == r.Locality("eu", "eu-1", "rack7")
+    assert workload(index, "Kubernetes//Pod/other/c").locality == r.Locality("eu", "eu-1", "rack7")

@@ -205,10 +205,12 @@ def _writers(app: App, client: KubeClient | None, owner: TaskOwner, ca: Any) -> 
     status = app.status
 
     def start() -> None:
-        writers._closed = False  # reopened on each leadership term
-        writers.spawn(status.run(), name="policy-status")
-        if ca is not None:
-            writers.spawn(ca.publisher.run(ca.configmaps.watch()), name="root-cert-publisher")
+        try:
+            writers.spawn(status.run(), name="policy-status")
+            if ca is not None:
+                writers.spawn(ca.publisher.run(ca.configmaps.watch()), name="root-cert-publisher")
+        except RuntimeError:
+            log.info("leadership gained during shutdown; not starting writers")
 
     def stop() -> None:
         for task in writers.tasks:
