@@ -11,6 +11,11 @@ Figures (bench/results/hbone.json):
   connection) or TLS (a connection per inbound connection) out, driven at 1000 req/s (20 connections, 1 KiB
   each way); the relay's own CPU time (getrusage) over the measured window.
 
+Supporting figures, robust to a busy machine (wall-clock figures are not: other work on the 2 vCPUs skews
+them by ±50%): ``{mode}.sender_cpu_s_per_gib`` / ``receiver_cpu_s_per_gib`` (CPU seconds per GiB of each
+process in the throughput run) and ``{mode}.rr_cpu_us_per_req`` (client + server CPU per round trip).
+Every server is a fresh process per measurement, and the transports are interleaved over three rounds.
+
 Every process uses uvloop (as ztunnel and the waypoint do) and ``tune_malloc()`` (python-perf.md §3a), so the
 three transports are compared under the same process settings. ``--loop asyncio`` switches the loop.
 Run: ``uv run python bench/hbone.py``.
@@ -188,7 +193,11 @@ async def server_main(certs: Path) -> None:
     await hbone.start()
     ports["hbone"] = hbone.address[1]
     print("READY " + json.dumps(ports), flush=True)
-    await loop.run_in_executor(None, sys.stdin.read)  # until the orchestrator closes our stdin
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():  # until the orchestrator closes our stdin
+        if line.strip() == b"cpu":
+            print(json.dumps({"cpu": cpu_seconds()}), flush=True)
     await hbone.close()
 
 
@@ -211,6 +220,9 @@ class Client(asyncio.BufferedProtocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio subclasses
         self.transport = transport
         transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # let the bulk sender run ahead as far as an HBONE stream may (its send buffer plus the transport's),
+        # so the TCP/TLS baselines do not lose throughput to extra pause/resume wake-ups
+        transport.set_write_buffer_limits(high=1024 * 1024)
 
     def pause_writing(self) -> None:
         self.writable.clear()
@@ -351,11 +363,13 @@ async def new_streams(ports: dict[str, int], certs: Path) -> float:
 
 async def client_main(what: str, mode: str, ports: dict[str, int], certs: Path) -> None:
     out: dict[str, Any]
+    cpu0 = cpu_seconds()
     if what == "throughput":
-        out = {"gbps": await throughput(mode, ports, certs)}
+        out = {"gbps": await throughput(mode, ports, certs), "cpu": cpu_seconds() - cpu0}
     elif what == "rr":
         samples = sorted(await request_response(mode, ports, certs))
         out = {"p50": samples[len(samples) // 2] * 1e6, "p99": samples[int(len(samples) * 0.99)] * 1e6}
+        out["cpu"] = cpu_seconds() - cpu0
     elif what == "tunnels":
         out = {"rate": await new_tunnels(ports, certs)}
     else:
@@ -540,8 +554,12 @@ class Server:
         self.proc = Proc("server", str(certs), loop_name=loop_name)
         self.ports: dict[str, int] = json.loads(self.proc.line().split(" ", 1)[1])
 
-    def __enter__(self) -> dict[str, int]:
-        return self.ports
+    def __enter__(self) -> Server:
+        return self
+
+    def cpu(self) -> float:
+        self.proc.send("cpu")
+        return float(json.loads(self.proc.line())["cpu"])
 
     def __exit__(self, *_exc: object) -> None:
         self.proc.stop()
@@ -558,25 +576,32 @@ def orchestrate(loop_name: str) -> None:
         # interleave the transports, three rounds, medians: the VM's noise is shared fairly
         for _round in range(3):
             for mode in ("tcp", "tls", "hbone"):
-                with Server(certs, loop_name) as ports:
-                    gbps = run_client("throughput", mode, ports, certs, loop_name)["gbps"]
-                    runs.setdefault(f"{mode}.throughput_gbps", []).append(gbps)
-                with Server(certs, loop_name) as ports:
-                    rr = run_client("rr", mode, ports, certs, loop_name)
+                with Server(certs, loop_name) as server:
+                    before = server.cpu()
+                    result = run_client("throughput", mode, server.ports, certs, loop_name)
+                    gib = TOTAL / (1 << 30)
+                    runs.setdefault(f"{mode}.throughput_gbps", []).append(result["gbps"])
+                    runs.setdefault(f"{mode}.sender_cpu_s_per_gib", []).append(result["cpu"] / gib)
+                    runs.setdefault(f"{mode}.receiver_cpu_s_per_gib", []).append(
+                        (server.cpu() - before) / gib
+                    )
+                with Server(certs, loop_name) as server:
+                    before = server.cpu()
+                    rr = run_client("rr", mode, server.ports, certs, loop_name)
                     runs.setdefault(f"{mode}.rr_p50_us", []).append(rr["p50"])
                     runs.setdefault(f"{mode}.rr_p99_us", []).append(rr["p99"])
+                    cpu = rr["cpu"] + server.cpu() - before
+                    runs.setdefault(f"{mode}.rr_cpu_us_per_req", []).append(cpu / (RR_N + RR_WARM) * 1e6)
         for name, values in runs.items():
             figures[name] = statistics.median(values)
-        with Server(certs, loop_name) as ports:
-            figures["hbone.new_tunnels_per_s"] = run_client("tunnels", "hbone", ports, certs, loop_name)[
-                "rate"
-            ]
-            figures["hbone.new_streams_per_s"] = run_client("streams", "hbone", ports, certs, loop_name)[
-                "rate"
-            ]
+        with Server(certs, loop_name) as server:
+            tunnels = run_client("tunnels", "hbone", server.ports, certs, loop_name)
+            streams = run_client("streams", "hbone", server.ports, certs, loop_name)
+        figures["hbone.new_tunnels_per_s"] = tunnels["rate"]
+        figures["hbone.new_streams_per_s"] = streams["rate"]
         for mode in ("hbone", "tls"):
-            with Server(certs, loop_name) as ports:
-                relay_figures = measure_relay(mode, ports, certs, loop_name, window=10.0)
+            with Server(certs, loop_name) as server:
+                relay_figures = measure_relay(mode, server.ports, certs, loop_name, window=10.0)
             figures[f"{mode}.relay_cpu_ms_per_1k_req"] = relay_figures["cpu_ms_per_1k"]
             figures[f"{mode}.relay_req_per_s"] = relay_figures["req_per_s"]
             figures[f"{mode}.relay_loadgen_p50_us"] = relay_figures["p50_us"]
