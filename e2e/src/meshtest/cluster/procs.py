@@ -64,17 +64,22 @@ def start(
 
 
 def alive(pid: int) -> bool:
+    """True while any thread of ``pid`` still runs. A zombie leader whose other threads are still exiting (Go
+    programs do this) counts as alive; a plain zombie does not (this machine's PID 1 reaps orphans lazily)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    try:  # a zombie child of ours counts as gone
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                    return True
     except OSError:
         return False
+    return False
 
 
 def _reap(pid: int) -> None:
