@@ -1,4 +1,5 @@
-"""Writes each chart's ``values.schema.json`` from the declarations below: ``python helm/schemas.py`` (``--check``
+"""Writes each chart's ``values.schema.json`` from the declarations below: ``python helm/schemas.py``
+(``--check``
 exits 1 when a committed schema differs, which the chart tests run).
 
 Why generated: every chart must accept the same ``global`` block (the umbrella chart hands ``global`` to every
@@ -73,7 +74,9 @@ TOLERATIONS: Schema = {
 OPEN_OBJECT: Schema = {"type": "object"}
 INT_OR_PERCENT: Schema = {"type": ["integer", "string"], "pattern": "^[0-9]+%?$"}
 PROFILE = string("Helm profile: 'ambient' turns ambient mode on.", enum=["", "default", "ambient"])
-REVISION = string("Control-plane revision ('' is the default one).", pattern="^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$")
+REVISION = string(
+    "Control-plane revision ('' is the default one).", pattern="^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$"
+)
 
 GLOBAL = obj(
     {
@@ -85,7 +88,9 @@ GLOBAL = obj(
         "istioNamespace": string("Namespace of the control plane.", minLength=1),
         "logAsJson": boolean(),
         "logging": obj({"level": string("Log levels: default[,scope=level...].")}),
-        "multiCluster": obj({"clusterName": string("This cluster's ID (CLUSTER_ID); empty means Kubernetes.")}),
+        "multiCluster": obj(
+            {"clusterName": string("This cluster's ID (CLUSTER_ID); empty means Kubernetes.")}
+        ),
         "network": string("Network of this cluster's workloads."),
         "proxy": obj(
             {
@@ -153,7 +158,9 @@ ISTIOD = obj(
         **pod_values(),
         "trustedZtunnelNamespace": string(),
         "trustedZtunnelName": string(),
-        "keepaliveMaxServerConnectionAge": string("Go duration, e.g. 30m.", pattern="^([0-9.]+(ns|us|ms|s|m|h))+$"),
+        "keepaliveMaxServerConnectionAge": string(
+            "Go duration, e.g. 30m.", pattern="^([0-9.]+(ns|us|ms|s|m|h))+$"
+        ),
         "meshConfig": {
             "type": "object",
             "description": "Mesh configuration; trustDomain and rootNamespace also configure istiod.",

@@ -59,6 +59,7 @@ def run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
 
 class Provider(Protocol):
     name: str
+
     @property
     def helm_values(self) -> dict[str, str]:
         """Helm values the suite adds so the chart's images are the ones this provider has."""
