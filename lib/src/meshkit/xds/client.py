@@ -100,6 +100,7 @@ class XdsClient:
         options: list[tuple[str, Any]] = [
             ("grpc.keepalive_time_ms", int(self.config.keepalive_s * 1000)),
             ("grpc.keepalive_timeout_ms", int(self.config.keepalive_timeout_s * 1000)),
+            ("grpc.http2.max_pings_without_data", 0),  # keep pinging an idle stream, as ztunnel does
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             ("grpc.enable_retries", 0),
         ]
