@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -10,7 +11,7 @@ import struct
 from collections.abc import Callable
 
 import pytest
-from meshkit.hbone.errors import ConnectFailed, StreamReset
+from meshkit.hbone.errors import ConnectFailed, HboneError, StreamReset
 from meshkit.hbone.pool import ConnectionPool, PoolKey
 from meshkit.hbone.request import ConnectRequest, SourceMetadata, connect_headers
 from meshkit.hbone.server import Accept, Decision, Forward, HboneServer, InboundPeer, Reject
@@ -611,3 +612,53 @@ def test_tune_malloc_applies_on_glibc() -> None:
     from meshkit.hbone.tuning import tune_malloc
 
     assert tune_malloc() is True
+
+
+async def test_slow_upstream_pushes_back_to_the_client_through_the_relay(
+    server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    release = asyncio.Event()
+    total = 48 * 1024 * 1024
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+        await release.wait()  # the upstream does not read at first
+        got = 0
+        while chunk := await reader.read(1 << 20):
+            got += len(chunk)
+        return got
+
+    upstream = Upstream(script)
+    settings = HboneSettings()
+    server, pool, stream = await _tunnel(upstream, server_cert, client_cert)
+    sent = 0
+
+    async def produce() -> None:
+        nonlocal sent
+        block = b"p" * 65536
+        while sent < total:
+            await stream.send(block)
+            sent += len(block)
+        stream.write_eof()
+
+    producer = asyncio.ensure_future(produce())
+    try:
+        # the producer stalls: the relay stops reopening the window once the upstream socket is full
+        last = -1
+        async with asyncio.timeout(20):
+            while sent != last:  # "stopped growing" has no event to wait for
+                last = sent
+                await asyncio.sleep(0.25)
+        assert not stream.write_ready
+        assert sent < 24 * 1024 * 1024  # window + send buffer + kernel socket buffers, far below 48 MiB
+        (server_stream,) = [s for c in server.connections for s in c.streams.values()]
+        assert server_stream._acks_paused or len(server_stream._rbuf) <= settings.stream_window
+        release.set()
+        await asyncio.wait_for(producer, 30)
+        assert await asyncio.wait_for(upstream.done, 30) == total
+    finally:
+        producer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, HboneError):
+            await producer
+        await pool.close()
+        await server.close()
+        await upstream.close()
