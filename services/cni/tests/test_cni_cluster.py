@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from istio_cni.app import build
-from istio_cni.netnsfind import find_netns_path
+from istio_cni.netnsfind import find_named_netns, find_netns_path
 from istio_cni.settings import Settings
 from meshkit.settings import load
 from meshkit.zds import WorkloadAdded, ZdsClientConnection, ZdsClosed
@@ -45,7 +45,7 @@ async def ack_everything(path: str) -> None:
 
 
 def rules_present(pod_ip: str) -> bool:
-    path = find_netns_path("/proc", (pod_ip,))
+    path = find_netns_path("/proc", (pod_ip,)) or find_named_netns(["/run/netns"], (pod_ip,))
     assert path is not None, f"no process found in the netns of {pod_ip}"
 
     out = subprocess.run(

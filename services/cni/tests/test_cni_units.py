@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from istio_cni import conflist
@@ -140,3 +141,17 @@ def test_node_rule_plans() -> None:
         "*nat\n-D POSTROUTING -j ISTIO_POSTRT\n:ISTIO_POSTRT - [0:0]\n-X ISTIO_POSTRT\nCOMMIT\n"
     )
     assert plan_host_remove("*nat\nCOMMIT\n") == ""
+
+
+@pytest.mark.root
+def test_named_netns_found_without_any_process(make_netns, subnet: str) -> None:  # type: ignore[no-untyped-def]
+    from istio_cni.netnsfind import find_named_netns, find_netns_path
+
+    ns = make_netns()
+    ns.sh("ip", "link", "add", "cni-d0", "type", "veth", "peer", "name", "cni-d1")
+    ns.sh("ip", "addr", "add", f"{subnet}.7/24", "dev", "cni-d0")
+    assert find_netns_path("/proc", (f"{subnet}.7",)) is None  # no process lives there
+    found = find_named_netns(["/nonexistent", "/var/run/netns"], (f"{subnet}.7",))
+    assert found is not None
+    assert os.stat(found).st_ino == os.stat(ns.path).st_ino
+    assert find_named_netns(["/var/run/netns"], ("10.78.255.254",)) is None

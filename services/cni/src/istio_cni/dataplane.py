@@ -28,7 +28,7 @@ from istio_cni.hostrules import HostRules
 from istio_cni.iptables import apply_pod_rules, remove_pod_rules
 from istio_cni.metrics import CniMetrics
 from istio_cni.netns import Netns, NetnsError
-from istio_cni.netnsfind import find_netns_path
+from istio_cni.netnsfind import find_named_netns, find_netns_path
 from istio_cni.rules import PodRuleConfig
 from istio_cni.zdshub import ZdsPod, ZtunnelHub
 
@@ -62,6 +62,7 @@ class DataplaneConfig:
     host_proc: str = "/proc"
     netns_prefix: str = ""  # where the host's paths are mounted, e.g. /host
     retry_window_s: float = 5.0
+    netns_dirs: tuple[str, ...] = ("/host/var/run/netns", "/var/run/netns", "/run/netns")
     probe_snat_v4: str = "169.254.7.127"
     probe_snat_v6: str = "fd16:9254:7127:1337:ffff:ffff:ffff:ffff"
 
@@ -114,7 +115,8 @@ class MeshDataplane:
         return Netns.open(prefixed if prefixed and os.path.exists(prefixed) else path)
 
     def find_netns(self, ips: tuple[str, ...]) -> Netns | None:
-        path = find_netns_path(self.cfg.host_proc, ips)
+        """Blocking (run it in a thread): the netns of a running pod, by its IPs."""
+        path = find_netns_path(self.cfg.host_proc, ips) or find_named_netns(self.cfg.netns_dirs, ips)
         return Netns.open(path) if path else None
 
     async def enrol(

@@ -1,13 +1,18 @@
 """Finding the network namespace of a pod that is already running (start-up reconcile, namespace labelled
 later), when no CNI ADD told us its netns path: scan the host's ``/proc`` for a process whose namespace owns
 one of the pod's IPs. Reads only ``/proc/<pid>/net/fib_trie`` and ``if_inet6`` (which show the namespace of
-that process), so no namespace is entered; each namespace inode is looked at once.
+that process), so no namespace is entered; each namespace inode is looked at once. If no process is found
+(a pod whose processes are hidden from us), the named namespaces under the runtime's netns directories are
+tried: one helper thread enters each and reads its own ``/proc/thread-self/net``.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Sequence
+
+from istio_cni.netns import NetnsError, in_netns
 
 
 def _v4_local(text: str) -> set[str]:
@@ -33,10 +38,14 @@ def _v6_local(text: str) -> set[str]:
 
 
 def local_addresses(proc: str, pid: str) -> set[str]:
+    return _addresses(os.path.join(proc, pid, "net"))
+
+
+def _addresses(net_dir: str) -> set[str]:
     out: set[str] = set()
     for name, parse in (("fib_trie", _v4_local), ("if_inet6", _v6_local)):
         try:
-            with open(os.path.join(proc, pid, "net", name), encoding="ascii", errors="replace") as fh:
+            with open(os.path.join(net_dir, name), encoding="ascii", errors="replace") as fh:
                 out |= parse(fh.read())
         except OSError:
             continue
@@ -64,4 +73,33 @@ def find_netns_path(proc: str, ips: tuple[str, ...]) -> str | None:
         seen.add(inode)
         if wanted & local_addresses(proc, pid):
             return path
+    return None
+
+
+def find_named_netns(dirs: Sequence[str], ips: tuple[str, ...]) -> str | None:
+    """A netns file under ``dirs`` (e.g. ``/var/run/netns``) holding any of ``ips``. Blocking: call it from
+    a worker thread (it switches that thread's namespace while it looks)."""
+    wanted = {str(ipaddress.ip_address(ip)) for ip in ips if ip}
+    seen: set[tuple[int, int]] = set()
+    for directory in dirs:
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            try:
+                with in_netns(path):
+                    found = _addresses("/proc/thread-self/net")
+            except (NetnsError, OSError):
+                continue
+            if wanted & found:
+                return path
     return None
