@@ -455,3 +455,58 @@ def test_unknown_image_is_reported_on_the_pod(kube_cluster: KubeCluster, kube_na
         return statuses[0]["state"].get("waiting", {}).get("reason", "") if statuses else ""
 
     assert kube_cluster.wait_for("ErrImagePull", lambda: waiting_reason() == "ErrImagePull", timeout=60)
+
+
+def test_host_netns_dir_sees_later_sandboxes(kube_cluster: KubeCluster, kube_namespace: str) -> None:
+    """A pod mounting the host's /var/run/netns (as the CNI agent does, HostToContainer) sees the network
+    namespaces of pods created after it started: pod mount namespaces are slaves of the host's."""
+    ns = kube_namespace
+    watcher = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "watcher"},
+        "spec": {
+            "nodeName": "amb-w1",
+            "hostNetwork": True,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "busybox",
+                    "command": [
+                        "sh",
+                        "-c",
+                        "while true; do echo SEEN $(ls /host/var/run/netns); sleep 0.3; done",
+                    ],
+                    "volumeMounts": [
+                        {
+                            "name": "netns",
+                            "mountPath": "/host/var/run/netns",
+                            "mountPropagation": "HostToContainer",
+                        }
+                    ],
+                }
+            ],
+            "volumes": [
+                {"name": "netns", "hostPath": {"path": "/var/run/netns", "type": "DirectoryOrCreate"}}
+            ],
+        },
+    }
+    kube_cluster.apply(watcher, ns)
+    kube_cluster.wait_for("watcher output", lambda: "SEEN" in kube_cluster.pod_log(ns, "watcher", "main"))
+    kube_cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "late"},
+            "spec": {"nodeName": "amb-w1", "containers": [{"name": "app", "image": IMAGE}]},
+        },
+        ns,
+    )
+    kube_cluster.ready_pods(ns, "", 2)
+    uid = kube_cluster.get("pod", "late", ns)["metadata"]["uid"]
+    netns_name = "amb-p-" + uid.replace("-", "")[:10]
+    kube_cluster.wait_for(
+        f"{netns_name} visible in the watcher pod",
+        lambda: netns_name in kube_cluster.pod_log(ns, "watcher", "main"),
+        timeout=30,
+    )
