@@ -12,6 +12,7 @@ import urllib.request
 from typing import Any
 
 import pytest
+from meshtest.cluster.config import pod_netns_name
 from meshtest.echo import parse_responses
 from meshtest.kube import KubeCluster
 
@@ -504,7 +505,7 @@ def test_host_netns_dir_sees_later_sandboxes(kube_cluster: KubeCluster, kube_nam
     )
     kube_cluster.ready_pods(ns, "", 2)
     uid = kube_cluster.get("pod", "late", ns)["metadata"]["uid"]
-    netns_name = "amb-p-" + uid.replace("-", "")[:10]
+    netns_name = pod_netns_name(uid)
     kube_cluster.wait_for(
         f"{netns_name} visible in the watcher pod",
         lambda: netns_name in kube_cluster.pod_log(ns, "watcher", "main"),

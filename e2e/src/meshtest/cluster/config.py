@@ -32,6 +32,11 @@ RUN_MARKER_ENV = "AMBIENT_CLUSTER_RUN"
 KUBECONFIG_ENV = "AMBIENT_CLUSTER_KUBECONFIG"
 
 
+def pod_netns_name(uid: str) -> str:
+    """The network namespace (under /run/netns) of a non-hostNetwork pod, named after its UID."""
+    return f"{PREFIX}p-{uid.replace('-', '')[:10]}"
+
+
 @dataclass(frozen=True, slots=True)
 class NodeSpec:
     """One node: a network namespace on the shared bridge with its own pod /24."""

@@ -29,7 +29,7 @@ import aiohttp
 
 from meshtest.cluster import podplan
 from meshtest.cluster.cni import CniRunner, pod_args, result_ips
-from meshtest.cluster.config import DNS_SVC_IP, RUN_MARKER_ENV, NodeSpec
+from meshtest.cluster.config import DNS_SVC_IP, RUN_MARKER_ENV, NodeSpec, pod_netns_name
 from meshtest.cluster.kubeapi import ApiError, AsyncKube
 
 log = logging.getLogger("meshtest.cluster.pods")
@@ -114,7 +114,7 @@ class PodWorker:
         self.node_root = node_dir / "root"
         self.host_network = bool(pod["spec"].get("hostNetwork"))
         self.container_id = self.uid.replace("-", "")
-        self.netns_name = f"amb-p-{self.container_id[:10]}"
+        self.netns_name = pod_netns_name(self.uid)
         self.pod_ips: list[str] = []
         self.sources = podplan.Sources()
         self.token_times: dict[tuple[str, int], float] = {}
