@@ -662,3 +662,17 @@ async def test_slow_upstream_pushes_back_to_the_client_through_the_relay(
         await pool.close()
         await server.close()
         await upstream.close()
+
+
+async def test_pool_waiters_survive_a_cancelled_dial(mesh: Mesh) -> None:
+    first = asyncio.ensure_future(mesh.pool.connect(mesh.key, "10.0.0.1:80"))
+    await asyncio.sleep(0)  # the first caller is now dialling
+    second = asyncio.ensure_future(mesh.pool.connect(mesh.key, "10.0.0.1:80"))
+    await asyncio.sleep(0)  # the second waits for that dial
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    stream = await asyncio.wait_for(second, 10)  # it dialled again instead of inheriting the cancel
+    await stream.send(b"ok")
+    assert await stream.readexactly(2) == b"ok"
+    stream.abort()

@@ -180,15 +180,24 @@ class ConnectionPool:
                 self._dialing[key] = dialing
                 try:
                     pooled = await self._dial(key, cert)
-                except BaseException as exc:
+                except Exception as exc:
                     dialing.set_exception(exc)
                     dialing.exception()  # retrieved: the waiters, if any, re-raise it themselves
+                    raise
+                except BaseException:
+                    dialing.cancel()  # the dialer was cancelled: waiters dial again themselves
                     raise
                 finally:
                     self._dialing.pop(key, None)
                 dialing.set_result(pooled)
                 return pooled
-            await asyncio.shield(dialing)  # then re-check: the new connection may already be full
+            try:
+                await asyncio.shield(dialing)  # then re-check: the new connection may already be full
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if dialing.cancelled() and task is not None and not task.cancelling():
+                    continue
+                raise
 
     async def _dial(self, key: PoolKey, cert: WorkloadCertificate) -> _Pooled:
         ctx = self._contexts.get(cert)
