@@ -23,6 +23,7 @@ from meshkit.sockets import SocketFactory
 
 from ztunnel.dns.resolver import DnsResolver
 from ztunnel.metrics import DnsMetrics
+from ztunnel.proxy.common import Acceptor
 
 __all__ = ["DnsServer", "UdpListener", "upstream_resolvers"]
 
@@ -74,6 +75,7 @@ class DnsServer:
         self._udp: socket.socket | None = None
         self._tcp: socket.socket | None = None
         self._transport: asyncio.DatagramTransport | None = None
+        self._acceptor: Acceptor | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -83,7 +85,8 @@ class DnsServer:
         self._tcp = self.factory.listen_tcp(self.host, self.port, reuseport=True)
         transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=self._udp)
         self._transport = transport
-        self._tasks.spawn(self._accept(self._tcp), name="tcp-accept")
+        self._acceptor = Acceptor(self._tcp, self._tcp_conn_addr, self._tasks, "dns-tcp")
+        self._acceptor.start()
 
     async def answer(self, query: bytes, protocol: str) -> bytes | None:
         labels = {
@@ -127,12 +130,8 @@ class DnsServer:
         if reply is not None and self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(reply, addr)
 
-    async def _accept(self, listener: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            conn, _ = await loop.sock_accept(listener)
-            conn.setblocking(False)
-            self._tasks.spawn(self._tcp_conn(conn), name="tcp-conn")
+    async def _tcp_conn_addr(self, conn: socket.socket, _peer: tuple[str, int]) -> None:
+        await self._tcp_conn(conn)
 
     async def _tcp_conn(self, conn: socket.socket) -> None:
         reader, writer = await asyncio.open_connection(sock=conn)
@@ -150,11 +149,11 @@ class DnsServer:
             writer.close()
 
     async def close(self) -> None:
+        if self._acceptor is not None:
+            self._acceptor.stop()
         await self._tasks.close()
         if self._transport is not None:
             self._transport.close()
-        if self._tcp is not None:
-            self._tcp.close()
 
 
 class _Udp(asyncio.DatagramProtocol):

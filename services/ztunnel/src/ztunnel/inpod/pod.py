@@ -29,7 +29,7 @@ from meshkit.zds import WorkloadInfo
 
 from ztunnel.dns.resolver import DnsResolver
 from ztunnel.dns.server import DnsServer, UdpListener, upstream_resolvers
-from ztunnel.proxy.common import accept_loop
+from ztunnel.proxy.common import Acceptor
 from ztunnel.proxy.context import PodContext, ProxyServices
 from ztunnel.proxy.hbone_server import DrainableHboneServer
 from ztunnel.proxy.inbound import InboundProxy
@@ -69,7 +69,8 @@ class InPodProxy:
         self.ready = asyncio.Event()
         self._tasks = TaskOwner(f"pod-{info.name}")
         self._listeners: list[socket.socket] = []
-        self._accepting: list[asyncio.Task[None]] = []
+        self._acceptors: list[Acceptor] = []
+        self._hbone_task: asyncio.Task[None] | None = None
         self._hbone_sock: socket.socket | None = None
         self._close_factory = close_factory
         self._unsubscribe: Callable[[], None] | None = None
@@ -118,15 +119,13 @@ class InPodProxy:
         except BaseException:
             await self.stop()
             raise
-        self._accepting = [
-            self._tasks.spawn(
-                accept_loop(out, self.outbound.handle, self._tasks, "outbound"), name="outbound"
-            ),
-            self._tasks.spawn(
-                accept_loop(plain, self.plaintext.handle, self._tasks, "inbound-plaintext"), name="plain"
-            ),
-            self._tasks.spawn(self._serve_hbone(hbone), name="hbone"),
+        self._acceptors = [
+            Acceptor(out, self.outbound.handle, self._tasks, "outbound"),
+            Acceptor(plain, self.plaintext.handle, self._tasks, "inbound-plaintext"),
         ]
+        for acceptor in self._acceptors:
+            acceptor.start()
+        self._hbone_task = self._tasks.spawn(self._serve_hbone(hbone), name="hbone")
         self._unsubscribe = self.services.state.on_policy_change(self.inbound.recheck)
 
     async def _serve_hbone(self, sock: socket.socket) -> None:
@@ -159,12 +158,13 @@ class InPodProxy:
         """Drain step one: stop accepting in this pod (listeners close; with ``tcp_migrate_req`` the kernel
         moves connections still queued on them to a peer listener of the same SO_REUSEPORT group, i.e. the
         new ztunnel's), then let the HBONE server finish its streams for up to ``grace_s``."""
-        for task in self._accepting:
-            task.cancel()
-        for task in self._accepting:
+        for acceptor in self._acceptors:
+            acceptor.stop()
+        self._acceptors.clear()
+        if self._hbone_task is not None and not self._hbone_task.done():
+            self._hbone_task.cancel()  # never started serving: nothing accepted on it yet
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._accepting.clear()
+                await self._hbone_task
         for sock in self._listeners:
             if self.hbone is None or sock is not self._hbone_sock:  # the HBONE server closes its own
                 sock.close()
@@ -176,6 +176,9 @@ class InPodProxy:
             self.hbone = None
 
     async def stop(self) -> None:
+        for acceptor in self._acceptors:
+            acceptor.stop()
+        self._acceptors.clear()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None

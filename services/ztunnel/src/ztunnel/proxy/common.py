@@ -17,7 +17,7 @@ from meshkit.sockets import IP_TRANSPARENT, SocketFactory
 
 from ztunnel.state.records import Workload
 
-__all__ = ["accept_loop", "connect_app", "reset", "source_metadata"]
+__all__ = ["Acceptor", "connect_app", "reset", "source_metadata"]
 
 log = logging.getLogger("proxy")
 
@@ -29,24 +29,50 @@ def reset(sock: socket.socket) -> None:
     sock.close()
 
 
-async def accept_loop(
-    listener: socket.socket,
-    handle: Callable[[socket.socket, tuple[str, int]], Coroutine[Any, Any, None]],
-    tasks: TaskOwner,
-    name: str,
-) -> None:
-    """Accept forever; each connection runs ``handle`` as a task owned by ``tasks``."""
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            conn, addr = await loop.sock_accept(listener)
-        except OSError as exc:
-            if listener.fileno() < 0:
+class Acceptor:
+    """Accepts connections on a listening socket from a reader callback and hands each to ``handle``.
+
+    Why not ``await loop.sock_accept`` in a task: cancelling that task can lose a connection the kernel
+    already accepted (the result is dropped with the cancelled future), which a handover must never do.
+    Here every accepted socket is handed over synchronously; :meth:`stop` removes the reader and closes the
+    listener (the kernel then migrates queued connections to another SO_REUSEPORT listener).
+    """
+
+    BATCH = 64
+
+    def __init__(
+        self,
+        listener: socket.socket,
+        handle: Callable[[socket.socket, tuple[str, int]], Coroutine[Any, Any, None]],
+        tasks: TaskOwner,
+        name: str,
+    ) -> None:
+        self.listener = listener
+        self.handle = handle
+        self.tasks = tasks
+        self.name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.listener.fileno(), self._ready)
+
+    def _ready(self) -> None:
+        for _ in range(self.BATCH):
+            try:
+                conn, addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
                 return
-            log.warning("accept failed", extra=kv(listener=name, error=str(exc)))
-            continue
-        conn.setblocking(False)
-        tasks.spawn(handle(conn, (addr[0], addr[1])), name=name)
+            except OSError as exc:
+                log.warning("accept failed", extra=kv(listener=self.name, error=str(exc)))
+                return
+            conn.setblocking(False)
+            self.tasks.spawn(self.handle(conn, (addr[0], addr[1])), name=self.name)
+
+    def stop(self) -> None:
+        if self._loop is not None and self.listener.fileno() >= 0:
+            self._loop.remove_reader(self.listener.fileno())
+        self.listener.close()
 
 
 async def connect_app(
