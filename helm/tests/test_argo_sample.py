@@ -5,32 +5,15 @@ workloads valid against the base chart's CRDs and the Kubernetes schema."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 from meshtest.e2e import charts, k8sschema
 from meshtest.e2e.crdschema import CrdValidator
+from meshtest.e2e.samples import ARGO_CRD, applications, docs, workloads
 from meshtest.e2e.tools import REPO
 
-SAMPLE = REPO / "samples" / "ambient-argo"
-ARGO_CRD = SAMPLE / "argocd" / "schema" / "applications.argoproj.io.yaml"
 Obj = dict[str, Any]
-
-
-def docs(path: Path) -> list[Obj]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
-
-
-def applications() -> list[Obj]:
-    return [
-        d for p in sorted([SAMPLE / "bootstrap.yaml", *(SAMPLE / "apps").glob("*.yaml")]) for d in docs(p)
-    ]
-
-
-def workloads() -> list[Obj]:
-    return [d for p in sorted((SAMPLE / "workloads").glob("*.yaml")) for d in docs(p)]
 
 
 def wave(obj: Obj) -> int:

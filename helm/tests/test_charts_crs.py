@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from meshtest.e2e import apps, charts
 from meshtest.e2e.crdschema import CrdValidator
+from meshtest.e2e.samples import scenario_resources
 
 
 @pytest.fixture(scope="module")
@@ -14,17 +15,6 @@ def validator() -> CrdValidator:
         charts.render("base", values={"gatewayAPI.enabled": True}), "CustomResourceDefinition"
     )
     return CrdValidator(crds)
-
-
-def scenario_resources() -> list[dict[str, object]]:
-    return [
-        apps.waypoint(),
-        apps.weighted_route("reviews", {"reviews-v1": 80, "reviews-v2": 20}),
-        apps.allow_from("a", "srv", [apps.principal("ns", "good")]),
-        apps.deny_path("d", "reviews", "/admin"),
-        apps.strict(),
-        apps.strict(selector_app="srv"),
-    ]
 
 
 def test_scenario_resources_fit_the_crds(validator: CrdValidator) -> None:

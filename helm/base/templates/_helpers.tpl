@@ -10,7 +10,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 
 {{/*
 One CustomResourceDefinition. Argument: dict with
-  root (the chart context), group, kind, scope (default Namespaced), plural, singular, shortNames (list), categories (list),
+  root (the chart context), group, kind, scope (default Namespaced), approval (api-approved.kubernetes.io), plural, singular, shortNames (list), categories (list),
   versions (list of served version names), storage (the stored version), schema (name of a template that
   renders the openAPIV3Schema of .spec), status (bool: status subresource), columns (list of printer columns).
 Every served version shares one schema: the versions differ only in name, as upstream's do.
@@ -25,9 +25,15 @@ metadata:
   name: {{ $name }}
   labels:
     {{- include "base.labels" .root | nindent 4 }}
-  {{- if .root.Values.base.keepCRDs }}
+  {{- if or .root.Values.base.keepCRDs .approval }}
   annotations:
+    {{- if .root.Values.base.keepCRDs }}
     helm.sh/resource-policy: keep
+    {{- end }}
+    {{- with .approval }}
+    # *.k8s.io groups are protected: the API server requires the API review that approved the group
+    api-approved.kubernetes.io: {{ . }}
+    {{- end }}
   {{- end }}
 spec:
   group: {{ .group }}
