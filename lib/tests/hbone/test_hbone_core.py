@@ -451,3 +451,32 @@ def test_graceful_goaway_lets_open_streams_finish_and_refuses_new_ones() -> None
     out = pair.server.data_to_send()
     assert out[3] == 0x3  # RST_STREAM
     assert struct.unpack(">L", out[9:13])[0] == ErrorCodes.REFUSED_STREAM
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), (":path", "/")],  # nghttp's CONNECT
+        [(":method", "CONNECT")],
+        [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), (":authority", "10.0.0.2:80")],
+        [(":method", "CONNECT"), ("x-a", "1"), (":authority", "10.0.0.1:80")],
+        [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), (":status", "200")],
+        [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), ("connection", "close")],
+        [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), ("X-Upper", "1")],
+        [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), ("x-a", "bad\r\nvalue")],
+        [(":method", "GET"), (":authority", "10.0.0.1:80")],
+    ],
+)
+def test_malformed_request_is_a_stream_error_only(headers: list[tuple[str, str]]) -> None:
+    pair = Pair()
+    good = pair.open()
+    block = pair.client._h2.encoder.encode(headers)
+    events = pair.server.receive_data(frame_header(len(block), 0x1, 0x4, good + 2) + block)
+    assert not any(isinstance(e, ev.RequestReceived) for e in events)
+    out = pair.server.data_to_send()
+    assert out == frame_header(4, 0x3, 0, good + 2) + struct.pack(">L", ErrorCodes.PROTOCOL_ERROR)
+    assert not pair.server.closed
+    # the other tunnel on the connection is unaffected
+    pair.client.send_data(good, b"still fine")
+    pair.pump()
+    assert pair.received[("server", good)] == b"still fine"

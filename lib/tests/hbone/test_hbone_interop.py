@@ -128,7 +128,7 @@ async def test_nghttp_get_is_answered_400(server: HboneServer, pem_files: dict[s
     assert "(niv=" in text
 
 
-async def test_nghttp_malformed_connect_is_a_protocol_error(
+async def test_nghttp_malformed_connect_is_a_stream_protocol_error(
     server: HboneServer, pem_files: dict[str, Path]
 ) -> None:
     host, port = server.address
@@ -137,9 +137,11 @@ async def test_nghttp_malformed_connect_is_a_protocol_error(
         "-H", ":method: CONNECT", "-H", ":authority: 10.0.0.1:80", f"https://{host}:{port}/",
     )  # fmt: skip
     text = out.decode(errors="replace")
-    # nghttp adds :scheme and :path to its CONNECT, which RFC 9113 §8.5 forbids
+    # nghttp adds :scheme and :path to its CONNECT, which RFC 9113 §8.5 forbids: a stream error
     assert ":path: /" in text
-    assert "PROTOCOL_ERROR" in text
+    assert "recv RST_STREAM frame" in text
+    assert "error_code=PROTOCOL_ERROR" in text
+    assert "recv GOAWAY" not in text
     assert ":status: 200" not in text
 
 

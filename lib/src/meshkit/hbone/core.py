@@ -31,6 +31,7 @@ covered by ``lib/tests/hbone/test_hbone_h2_internals.py``.
 from __future__ import annotations
 
 import contextlib
+import re
 import struct
 from collections.abc import Iterable, Sequence
 
@@ -99,7 +100,11 @@ class HboneCore:
         s = settings or HboneSettings()
         self.client_side = client_side
         self.settings = s
-        config = h2.config.H2Configuration(client_side=client_side, header_encoding="utf-8")
+        # The server validates requests itself (_malformed_request) so that a malformed request is the stream
+        # error RFC 9113 §8.1.1 requires; h2 would make it a connection error and kill every tunnel on it.
+        config = h2.config.H2Configuration(
+            client_side=client_side, header_encoding="utf-8", validate_inbound_headers=client_side
+        )
         self._h2 = h2.connection.H2Connection(config)
         local: dict[SettingCodes, int] = {
             SettingCodes.INITIAL_WINDOW_SIZE: s.stream_window,
@@ -468,8 +473,12 @@ class HboneCore:
             ):
                 self.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
                 return
+            headers = _str_headers(event.headers)
+            if _malformed_request(headers) is not None:
+                self.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+                return
             self._recv[sid] = _Recv(self.settings.stream_window)
-            out.append(ev.RequestReceived(sid, _str_headers(event.headers)))
+            out.append(ev.RequestReceived(sid, headers))
         elif isinstance(event, h2.events.ResponseReceived):
             sid = int(event.stream_id)
             if sid in self._send_open or self._h2.streams.get(sid) is not None:
@@ -511,6 +520,40 @@ class _ConnectionError(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+_REQUEST_PSEUDO = frozenset({":method", ":scheme", ":authority", ":path", ":protocol"})
+_CONNECTION_SPECIFIC = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
+)
+_BAD_VALUE = re.compile(r"[\x00\r\n]|^[ \t]|[ \t]$")
+
+
+def _malformed_request(headers: Sequence[tuple[str, str]]) -> str | None:
+    """Why a request header list is malformed under RFC 9113 §8.2-§8.3, or None."""
+    pseudo: dict[str, str] = {}
+    regular = False
+    for name, value in headers:
+        if not name or name != name.lower() or _BAD_VALUE.search(value):
+            return f"bad field {name!r}"
+        if name.startswith(":"):
+            if regular or name not in _REQUEST_PSEUDO or name in pseudo:
+                return f"bad pseudo-header {name!r}"
+            pseudo[name] = value
+            continue
+        regular = True
+        if name in _CONNECTION_SPECIFIC or (name == "te" and value != "trailers"):
+            return f"connection-specific field {name!r}"
+    method = pseudo.get(":method")
+    if not method:
+        return "no :method"
+    if method == "CONNECT" and ":protocol" not in pseudo:
+        if not pseudo.get(":authority") or ":scheme" in pseudo or ":path" in pseudo:
+            return "CONNECT needs :authority and no :scheme or :path"
+        return None
+    if not pseudo.get(":scheme") or not pseudo.get(":path"):
+        return "missing :scheme or :path"
+    return None
 
 
 def _str_headers(headers: Sequence[tuple[str | bytes, str | bytes]] | None) -> tuple[tuple[str, str], ...]:
