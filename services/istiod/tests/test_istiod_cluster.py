@@ -89,10 +89,16 @@ async def test_real_objects_reach_a_real_delta_stream(
     async with asyncio.timeout(60):
         await app.readiness.wait_ready()  # every watched kind listed (missing CRDs count as empty)
     store = Store()
-    node = base_pb2.Node(id=str(NodeId.ztunnel("127.0.0.1", "zt", "istio-system")))
-    client = XdsClient(
-        XdsClientConfig(address=f"127.0.0.1:{app.addresses['xds_plaintext']}"), ClientCore(node, store)
+    await call(kube.create, r.SERVICEACCOUNTS, {"metadata": {"name": "ztunnel"}}, ns)
+    token = tmp_path / "istio-token"
+    token.write_text(
+        kube_cluster.kubectl("create", "token", "-n", ns, "ztunnel", "--audience", "istio-ca").stdout
     )
+    node = base_pb2.Node(
+        id=str(NodeId.ztunnel("127.0.0.1", "zt", ns))
+    )  # the token's namespace (identity check)
+    config = XdsClientConfig(address=f"127.0.0.1:{app.addresses['xds_plaintext']}", token=str(token))
+    client = XdsClient(config, ClientCore(node, store))
     async with TaskOwner("cluster-test") as owner:
         owner.spawn(client.run(), name="xds")
         svc_key = f"{ns}/web.{ns}.svc.cluster.local"
