@@ -15,9 +15,16 @@ Interfaces (stable; other components code against these):
 ``meshkit.hbone.core.HboneCore`` (sans-IO, over h2 4.4.1 with DATA fast paths)
     ``HboneCore(client_side, settings)``; ``initiate()``, ``receive_data(bytes) -> [events]``,
     ``data_to_send() -> bytes``, ``connect(authority, headers) -> stream_id``, ``respond(sid, status,
-    headers)``, ``send_window(sid)``, ``send_data(sid, data, end_stream)``, ``end_stream(sid)``,
-    ``reset_stream(sid, code)``, ``acknowledge(sid, n)`` (consumed bytes reopen windows), ``ping``, ``close``.
-    Events in ``meshkit.hbone.events``.
+    headers)``, ``send_window(sid)``, ``send_data(sid, data, end_stream)`` (within the window),
+    ``send_some(sid, data) -> n`` (as much as the window allows), ``end_stream(sid)``, ``reset_stream(sid,
+    code)``, ``acknowledge(sid, n)`` (consumed bytes reopen windows), ``ping``, ``close(code)`` (NO_ERROR is
+    a graceful GOAWAY: open streams finish, new ones get REFUSED_STREAM). Events in ``meshkit.hbone.events``.
+    Malformed requests and streams past SETTINGS_MAX_CONCURRENT_STREAMS are stream errors, never fatal.
+
+``meshkit.hbone.connection.HboneConnection``
+    The asyncio ``BufferedProtocol`` of one connection (works on asyncio and uvloop transports): ``streams``,
+    ``usable``, ``peer_identity``, ``peer_address``, ``local_address``, ``open_stream``, ``respond``,
+    ``goaway()`` (drain), ``close()``, ``abort()``, ``await wait_closed()``; PING keepalive 10 s / 20 s.
 
 ``meshkit.hbone.request``
     ``connect_headers(SourceMetadata, client_addr, service_host=, traceparent=, forwarded_network=)``,
@@ -46,6 +53,8 @@ Interfaces (stable; other components code against these):
 ``meshkit.hbone.relay``
     ``await relay(tcp_socket, stream) -> RelayResult(sent, received, error)``: fast, callback-driven copy both
     ways with half-close and RST propagation; ``relay_streams(reader, writer, stream)`` for asyncio streams.
+
+``meshkit.hbone.tuning.tune_malloc()``: call once in a service's ``main`` (python-perf.md §3a).
 
 ``meshkit.hbone.settings.HboneSettings`` (ztunnel defaults; env vars HTTP2_STREAM_WINDOW_SIZE, ...),
 ``meshkit.hbone.errors`` (HboneError > IdentityError, ConnectFailed(status), StreamReset(code, remote),
