@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from istio_cni.hostrules import HostRules
 from istio_cni.iptables import apply_pod_rules
-from istio_cni.netns import Netns, in_netns
+from istio_cni.netns import Netns
 from istio_cni.rules import DEFAULT_PROBE_SNAT_V4, DEFAULT_PROBE_SNAT_V6, PodRuleConfig
+from meshkit.netns import run_in_netns
 
 pytestmark = pytest.mark.root
 
@@ -50,12 +50,8 @@ async def test_host_rules_idempotent_and_removable(make_netns: Callable[[], Any]
 
 
 def _in(path: str, fn: Callable[[], socket.socket]) -> socket.socket:
-    def run() -> socket.socket:
-        with in_netns(path):
-            return fn()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(run).result()
+    """Run ``fn`` in a fresh thread inside the netns (sockets created there stay there)."""
+    return run_in_netns(path, fn)
 
 
 def _listen(port: int) -> socket.socket:

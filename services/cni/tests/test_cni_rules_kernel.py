@@ -9,12 +9,12 @@ import re
 import socket
 import struct
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from istio_cni.iptables import apply_pod_rules, remove_pod_rules
-from istio_cni.netns import Netns, in_netns
+from istio_cni.netns import Netns
 from istio_cni.rules import PodRuleConfig
+from meshkit.netns import run_in_netns
 
 pytestmark = pytest.mark.root
 
@@ -96,14 +96,8 @@ def _original_dst(conn: socket.socket) -> tuple[str, int]:
 
 
 def _in(ns_path: str, fn: Callable[[], socket.socket]) -> socket.socket:
-    """Create a socket inside ``ns_path`` on a helper thread (setns is per thread)."""
-
-    def run() -> socket.socket:
-        with in_netns(ns_path):
-            return fn()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(run).result()
+    """Run ``fn`` in a fresh thread inside the netns (sockets created there stay there)."""
+    return run_in_netns(ns_path, fn)
 
 
 def _client(dst: tuple[str, int], marked: bool = False) -> Callable[[], socket.socket]:

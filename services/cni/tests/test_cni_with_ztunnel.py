@@ -12,7 +12,6 @@ import contextlib
 import socket
 import struct
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,10 @@ from typing import Any
 import pytest
 from istio_cni.dataplane import DataplaneConfig, MeshDataplane
 from istio_cni.metrics import CniMetrics
-from istio_cni.netns import Netns, in_netns
+from istio_cni.netns import Netns
 from istio_cni.zdshub import ZtunnelHub
 from meshkit.metrics import new_registry
+from meshkit.netns import run_in_netns
 from meshkit.zds import WorkloadInfo
 from ztunnel.inpod.client import run_zds_client
 from ztunnel.inpod.manager import WorkloadProxyManager
@@ -45,12 +45,8 @@ def _listener(port: int) -> socket.socket:
 
 
 def _in(target: Netns | str, fn: Callable[[], Any]) -> Any:
-    def run() -> Any:
-        with in_netns(target):
-            return fn()
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(run).result()
+    """Run ``fn`` in a fresh thread inside the netns (sockets created there stay there)."""
+    return run_in_netns(target.fd if isinstance(target, Netns) else target, fn)
 
 
 @dataclass

@@ -3,21 +3,15 @@
 A :class:`Netns` owns one open fd of a namespace (from ``/var/run/netns/<name>``, ``/proc/<pid>/ns/net`` or a
 CNI ``CNI_NETNS`` path). Holding the fd keeps the namespace alive and pins its identity (the inode), which is
 what ZDS hands to ztunnel. Commands run inside it through ``nsenter --net=/proc/self/fd/N`` with the fd passed
-down, so the agent itself never switches namespaces; :func:`in_netns` switches one thread briefly (``setns``)
-for tests and tools that need a socket created inside a namespace.
+down, so the agent itself never switches namespaces (code that must, uses :mod:`meshkit.netns`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class NetnsError(RuntimeError):
@@ -90,30 +84,3 @@ async def run_command(
         await proc.wait()
         raise NetnsError(f"{argv[0]} timed out after {limit_s}s") from None
     return CommandResult(proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise NetnsError(f"setns failed: {os.strerror(err)}")
-
-
-@contextlib.contextmanager
-def in_netns(target: Netns | str) -> Iterator[None]:
-    """Switch the calling thread into ``target`` and back. Sockets created inside stay in ``target``.
-
-    Only call from a thread that nothing else shares for the duration (e.g. ``asyncio.to_thread``): the
-    switch is per thread, and the event loop thread must never be moved.
-    """
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    handle = Netns.open(target) if isinstance(target, str) else None
-    try:
-        _setns(handle.fd if handle is not None else target.fd)  # type: ignore[union-attr]
-        try:
-            yield
-        finally:
-            _setns(own)
-    finally:
-        os.close(own)
-        if handle is not None:
-            handle.close()

@@ -3,7 +3,7 @@ later), when no CNI ADD told us its netns path: scan the host's ``/proc`` for a 
 one of the pod's IPs. Reads only ``/proc/<pid>/net/fib_trie`` and ``if_inet6`` (which show the namespace of
 that process), so no namespace is entered; each namespace inode is looked at once. If no process is found
 (a pod whose processes are hidden from us), the named namespaces under the runtime's netns directories are
-tried: one helper thread enters each and reads its own ``/proc/thread-self/net``.
+tried: a fresh thread enters each (:func:`meshkit.netns.run_in_netns`) and reads ``/proc/thread-self/net``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import ipaddress
 import os
 from collections.abc import Sequence
 
-from istio_cni.netns import NetnsError, in_netns
+from meshkit.netns import run_in_netns
 
 
 def _v4_local(text: str) -> set[str]:
@@ -77,8 +77,7 @@ def find_netns_path(proc: str, ips: tuple[str, ...]) -> str | None:
 
 
 def find_named_netns(dirs: Sequence[str], ips: tuple[str, ...]) -> str | None:
-    """A netns file under ``dirs`` (e.g. ``/var/run/netns``) holding any of ``ips``. Blocking: call it from
-    a worker thread (it switches that thread's namespace while it looks)."""
+    """A netns file under ``dirs`` (e.g. ``/var/run/netns``) holding any of ``ips``. Blocking."""
     wanted = {str(ipaddress.ip_address(ip)) for ip in ips if ip}
     seen: set[tuple[int, int]] = set()
     for directory in dirs:
@@ -96,9 +95,8 @@ def find_named_netns(dirs: Sequence[str], ips: tuple[str, ...]) -> str | None:
                 continue
             seen.add((st.st_dev, st.st_ino))
             try:
-                with in_netns(path):
-                    found = _addresses("/proc/thread-self/net")
-            except (NetnsError, OSError):
+                found = run_in_netns(path, _addresses, "/proc/thread-self/net")
+            except OSError:
                 continue
             if wanted & found:
                 return path
