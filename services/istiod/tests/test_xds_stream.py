@@ -228,6 +228,14 @@ async def test_tls_with_root_verification_and_authentication(tmp_path: Any) -> N
         owner.spawn(good.run(), name="good")
         async with asyncio.timeout(10):
             await good.synced.wait()
+        # a client trusting another root refuses the server's certificate
+        other_root, _, _ = _tls_material()
+        mistrust = XdsClient(replace(config, root_cert_pem=other_root), ClientCore(NODE, Store()))
+        owner.spawn(mistrust.run(), name="mistrust")
+        async with asyncio.timeout(10):
+            await mistrust.ended.wait()
+        assert not mistrust.synced.is_set()
+        assert mistrust.last_error.startswith("UNAVAILABLE")
         # a token for another namespace than the proxy's fails the identity check
         token.write_text("other-namespace")
         denied = XdsClient(config, ClientCore(NODE, Store()))

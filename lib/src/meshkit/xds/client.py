@@ -85,6 +85,8 @@ class XdsClient:
         self.metrics = metrics
         self.synced = asyncio.Event()
         self.connected = asyncio.Event()
+        self.ended = asyncio.Event()  # set each time a stream (or connection attempt) ends
+        self.last_error = ""
         self.connections = 0
         self._call: Any = None
         self._write_lock = asyncio.Lock()
@@ -137,6 +139,8 @@ class XdsClient:
                 self.connected.clear()
         if self.metrics:
             self.metrics.terminations.labels(reason=reason.split(":")[0]).inc()
+        self.last_error = reason
+        self.ended.set()
         log.info("xds stream ended; reconnecting", extra=kv(reason=reason, retry_in_s=round(delay, 3)))
         return delay, state["responses"] > 0
 
