@@ -375,19 +375,30 @@ def test_grace_period_ends_with_sigkill(kube_cluster: KubeCluster, kube_namespac
 
 def test_host_network_pod_and_chained_cni_plugin(kube_cluster: KubeCluster, kube_namespace: str) -> None:
     """A plugin appended to the node's conflist runs on the next pod with prevResult and the pod's CNI_ARGS,
-    exactly as istio-cni will; a hostNetwork pod runs in the node's namespace with the node's IP."""
+    exactly as istio-cni will; when it fails, the sandbox is torn down (DEL) and retried. A hostNetwork pod
+    in the node's namespace with the node's IP."""
     layout = kube_cluster.layout
     if layout is None:
         pytest.skip("inspects the local cluster's node files")
     ns = kube_namespace
     node = layout.node("amb-w1")
     root = layout.node_root(node.name)
+    conf_path = root / "etc/cni/net.d/10-amb-bridge.conflist"
+    if "istio-cni" in conf_path.read_text():
+        pytest.skip("a mesh is installed: its istio-cni owns this node's CNI configuration")
     record = root / "var/lib/cni/chain-record.json"
+    failed_once = root / "var/lib/cni/chain-failed-once"
+    failed_once.unlink(missing_ok=True)
     plugin = root / "opt/cni/bin/amb-recorder"
-    # a minimal chained plugin: record stdin and env, pass prevResult through (what istio-cni does on ADD)
+    # a minimal chained plugin: fail the first ADD, then record stdin and env and pass prevResult through
+    # (what istio-cni does on ADD)
     plugin.write_text(
         "#!/bin/sh\n"
         "input=$(cat)\n"
+        'if [ "$CNI_COMMAND" = ADD ] && [ ! -e /var/lib/cni/chain-failed-once ]; then\n'
+        "  touch /var/lib/cni/chain-failed-once\n"
+        '  echo \'{"cniVersion":"1.0.0","code":11,"msg":"not ready yet"}\'; exit 1\n'
+        "fi\n"
         'if [ "$CNI_COMMAND" = ADD ]; then\n'
         '  printf \'{"args":"%s","netns":"%s","stdin":%s}\' "$CNI_ARGS" "$CNI_NETNS" "$input" \\\n'
         "    > /var/lib/cni/chain-record.json\n"
@@ -396,7 +407,6 @@ def test_host_network_pod_and_chained_cni_plugin(kube_cluster: KubeCluster, kube
         "fi\n"
     )
     plugin.chmod(0o755)
-    conf_path = root / "etc/cni/net.d/10-amb-bridge.conflist"
     original = conf_path.read_text()
     conf = json.loads(original)
     conf["plugins"].append({"type": "amb-recorder"})
@@ -429,6 +439,9 @@ def test_host_network_pod_and_chained_cni_plugin(kube_cluster: KubeCluster, kube
     finally:
         conf_path.write_text(original)
     pods = {p["metadata"]["name"]: p for p in chained}
+    assert failed_once.exists()
+    events = kube_cluster.get("events", namespace=ns)["items"]
+    assert any(e["reason"] == "FailedCreatePodSandBox" and "not ready yet" in e["message"] for e in events)
     recorded = json.loads(record.read_text())
     assert "K8S_POD_NAME=chained" in recorded["args"]
     assert f"K8S_POD_NAMESPACE={ns}" in recorded["args"]

@@ -192,6 +192,21 @@ class CniRunner:
         args: Mapping[str, str],
         runtime_config: Mapping[str, Any] | None = None,
     ) -> Attachment:
+        """Attach the sandbox. The configuration is cached *before* ADD so that, if ADD fails,
+        :meth:`delete` can still undo what the plugins that did run set up (then the caller retries, as the
+        kubelet does)."""
+        conflist = load_conflist(self.node_root / "etc/cni/net.d")
+        runtime = dict(runtime_config or {})
+        self._write_cache(
+            container_id,
+            {
+                "conflist": conflist,
+                "result": None,
+                "ifname": "eth0",
+                "args": dict(args),
+                "runtimeConfig": runtime,
+            },
+        )
         await self._run_list(
             "ADD",
             conflist=LOOPBACK_LIST,
@@ -202,7 +217,6 @@ class CniRunner:
             runtime_config={},
             prev=None,
         )
-        conflist = load_conflist(self.node_root / "etc/cni/net.d")
         result = await self._run_list(
             "ADD",
             conflist=conflist,
@@ -210,23 +224,25 @@ class CniRunner:
             netns=netns,
             ifname="eth0",
             args=args,
-            runtime_config=runtime_config or {},
+            runtime_config=runtime,
             prev=None,
         )
         attachment = Attachment(conflist, result or {}, "eth0")
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        (self.cache_dir / f"{container_id}.json").write_text(
-            json.dumps(
-                {
-                    "conflist": conflist,
-                    "result": attachment.result,
-                    "ifname": "eth0",
-                    "args": dict(args),
-                    "runtimeConfig": dict(runtime_config or {}),
-                }
-            )
+        self._write_cache(
+            container_id,
+            {
+                "conflist": conflist,
+                "result": attachment.result,
+                "ifname": "eth0",
+                "args": dict(args),
+                "runtimeConfig": runtime,
+            },
         )
         return attachment
+
+    def _write_cache(self, container_id: str, data: Obj) -> None:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        (self.cache_dir / f"{container_id}.json").write_text(json.dumps(data))
 
     async def delete(self, container_id: str, netns: str) -> None:
         cached = self.cache_dir / f"{container_id}.json"
@@ -235,14 +251,16 @@ class CniRunner:
         except (OSError, ValueError):
             log.warning("no cached CNI result for %s; skipping DEL", container_id)
             return
-        await self._run_list(
-            "DEL",
-            conflist=data["conflist"],
-            container_id=container_id,
-            netns=netns,
-            ifname=data["ifname"],
-            args=data["args"],
-            runtime_config=data.get("runtimeConfig", {}),
-            prev=data["result"],
-        )
-        cached.unlink(missing_ok=True)
+        try:
+            await self._run_list(
+                "DEL",
+                conflist=data["conflist"],
+                container_id=container_id,
+                netns=netns,
+                ifname=data["ifname"],
+                args=data["args"],
+                runtime_config=data.get("runtimeConfig", {}),
+                prev=data["result"],
+            )
+        finally:
+            cached.unlink(missing_ok=True)

@@ -229,9 +229,34 @@ class PodWorker:
                 await asyncio.wait_for(self.stopping.wait(), 2.0)
         if self.stopping.is_set():
             raise asyncio.CancelledError
-        await self._network()
+        await self._sandbox()
         self._write_etc_files()
         self.dirty.set()
+
+    async def _sandbox(self) -> None:
+        """Create the pod's network, retrying with back-off while CNI ADD fails (e.g. a chained plugin whose
+        node agent is not ready yet), undoing each failed attempt with DEL first, as the kubelet does."""
+        backoff = BACKOFF_START
+        while True:
+            try:
+                await self._network()
+                return
+            except Exception as err:  # any plugin failure: report, clean up, retry
+                log.warning("pod %s/%s sandbox creation failed: %s", self.namespace, self.name, err)
+                self.event(
+                    "FailedCreatePodSandBox", f"Failed to create pod sandbox: {err}"[:1000], warning=True
+                )
+                self.setup_error = ("ContainerCreating", f"sandbox: {err}"[:500])
+                self.dirty.set()
+                self.sandbox_released = False
+                await self._teardown_network()
+                await self._sleep(backoff)
+                if self.stopping.is_set():
+                    raise asyncio.CancelledError from None
+                backoff = min(backoff * 2, 30.0)
+            finally:
+                if self.pod_ips:
+                    self.setup_error = None
 
     async def _network(self) -> None:
         if self.host_network:
