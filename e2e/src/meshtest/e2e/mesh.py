@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from meshtest.e2e.charts import set_args
 from meshtest.e2e.tools import REPO, chart
@@ -109,15 +110,12 @@ class Mesh:
             timeout=200,
         )
 
-    def pods(self, selector: str) -> list[dict[str, object]]:
+    def pods(self, selector: str) -> list[dict[str, Any]]:
         return list(self.kube.get("pods", namespace=self.namespace, selector=selector)["items"])
 
     def ztunnel_on(self, node: str) -> str:
         for pod in self.pods("app=ztunnel"):
-            spec = pod["spec"]
-            meta = pod["metadata"]
-            assert isinstance(spec, dict)
-            assert isinstance(meta, dict)
+            spec, meta = pod["spec"], pod["metadata"]
             if spec.get("nodeName") == node and not meta.get("deletionTimestamp"):
                 return str(meta["name"])
         raise LookupError(f"no ztunnel pod on node {node}")
