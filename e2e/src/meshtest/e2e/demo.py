@@ -1,9 +1,9 @@
 """``scripts/demo``: the README's first command. Brings up the local cluster, installs the mesh with
 ``helm install ambient ./helm/ambient -n istio-system --create-namespace``, deploys a small app into an
-ambient namespace (``web`` and ``intruder`` call ``api``, which has two versions and a waypoint), sends traffic
-and
-prints what happened: workloads and their SPIFFE identities, that the traffic was mTLS, one request allowed
-and one denied by policy, and the split seen through the waypoint. Re-running it reuses what is already there.
+ambient namespace (``web`` and ``intruder`` call ``api``, which has two versions and a waypoint), sends
+traffic and prints what happened: workloads and their SPIFFE identities, that the traffic was mTLS, one
+request allowed and one denied by policy, and the split seen through the waypoint. Re-running it reuses what
+is already there.
 """
 
 from __future__ import annotations
