@@ -54,13 +54,19 @@ class InboundProxy:
         local_ip = peer.local_address[0].removeprefix("::ffff:")
         if auth.is_ip and auth.host != local_ip and auth.host not in wl.addresses:
             return Reject(400, f"authority {auth} is not this pod")
-        if auth.port in ILLEGAL_PORTS:
-            return Reject(503, f"illegal target port {auth.port}")
-        target_ip = auth.host if auth.is_ip else local_ip
-        conn = ConnInfo(peer.address[0].removeprefix("::ffff:"), peer.identity, target_ip, auth.port)
+        target_ip, port, svc = auth.host, auth.port, None
+        if not auth.is_ip:  # hostname form (gateways): service port -> this pod's target port
+            svc = self.pod.services.state.find_services_by_hostname(auth.host, wl.namespace)
+            port = self._target_port(wl, svc, auth.port) if svc is not None else 0
+            if not port:
+                return Reject(503, f"no upstream for {auth} on this pod")
+            target_ip = local_ip
+        if port in ILLEGAL_PORTS:
+            return Reject(503, f"illegal target port {port}")
+        conn = ConnInfo(peer.address[0].removeprefix("::ffff:"), peer.identity, target_ip, port)
         s = self.pod.services
         src_wl = s.state.find_workload_by_ip(conn.src_ip)
-        svc = self._service(wl, request, auth.port)
+        svc = svc or self._service(wl, request, port)
         endpoints = Endpoints(
             "inbound",
             peer.address,
@@ -81,7 +87,7 @@ class InboundProxy:
             return Reject(401, decision.reason)
         live = _Live(conn, wl, None, ConnectionRecord(s.metrics, endpoints))
         live.record.open()
-        dst = (target_ip, auth.port)
+        dst = (target_ip, port)
         src_ip = conn.src_ip if s.spoof_source else None
 
         async def connect() -> socket.socket:
@@ -98,6 +104,11 @@ class InboundProxy:
             live.record.close(result.error, flags)
 
         return Forward(connect, (("baggage", baggage(source_metadata(wl))),), done)
+
+    @staticmethod
+    def _target_port(wl: Workload, svc: Service, svc_port: int) -> int:
+        """Endpoint's port map first, then the service's target port (behaviour.md §2.7)."""
+        return wl.services.get(svc.key, {}).get(svc_port, 0) or svc.ports.get(svc_port, 0)
 
     def _service(self, wl: Workload, request: ConnectRequest, port: int) -> Service | None:
         state = self.pod.services.state

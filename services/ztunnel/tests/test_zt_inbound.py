@@ -1,0 +1,102 @@
+"""Inbound HBONE decisions (§2.7, §4.4, §4.6) on loopback: status per failure, hostname authority, policy."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from meshkit.drain import Drain
+from meshkit.hbone.request import parse_request
+from meshkit.hbone.server import Forward, InboundPeer, Reject
+from meshkit.identity.spiffe import Identity
+from meshkit.settings import load
+from meshkit.sockets import HostSocketFactory
+from meshkit.zds import WorkloadInfo
+from prometheus_client import CollectorRegistry
+from ztunnel.metrics import DnsMetrics, ProxyMetrics
+from ztunnel.proxy.context import PodContext, ProxyServices
+from ztunnel.proxy.inbound import InboundProxy
+from ztunnel.settings import Settings
+from ztunnel.state.records import Authorization, Match, Service, Workload
+from ztunnel.state.state import State
+
+CLIENT = Identity("cluster.local", "default", "client")
+SVC = Service("app", "default", "app.default.svc.cluster.local", vips=(("", "10.96.0.5"),), ports={80: 0})
+
+
+def make(port: int) -> tuple[InboundProxy, State]:
+    state = State()
+    state.insert_workload(
+        Workload(
+            "app", "app", "default", addresses=("127.0.0.1",), tunnel_protocol="HBONE", service_account="app",
+            services={SVC.key: {80: port}},
+        )
+    )  # fmt: skip
+    state.insert_service(SVC)
+    registry = CollectorRegistry()
+    settings = load(Settings, {"WORKLOAD_WAIT": "50ms"})
+    services = ProxyServices(
+        settings,
+        state,
+        None,
+        ProxyMetrics(registry),
+        DnsMetrics(registry),
+        Drain(),
+        spoof_source=False,  # type: ignore[arg-type]
+    )
+    pod = PodContext("uid", WorkloadInfo("app", "default", "app"), HostSocketFactory(), services)
+    return InboundProxy(pod), state
+
+
+def peer() -> InboundPeer:
+    return InboundPeer(CLIENT, ("127.0.0.1", 40000), ("127.0.0.1", 15008))
+
+
+def connect(authority: str) -> object:
+    return parse_request(1, [(":method", "CONNECT"), (":authority", authority)])
+
+
+async def test_status_codes() -> None:
+    proxy, state = make(8080)
+    assert await proxy.handle(peer(), connect("10.9.9.9:8080")) == Reject(
+        400, "authority 10.9.9.9:8080 is not this pod"
+    )  # type: ignore[arg-type]
+    decision = await proxy.handle(peer(), connect("127.0.0.1:15001"))  # type: ignore[arg-type]
+    assert isinstance(decision, Reject)
+    assert decision.status == 503
+    decision = await proxy.handle(peer(), connect("nope.default.svc.cluster.local:80"))  # type: ignore[arg-type]
+    assert isinstance(decision, Reject)
+    assert decision.status == 503
+    state.insert_policy(
+        Authorization(
+            "d", "default", "NAMESPACE", "DENY", (((Match(destination_ports=frozenset({8080})),),),)
+        )
+    )
+    decision = await proxy.handle(peer(), connect("127.0.0.1:8080"))  # type: ignore[arg-type]
+    assert isinstance(decision, Reject)
+    assert decision.status == 401
+
+
+async def test_unknown_local_workload_is_503() -> None:
+    proxy, state = make(8080)
+    state.apply_addresses([], ["app"])
+    decision = await proxy.handle(peer(), connect("127.0.0.1:8080"))  # type: ignore[arg-type]
+    assert isinstance(decision, Reject)
+    assert decision.status == 503
+
+
+async def test_hostname_authority_maps_service_port_to_target() -> None:
+    app = socket.create_server(("127.0.0.1", 0))
+    app.setblocking(False)
+    port = app.getsockname()[1]
+    proxy, _ = make(port)
+    try:
+        decision = await proxy.handle(peer(), connect("app.default.svc.cluster.local:80"))  # type: ignore[arg-type]
+        assert isinstance(decision, Forward)
+        sock = await decision.connect()
+        accepted, _ = await asyncio.wait_for(asyncio.get_running_loop().sock_accept(app), 5)
+        assert accepted.getsockname()[1] == port
+        accepted.close()
+        sock.close()
+    finally:
+        app.close()
