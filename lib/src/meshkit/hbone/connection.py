@@ -218,9 +218,15 @@ class HboneConnection(asyncio.BufferedProtocol):
 
     def _flush(self) -> None:
         if self.core.has_output:
-            data = self.core.data_to_send()
-            if self._transport is not None and not self._transport.is_closing():
-                self._transport.write(data)
+            out = self.core.take_output()
+            transport = self._transport
+            if transport is not None and not transport.is_closing():
+                # one buffer per frame: each DATA header still shares its TLS record with its payload, and
+                # several frames are not joined (copied) into one buffer first
+                if len(out) == 1:
+                    transport.write(out[0])
+                else:
+                    transport.writelines(out)
 
     def _acknowledge(self, stream_id: int, n: int) -> None:
         if not self.closed:
@@ -229,17 +235,15 @@ class HboneConnection(asyncio.BufferedProtocol):
 
     def _stream_write(self, stream: HboneStream, data: bytes | bytearray | memoryview) -> None:
         if stream.pending or self._write_paused:
-            stream.pending += data
+            stream.pending.append(data)
             self._blocked[stream] = None
             return
         core = self.core
         sent = core.send_some(stream.stream_id, data)
         if sent:
-            transport = self._transport
-            if transport is not None and not transport.is_closing():
-                transport.write(core.data_to_send())
+            self._flush()
         if sent < len(data):
-            stream.pending += memoryview(data)[sent:]
+            stream.pending.append(memoryview(data)[sent:])
             self._blocked[stream] = None
 
     def _stream_write_eof(self, stream: HboneStream) -> None:
@@ -274,10 +278,10 @@ class HboneConnection(asyncio.BufferedProtocol):
             sid = stream.stream_id
             pending = stream.pending
             window = core.send_window(sid)
-            if pending and window > 0:
-                k = min(window, len(pending))
-                core.send_data(sid, pending[:k])
-                del pending[:k]
+            while pending and window > 0:
+                chunk = pending.take(window)
+                core.send_data(sid, chunk)
+                window -= len(chunk)
             if not pending:
                 del self._blocked[stream]
                 if stream._eof_pending:

@@ -199,6 +199,14 @@ class HboneCore:
     def has_output(self) -> bool:
         return bool(self._out or self._h2._data_to_send)
 
+    def take_output(self) -> list[bytes]:
+        """Like :meth:`data_to_send` but as a list of buffers (whole frames), without joining them."""
+        out = self._out
+        if self._h2._data_to_send:
+            out.append(self._h2.data_to_send())
+        self._out = []
+        return out
+
     def data_to_send(self) -> bytes:
         """Everything queued for the peer, in order; the caller writes it as one buffer."""
         out = self._out

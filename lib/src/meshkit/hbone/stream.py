@@ -17,6 +17,7 @@ both sides ended, or when it was reset.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,6 +29,45 @@ if TYPE_CHECKING:
     from meshkit.hbone.connection import HboneConnection
 
 __all__ = ["HboneStream", "StreamSink"]
+
+
+class SendQueue:
+    """Bytes waiting for send window: a queue of chunks, so queued ``bytes`` are never copied again."""
+
+    __slots__ = ("chunks", "size")
+
+    def __init__(self) -> None:
+        self.chunks: deque[bytes | memoryview] = deque()
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        # bytes are immutable and kept as they are; anything else may be reused by the caller: copy it
+        chunk = data if isinstance(data, bytes) else bytes(data)
+        if chunk:
+            self.chunks.append(chunk)
+            self.size += len(chunk)
+
+    def take(self, limit: int) -> bytes | memoryview:
+        """Up to ``limit`` bytes from the head (never spanning chunks)."""
+        head = self.chunks[0]
+        if len(head) <= limit:
+            self.chunks.popleft()
+        else:
+            view = memoryview(head)
+            self.chunks[0] = view[limit:]
+            head = view[:limit]
+        self.size -= len(head)
+        return head
+
+    def clear(self) -> None:
+        self.chunks.clear()
+        self.size = 0
 
 
 class StreamSink(Protocol):
@@ -61,7 +101,7 @@ class HboneStream:
         self._sink: StreamSink | None = None
         self._acks_paused = False
         self._unacked = 0
-        self.pending = bytearray()
+        self.pending = SendQueue()
         self._eof_pending = False
         self._sent_eof = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -199,7 +239,7 @@ class HboneStream:
     @property
     def write_ready(self) -> bool:
         """False while more than ``max_send_buffer`` bytes wait to be sent: the producer should pause."""
-        return len(self.pending) < self.conn.settings.max_send_buffer
+        return self.pending.size < self.conn.settings.max_send_buffer
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data`` (never blocks; excess waits in ``pending``). Raises if the stream is closed."""
