@@ -234,3 +234,21 @@ def test_resolv_conf() -> None:
     assert "search ns1.svc.cluster.local" in text
     assert "ndots:5" in text
     assert podplan.resolv_conf("ns1", True, "ClusterFirst", "10.96.0.10", "host\n") == "host\n"
+
+
+@pytest.mark.parametrize(
+    ("context", "expected"),
+    [
+        ({}, sorted(podplan.DEFAULT_CAPABILITIES)),
+        ({"privileged": True}, None),
+        (
+            {"capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "CAP_SYS_ADMIN"]}},
+            ["NET_ADMIN", "SYS_ADMIN"],
+        ),
+        ({"capabilities": {"drop": ["NET_RAW"]}}, sorted(podplan.DEFAULT_CAPABILITIES - {"NET_RAW"})),
+        ({"capabilities": {"add": ["ALL"]}}, None),
+    ],
+)
+def test_capabilities(context: dict[str, Any], expected: list[str] | None) -> None:
+    caps = podplan.capabilities({"securityContext": context})
+    assert (None if caps is None else list(caps)) == expected

@@ -24,6 +24,53 @@ MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_SLAVE = 1 << 19
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+#: capability numbers (linux/capability.h)
+CAPABILITIES = (
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+)
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
@@ -75,11 +122,26 @@ def enter(plan: dict[str, object]) -> None:
         _check(_libc.sethostname(hostname.encode(), len(hostname.encode())), "sethostname")
 
 
+def limit_capabilities(keep: list[str] | None) -> None:
+    """Drop every capability not in ``keep`` from the bounding set (and clear the ambient set): after exec a
+    root process is left with exactly ``keep``. ``None`` keeps everything (privileged)."""
+    if keep is None:
+        return
+    wanted = set(keep)
+    last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    for number in range(last + 1):
+        name = CAPABILITIES[number] if number < len(CAPABILITIES) else f"CAP_{number}"
+        if name not in wanted:
+            _check(_libc.prctl(PR_CAPBSET_DROP, number, 0, 0, 0), f"drop capability {name}")
+    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient capabilities")
+
+
 def main() -> None:
     plan = json.loads(Path(sys.argv[1]).read_text())
     try:
         enter(plan)
         os.chdir(plan.get("workdir") or "/")
+        limit_capabilities(plan.get("capabilities"))
         argv = [str(a) for a in plan["argv"]]
         os.execvpe(argv[0], argv, {str(k): str(v) for k, v in plan["env"].items()})
     except OSError as err:

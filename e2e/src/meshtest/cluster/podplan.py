@@ -84,6 +84,43 @@ class ContainerPlan:
     env: tuple[tuple[str, str], ...]
     mounts: tuple[Mount, ...]
     workdir: str | None
+    capabilities: tuple[str, ...] | None = None  # None: all (privileged)
+
+
+#: containerd's default capability set for a container that asks for nothing else
+DEFAULT_CAPABILITIES = frozenset(
+    {
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FSETID",
+        "FOWNER",
+        "MKNOD",
+        "NET_RAW",
+        "SETGID",
+        "SETUID",
+        "SETFCAP",
+        "SETPCAP",
+        "NET_BIND_SERVICE",
+        "SYS_CHROOT",
+        "KILL",
+        "AUDIT_WRITE",
+    }
+)
+
+
+def capabilities(container: Obj) -> tuple[str, ...] | None:
+    """The container's capability set: privileged → all (``None``); else the default set minus ``drop``
+    (``ALL`` empties it) plus ``add`` (``ALL`` → all). Names without the ``CAP_`` prefix."""
+    context = container.get("securityContext") or {}
+    if context.get("privileged"):
+        return None
+    requested = context.get("capabilities") or {}
+    drop = {str(c).upper().removeprefix("CAP_") for c in requested.get("drop") or []}
+    add = {str(c).upper().removeprefix("CAP_") for c in requested.get("add") or []}
+    if "ALL" in add:
+        return None
+    caps = set() if "ALL" in drop else set(DEFAULT_CAPABILITIES) - drop
+    return tuple(sorted(caps | add))
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +368,7 @@ def container_plan(
         env=tuple(env.items()),
         mounts=tuple(mounts),
         workdir=container.get("workingDir"),
+        capabilities=capabilities(container),
     )
 
 

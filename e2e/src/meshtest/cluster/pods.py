@@ -412,6 +412,7 @@ class PodWorker:
             "argv": list(plan.argv),
             "env": env,
             "workdir": plan.workdir,
+            "capabilities": None if plan.capabilities is None else list(plan.capabilities),
             "mounts": [
                 {"source": m.source, "target": m.target, "read_only": m.read_only} for m in plan.mounts
             ],
