@@ -232,6 +232,18 @@ async def test_metrics_count_bytes(mesh, topology) -> None:  # type: ignore[no-u
     assert value(dst, "istio_tcp_connections_opened_total", "destination") == 1
     assert 'source_principal="spiffe://cluster.local/ns/default/sa/client"' in dst
     assert 'connection_security_policy="mutual_tls"' in dst
+    # bytes of a connection that is still open reach the counters while it runs (source side: HBONE relay)
+    from meshkit.sockets import open_tcp
+
+    sock = await open_tcp(mesh.factory(client), VIP, 80)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(b"y" * 5000)
+    await asyncio.wait_for(reader.readexactly(5000), 10)
+    src_app.services.flush_live()
+    src = await scrape(src_app)
+    assert value(src, "istio_tcp_received_bytes_total", "source") == len(payload) + 5000
+    assert value(src, "istio_tcp_sent_bytes_total", "source") == len(payload) + 5000
+    writer.close()
     dump = mesh.apps["node1"].config_dump()
     assert [w["name"] for w in dump["workloads"]] == ["client", "server"]
     assert "privateKey" not in str(dump)

@@ -227,6 +227,7 @@ async def build(
         config_source = xds_source(settings, registry)
     if config_source is not None:
         app.tasks.spawn(config_source(state, synced), name="config")
+    app.tasks.spawn(_flush_metrics(services), name="metrics-flush")
     if settings.inpod_enabled:
         app.tasks.spawn(run_zds_client(settings.inpod_uds, manager), name="zds")
         app.tasks.spawn(manager.run_retries(), name="zds-retries")
@@ -247,6 +248,16 @@ async def build(
         raise
     log.info("ztunnel started", extra=kv(**{name: s.url for name, s in app.servers.items()}))
     return app
+
+
+METRICS_FLUSH_S = 5.0
+
+
+async def _flush_metrics(services: ProxyServices) -> None:
+    """Bytes of long HBONE connections reach the counters while they run, not only at close (§7.1)."""
+    while True:
+        await asyncio.sleep(METRICS_FLUSH_S)  # periodic by design
+        services.flush_live()
 
 
 async def _pod_ready(app: App, pod: InPodProxy) -> None:

@@ -20,6 +20,7 @@ from meshkit.sockets import SocketFactory
 from meshkit.zds import WorkloadInfo
 
 from ztunnel.metrics import DnsMetrics, ProxyMetrics
+from ztunnel.proxy.telemetry import ConnectionRecord
 from ztunnel.settings import Settings
 from ztunnel.state.records import Workload
 from ztunnel.state.state import State
@@ -55,6 +56,12 @@ class ProxyServices:
     rng: random.Random = field(default_factory=random.Random)
     #: original-source spoofing towards the app (IP_TRANSPARENT + bind to the peer IP); in-pod only.
     spoof_source: bool = True
+    #: connections whose byte counts are polled (HBONE relays count inside meshkit.hbone): (record, totals)
+    live: set[tuple[ConnectionRecord, Callable[[], tuple[int, int]]]] = field(default_factory=set)
+
+    def flush_live(self) -> None:
+        for record, totals in list(self.live):
+            record.sync(*totals())
 
 
 @dataclass

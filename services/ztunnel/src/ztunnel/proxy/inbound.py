@@ -98,8 +98,7 @@ class InboundProxy:
 
         def done(result: RelayResult) -> None:
             self.live.discard(live)
-            live.record.add_request_bytes(result.received)
-            live.record.add_response_bytes(result.sent)
+            live.record.sync(result.received, result.sent)  # relay's "sent" = TCP -> HBONE = response
             flags = "CONNECT" if result.error and result.error.startswith("upstream connect failed") else "-"
             live.record.close(result.error, flags)
 

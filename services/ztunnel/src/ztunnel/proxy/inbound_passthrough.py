@@ -64,7 +64,6 @@ class InboundPlaintextProxy:
                 reset(sock)
                 record.close(f"connect to app failed: {exc!r}", "CONNECT")
                 return
-            result = await relay_tcp(sock, upstream)
-        record.add_request_bytes(result.up)
-        record.add_response_bytes(result.down)
+            result = await relay_tcp(sock, upstream, record.add_bytes)
+        record.sync(result.up, result.down)
         record.close(result.error)

@@ -98,9 +98,8 @@ class OutboundProxy:
             reset(sock)
             record.close(f"connect to {target} failed: {exc!r}", "CONNECT")
             return
-        result = await relay_tcp(sock, upstream)
-        record.add_request_bytes(result.up)
-        record.add_response_bytes(result.down)
+        result = await relay_tcp(sock, upstream, record.add_bytes)
+        record.sync(result.up, result.down)
         record.close(result.error)
 
     async def _open(self, key: PoolKey, plan: Hbone, headers: list[tuple[str, str]]) -> HboneStream:
@@ -138,7 +137,11 @@ class OutboundProxy:
             reset(sock)
             record.close(f"{exc}", "CONNECT")
             return
-        result = await relay(sock, stream)
-        record.add_request_bytes(result.sent)
-        record.add_response_bytes(result.received)
+        live = (record, lambda: (stream.bytes_sent, stream.bytes_received))
+        s.live.add(live)  # HBONE relay counts are read periodically (the app's metrics flusher)
+        try:
+            result = await relay(sock, stream)
+        finally:
+            s.live.discard(live)
+        record.sync(result.sent, result.received)
         record.close(result.error)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["TcpRelayResult", "relay_tcp"]
@@ -60,6 +61,8 @@ class _Side(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.count += nbytes
+        if self.relay.on_bytes is not None:
+            self.relay.on_bytes(*((nbytes, 0) if self is self.relay.a else (0, nbytes)))
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.transport.is_closing():
             peer.transport.write(self._view[:nbytes])
@@ -95,6 +98,7 @@ class _Relay:
         self.b = _Side(self, "upstream")
         self.a.peer, self.b.peer = self.b, self.a
         self.error: str | None = None
+        self.on_bytes: Callable[[int, int], None] | None = None
 
     def fail(self, reason: str) -> None:
         if self.error is None and not (self.a.eof and self.b.eof):
@@ -111,11 +115,17 @@ class _Relay:
             self.done.set_result(TcpRelayResult(self.a.count, self.b.count, self.error))
 
 
-async def relay_tcp(a: socket.socket, b: socket.socket) -> TcpRelayResult:
-    """Relay two connected sockets until both directions end; owns both sockets. Cancel aborts both."""
+async def relay_tcp(
+    a: socket.socket, b: socket.socket, on_bytes: Callable[[int, int], None] | None = None
+) -> TcpRelayResult:
+    """Relay two connected sockets until both directions end; owns both sockets. Cancel aborts both.
+
+    ``on_bytes(up, down)`` is called with every chunk copied (one of the two is 0), for live byte metrics.
+    """
     loop = asyncio.get_running_loop()
     done: asyncio.Future[TcpRelayResult] = loop.create_future()
     relay = _Relay(done)
+    relay.on_bytes = on_bytes
     try:
         for sock in (a, b):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -119,9 +119,22 @@ class ConnectionRecord:
         self.request_bytes += n
         self._recv.inc(n)
 
+    def add_bytes(self, request: int, response: int) -> None:
+        if request:
+            self.add_request_bytes(request)
+        if response:
+            self.add_response_bytes(response)
+
     def add_response_bytes(self, n: int) -> None:
         self.response_bytes += n
         self._sent.inc(n)
+
+    def sync(self, request_total: int, response_total: int) -> None:
+        """Bring the byte counters up to running totals (called while copying and at close)."""
+        if request_total > self.request_bytes:
+            self.add_request_bytes(request_total - self.request_bytes)
+        if response_total > self.response_bytes:
+            self.add_response_bytes(response_total - self.response_bytes)
 
     def close(self, error: str | None = None, flags: str = "-") -> None:
         if self._closed:
