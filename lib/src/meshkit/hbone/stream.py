@@ -226,6 +226,15 @@ class HboneStream:
         return data
 
     async def readexactly(self, n: int) -> bytes:
+        """Exactly ``n`` bytes, or IncompleteReadError at END_STREAM."""
+        while len(self._rbuf) < n and not self._reof and self._error is None:
+            self._rwaiter = self._loop.create_future()
+            try:
+                await self._rwaiter
+            finally:
+                self._rwaiter = None
+        if len(self._rbuf) >= n:
+            return await self.read(n)
         out = bytearray()
         while len(out) < n:
             chunk = await self.read(n - len(out))
