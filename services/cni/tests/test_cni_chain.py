@@ -214,3 +214,28 @@ async def test_installer_waits_out_a_broken_primary_config(chain_env: dict[str, 
         with pytest.raises(asyncio.CancelledError):
             await task
     installer.uninstall()
+
+
+async def test_two_fighting_installers_back_off(chain_env: dict[str, Any]) -> None:
+    """Two agents with different entries on one node must not spin rewriting the file at each other."""
+    first: Installer = chain_env["installer"]
+    second = Installer(
+        first.bin_dir,
+        first.conf_dir,
+        first.run_dir,
+        first.python,
+        dict(first.entry, plugin_log_level="debug"),
+    )
+    tasks = [asyncio.create_task(first.watch()), asyncio.create_task(second.watch())]
+    try:
+        async with asyncio.timeout(20):
+            while not (first.backoff_s or second.backoff_s):
+                await first.wait_changed()
+        assert first.repairs + second.repairs < 100
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    first.uninstall()

@@ -140,8 +140,9 @@ async def test_new_pod_is_redirected_before_its_init_container(
             "KUBECONFIG": str(kc.kubeconfig),
             "CNI_BIN_DIR": str(root / "opt/cni/bin"),
             "CNI_CONF_DIR": str(root / "etc/cni/net.d"),
-            # the same absolute path for the agent and for the plugin (which runs with the node's binds)
-            "CNI_AGENT_RUN_DIR": str(root / "var/run/istio-cni"),
+            # a path the plugin (run with the node's binds over the host's tree) sees as we do, and not the
+            # node's own /var/run/istio-cni, where a real agent would keep its socket
+            "CNI_AGENT_RUN_DIR": str(tmp_path / "run"),
             "HOST_NETNS_PATH": node.netns_path,
             "HOST_PROC_DIR": "/proc",
             "ZTUNNEL_UDS_ADDRESS": str(tmp_path / "ztunnel.sock"),

@@ -29,6 +29,8 @@ log = logging.getLogger("cni.install")
 LAUNCHER_NAME = "istio-cni"
 KUBECONFIG_NAME = "istio-cni-kubeconfig"
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+REPAIR_QUIET_S = 1.0  # repairs closer together than this mean a fight with another writer
+MAX_REPAIR_BACKOFF_S = 30.0
 
 
 def launcher_script(python: str) -> str:
@@ -94,6 +96,7 @@ class Installer:
     repairs: int = 0  # writes after the first: someone removed or rewrote our files
     writes: int = 0
     failures: int = 0
+    backoff_s: float = 0.0  # > 0 while another writer keeps undoing our changes
     chained_into: str | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -152,6 +155,8 @@ class Installer:
         for d in (self.bin_dir, self.conf_dir):
             os.makedirs(d, exist_ok=True)
         watcher = DirWatcher([self.bin_dir, self.conf_dir])
+        loop = asyncio.get_running_loop()
+        last_repair = float("-inf")
         try:
             self._attempt()
             while True:
@@ -159,7 +164,22 @@ class Installer:
                     ready.set()
                 self._changed.set()
                 await watcher.changed()
+                if self.backoff_s:
+                    await asyncio.sleep(self.backoff_s)  # another writer keeps undoing us: do not spin
+                before = self.repairs
                 self._attempt()
+                if self.repairs > before:
+                    now = loop.time()
+                    fighting = now - last_repair < REPAIR_QUIET_S
+                    backoff = min(max(self.backoff_s * 2, 0.1), MAX_REPAIR_BACKOFF_S) if fighting else 0.0
+                    self.backoff_s = backoff
+                    if fighting:
+                        log.warning(
+                            "something keeps rewriting the CNI config or the plugin; is another istio-cni"
+                            " agent running on this node?",
+                            extra=kv(repairs=self.repairs, backoff_s=backoff),
+                        )
+                    last_repair = now
         finally:
             watcher.close()
 
