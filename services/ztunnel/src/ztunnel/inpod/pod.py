@@ -91,9 +91,15 @@ class InPodProxy:
             raise
         return sock
 
-    def _listen(self, port: int, host: str = "0.0.0.0") -> socket.socket:
+    def _listen(self, port: int) -> socket.socket:
+        """Wildcard listener: ``[::]`` (dual stack) if the pod has IPv6, else ``0.0.0.0`` (behaviour.md §1)."""
         s = self.services.settings
-        sock = self.pod.factory.listen_tcp(host, port, reuseport=s.inpod_port_reuse, transparent=True)
+        try:
+            sock = self.pod.factory.listen_tcp("::", port, reuseport=s.inpod_port_reuse, transparent=True)
+        except OSError:
+            sock = self.pod.factory.listen_tcp(
+                "0.0.0.0", port, reuseport=s.inpod_port_reuse, transparent=True
+            )
         self._listeners.append(sock)
         return sock
 

@@ -17,9 +17,14 @@ from meshkit.sockets import IP_TRANSPARENT, SocketFactory
 
 from ztunnel.state.records import Workload
 
-__all__ = ["Acceptor", "connect_app", "reset", "source_metadata"]
+__all__ = ["Acceptor", "connect_app", "reset", "source_metadata", "unmap"]
 
 log = logging.getLogger("proxy")
+
+
+def unmap(ip: str) -> str:
+    """``::ffff:10.0.0.1`` (an IPv4 peer on a dual-stack listener) -> ``10.0.0.1``."""
+    return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
 
 
 def reset(sock: socket.socket) -> None:
@@ -67,7 +72,7 @@ class Acceptor:
                 log.warning("accept failed", extra=kv(listener=self.name, error=str(exc)))
                 return
             conn.setblocking(False)
-            self.tasks.spawn(self.handle(conn, (addr[0], addr[1])), name=self.name)
+            self.tasks.spawn(self.handle(conn, (unmap(addr[0]), addr[1])), name=self.name)
 
     def stop(self) -> None:
         if self._loop is not None and self.listener.fileno() >= 0:

@@ -21,7 +21,7 @@ from meshkit.hbone.request import ConnectRequest, baggage
 from meshkit.hbone.server import Decision, Forward, InboundPeer, Reject
 from meshkit.logs import kv
 
-from ztunnel.proxy.common import connect_app, source_metadata
+from ztunnel.proxy.common import connect_app, source_metadata, unmap
 from ztunnel.proxy.context import ILLEGAL_PORTS, PodContext
 from ztunnel.proxy.telemetry import ConnectionRecord, Endpoints
 from ztunnel.rbac import ConnInfo, evaluate
@@ -51,7 +51,7 @@ class InboundProxy:
             return Reject(503, "local workload unknown")
         wl = self.pod.current_workload() or wl
         auth = request.authority
-        local_ip = peer.local_address[0].removeprefix("::ffff:")
+        local_ip = unmap(peer.local_address[0])
         if auth.is_ip and auth.host != local_ip and auth.host not in wl.addresses:
             return Reject(400, f"authority {auth} is not this pod")
         target_ip, port, svc = auth.host, auth.port, None
@@ -63,13 +63,14 @@ class InboundProxy:
             target_ip = local_ip
         if port in ILLEGAL_PORTS:
             return Reject(503, f"illegal target port {port}")
-        conn = ConnInfo(peer.address[0].removeprefix("::ffff:"), peer.identity, target_ip, port)
+        src_addr = (unmap(peer.address[0]), peer.address[1])
+        conn = ConnInfo(src_addr[0], peer.identity, target_ip, port)
         s = self.pod.services
         src_wl = s.state.find_workload_by_ip(conn.src_ip)
         svc = svc or self._service(wl, request, port)
         endpoints = Endpoints(
             "inbound",
-            peer.address,
+            src_addr,
             (local_ip, peer.local_address[1]),
             str(auth),
             src_wl,
