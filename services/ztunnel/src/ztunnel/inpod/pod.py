@@ -92,7 +92,7 @@ class InPodProxy:
         return sock
 
     def _listen(self, port: int) -> socket.socket:
-        """Wildcard listener: ``[::]`` (dual stack) if the pod has IPv6, else ``0.0.0.0`` (behaviour.md §1)."""
+        """Wildcard listener: ``[::]`` (dual stack) if the pod has IPv6, else ``0.0.0.0`` (spec §1)."""
         s = self.services.settings
         try:
             sock = self.pod.factory.listen_tcp("::", port, reuseport=s.inpod_port_reuse, transparent=True)
