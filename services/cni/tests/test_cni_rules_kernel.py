@@ -19,6 +19,7 @@ from meshkit.netns import run_in_netns
 pytestmark = pytest.mark.root
 
 SO_ORIGINAL_DST = 80
+IP_TRANSPARENT = 19
 MARK = 1337
 COUNTERS = re.compile(r"\[\d+:\d+\]")
 
@@ -151,6 +152,43 @@ async def test_traffic_lands_on_ztunnel_ports(pod_and_peer, opened) -> None:  # 
         outbound.settimeout(0.2)
         with pytest.raises(TimeoutError):
             outbound.accept()
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _spoofed_client(src: tuple[str, int], dst: tuple[str, int]) -> Callable[[], socket.socket]:
+    """What ztunnel's inbound does: connect to the app from the original client's address (IP_TRANSPARENT)."""
+
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MARK)
+        s.settimeout(5)
+        s.bind(src)
+        s.connect(dst)
+        return s
+
+    return make
+
+
+async def test_spoofed_source_replies_return_to_ztunnel(pod_and_peer, opened) -> None:  # type: ignore[no-untyped-def]
+    """§3.3: ztunnel → app with the client's source address; the app's reply carries connmark 0x111, is
+    routed by table 100 back into the pod (to ztunnel's socket) instead of out towards the real client."""
+    pod, peer, pod_ip, peer_ip = pod_and_peer
+    pod.sh("ip", "route", "add", "default", "via", peer_ip)  # a real pod's default route points out
+    await apply_pod_rules(opened(pod.path), PodRuleConfig())
+    socks: list[socket.socket] = []
+    try:
+        app = _in(pod.path, lambda: _listener(8080, marked=False))
+        socks.append(app)
+        client = _in(pod.path, _spoofed_client((peer_ip, 40000), (pod_ip, 8080)))
+        socks.append(client)
+        conn, (src, _) = app.accept()
+        socks.append(conn)
+        assert src == peer_ip  # the app sees the original client
+        conn.sendall(b"reply")
+        assert client.recv(5) == b"reply"  # and its reply came back to the spoofing socket
     finally:
         for s in socks:
             s.close()
