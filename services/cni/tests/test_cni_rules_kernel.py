@@ -175,7 +175,7 @@ def _spoofed_client(src: tuple[str, int], dst: tuple[str, int]) -> Callable[[], 
 async def test_spoofed_source_replies_return_to_ztunnel(pod_and_peer, opened) -> None:  # type: ignore[no-untyped-def]
     """§3.3: ztunnel → app with the client's source address; the app's reply carries connmark 0x111, is
     routed by table 100 back into the pod (to ztunnel's socket) instead of out towards the real client."""
-    pod, peer, pod_ip, peer_ip = pod_and_peer
+    pod, _peer, pod_ip, peer_ip = pod_and_peer
     pod.sh("ip", "route", "add", "default", "via", peer_ip)  # a real pod's default route points out
     await apply_pod_rules(opened(pod.path), PodRuleConfig())
     socks: list[socket.socket] = []
