@@ -24,7 +24,7 @@ from waypoint.app import App, build
 from waypoint.config import TYPE_URL
 from waypoint.settings import Settings
 
-from .wphelpers import TD, Backend, Fetcher, MeshClient, get, mapping_connector, start_backend
+from .wphelpers import TD, Backend, Fetcher, MeshClient, get, h2c_call, mapping_connector, start_backend
 
 HOST = "reviews.default.svc.cluster.local"
 VIP = "10.96.0.10"
@@ -408,3 +408,19 @@ async def test_drain_finishes_in_flight_requests_and_refuses_new_tunnels(env: En
     assert env.app.stopped.is_set()
     with pytest.raises((ConnectFailed, OSError, HboneError)):
         await env.client.open(f"{VIP}:80")
+
+
+async def test_grpc_over_h2c_is_routed_and_denied_as_grpc(env: Env) -> None:
+    stream = await env.client.open(f"{VIP}:80")
+    message = b"\x00\x00\x00\x00\x05hello"
+    headers, body, trailers = await h2c_call(stream, "/echo.Echo/Call", message)
+    assert headers[":status"] == "200"
+    assert headers["x-backend"] == "v1"
+    assert body == message
+    assert trailers == {"grpc-status": "0"}
+    other = await env.client.open(f"{VIP}:80")
+    headers, body, trailers = await h2c_call(other, "/admin.Admin/Wipe", message)
+    assert headers[":status"] == "200"
+    assert headers["grpc-status"] == "7"  # PERMISSION_DENIED, trailers-only, as Envoy answers gRPC
+    assert "RBAC: access denied" in headers["grpc-message"]
+    assert body == b""

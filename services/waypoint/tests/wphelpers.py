@@ -14,6 +14,9 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import h2.config
+import h2.connection
+import h2.events
 from meshkit.hbone.errors import HboneError
 from meshkit.hbone.pool import ConnectionPool, PoolKey, host_connector
 from meshkit.hbone.request import SourceMetadata, connect_headers
@@ -74,9 +77,15 @@ class Backend:
 
     async def _serve(self, stream: HboneStream) -> None:
         parser = RequestParser()
-        while data := await stream.read():
+        first = await stream.read()
+        if first.startswith(b"PRI"):
+            await self._serve_h2(stream, first)
+            return
+        data = first
+        while data:
             if not data[:1].isupper():  # not HTTP: a TCP echo
                 stream.write(b"echo:" + data)
+                data = await stream.read()
                 continue
             for req in parser.feed(data):
                 self.requests.append(req)
@@ -94,6 +103,36 @@ class Backend:
                     if (value := req.header(name)) is not None:
                         headers.append((f"echo-{name}", value))
                 stream.write(serialize_response(Response(self.status, headers, body)))
+            data = await stream.read()
+        stream.write_eof()
+
+    async def _serve_h2(self, stream: HboneStream, first: bytes) -> None:
+        """A gRPC-ish echo over h2c: echoes the body, answers grpc-status 0 in trailers."""
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        )
+        conn.initiate_connection()
+        bodies: dict[int, bytes] = {}
+        paths: dict[int, str] = {}
+        data = first
+        while data:
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.RequestReceived):
+                    paths[ev.stream_id] = dict(ev.headers)[":path"]
+                    bodies[ev.stream_id] = b""
+                elif isinstance(ev, h2.events.DataReceived):
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    bodies[ev.stream_id] += ev.data
+                elif isinstance(ev, h2.events.StreamEnded):
+                    self.requests.append(Request("POST", paths[ev.stream_id], "", [], bodies[ev.stream_id]))
+                    conn.send_headers(
+                        ev.stream_id,
+                        [(":status", "200"), ("content-type", "application/grpc"), ("x-backend", self.name)],
+                    )
+                    conn.send_data(ev.stream_id, bodies[ev.stream_id])
+                    conn.send_headers(ev.stream_id, [("grpc-status", "0")], end_stream=True)
+            stream.write(conn.data_to_send())
+            data = await stream.read()
         stream.write_eof()
 
 
@@ -163,3 +202,45 @@ def get(
 ) -> Request:
     p, _, q = path.partition("?")
     return Request(method, p, q, [("host", host), *(headers or [])])
+
+
+async def h2c_call(
+    stream: HboneStream, path: str, body: bytes, headers: list[tuple[str, str]] | None = None
+) -> tuple[dict[str, str], bytes, dict[str, str]]:
+    """One gRPC-style call over h2c on ``stream``: (response headers, body, trailers)."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    sid = conn.get_next_available_stream_id()
+    conn.send_headers(
+        sid,
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "reviews"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            *(headers or []),
+        ],
+    )
+    conn.send_data(sid, body, end_stream=True)
+    stream.write(conn.data_to_send())
+    resp: dict[str, str] = {}
+    trailers: dict[str, str] = {}
+    out = b""
+    while True:
+        data = await asyncio.wait_for(stream.read(), 10)
+        if not data:
+            raise EOFError("h2c tunnel closed")
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                resp = dict(ev.headers)
+            elif isinstance(ev, h2.events.DataReceived):
+                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                out += ev.data
+            elif isinstance(ev, h2.events.TrailersReceived):
+                trailers = dict(ev.headers)
+            elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
+                stream.write(conn.data_to_send())
+                return resp, out, trailers
+        stream.write(conn.data_to_send())

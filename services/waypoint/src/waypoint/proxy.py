@@ -36,6 +36,7 @@ from waypoint import records as rec
 from waypoint.authz import AuthzContext, Policy, evaluate
 from waypoint.authz import Decision as AuthzDecision
 from waypoint.config import ConfigStore
+from waypoint.h2c import H2UpstreamPool, serve_h2c
 from waypoint.http1 import (
     BadMessage,
     Request,
@@ -133,7 +134,8 @@ class WaypointProxy:
         self._open = opener
         self._ext_authz = ext_authz
         self._sniff_timeout = sniff_timeout_s
-        self._owner = owner or TaskOwner("waypoint-mirror")
+        self._owner = owner or TaskOwner("waypoint-proxy")
+        self.h2_upstreams = H2UpstreamPool(opener, lambda coro: self._owner.spawn(coro, name="h2c-upstream"))
         self.active_tunnels = 0
 
     # -- tunnels ----------------------------------------------------------------------------------------
@@ -163,9 +165,7 @@ class WaypointProxy:
             if first is None:
                 stream.write_eof()
                 return
-            if first.startswith(H2_PREFACE[: len(first)]) and len(first) >= 3 and first[:3] == b"PRI":
-                from waypoint.h2c import serve_h2c  # h2c is rarer; keep its import off the HTTP/1.1 path
-
+            if len(first) >= 3 and first.startswith(H2_PREFACE[: len(first)]):
                 await serve_h2c(self, stream, down, first)
             elif _looks_like_http1(first):
                 await self._serve_http1(stream, down, first)
@@ -420,9 +420,10 @@ class WaypointProxy:
         if fault.delay_s and self.rng.random() * 100 < fault.delay_percent:
             out.flags = "DI"
             await asyncio.sleep(fault.delay_s)
-        if fault.abort_status and self.rng.random() * 100 < fault.abort_percent:
+        if (fault.abort_status or fault.abort_grpc_status) and self.rng.random() * 100 < fault.abort_percent:
             out.flags, out.details = "FI", "fault_filter_abort"
-            return simple_response(fault.abort_status, "fault filter abort")
+            extra = [("grpc-status", str(fault.abort_grpc_status))] if fault.abort_grpc_status else []
+            return simple_response(fault.abort_status or 503, "fault filter abort", extra)
         return None
 
     async def _forward(
@@ -441,7 +442,7 @@ class WaypointProxy:
     async def _attempts(
         self, policy: rec.RetryPolicy, cluster: rec.Cluster, req: Request, down: Downstream, out: _Outcome
     ) -> Response:
-        data = serialize_request(req)
+        data = b"" if req.http2 else serialize_request(req)
         tried: set[str] = set()
         resp: Response | None = None
         for attempt in range(policy.attempts + 1):
@@ -452,7 +453,7 @@ class WaypointProxy:
             tried.add(endpoint_key(ep))
             out.endpoint, out.attempts = ep, attempt + 1
             try:
-                resp = await self._try(policy, cluster, ep, data, req.method == "HEAD")
+                resp = await self._try(policy, cluster, ep, req, data)
             except UpstreamError as exc:
                 out.flags, out.error = exc.flag, exc.detail
                 if exc.kind == "timeout":
@@ -477,16 +478,17 @@ class WaypointProxy:
         return resp
 
     async def _try(
-        self, policy: rec.RetryPolicy, cluster: rec.Cluster, ep: rec.Endpoint, data: bytes, head: bool
+        self, policy: rec.RetryPolicy, cluster: rec.Cluster, ep: rec.Endpoint, req: Request, data: bytes
     ) -> Response:
+        head = req.method == "HEAD"
         self.balancer.started(cluster.name, ep)
         try:
             for fresh_retry in (False, True):
                 try:
                     if policy.per_try_timeout_s > 0:
                         async with asyncio.timeout(policy.per_try_timeout_s):
-                            return await self.upstreams.exchange(ep.address, ep.port, data, head=head)
-                    return await self.upstreams.exchange(ep.address, ep.port, data, head=head)
+                            return await self._exchange(ep, req, data, head)
+                    return await self._exchange(ep, req, data, head)
                 except UpstreamError as exc:
                     # A stale keep-alive tunnel the backend closed: retry once on a fresh one.
                     if not (exc.reused and exc.kind == "reset") or fresh_retry:
@@ -496,6 +498,11 @@ class WaypointProxy:
             raise AssertionError("unreachable")  # pragma: no cover
         finally:
             self.balancer.finished(cluster.name, ep)
+
+    async def _exchange(self, ep: rec.Endpoint, req: Request, data: bytes, head: bool) -> Response:
+        if req.http2:
+            return await self.h2_upstreams.request(ep.address, ep.port, req)
+        return await self.upstreams.exchange(ep.address, ep.port, data, head=head)
 
     def _mirror(self, snap: rec.Snapshot, name: str, percent: float, req: Request, down: Downstream) -> None:
         cluster = snap.clusters.get(name)
@@ -593,7 +600,7 @@ class WaypointProxy:
             "method": req.method,
             "path": req.target,
             "authority": req.authority,
-            "protocol": "gRPC" if grpc else "HTTP/1.1",
+            "protocol": "HTTP/2" if req.http2 else "HTTP/1.1",
             "response_code": resp.status,
             "response_flags": out.flags,
             "response_code_details": out.details,
@@ -614,6 +621,7 @@ class WaypointProxy:
 
     async def close(self) -> None:
         self.upstreams.close()
+        self.h2_upstreams.close()
         await self._owner.close()
 
 
