@@ -85,6 +85,10 @@ def echo_deployment(name: str, replicas: int, version: str = "v1") -> list[dict[
     ]
 
 
+def first_worker(kube: KubeCluster) -> str:
+    return kube.layout.nodes[1].name if kube.layout is not None else "amb-w1"
+
+
 def forward(pod_ip: str, url: str, count: int = 1) -> list[Any]:
     """Make the echo pod at ``pod_ip`` call ``url`` (the runner reaches pod IPs through the node routes)."""
     query = urllib.parse.urlencode({"url": url, "count": str(count), "timeout": "5", "newConnection": "true"})
@@ -107,8 +111,8 @@ def test_two_ready_workers(kube_cluster: KubeCluster) -> None:
     assert len(workers) == 2
     assert workers <= ready
     wide = kube_cluster.kubectl("get", "nodes,pods", "-A", "-o", "wide").stdout
-    assert "amb-w1" in wide
-    assert "amb-w2" in wide
+    for worker in workers:
+        assert worker in wide
     assert kube_cluster.kubectl("version", "-o", "json").stdout.count("v1.33") >= 2
 
 
@@ -381,7 +385,7 @@ def test_host_network_pod_and_chained_cni_plugin(kube_cluster: KubeCluster, kube
     if layout is None:
         pytest.skip("inspects the local cluster's node files")
     ns = kube_namespace
-    node = layout.node("amb-w1")
+    node = layout.nodes[1]
     root = layout.node_root(node.name)
     conf_path = root / "etc/cni/net.d/10-amb-bridge.conflist"
     if "istio-cni" in conf_path.read_text():
@@ -480,7 +484,7 @@ def test_host_netns_dir_sees_later_sandboxes(kube_cluster: KubeCluster, kube_nam
         "kind": "Pod",
         "metadata": {"name": "watcher"},
         "spec": {
-            "nodeName": "amb-w1",
+            "nodeName": first_worker(kube_cluster),
             "hostNetwork": True,
             "containers": [
                 {
@@ -512,15 +516,56 @@ def test_host_netns_dir_sees_later_sandboxes(kube_cluster: KubeCluster, kube_nam
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": "late"},
-            "spec": {"nodeName": "amb-w1", "containers": [{"name": "app", "image": IMAGE}]},
+            "spec": {"nodeName": first_worker(kube_cluster), "containers": [{"name": "app", "image": IMAGE}]},
         },
         ns,
     )
     kube_cluster.ready_pods(ns, "", 2)
     uid = kube_cluster.get("pod", "late", ns)["metadata"]["uid"]
-    netns_name = pod_netns_name(uid)
+    netns_name = pod_netns_name(uid, kube_cluster.layout.instance if kube_cluster.layout else 0)
     kube_cluster.wait_for(
         f"{netns_name} visible in the watcher pod",
         lambda: netns_name in kube_cluster.pod_log(ns, "watcher", "main"),
         timeout=30,
     )
+
+
+def test_startup_probe_gates_readiness(kube_cluster: KubeCluster, kube_namespace: str) -> None:
+    ns = kube_namespace
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "slow"},
+        "spec": {
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "busybox",
+                    "command": ["sh", "-c", "sleep 2; touch /work/started; while true; do sleep 1; done"],
+                    "startupProbe": {
+                        "exec": {"command": ["test", "-e", "/work/started"]},
+                        "periodSeconds": 1,
+                        "failureThreshold": 30,
+                    },
+                    "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+                }
+            ],
+            "volumes": [{"name": "work", "emptyDir": {}}],
+        },
+    }
+    kube_cluster.apply(pod, ns)
+
+    def status() -> dict[str, Any]:
+        statuses = kube_cluster.get("pod", "slow", ns)["status"].get("containerStatuses", [])
+        return statuses[0] if statuses else {}
+
+    running = kube_cluster.wait_for(
+        "container running", lambda: "running" in status().get("state", {}) and status()
+    )
+    assert running["started"] is False
+    assert running["ready"] is False
+    final = kube_cluster.wait_for(
+        "startup probe passed", lambda: status().get("ready") and status(), timeout=30
+    )
+    assert final["started"] is True
+    assert final["restartCount"] == 0

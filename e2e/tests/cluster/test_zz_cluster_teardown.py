@@ -6,38 +6,52 @@ session fixture that reuses the cluster keeps working.
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
 from meshtest.cluster import network, procs
-from meshtest.cluster.config import PREFIX, ClusterLayout
+from meshtest.cluster.config import ClusterLayout, owned_by
 from meshtest.cluster.control import Cluster
 from meshtest.kube import KubeCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.root, pytest.mark.slow]
-# markers of everything the cluster creates; nothing else on the host uses these names or ranges
-MARKERS = (PREFIX, "10.244.", "10.96.", "172.18.", "KUBE-", "CNI-")
+
+
+def markers(layout: ClusterLayout) -> list[re.Pattern[str]]:
+    """What this instance's leftovers would look like; other instances on the machine never match."""
+    octets = "|".join(str(int(n.pod_cidr.split(".")[2])) for n in layout.nodes)
+    return [
+        re.compile(rf"\b10\.244\.({octets})\.\d"),
+        re.compile(rf"\b172\.18\.{layout.instance}\.\d"),
+        re.compile(rf"\b{re.escape(layout.bridge)}\b"),
+        re.compile(r"KUBE-|CNI-"),  # no instance ever puts kube-proxy or CNI rules in the root namespace
+    ]
 
 
 def leftovers(layout: ClusterLayout) -> list[str]:
-    found = [f"netns {n}" for n in network.ours(network.netns_names())]
-    found += [f"link {n}" for n in network.ours(network.links())]
+    found = [f"netns {n}" for n in network.ours(network.netns_names(), layout.instance)]
+    found += [f"link {n}" for n in network.ours(network.links(), layout.instance)]
     found += [f"process {pid}" for pid in procs.marked(str(layout.run))]
     with open("/proc/self/mountinfo") as mountinfo:
         for line in mountinfo:
             target = line.split()[4]
-            if target.startswith(str(layout.run)) or target.startswith(f"/run/netns/{PREFIX}"):
+            name = target.removeprefix("/run/netns/")
+            if target.startswith(str(layout.run)) or (name != target and owned_by(name, layout.instance)):
                 found.append(f"mount {target}")
+    patterns = markers(layout)
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False).stdout
     rules += subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True, check=False).stdout
-    found += [f"rule {line.strip()}" for line in rules.splitlines() if any(m in line for m in MARKERS)]
+    found += [f"rule {line.strip()}" for line in rules.splitlines() if any(p.search(line) for p in patterns)]
     routes = subprocess.run(["ip", "route"], capture_output=True, text=True, check=False).stdout
-    found += [f"route {line}" for line in routes.splitlines() if any(m in line for m in MARKERS)]
+    found += [f"route {line}" for line in routes.splitlines() if any(p.search(line) for p in patterns)]
     return found
 
 
 def test_down_leaves_nothing_behind(kube_cluster: KubeCluster, kube_namespace: str) -> None:
-    cluster = Cluster(ClusterLayout.default())
+    if kube_cluster.layout is None:
+        pytest.skip("checks the local cluster's tear-down")
+    cluster = Cluster(kube_cluster.layout)
     assert cluster.healthy(), "the session cluster should be up"
     # running pods (one with a hostPort, so portmap chains exist) must not survive the tear-down either
     kube_cluster.apply(

@@ -318,9 +318,10 @@ def main() -> None:
     parser.add_argument("--node", required=True)
     parser.add_argument("--cache", required=True)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--instance", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    layout = ClusterLayout(cache=Path(args.cache), workers=args.workers)
+    layout = ClusterLayout(cache=Path(args.cache), workers=args.workers, instance=args.instance)
     agent = NodeAgent(layout, layout.node(args.node))
 
     async def run() -> None:

@@ -1,23 +1,23 @@
 """Where the local cluster lives and how it is laid out: versions, directories, nodes and address ranges.
 
-Everything is derived from two inputs, the cache root (``AMBIENT_CLUSTER_CACHE``, default
-``~/.cache/ambient-cluster``) and the node count, so that ``up``, ``down``, the node agents and the pytest
-fixtures all agree on paths without talking to each other. Names carry the ``amb-`` prefix and addresses stay
-in this component's ranges: nodes on 172.18.0.0/16, pods in 10.244.<n>.0/24, Services in 10.96.0.0/16.
+Everything is derived from three inputs, the cache root (``AMBIENT_CLUSTER_CACHE``, default
+``~/.cache/ambient-cluster``), the worker count and the instance number (``AMBIENT_CLUSTER_INSTANCE``), so
+that ``up``, ``down``, the node agents and the pytest fixtures all agree on paths without talking to each
+other.
+Names carry the ``amb-`` prefix and addresses stay in this component's ranges: nodes on 172.18.0.0/16, pods in
+10.244.0.0/16 (a /24 per node), Services in 10.96.0.0/16. Several instances can run side by side.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 K8S_VERSION = "v1.33.13"
 PREFIX = "amb-"
-BRIDGE = "amb-br0"
-BRIDGE_NET = ipaddress.IPv4Network("172.18.0.0/16")
-BRIDGE_GATEWAY = "172.18.0.1"
 POD_CIDR = ipaddress.IPv4Network("10.244.0.0/16")
 SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/16")
 KUBERNETES_SVC_IP = "10.96.0.1"
@@ -30,32 +30,52 @@ SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 RUN_MARKER_ENV = "AMBIENT_CLUSTER_RUN"
 #: Points tests at an existing cluster (for example kind) instead of the local one.
 KUBECONFIG_ENV = "AMBIENT_CLUSTER_KUBECONFIG"
+#: Selects one of several independent local clusters on the machine (0, the default, … 9).
+INSTANCE_ENV = "AMBIENT_CLUSTER_INSTANCE"
+MAX_WORKERS = 15
 
 
-def pod_netns_name(uid: str) -> str:
+def instance_prefix(instance: int) -> str:
+    """Name prefix of an instance's netns and links: ``amb-`` for instance 0, ``amb-<n>-`` otherwise."""
+    return PREFIX if instance == 0 else f"{PREFIX}{instance}-"
+
+
+def owned_by(name: str, instance: int) -> bool:
+    """Whether a netns/link name belongs to this instance (instance 0 does not own ``amb-<n>-...``)."""
+    if instance != 0:
+        return name.startswith(instance_prefix(instance))
+    return name.startswith(PREFIX) and re.match(rf"{PREFIX}\d+-", name) is None
+
+
+def pod_netns_name(uid: str, instance: int = 0) -> str:
     """The network namespace (under /run/netns) of a non-hostNetwork pod, named after its UID."""
-    return f"{PREFIX}p-{uid.replace('-', '')[:10]}"
+    return f"{instance_prefix(instance)}p-{uid.replace('-', '')[:10]}"
 
 
 @dataclass(frozen=True, slots=True)
 class NodeSpec:
-    """One node: a network namespace on the shared bridge with its own pod /24."""
+    """One node: a network namespace on its instance's bridge with its own pod /24.
+
+    Instance ``n`` uses 172.18.<n>.0/24 for nodes (``.1`` is the bridge) and 10.244.<16n + i>.0/24 for node
+    ``i``'s pods; the Service range is the same in every instance (its rules live inside the node namespaces).
+    """
 
     name: str
     index: int
     control_plane: bool
+    instance: int = 0
 
     @property
     def ip(self) -> str:
-        return str(BRIDGE_NET.network_address + 2 + self.index)
+        return f"172.18.{self.instance}.{2 + self.index}"
 
     @property
     def pod_cidr(self) -> str:
-        return f"10.244.{self.index}.0/24"
+        return f"10.244.{16 * self.instance + self.index}.0/24"
 
     @property
     def pod_gateway(self) -> str:
-        return f"10.244.{self.index}.1"
+        return f"10.244.{16 * self.instance + self.index}.1"
 
     @property
     def netns(self) -> str:
@@ -76,12 +96,34 @@ class ClusterLayout:
 
     cache: Path
     workers: int = 2
+    instance: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.instance <= 9 or not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"instance must be 0..9 and workers 1..{MAX_WORKERS}")
 
     @classmethod
-    def default(cls, workers: int | None = None) -> ClusterLayout:
+    def default(cls, workers: int | None = None, instance: int | None = None) -> ClusterLayout:
         root = Path(os.environ.get("AMBIENT_CLUSTER_CACHE") or Path.home() / ".cache" / "ambient-cluster")
         count = workers if workers is not None else int(os.environ.get("AMBIENT_CLUSTER_WORKERS", "2"))
-        return cls(cache=root, workers=count)
+        number = instance if instance is not None else int(os.environ.get(INSTANCE_ENV, "0") or 0)
+        return cls(cache=root, workers=count, instance=number)
+
+    @property
+    def prefix(self) -> str:
+        return instance_prefix(self.instance)
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.prefix}br0"
+
+    @property
+    def bridge_gateway(self) -> str:
+        return f"172.18.{self.instance}.1"
+
+    @property
+    def bridge_prefixlen(self) -> int:
+        return 24
 
     @property
     def version_dir(self) -> Path:
@@ -93,7 +135,7 @@ class ClusterLayout:
 
     @property
     def run(self) -> Path:
-        return self.version_dir / "run"
+        return self.version_dir / ("run" if self.instance == 0 else f"run-{self.instance}")
 
     @property
     def pki(self) -> Path:
@@ -113,9 +155,10 @@ class ClusterLayout:
 
     @property
     def nodes(self) -> tuple[NodeSpec, ...]:
-        cp = NodeSpec(name=f"{PREFIX}cp", index=0, control_plane=True)
+        cp = NodeSpec(name=f"{self.prefix}cp", index=0, control_plane=True, instance=self.instance)
         workers = tuple(
-            NodeSpec(name=f"{PREFIX}w{i}", index=i, control_plane=False) for i in range(1, self.workers + 1)
+            NodeSpec(name=f"{self.prefix}w{i}", index=i, control_plane=False, instance=self.instance)
+            for i in range(1, self.workers + 1)
         )
         return (cp, *workers)
 

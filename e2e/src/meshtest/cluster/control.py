@@ -158,7 +158,7 @@ class Cluster:
         layout.run.mkdir(parents=True, exist_ok=True)
         for sub in ("logs", "pids", "pki"):
             (layout.run / sub).mkdir(exist_ok=True)
-        network.up(layout.nodes)
+        network.up(layout)
         pki = ClusterPKI(layout.pki)
         kubeconfigs = _write_kubeconfigs(layout, pki)
         for node in layout.nodes:
@@ -206,7 +206,7 @@ class Cluster:
                     (pids / f"{name}.pid").unlink(missing_ok=True)
         cleaned += [f"process/{pid}" for pid in procs.sweep(self.marker)]
         cleaned += _unmount_under(layout.run)
-        cleaned += network.down()
+        cleaned += network.down(layout.instance)
         if not quiet and cleaned:
             log.info("cleaned: %s", ", ".join(cleaned))
         return cleaned
@@ -404,6 +404,8 @@ class Cluster:
                 str(self.layout.cache),
                 "--workers",
                 str(self.layout.workers),
+                "--instance",
+                str(self.layout.instance),
             ],
         )
 

@@ -1,6 +1,7 @@
 """Node networking: the root-namespace bridge and one network namespace per node.
 
-Each node namespace has ``eth0`` (one end of a veth whose other end, ``<node>-v``, is on ``amb-br0``) with the
+Each node namespace has ``eth0`` (one end of a veth whose other end, ``<node>-v``, is on ``amb-br0``; the
+instance's own bridge for instances other than 0) with the
 node IP, a default route via the bridge, and a route to every other node's pod /24 through that node's IP; the
 root namespace gets the same pod routes so the test runner can reach pods directly. Nothing here adds iptables
 rules: CNI and kube-proxy rules live inside the node namespaces and vanish with them.
@@ -13,7 +14,7 @@ import os
 import subprocess
 from collections.abc import Sequence
 
-from meshtest.cluster.config import BRIDGE, BRIDGE_GATEWAY, BRIDGE_NET, PREFIX, NodeSpec
+from meshtest.cluster.config import ClusterLayout, NodeSpec, owned_by
 
 log = logging.getLogger("meshtest.cluster.network")
 
@@ -39,8 +40,8 @@ def netns_names() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
-def ours(names: Sequence[str]) -> list[str]:
-    return [name for name in names if name.startswith(PREFIX)]
+def ours(names: Sequence[str], instance: int = 0) -> list[str]:
+    return [name for name in names if owned_by(name, instance)]
 
 
 def links() -> list[str]:
@@ -53,26 +54,27 @@ def links() -> list[str]:
     return names
 
 
-def up(nodes: Sequence[NodeSpec]) -> None:
+def up(layout: ClusterLayout) -> None:
     """Create the bridge and the node namespaces (callers tear down any previous instance first)."""
-    run(["ip", "link", "add", BRIDGE, "type", "bridge"])
-    run(["ip", "addr", "add", f"{BRIDGE_GATEWAY}/{BRIDGE_NET.prefixlen}", "dev", BRIDGE])
-    run(["ip", "link", "set", BRIDGE, "up"])
-    for node in nodes:
-        _node_up(node, nodes)
-    for node in nodes:  # the runner reaches pods directly (debugging, `meshtest.cluster` helpers)
-        run(["ip", "route", "replace", node.pod_cidr, "via", node.ip, "dev", BRIDGE])
+    bridge = layout.bridge
+    run(["ip", "link", "add", bridge, "type", "bridge"])
+    run(["ip", "addr", "add", f"{layout.bridge_gateway}/{layout.bridge_prefixlen}", "dev", bridge])
+    run(["ip", "link", "set", bridge, "up"])
+    for node in layout.nodes:
+        _node_up(layout, node)
+    for node in layout.nodes:  # the runner reaches pods directly (debugging, `meshtest.cluster` helpers)
+        run(["ip", "route", "replace", node.pod_cidr, "via", node.ip, "dev", bridge])
 
 
-def _node_up(node: NodeSpec, nodes: Sequence[NodeSpec]) -> None:
+def _node_up(layout: ClusterLayout, node: NodeSpec) -> None:
     run(["ip", "netns", "add", node.netns])
     run(["ip", "link", "add", node.host_veth, "type", "veth", "peer", "name", "eth0", "netns", node.netns])
-    run(["ip", "link", "set", node.host_veth, "master", BRIDGE, "up"])
-    run(ns(node, "ip", "addr", "add", f"{node.ip}/{BRIDGE_NET.prefixlen}", "dev", "eth0"))
+    run(["ip", "link", "set", node.host_veth, "master", layout.bridge, "up"])
+    run(ns(node, "ip", "addr", "add", f"{node.ip}/{layout.bridge_prefixlen}", "dev", "eth0"))
     run(ns(node, "ip", "link", "set", "eth0", "up"))
     run(ns(node, "ip", "link", "set", "lo", "up"))
-    run(ns(node, "ip", "route", "add", "default", "via", BRIDGE_GATEWAY))
-    for other in nodes:
+    run(ns(node, "ip", "route", "add", "default", "via", layout.bridge_gateway))
+    for other in layout.nodes:
         if other.name != node.name:
             run(ns(node, "ip", "route", "add", other.pod_cidr, "via", other.ip))
     # Routed pod traffic and kube-proxy's DNAT need forwarding; bridged pod-to-pod traffic must traverse
@@ -83,14 +85,14 @@ def _node_up(node: NodeSpec, nodes: Sequence[NodeSpec]) -> None:
     set_sysctl("net.ipv4.conf.all.rp_filter", "0", node.netns)
 
 
-def down() -> list[str]:
-    """Delete every ``amb-`` network namespace and link, whatever instance made them; returns what was
-    removed."""
+def down(instance: int = 0) -> list[str]:
+    """Delete every network namespace and link of this instance (pods' too, whichever run made them);
+    returns what was removed."""
     removed = []
-    for name in ours(netns_names()):
+    for name in ours(netns_names(), instance):
         run(["ip", "netns", "del", name], check=False)
         removed.append(f"netns/{name}")
-    for name in ours(links()):
+    for name in ours(links(), instance):
         run(["ip", "link", "del", name], check=False)
         removed.append(f"link/{name}")
     return removed

@@ -48,6 +48,7 @@ class ContainerState:
     proc: asyncio.subprocess.Process | None = None
     restart_count: int = 0
     ready: bool = False
+    started: bool = False  # the startup probe (if any) has passed
     started_at: str | None = None
     waiting: tuple[str, str] | None = ("ContainerCreating", "")
     terminated: Obj | None = None
@@ -73,7 +74,7 @@ class ContainerState:
             "ready": self.ready,
             "restartCount": self.restart_count,
             "state": state,
-            "started": "running" in state,
+            "started": "running" in state and self.started,
             "lastState": {},
         }
         if self.proc is not None and self.proc.returncode is None:
@@ -114,7 +115,7 @@ class PodWorker:
         self.node_root = node_dir / "root"
         self.host_network = bool(pod["spec"].get("hostNetwork"))
         self.container_id = self.uid.replace("-", "")
-        self.netns_name = pod_netns_name(self.uid)
+        self.netns_name = pod_netns_name(self.uid, node.instance)
         self.pod_ips: list[str] = []
         self.sources = podplan.Sources()
         self.token_times: dict[tuple[str, int], float] = {}
@@ -448,7 +449,7 @@ class PodWorker:
                 env={**os.environ, RUN_MARKER_ENV: self.marker},
             )
         state.started_at, state.waiting, state.terminated = now(), None, None
-        state.ready = False
+        state.ready = state.started = False
         self.event("Started", f"Started container {state.name} (pid {state.proc.pid})", container=state.name)
         self.dirty.set()
         return True
@@ -493,14 +494,7 @@ class PodWorker:
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             started = time.monotonic()
-            probes = [
-                asyncio.get_running_loop().create_task(self._probe_loop(state, kind))
-                for kind in ("readinessProbe", "livenessProbe")
-                if kind in state.spec
-            ]
-            if "readinessProbe" not in state.spec:
-                state.ready = True
-                self.dirty.set()
+            probes = [asyncio.get_running_loop().create_task(self._probes(state))]
             try:
                 code = await self._wait_exit(state)
             finally:
@@ -528,6 +522,32 @@ class PodWorker:
             await asyncio.wait_for(self.stopping.wait(), seconds)
 
     # -- probes ----------------------------------------------------------------------------------------------
+    async def _probes(self, state: ContainerState) -> None:
+        """startupProbe first (readiness and liveness wait for it), then readiness and liveness together."""
+        if "startupProbe" in state.spec and not await self._startup(state):
+            return
+        state.started = True
+        if "readinessProbe" not in state.spec:
+            state.ready = True
+        self.dirty.set()
+        kinds = [kind for kind in ("readinessProbe", "livenessProbe") if kind in state.spec]
+        await asyncio.gather(*(self._probe_loop(state, kind) for kind in kinds))
+
+    async def _startup(self, state: ContainerState) -> bool:
+        probe = state.spec["startupProbe"]
+        period = float(probe.get("periodSeconds", 10))
+        failure_needed = int(probe.get("failureThreshold", 3))
+        await asyncio.sleep(float(probe.get("initialDelaySeconds", 0)))
+        failures = 0
+        while not await self._probe_once(state, probe):
+            failures += 1
+            if failures >= failure_needed:
+                self.event("Unhealthy", "Startup probe failed", container=state.name, warning=True)
+                await self._kill(state, self._grace())
+                return False
+            await asyncio.sleep(period)
+        return True
+
     async def _probe_loop(self, state: ContainerState, kind: str) -> None:
         probe = state.spec[kind]
         period = float(probe.get("periodSeconds", 10))
