@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ssl
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -43,18 +44,27 @@ class Conn:
         self.scheme = parts.scheme
         self.http2 = http2 or self.scheme in ("h2c", "grpc")
         self.host = parts.hostname or ""
-        default_port = {"http": 80, "h2c": 80, "grpc": 7070, "tcp": 9090}.get(self.scheme, 80)
+        default_port = {"http": 80, "h2c": 80, "https": 443, "grpc": 7070, "tcp": 9090}.get(self.scheme, 80)
         self.port = parts.port or default_port
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.authority = parts.netloc
         self.headers = list(headers)
         self.message = message
+        self.sni = ""
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.h2: h2.connection.H2Connection | None = None
 
     async def open(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        tls: ssl.SSLContext | None = None
+        if self.scheme == "https":  # test traffic: no verification, ALPN as asked
+            tls = ssl.create_default_context()
+            tls.check_hostname = False
+            tls.verify_mode = ssl.CERT_NONE
+            tls.set_alpn_protocols(["h2"] if self.http2 else ["http/1.1"])
+        self.reader, self.writer = await asyncio.open_connection(
+            self.host, self.port, ssl=tls, server_hostname=(self.sni or self.host) if tls else None
+        )
         if self.http2:
             self.h2 = h2.connection.H2Connection(
                 h2.config.H2Configuration(client_side=True, header_encoding="utf-8")

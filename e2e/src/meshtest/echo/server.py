@@ -16,10 +16,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
+import datetime
 import logging
 import os
 import random
 import socket
+import ssl
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +38,8 @@ from meshtest.echo.fields import render
 
 log = logging.getLogger("meshtest.echo.server")
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#: (ALPN, SNI) of the TLS connection the current handler serves; set per connection task
+_TLS_INFO: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("tls_info", default=("", ""))
 _NS_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -129,16 +135,31 @@ class EchoServer:
                 extra.append((unquote(name), unquote(value)))
         host = next((v for k, v in headers if k.lower() in ("host", ":authority")), "")
         visible = [(k, v) for k, v in headers if not k.startswith(":")]
-        body = render(
-            self.fields(
-                port, peer, method=method, url=target, host=host, proto=proto, headers=visible, code=code
-            )
+        alpn, sni = _TLS_INFO.get()
+        fields = self.fields(
+            port,
+            peer,
+            method=method,
+            url=target,
+            host=host,
+            proto=proto,
+            headers=visible,
+            code=code,
+            alpn=alpn,
         )
+        if sni:
+            fields.insert(-1, ("Sni", sni))
+        body = render(fields)
         return code, [("content-type", "application/text"), *extra], body.encode()
 
     # -- listeners -------------------------------------------------------------------------------------------
-    async def listen(self, port: int, kind: str, bind: str = "0.0.0.0") -> int:
+    async def listen(
+        self, port: int, kind: str, bind: str = "0.0.0.0", tls: ssl.SSLContext | None = None
+    ) -> int:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            tls_object = writer.get_extra_info("ssl_object")
+            if tls_object is not None:
+                _TLS_INFO.set((tls_object.selected_alpn_protocol() or "", _SNI.pop(id(tls_object), "")))
             try:
                 if kind in {"tcp", "tcp-server-first"}:
                     await self._tcp(port, reader, writer, server_first=kind == "tcp-server-first")
@@ -152,7 +173,7 @@ class EchoServer:
                 writer.close()
 
         family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-        server = await asyncio.start_server(handle, bind, port, family=family, reuse_address=True)
+        server = await asyncio.start_server(handle, bind, port, family=family, reuse_address=True, ssl=tls)
         self.servers.append(server)
         bound = int(server.sockets[0].getsockname()[1])
         log.info("listening %s on %s:%d", kind, bind, bound)
@@ -241,6 +262,54 @@ _REASONS = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
+
+
+_SNI: dict[int, str] = {}
+
+
+def tls_context(cert: str | None, key: str | None, hostname: str) -> ssl.SSLContext:
+    """Server TLS: the given certificate, or a fresh self-signed one for ``hostname``; ALPN h2, http/1.1."""
+    if not cert or not key:
+        cert, key = _self_signed(hostname)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+
+    def remember_sni(tls_object: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        _SNI[id(tls_object)] = name or ""
+
+    ctx.sni_callback = remember_sni
+    return ctx
+
+
+def _self_signed(hostname: str) -> tuple[str, str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname or "echo")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname or "echo")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    directory = Path(tempfile.mkdtemp(prefix="echo-tls-"))
+    (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "tls.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return str(directory / "tls.crt"), str(directory / "tls.key")
 
 
 class H2Session:
@@ -344,6 +413,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc", type=int, action="append", default=[], help="gRPC (HTTP/2) port")
     p.add_argument("--tcp", type=int, action="append", default=[], help="raw TCP echo port")
     p.add_argument("--server-first", type=int, action="append", default=[], help="TCP port that greets first")
+    p.add_argument("--tls", type=int, action="append", default=[], help="HTTPS port (ALPN h2 or http/1.1)")
+    p.add_argument("--crt", default="", help="TLS certificate (default: self-signed for the hostname)")
+    p.add_argument("--key", default="", help="TLS key")
     p.add_argument("--version", default=os.environ.get("SERVICE_VERSION", "v1"))
     p.add_argument("--cluster", default="")
     p.add_argument("--istio-version", default="")
@@ -362,11 +434,15 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
     )
     server = EchoServer(config)
     bind = "127.0.0.1" if args.bind_localhost else args.bind_ip
-    ports = [(p, "http") for p in args.port or ([] if args.grpc or args.tcp else [8080])]
+    ports = [(p, "http") for p in args.port or ([] if args.grpc or args.tcp or args.tls else [8080])]
     ports += [(p, "grpc") for p in args.grpc] + [(p, "tcp") for p in args.tcp]
     ports += [(p, "tcp-server-first") for p in args.server_first]
     for port, kind in ports:
         await server.listen(port, kind, bind)
+    if args.tls:
+        context = tls_context(args.crt, args.key, config.hostname)
+        for port in args.tls:
+            await server.listen(port, "http", bind, tls=context)
     if ready is not None:
         ready.set()
     return server
