@@ -212,6 +212,7 @@ class Mesh:
         self.apps: dict[str, App] = {}
         self.extra_apps: list[App] = []
         self.xds: FakeXds | None = None
+        self.grpc_impl = "lite"
         self.agents: dict[str, ZdsServer] = {}
         self.workloads: list[Workload] = []
         self.services: list[Service] = []
@@ -234,8 +235,9 @@ class Mesh:
         for app in self.apps.values():
             self._apply(app.state)
 
-    async def enable_xds(self) -> FakeXds:
-        """Serve config over real delta xDS (meshkit.xds client in ztunnel, server core here)."""
+    async def enable_xds(self, grpc_impl: str = "lite") -> FakeXds:
+        """Serve config over real delta xDS (ztunnel's client, a grpc.aio server with meshkit's core here)."""
+        self.grpc_impl = grpc_impl
         self.xds = FakeXds()
         await self.xds.start()
         return self.xds
@@ -295,7 +297,12 @@ class Mesh:
     async def start_ztunnel(self, node: Node, **extra: str) -> App:
         if self.xds is not None:
             self.xds.publish(self.workloads, self.services, self.policies)
-            xds_env = {"XDS_ADDRESS": f"127.0.0.1:{self.xds.port}", "XDS_ROOT_CA": "", "AUTH_TOKEN": ""}
+            xds_env = {
+                "XDS_ADDRESS": f"127.0.0.1:{self.xds.port}",
+                "XDS_ROOT_CA": "",
+                "AUTH_TOKEN": "",
+                "ZTUNNEL_GRPC": self.grpc_impl,
+            }
             return await build(self.settings(node, **xds_env, **extra), fetcher=self.fetcher)
 
         async def source(state: State, synced: object) -> None:

@@ -250,8 +250,9 @@ async def test_metrics_count_bytes(mesh, topology) -> None:  # type: ignore[no-u
     assert "PRIVATE KEY" not in str(dump)
 
 
-async def test_config_over_xds_and_control_plane_loss(mesh, topology) -> None:  # type: ignore[no-untyped-def]
-    await mesh.enable_xds()
+@pytest.mark.parametrize("grpc_impl", ["lite", "grpcio"])
+async def test_config_over_xds_and_control_plane_loss(mesh, topology, grpc_impl) -> None:  # type: ignore[no-untyped-def]
+    await mesh.enable_xds(grpc_impl)
     client, _server, echo, _ = await setup(mesh, topology)
     assert await mesh.request(client, VIP, 80, b"via xds config") == b"via xds config"
     # a policy pushed over xDS takes effect

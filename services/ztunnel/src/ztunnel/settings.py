@@ -52,6 +52,12 @@ class Settings:
     pod_name: str = env("POD_NAME", "", "This ztunnel pod's name (xDS node id).")
     pod_namespace: str = env("POD_NAMESPACE", "istio-system", "This ztunnel pod's namespace (xDS node id).")
     instance_ip: str = env("INSTANCE_IP", "1.1.1.1", "This ztunnel pod's IP (xDS node id).")
+    grpc_client: str = env(
+        "ZTUNNEL_GRPC",
+        "lite",
+        "xDS/CA client: lite (our h2, ~6 MB less RSS) or grpcio.",
+        parse=lambda v: v.strip(),
+    )
     local_xds_path: str = env("LOCAL_XDS_PATH", "", "Static config file (JSON) instead of xDS.")
     workload_wait_s: float = env(
         "WORKLOAD_WAIT", 5.0, "How long a connection waits for its workload/cert.", parse=parse_duration

@@ -20,15 +20,16 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 from meshkit.logs import kv
-from meshkit.xds.client import XdsClient, XdsClientConfig, XdsClientMetrics
 from meshkit.xds.client_core import ClientCore
 from meshkit.xds.client_core import Rejected as XdsRejected
-from meshkit.xds.types import NodeId
+from meshkit.xds.types import DELTA_METHOD, NodeId
 from meshproto.envoy.config.core.v3 import base_pb2
+from meshproto.envoy.service.discovery.v3 import discovery_pb2
 from meshproto.istio.security import authorization_pb2 as authz_pb2
 from meshproto.istio.workload import workload_pb2 as wl_pb2
 from prometheus_client import CollectorRegistry
 
+from ztunnel.grpclite import Channel, GrpcError
 from ztunnel.settings import Settings
 from ztunnel.state.state import ADDRESS_TYPE, AUTHORIZATION_TYPE, Rejected, State
 
@@ -127,10 +128,86 @@ def node(settings: Settings) -> base_pb2.Node:
     return base_pb2.Node(id=str(node_id), metadata=metadata)
 
 
+class LiteXdsClient:
+    """The delta xDS stream over :mod:`ztunnel.grpclite` around ``meshkit.xds``'s sans-IO ``ClientCore``.
+
+    Same policy as ``meshkit.xds.client.XdsClient`` (wire-contracts.md §3.1): initial requests on every
+    connect (resuming with the versions held), ACK/NACK each response, reconnect with back-off doubling from
+    10 ms to 15 s (reset once a response arrived); the stores are never cleared while istiod is away.
+    """
+
+    def __init__(self, settings: Settings, core: ClientCore) -> None:
+        self.settings = settings
+        self.core = core
+        self.synced = asyncio.Event()
+        self.connections = 0
+
+    def _metadata(self) -> list[tuple[str, str]]:
+        token = self.settings.auth_token
+        path = Path(token)
+        if token and path.is_file():
+            token = path.read_text().strip()
+        elif token.startswith("/"):
+            token = ""  # a token path that does not exist (yet): send none
+        return (
+            [("authorization", f"Bearer {token}"), ("clusterid", self.settings.cluster_id)] if token else []
+        )
+
+    async def run(self) -> None:
+        backoff = 0.01
+        while True:
+            got = await self._connect_once()
+            backoff = 0.01 if got else min(backoff * 2, 15.0)
+            await asyncio.sleep(backoff)  # reconnect back-off
+
+    async def _connect_once(self) -> bool:
+        s = self.settings
+        root = Path(s.xds_root_ca).read_bytes() if s.xds_root_ca else None  # noqa: ASYNC240
+        got = False
+        channel: Channel | None = None
+        try:
+            channel = await Channel.open(s.xds_address.split("://", 1)[-1], root)
+            call = channel.stream(DELTA_METHOD, self._metadata())
+            self.connections += 1
+            for req in self.core.initial_requests():
+                await call.send(req.SerializeToString())
+            while (raw := await call.recv()) is not None:
+                got = True
+                ack = self.core.handle(discovery_pb2.DeltaDiscoveryResponse.FromString(raw))
+                if ack.HasField("error_detail"):
+                    log.warning("xds NACK", extra=kv(error=ack.error_detail.message))
+                await call.send(ack.SerializeToString())
+                if self.core.synced:
+                    self.synced.set()
+            reason = "clean end"
+        except (GrpcError, OSError, TimeoutError) as exc:
+            reason = str(exc)
+        finally:
+            if channel is not None:
+                channel.close()
+        log.info("xds stream ended; reconnecting", extra=kv(reason=reason))
+        return got
+
+
 def xds_source(settings: Settings, registry: CollectorRegistry | None = None) -> ConfigSource:
-    """The delta xDS client against ``XDS_ADDRESS`` (TLS verified by ``XDS_ROOT_CA``; empty = plaintext)."""
+    """The delta xDS client against ``XDS_ADDRESS`` (TLS verified by ``XDS_ROOT_CA``; empty = plaintext).
+
+    ``ZTUNNEL_GRPC=lite`` (default) uses :class:`LiteXdsClient`; ``grpcio`` uses ``meshkit.xds``'s client.
+    """
+
+    async def run_lite(state: State, synced: Callable[[], None]) -> None:
+        client = LiteXdsClient(settings, ClientCore(node(settings), StateUpdater(state)))
+        async with asyncio.TaskGroup() as group:
+            group.create_task(client.run())
+            await client.synced.wait()
+            synced()
+
+    if settings.grpc_client == "lite":
+        return run_lite
 
     async def run(state: State, synced: Callable[[], None]) -> None:
+        from meshkit.xds.client import XdsClient, XdsClientConfig, XdsClientMetrics  # grpcio: only if chosen
+
         root = Path(settings.xds_root_ca).read_bytes() if settings.xds_root_ca else None  # noqa: ASYNC240
         core = ClientCore(node(settings), StateUpdater(state))
         config = XdsClientConfig(
@@ -139,7 +216,9 @@ def xds_source(settings: Settings, registry: CollectorRegistry | None = None) ->
             token=settings.auth_token,
             cluster_id=settings.cluster_id,
         )
-        client = XdsClient(config, core, XdsClientMetrics(registry) if registry is not None else None)
+        client = XdsClient(
+            config, core, XdsClientMetrics(registry) if registry is not None else None
+        )  # grpcio
         async with asyncio.TaskGroup() as group:
             group.create_task(client.run())
             await client.synced.wait()
