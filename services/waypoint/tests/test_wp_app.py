@@ -143,7 +143,14 @@ def config(key: rsa.RSAPrivateKey) -> pb.WaypointConfig:
                     ),
                 ],
                 jwt=pb.JwtRules(providers=[pb.JwtProvider(issuer=ISS, jwks=_jwks(key))]),
-            )
+            ),
+            pb.Service(
+                hostname="reviews-v2-pod.default.pod",
+                name="reviews-v2-pod",
+                namespace="default",
+                vips=[ADDRS["v2"]],
+                workload=pb.Endpoint(address=ADDRS["v2"], identity=f"spiffe://{TD}/ns/default/sa/reviews"),
+            ),
         ],
         clusters=[
             _cluster("v1", ["v1"]),
@@ -424,3 +431,11 @@ async def test_grpc_over_h2c_is_routed_and_denied_as_grpc(env: Env) -> None:
     assert headers["grpc-status"] == "7"  # PERMISSION_DENIED, trailers-only, as Envoy answers gRPC
     assert "RBAC: access denied" in headers["grpc-message"]
     assert body == b""
+
+
+async def test_workload_addressed_traffic_goes_to_that_pod_on_the_dialled_port(env: Env) -> None:
+    stream = await env.client.open(f"{ADDRS['v2']}:8080")
+    resp = await env.client.request(stream, get("/direct"))
+    assert resp.status == 200
+    assert resp.header("x-backend") == "v2"
+    assert (await env.client.request(stream, get("/admin"))).status == 200  # Service policies do not apply

@@ -95,7 +95,7 @@ def test_missing_waypoint_and_wrong_traffic_type() -> None:
     inputs = base()
     inputs.gateways = [gateway(**{"istio.io/waypoint-for": "workload"})]
     res = build_configs(inputs)
-    assert res.configs["app/waypoint"].services == []
+    assert not [s for s in res.configs["app/waypoint"].services if not s.HasField("workload")]
     cond = next(s for s in res.statuses if s.kind == "Service").status["conditions"][0]
     assert (cond["status"], cond["reason"]) == ("False", "UnsupportedTrafficType")
     inputs.gateways = []
@@ -314,3 +314,20 @@ def test_config_round_trips_through_the_waypoint_compiler() -> None:
     snap = compile_snapshot(pb.WaypointConfig.FromString(cfg.SerializeToString()))
     assert snap.find_service("10.79.0.10", 80) is not None
     assert snap.services[0].routes[0].backends
+
+
+def test_workload_addressed_binding_for_workload_waypoints() -> None:
+    inputs = base()
+    inputs.gateways = [gateway(**{"istio.io/waypoint-for": "all"})]
+    waypoint_pod = pod("waypoint-abc", "waypoint", "10.79.1.50")
+    waypoint_pod["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"] = "waypoint"
+    inputs.pods.append(waypoint_pod)
+    cfg = build_configs(inputs).configs["app/waypoint"]
+    workloads = {s.name: s for s in cfg.services if s.HasField("workload")}
+    assert sorted(workloads) == ["r1", "r2", "r3", "t1"]  # every pod with an IP, but not the waypoint's own
+    assert list(workloads["r1"].vips) == ["10.79.1.1"]
+    assert workloads["r1"].workload.identity == "spiffe://cluster.local/ns/app/sa/reviews"
+    service_only = base()
+    assert not any(
+        s.HasField("workload") for s in build_configs(service_only).configs["app/waypoint"].services
+    )

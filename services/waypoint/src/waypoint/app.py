@@ -191,9 +191,10 @@ def _opener(pool: ConnectionPool, identity: Identity, settings: Settings, snapsh
 
 
 def _endpoint_identity(snap: Any, address: str, port: int, trust_domain: str) -> Identity:
-    for cluster in snap.clusters.values():
-        for ep in cluster.endpoints:
-            if ep.address == address and ep.port == port:
+    workload = [svc.workload for svc in snap.services if svc.workload is not None]
+    for endpoints in [*(c.endpoints for c in snap.clusters.values()), workload]:
+        for ep in endpoints:
+            if ep.address == address and ep.port in (port, 0):
                 try:
                     return Identity.parse(ep.identity)
                 except InvalidIdentity:

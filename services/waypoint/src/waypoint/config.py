@@ -175,6 +175,22 @@ def _service(msg: pb.Service, clusters: Mapping[str, r.Cluster], reject: Callabl
         routes=tuple(routes),
         policies=tuple(compile_policy(p) for p in msg.policies),
         jwt=compile_rules([msg.jwt]) if msg.HasField("jwt") else compile_rules([]),
+        workload=_endpoint(msg.workload) if msg.HasField("workload") else None,
+    )
+
+
+def _endpoint(e: pb.Endpoint) -> r.Endpoint:
+    return r.Endpoint(
+        e.address,
+        e.port,
+        e.weight or 1,
+        e.workload,
+        e.namespace,
+        e.identity,
+        e.healthy,
+        e.canonical_name,
+        e.canonical_revision,
+        e.cluster_id,
     )
 
 
@@ -188,7 +204,11 @@ def compile_snapshot(
     for problem in problems:
         (warn or log.warning)(problem)
     by_vip: dict[tuple[str, int], r.Service] = {}
+    by_workload_ip: dict[str, r.Service] = {}
     for svc in services:
+        if svc.workload is not None:
+            by_workload_ip.update(dict.fromkeys(svc.vips, svc))
+            continue
         for vip in svc.vips:
             for port in svc.ports:
                 by_vip[(vip, port.port)] = svc
@@ -202,7 +222,8 @@ def compile_snapshot(
         jwt=compile_rules([msg.jwt]) if msg.HasField("jwt") else compile_rules([]),
         clusters=clusters,
         by_vip=by_vip,
-        by_host={s.hostname: s for s in services},
+        by_host={s.hostname: s for s in services if s.workload is None},
+        by_workload_ip=by_workload_ip,
     )
 
 

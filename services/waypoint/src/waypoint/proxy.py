@@ -211,9 +211,10 @@ class WaypointProxy:
         stream.write_eof()
 
     async def _serve_tcp(self, stream: HboneStream, down: Downstream, first: bytes) -> None:
-        cluster = self.store.snapshot.clusters.get(
-            f"inbound-vip|{down.port}|tcp|{down.service.hostname}"
-        ) or self.store.snapshot.clusters.get(f"inbound-vip|{down.port}|http|{down.service.hostname}")
+        snap, host = self.store.snapshot, down.service.hostname
+        cluster = snap.clusters.get(f"inbound-vip|{down.port}|tcp|{host}") or snap.cluster_for(
+            f"inbound-vip|{down.port}|http|{host}", down.service, down.port
+        )
         ep = self.balancer.pick(cluster, None, down.peer.address[0]) if cluster else None
         labels = self._labels(down, cluster, ep, "tcp", "", "-" if ep else "UH")
         if ep is None:
@@ -306,7 +307,7 @@ class WaypointProxy:
         if route.request_headers:
             req.set_headers(route.request_headers.apply(req.headers))
         backend = pick_backend(route, self.rng)
-        cluster = snap.clusters.get(backend.cluster) if backend else None
+        cluster = snap.cluster_for(backend.cluster, svc, down.port) if backend else None
         if backend is None or cluster is None or cluster.name.startswith("invalid-backend|"):
             # istiod points unresolvable backendRefs at "invalid-backend|..." (Gateway API: answer 500)
             out.flags, out.details = "NC", "invalid_backend" if backend else "no_backend"

@@ -145,9 +145,13 @@ class Service:
     routes: tuple[Route, ...] = ()
     policies: tuple[Policy, ...] = ()
     jwt: JwtRules = field(default_factory=JwtRules)
+    workload: Endpoint | None = None  # a workload-addressed destination: every port, straight to the pod
 
     def port(self, port: int) -> ServicePort | None:
-        return next((p for p in self.ports if p.port == port), None)
+        found = next((p for p in self.ports if p.port == port), None)
+        if found is None and self.workload is not None:
+            return ServicePort(port, port, "")
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,10 +193,31 @@ class Snapshot:
     clusters: dict[str, Cluster] = field(default_factory=dict)
     by_vip: dict[tuple[str, int], Service] = field(default_factory=dict)
     by_host: dict[str, Service] = field(default_factory=dict)
+    by_workload_ip: dict[str, Service] = field(default_factory=dict)
+
+    def cluster_for(self, name: str, svc: Service, port: int) -> Cluster | None:
+        """``clusters[name]``, or for a workload destination a one-endpoint cluster on the dialled port."""
+        found = self.clusters.get(name)
+        if found is None and svc.workload is not None:
+            ep = svc.workload
+            pod = Endpoint(
+                ep.address,
+                port,
+                1,
+                ep.workload,
+                ep.namespace,
+                ep.identity,
+                True,
+                ep.canonical_name,
+                ep.canonical_revision,
+                ep.cluster_id,
+            )
+            return Cluster(name, svc.hostname, port, endpoints=(pod,))
+        return found
 
     def find_service(self, host: str, port: int) -> Service | None:
         """The bound Service for a CONNECT authority (VIP:port, or hostname:port)."""
-        svc = self.by_vip.get((host, port))
+        svc = self.by_vip.get((host, port)) or self.by_workload_ip.get(host)
         if svc is None:
             svc = self.by_host.get(host)
             if svc is not None and svc.port(port) is None:

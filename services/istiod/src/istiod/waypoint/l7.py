@@ -282,6 +282,7 @@ class _Builder:
             if meta.spec(g).get("gatewayClassName") == CLASS_NAME
         }
         self.bound: dict[str, list[Obj]] = defaultdict(list)
+        self.bound_pods: dict[str, list[Obj]] = defaultdict(list)
         self.cluster_sets: dict[str, _Clusters] = {}
 
     def bind(self) -> None:
@@ -313,6 +314,49 @@ class _Builder:
             else:
                 self.bound[ref.key].append(svc)
                 self._bound_status(svc, True, "Bound", f"bound to {ref.key}")
+        self._bind_pods()
+
+    def _bind_pods(self) -> None:
+        """Pods bound to a waypoint that serves ``workload`` traffic (§5.4; no status on pods)."""
+        for pod in self.inputs.pods:
+            labels, ns = meta.labels(pod), meta.namespace(pod)
+            if wp.GATEWAY_NAME_LABEL in labels or not (pod.get("status") or {}).get("podIP"):
+                continue  # waypoint pods never get a waypoint
+            ns_labels = self.index.ns_labels.get(ns, {})
+            ref = wp.requested(labels, ns, ns_labels)
+            gw = self.waypoints.get(ref.key) if ref is not None else None
+            if ref is None or gw is None or not _admits(gw, ns, ns_labels):
+                continue
+            if wp.traffic_type(gw, None) in {wp.FOR_WORKLOAD, wp.FOR_ALL}:
+                self.bound_pods[ref.key].append(pod)
+
+    def workload_config(self, pod: Obj) -> pb.Service:
+        status = pod.get("status") or {}
+        ips = [str(p.get("ip")) for p in status.get("podIPs") or [] if p.get("ip")] or [str(status["podIP"])]
+        sa = (pod.get("spec") or {}).get("serviceAccountName") or "default"
+        labels, ns = meta.labels(pod), meta.namespace(pod)
+        endpoint = pb.Endpoint(
+            address=ips[0],
+            weight=1,
+            healthy=True,
+            workload=_workload_name(pod),
+            namespace=ns,
+            identity=f"spiffe://{self.inputs.trust_domain}/ns/{ns}/sa/{sa}",
+            canonical_name=labels.get("service.istio.io/canonical-name")
+            or labels.get("app")
+            or _workload_name(pod),
+            canonical_revision=labels.get("service.istio.io/canonical-revision")
+            or labels.get("version")
+            or "latest",
+            cluster_id=self.inputs.cluster_id,
+        )
+        return pb.Service(
+            hostname=f"{meta.name(pod)}.{ns}.pod",
+            name=meta.name(pod),
+            namespace=ns,
+            vips=ips,
+            workload=endpoint,
+        )
 
     def _bound_status(self, svc: Obj, ok: bool, reason: str, message: str) -> None:
         cond = _condition(BOUND_CONDITION, ok, reason, message, _gen(svc))
@@ -464,6 +508,8 @@ class _Builder:
             )
             for svc in sorted(self.bound.get(key, []), key=lambda s: (meta.namespace(s), meta.name(s))):
                 cfg.services.append(self.service_config(svc, clusters))
+            for pod in sorted(self.bound_pods.get(key, []), key=lambda p: (meta.namespace(p), meta.name(p))):
+                cfg.services.append(self.workload_config(pod))
             self.cluster_sets[key] = clusters
             self.result.configs[key] = cfg
         self.policies()

@@ -189,6 +189,7 @@ class Service(_message.Message):
     ROUTES_FIELD_NUMBER: _builtins.int
     POLICIES_FIELD_NUMBER: _builtins.int
     JWT_FIELD_NUMBER: _builtins.int
+    WORKLOAD_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     """"<name>.<namespace>.svc.<domain>" """
     name: _builtins.str
@@ -203,6 +204,13 @@ class Service(_message.Message):
     def policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___Policy]: ...
     @_builtins.property
     def jwt(self) -> Global___JwtRules: ...
+    @_builtins.property
+    def workload(self) -> Global___Endpoint:
+        """Set for a workload-addressed destination (a pod bound with istio.io/waypoint-for workload|all): vips are
+        the pod IPs, every port is served, and the default route goes to this endpoint on the dialled port
+        (its port field is ignored).
+        """
+
     def __init__(
         self,
         *,
@@ -214,10 +222,11 @@ class Service(_message.Message):
         routes: _abc.Iterable[Global___Route] | None = ...,
         policies: _abc.Iterable[Global___Policy] | None = ...,
         jwt: Global___JwtRules | None = ...,
+        workload: Global___Endpoint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["jwt", b"jwt"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["jwt", b"jwt", "workload", b"workload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hostname", b"hostname", "jwt", b"jwt", "name", b"name", "namespace", b"namespace", "policies", b"policies", "ports", b"ports", "routes", b"routes", "vips", b"vips"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hostname", b"hostname", "jwt", b"jwt", "name", b"name", "namespace", b"namespace", "policies", b"policies", "ports", b"ports", "routes", b"routes", "vips", b"vips", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
