@@ -4,7 +4,8 @@ Needs root (network namespaces, iptables). Builds two "nodes" (netns with a brid
 a captured client and server pod (in-pod iptables rules of behaviour.md §3.3) and an uncaptured pair for the
 direct baseline, all in 10.77.0.0/16 with ``zt-`` names. Each node runs a real ztunnel *process* (CPU and RSS
 are measured per process); this script plays the CNI agent (ZDS) and the CA (a throwaway P-256 root), and
-gives both ztunnels the same static config (LOCAL_XDS_PATH) including 1,000 extra workloads.
+serves both ztunnels the same config over delta xDS (a ``meshkit.xds`` server core in this process; the
+ztunnels run the real gRPC client) including 1,000 extra workloads.
 
 Figures (bench/results/mesh.json):
 - ``direct.throughput_gbps`` / ``mesh.throughput_gbps``: one connection, 128 MiB one way (median of 3);
@@ -470,8 +471,58 @@ async def zds_agents(tmp: Path, net: Net) -> list[object]:
     return servers
 
 
+async def serve_xds(config_path: Path) -> tuple[object, int]:
+    """A delta xDS server (meshkit.xds server core over grpc.aio, plaintext) serving the config file."""
+    import grpc
+    from meshproto.envoy.service.discovery.v3 import discovery_pb2
+
+    from meshkit.xds import wire
+    from meshkit.xds.server_core import Resource, ServerStream
+    from meshkit.xds.types import ADDRESS_TYPE, AUTHORIZATION_TYPE, DELTA_METHOD, content_version
+    from ztunnel.xds import static_config
+
+    addresses, policies = static_config(json.loads(config_path.read_text()))  # noqa: ASYNC240
+
+    def resource(type_url: str, name: str, msg: object) -> Resource:
+        raw = wire.any_bytes(type_url, msg.SerializeToString())  # type: ignore[attr-defined]
+        return Resource.build(name, content_version(raw), raw)
+
+    resources = {
+        ADDRESS_TYPE: {n: resource(ADDRESS_TYPE, n, m) for n, m in addresses},
+        AUTHORIZATION_TYPE: {n: resource(AUTHORIZATION_TYPE, n, m) for n, m in policies},
+    }
+
+    class Source:
+        def get(self, type_url: str, name: str) -> Resource | None:
+            return resources.get(type_url, {}).get(name)
+
+        def names(self, type_url: str) -> list[str]:
+            return sorted(resources.get(type_url, {}))
+
+        def lookup(self, type_url: str, key: str) -> list[Resource]:
+            res = self.get(type_url, key)
+            return [res] if res else []
+
+    async def stream(requests, _context):  # type: ignore[no-untyped-def]
+        core = ServerStream(Source())
+        async for req in requests:
+            for response in core.receive(req).responses:
+                yield response.encode()
+
+    service, method = DELTA_METHOD.lstrip("/").split("/")
+    handler = grpc.stream_stream_rpc_method_handler(
+        stream, request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {method: handler})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
 async def measure(tmp: Path, net: Net, procs: list[subprocess.Popen[str]]) -> dict[str, float | int | str]:
     agents = await zds_agents(tmp, net)
+    xds, xds_port = await serve_xds(tmp / "config.json")
     figures: dict[str, float | int | str] = {}
     try:
         zts = []
@@ -479,7 +530,9 @@ async def measure(tmp: Path, net: Net, procs: list[subprocess.Popen[str]]) -> di
             env = {
                 "NODE_NAME": node,
                 "INPOD_UDS": str(tmp / f"{node}.sock"),
-                "LOCAL_XDS_PATH": str(tmp / "config.json"),
+                "XDS_ADDRESS": f"127.0.0.1:{xds_port}",
+                "XDS_ROOT_CA": "",
+                "AUTH_TOKEN": "",
                 "ADMIN_ADDR": "127.0.0.1:0",
                 "STATS_ADDR": "127.0.0.1:0",
                 "READINESS_ADDR": "127.0.0.1:0",
@@ -545,6 +598,7 @@ async def measure(tmp: Path, net: Net, procs: list[subprocess.Popen[str]]) -> di
     finally:
         for agent in agents:
             await agent.close()  # type: ignore[attr-defined]
+        await xds.stop(None)  # type: ignore[attr-defined]
     return figures
 
 
