@@ -1,0 +1,86 @@
+"""ztunnel.grpclite against grpc.aio: bidirectional streaming, status codes, keepalive on a dead peer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from ztunnel import grpclite
+from ztunnel.grpclite import Channel, GrpcError
+
+
+async def echo_stream(
+    requests: AsyncIterator[bytes], _context: grpc.aio.ServicerContext
+) -> AsyncIterator[bytes]:
+    async for item in requests:
+        if item == b"fail":
+            raise ValueError("boom")
+        yield item.upper()
+
+
+async def serve() -> tuple[grpc.aio.Server, int]:
+    handler = grpc.stream_stream_rpc_method_handler(echo_stream)  # raw bytes both ways
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Echo", {"Chat": handler})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
+async def test_bidi_stream_and_large_messages() -> None:
+    server, port = await serve()
+    channel = await Channel.open(f"127.0.0.1:{port}", None)
+    try:
+        call = channel.stream("/test.Echo/Chat")
+        big = b"x" * (3 * 1024 * 1024)  # beyond one window and many frames
+        for message in (b"a", b"bc", big):
+            await call.send(message)
+            assert await asyncio.wait_for(call.recv(), 10) == message.upper()
+        await call.send(b"", end=True)
+        assert await asyncio.wait_for(call.recv(), 10) == b""
+        assert await asyncio.wait_for(call.recv(), 10) is None  # clean end: status OK
+    finally:
+        channel.close()
+        await server.stop(None)
+
+
+async def test_error_status_and_unknown_method() -> None:
+    server, port = await serve()
+    channel = await Channel.open(f"127.0.0.1:{port}", None)
+    try:
+        call = channel.stream("/test.Echo/Chat")
+        await call.send(b"fail")
+        with pytest.raises(GrpcError) as info:
+            await asyncio.wait_for(call.recv(), 10)
+        assert info.value.code == 2  # UNKNOWN: the handler raised
+        with pytest.raises(GrpcError) as info:
+            await channel.unary("/test.Echo/Nope", b"x")
+        assert info.value.code == 12  # UNIMPLEMENTED
+    finally:
+        channel.close()
+        await server.stop(None)
+
+
+async def test_keepalive_detects_a_silent_peer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(grpclite, "KEEPALIVE_S", 0.05)
+    monkeypatch.setattr(grpclite, "KEEPALIVE_TIMEOUT_S", 0.05)
+    silent: list[asyncio.StreamWriter] = []
+
+    async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)  # accepts and never answers anything
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    channel = await Channel.open(f"127.0.0.1:{port}", None)
+    try:
+        call = channel.stream("/x.Y/Z")
+        with pytest.raises(GrpcError, match="keepalive"):
+            await asyncio.wait_for(call.recv(), 10)
+    finally:
+        channel.close()
+        for writer in silent:
+            writer.close()
+        server.close()
+        await server.wait_closed()
