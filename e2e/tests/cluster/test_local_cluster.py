@@ -314,7 +314,7 @@ def test_probes_restarts_and_graceful_deletion(kube_cluster: KubeCluster, kube_n
                         "command": [
                             "sh",
                             "-c",
-                            "trap 'echo TERM; exit 0' TERM; while true; do sleep 0.1; done",
+                            "trap 'echo TERM; exit 0' TERM; echo TRAPPED; while true; do sleep 0.1; done",
                         ],
                         "livenessProbe": {
                             "exec": {"command": ["test", "-e", "/nonexistent"]},
@@ -336,6 +336,7 @@ def test_probes_restarts_and_graceful_deletion(kube_cluster: KubeCluster, kube_n
 
     kube_cluster.wait_for("a liveness restart", restarted, timeout=60)
     assert "TERM" in kube_cluster.pod_log(ns, "flaky", "main", previous=True)  # liveness kill is graceful
+    kube_cluster.wait_for("the TERM trap", lambda: "TRAPPED" in kube_cluster.pod_log(ns, "flaky", "main"))
     started = time.monotonic()
     kube_cluster.kubectl("delete", "pod", "-n", ns, "flaky", "--wait=true", timeout=60)
     assert time.monotonic() - started < 3, (
@@ -357,19 +358,19 @@ def test_grace_period_ends_with_sigkill(kube_cluster: KubeCluster, kube_namespac
                 {
                     "name": "main",
                     "image": "busybox",
-                    "command": ["sh", "-c", "trap 'echo IGNORED' TERM; while true; do sleep 0.1; done"],
+                    "command": [
+                        "sh",
+                        "-c",
+                        "trap 'echo IGNORED' TERM; echo TRAPPED; while true; do sleep 0.1; done",
+                    ],
                 }
             ],
         },
     }
     kube_cluster.apply(pod, ns)
     kube_cluster.pod_phase(ns, "stubborn", ["Running"])
-    kube_cluster.wait_for(
-        "container running",
-        lambda: kube_cluster.get("pod", "stubborn", ns)["status"]["containerStatuses"][0]["state"].get(
-            "running"
-        ),
-    )
+    # "running" is reported at exec time; the shell must have installed its trap before we delete
+    kube_cluster.wait_for("the TERM trap", lambda: "TRAPPED" in kube_cluster.pod_log(ns, "stubborn", "main"))
     started = time.monotonic()
     kube_cluster.kubectl("delete", "pod", "-n", ns, "stubborn", "--wait=true", timeout=60)
     took = time.monotonic() - started

@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from meshkit import logs
 
 from meshtest.cluster.cni import CniRunner
 from meshtest.cluster.config import K8S_VERSION, ClusterLayout, NodeSpec
@@ -320,7 +321,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--instance", type=int, default=0)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.setup(os.environ.get("AMBIENT_CLUSTER_AGENT_LOG_LEVEL", "info"))
     layout = ClusterLayout(cache=Path(args.cache), workers=args.workers, instance=args.instance)
     agent = NodeAgent(layout, layout.node(args.node))
 
