@@ -24,11 +24,16 @@ __all__ = ["node_for", "xds_source"]
 
 
 class _Updater:
-    def __init__(self, store: ConfigStore) -> None:
+    """Feeds the store; the first response (even one without our resource) counts as synced."""
+
+    def __init__(self, store: ConfigStore, synced: Callable[[], None]) -> None:
         self.store = store
+        self.synced = synced
 
     def apply(self, type_url: str, upserts: list[tuple[str, Message]], removes: list[str]) -> list[Rejected]:
-        return [Rejected(n, r) for n, r in self.store.apply(type_url, upserts, removes)]
+        rejected = [Rejected(n, r) for n, r in self.store.apply(type_url, upserts, removes)]
+        self.synced()
+        return rejected
 
 
 def node_for(settings: Settings) -> base_pb2.Node:
@@ -56,11 +61,13 @@ def xds_source(settings: Settings, root_cert_path: str, token: str, registry: ob
     async def run(store: ConfigStore, synced: Callable[[], None]) -> None:
         root = Path(root_cert_path).read_bytes() if root_cert_path and Path(root_cert_path).exists() else None  # noqa: ASYNC240
         core = ClientCore(
-            node_for(settings), _Updater(store), types=(TYPE_URL,), decoders={TYPE_URL: pb.WaypointConfig}
+            node_for(settings),
+            _Updater(store, synced),
+            types=(TYPE_URL,),
+            decoders={TYPE_URL: pb.WaypointConfig},
         )
         metrics = XdsClientMetrics(registry) if registry is not None else None  # type: ignore[arg-type]
         client = XdsClient(XdsClientConfig(settings.xds_address, root, token=token), core, metrics)
-        store.subscribe(lambda _s: synced())
         await client.run()
 
     return run

@@ -178,7 +178,15 @@ def _pod_spec(gw: Obj, name: str, sa: str, s: DeploySettings) -> Obj:
         "name": "istio-proxy",
         "image": s.image,
         "imagePullPolicy": s.pull_policy,
-        "args": ["python", "-m", "waypoint"],
+        # upstream's arguments (§6.1); our image's entrypoint is `python -m waypoint`, which ignores them
+        "args": [
+            "proxy",
+            "waypoint",
+            "--domain",
+            f"$(POD_NAMESPACE).svc.{s.domain_suffix}",
+            "--serviceCluster",
+            f"{sa}.$(POD_NAMESPACE)",
+        ],
         "env": _env(gw, sa, s),
         "ports": [
             {"name": "mesh", "containerPort": HBONE_PORT, "protocol": "TCP"},
