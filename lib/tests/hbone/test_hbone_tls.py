@@ -95,7 +95,7 @@ async def test_server_rejects_client_from_foreign_root(
         key = PoolKey.of(CLIENT_ID, "127.0.0.1", [SERVER_ID], server.address)
         with pytest.raises((ConnectFailed, IdentityError)):
             await pool.connect(key, "1.1.1.1:1")
-        assert not any(c.peer_identity for c in server.connections)
+        assert not server.connections  # the failed handshake left nothing behind
     finally:
         await pool.close()
         await server.close()

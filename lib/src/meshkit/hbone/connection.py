@@ -63,6 +63,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         *,
         verify: Verify | None = None,
         on_request: RequestCallback | None = None,
+        on_open: Callable[[HboneConnection], None] | None = None,
         on_close: Callable[[HboneConnection], None] | None = None,
         on_stream_count: Callable[[HboneConnection], None] | None = None,
         name: str = "hbone",
@@ -78,6 +79,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         self.closed = False
         self._verify = verify
         self._on_request = on_request
+        self._on_open = on_open
         self._on_close = on_close
         self._on_stream_count = on_stream_count
         self._transport: asyncio.Transport | None = None
@@ -98,6 +100,10 @@ class HboneConnection(asyncio.BufferedProtocol):
         loop = asyncio.get_running_loop()
         self._transport = transport
         self._lost = loop.create_future()
+        if self._on_open is not None:
+            # not at construction: a protocol whose TLS handshake fails never sees connection_made (nor
+            # connection_lost), so only connections that exist are registered
+            self._on_open(self)
         _tune_socket(transport.get_extra_info("socket"))
         peer = transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)

@@ -128,10 +128,10 @@ class HboneServer:
             settings=self.settings,
             verify=lambda sslobj: tls.verify_client_identity(sslobj, trust_domain),
             on_request=self._on_request,
+            on_open=self.connections.add,
             on_close=self.connections.discard,
             name=f"{self.name}-conn",
         )
-        self.connections.add(conn)
         return conn
 
     def _on_request(self, stream: HboneStream) -> None:
