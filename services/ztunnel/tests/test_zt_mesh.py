@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import dnslib
 import pytest
-from ztunnel.state.records import Authorization, Match, Service, StringMatch
+from ztunnel.state.records import Authorization, Match, Service, StringMatch, Workload
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -380,3 +380,50 @@ def _node_path(topology) -> Path:  # type: ignore[no-untyped-def]
         topology.add_node()
         topology.link_nodes()
     return topology.nodes[0].ns.path
+
+
+async def test_service_with_waypoint_goes_through_it(mesh, topology) -> None:  # type: ignore[no-untyped-def]
+    """A waypoint terminates HBONE natively (not captured): the client's ztunnel tunnels to it with the VIP as
+    authority and the waypoint's identity as the expected peer; the waypoint then reaches the backend."""
+    from meshkit.hbone.server import Forward, HboneServer, Reject
+    from meshkit.identity.spiffe import Identity
+    from meshkit.sockets import open_tcp
+    from ztunnel.state.records import GatewayAddress, NamespacedHostname
+
+    client, server, echo, _ = await setup(mesh, topology)
+    wp = topology.add_pod(topology.nodes[1], "waypoint", captured=False)
+    wp_host = "waypoint.default.svc.cluster.local"
+    wp_wl = mesh.workload(wp, (f"default/{wp_host}",))
+    mesh.workloads.append(
+        Workload(
+            **{
+                **{f: getattr(wp_wl, f) for f in wp_wl.__slots__},
+                "tunnel_protocol": "HBONE",
+                "native_tunnel": True,
+            }
+        )
+    )  # type: ignore[arg-type]
+    mesh.services = [
+        Service("echo", "default", "echo.default.svc.cluster.local", vips=(("", VIP),), ports={80: 8080},
+                waypoint=GatewayAddress(NamespacedHostname("default", wp_host), None, 15008)),
+        Service("waypoint", "default", wp_host, vips=(("", "10.77.200.2"),), ports={15008: 15008}),
+    ]  # fmt: skip
+    mesh.publish()
+    seen: list[tuple[str, str]] = []
+    cert = mesh.fetcher.ca.issue(Identity("cluster.local", "default", "waypoint"))
+    wp_factory = mesh.factory(wp)
+
+    async def handler(peer, request):  # type: ignore[no-untyped-def]
+        seen.append((str(request.authority), peer.identity.uri))
+        if str(request.authority) != f"{VIP}:80":
+            return Reject(400)
+        return Forward(lambda: open_tcp(wp_factory, server.ip, 8080))  # L7 would happen here
+
+    waypoint = HboneServer(wp_factory.listen_tcp("0.0.0.0", 15008), lambda: cert, handler)
+    await waypoint.start()
+    try:
+        assert await mesh.request(client, VIP, 80, b"via the waypoint") == b"via the waypoint"
+    finally:
+        await waypoint.close()
+    assert seen == [(f"{VIP}:80", "spiffe://cluster.local/ns/default/sa/client")]
+    assert echo.peers[-1][0] == wp.ip  # the backend sees the waypoint (its plaintext, via 15006)
