@@ -759,7 +759,11 @@ class PodWorker:
             if encoded == self.last_status:
                 continue
             try:
-                await self.kube.patch(path, {"metadata": {"uid": self.uid}, "status": status})
+                # strategic merge (as the kubelet): conditions merge by type, so a condition another
+                # controller sets on the pod survives; the UID makes it a precondition
+                await self.kube.patch(
+                    path, {"metadata": {"uid": self.uid}, "status": status}, kind="strategic"
+                )
                 self.last_status = encoded
             except ApiError as err:
                 if err.status in (404, 409):
