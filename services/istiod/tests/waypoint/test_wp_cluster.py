@@ -3,7 +3,8 @@
 A Gateway of class ``istio-waypoint`` in a fresh namespace gets its ServiceAccount, Deployment and Service
 (upstream names, labels, owner reference) and an ``Accepted`` status; deleting it removes them. The
 controller runs in this process with informers scoped to the test namespace, so it never touches other
-tests' objects. The full data-path lifecycle through a deployed mesh is e2e/tests/scenarios/test_e2e_waypoint.py.
+tests' objects. The full data-path lifecycle through a deployed mesh is
+e2e/tests/scenarios/test_e2e_waypoint.py.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ async def _until(
     for informer in informers:
         informer.subscribe(lambda _batch: changed.set())
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit_s):
             while not check():
                 changed.clear()
                 await changed.wait()
