@@ -20,9 +20,10 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 from meshkit.logs import kv
+from meshkit.xds.client import XdsClientMetrics
 from meshkit.xds.client_core import ClientCore
 from meshkit.xds.client_core import Rejected as XdsRejected
-from meshkit.xds.types import DELTA_METHOD, NodeId
+from meshkit.xds.types import DELTA_METHOD, NodeId, short_type
 from meshproto.envoy.config.core.v3 import base_pb2
 from meshproto.envoy.service.discovery.v3 import discovery_pb2
 from meshproto.istio.security import authorization_pb2 as authz_pb2
@@ -136,9 +137,10 @@ class LiteXdsClient:
     10 ms to 15 s (reset once a response arrived); the stores are never cleared while istiod is away.
     """
 
-    def __init__(self, settings: Settings, core: ClientCore) -> None:
+    def __init__(self, settings: Settings, core: ClientCore, metrics: XdsClientMetrics | None = None) -> None:
         self.settings = settings
         self.core = core
+        self.metrics = metrics
         self.synced = asyncio.Event()
         self.connections = 0
 
@@ -173,7 +175,12 @@ class LiteXdsClient:
                 await call.send(req.SerializeToString())
             while (raw := await call.recv()) is not None:
                 got = True
-                ack = self.core.handle(discovery_pb2.DeltaDiscoveryResponse.FromString(raw))
+                resp = discovery_pb2.DeltaDiscoveryResponse.FromString(raw)
+                if self.metrics is not None:
+                    url = short_type(resp.type_url)
+                    self.metrics.messages.labels(url=url).inc()
+                    self.metrics.message_bytes.labels(url=url).inc(len(raw))
+                ack = self.core.handle(resp)
                 if ack.HasField("error_detail"):
                     log.warning("xds NACK", extra=kv(error=ack.error_detail.message))
                 await call.send(ack.SerializeToString())
@@ -185,6 +192,8 @@ class LiteXdsClient:
         finally:
             if channel is not None:
                 channel.close()
+        if self.metrics is not None:
+            self.metrics.terminations.labels(reason=reason.split(":")[0]).inc()
         log.info("xds stream ended; reconnecting", extra=kv(reason=reason))
         return got
 
@@ -196,7 +205,8 @@ def xds_source(settings: Settings, registry: CollectorRegistry | None = None) ->
     """
 
     async def run_lite(state: State, synced: Callable[[], None]) -> None:
-        client = LiteXdsClient(settings, ClientCore(node(settings), StateUpdater(state)))
+        metrics = XdsClientMetrics(registry) if registry is not None else None
+        client = LiteXdsClient(settings, ClientCore(node(settings), StateUpdater(state)), metrics)
         async with asyncio.TaskGroup() as group:
             group.create_task(client.run())
             await client.synced.wait()
@@ -206,7 +216,7 @@ def xds_source(settings: Settings, registry: CollectorRegistry | None = None) ->
         return run_lite
 
     async def run(state: State, synced: Callable[[], None]) -> None:
-        from meshkit.xds.client import XdsClient, XdsClientConfig, XdsClientMetrics  # grpcio: only if chosen
+        from meshkit.xds.client import XdsClient, XdsClientConfig  # grpcio channel: only if chosen
 
         root = Path(settings.xds_root_ca).read_bytes() if settings.xds_root_ca else None  # noqa: ASYNC240
         core = ClientCore(node(settings), StateUpdater(state))
