@@ -49,7 +49,7 @@ def _ensure_gateway_api(kube: KubeCluster) -> None:
 
 
 async def _until(
-    what: str, informers: list[Informer], check: Callable[[], bool], timeout: float = 60
+    what: str, informers: list[Informer], check: Callable[[], bool], limit_s: float = 60
 ) -> None:
     """Wait for ``check`` to hold, re-checking on every event of ``informers`` (bounded)."""
     changed = asyncio.Event()
