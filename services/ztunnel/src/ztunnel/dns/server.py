@@ -63,7 +63,9 @@ class DnsServer:
         port: int = 15053,
         host: str = "127.0.0.1",
         udp_listener: UdpListener | None = None,
+        source: Callable[[], tuple[str, str]] | None = None,
     ) -> None:
+        self.source = source  # the client pod's (canonical name, revision), for metric labels
         self.udp_listener = udp_listener
         self.factory = factory
         self.resolver = resolver
@@ -89,11 +91,12 @@ class DnsServer:
         self._acceptor.start()
 
     async def answer(self, query: bytes, protocol: str) -> bytes | None:
+        source = self.source() if self.source is not None else ("", "")
         labels = {
             "request_query_type": _qtype(query),
             "request_protocol": protocol,
-            "source_canonical_service": "unknown",
-            "source_canonical_revision": "unknown",
+            "source_canonical_service": source[0] or "unknown",
+            "source_canonical_revision": source[1] or "unknown",
         }
         self.metrics.requests.labels(**labels).inc()
         local = self.resolver.answer(query)

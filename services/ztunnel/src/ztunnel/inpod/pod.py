@@ -120,6 +120,7 @@ class InPodProxy:
                     metrics=self.services.dns_metrics,
                     port=s.dns_port,
                     udp_listener=self._udp_listener,
+                    source=self._canonical,
                 )
                 await self.dns.start()
         except BaseException:
@@ -156,6 +157,10 @@ class InPodProxy:
         await self.hbone.start()
         self.ready.set()
         log.info("pod proxy ready", extra=kv(pod=f"{self.pod.info.namespace}/{self.pod.info.name}"))
+
+    def _canonical(self) -> tuple[str, str]:
+        wl = self.pod.workload
+        return (wl.canonical_name, wl.canonical_revision) if wl is not None else ("", "")
 
     def _workload_found(self, wl: Workload) -> None:
         self.services.certs.workload_added(self.pod.uid, wl.identity)
