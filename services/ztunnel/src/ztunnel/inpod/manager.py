@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from meshkit.logs import kv
+from meshkit.netns import is_netns_fd
 from meshkit.zds import WorkloadAdded, WorkloadDeleted, WorkloadInfo, WorkloadKept, ZdsEvent, ZdsSnapshotSent
 
 from ztunnel.metrics import WorkloadManagerMetrics
@@ -90,6 +91,7 @@ class WorkloadProxyManager:
 
     async def _add(self, uid: str, info: WorkloadInfo, netns_fd: int) -> str:
         inode = os.fstat(netns_fd).st_ino
+        log.debug("ZDS add", extra=kv(uid=uid, netns_inode=inode, is_netns=is_netns_fd(netns_fd)))
         current = self.pods.get(uid)
         if current is not None and current.inode == inode and current.proxy is not None:
             os.close(netns_fd)  # the same netns again (a re-sent snapshot): keep the running proxy
