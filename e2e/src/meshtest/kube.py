@@ -164,6 +164,31 @@ class KubeCluster:
                 )
         return cluster_ip
 
+    def exec(
+        self, namespace: str, pod: str, argv: Sequence[str], container: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` in a container. Local cluster: ``nsenter`` into the container process's network, mount
+        and UTS namespaces with its environment (no streaming server here); otherwise ``kubectl exec``."""
+        if self.layout is None:
+            args = ["exec", "-n", namespace, pod, *(["-c", container] if container else []), "--", *argv]
+            return self.kubectl(*args, check=False, timeout=timeout)
+        statuses = self.get("pod", pod, namespace).get("status", {}).get("containerStatuses", [])
+        chosen = next((s for s in statuses if container in (None, s["name"])), None)
+        if chosen is None or not str(chosen.get("containerID", "")).startswith("meshtest://"):
+            raise RuntimeError(f"no running container {container or ''} in {namespace}/{pod}")
+        pid = chosen["containerID"].removeprefix("meshtest://")
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            env = dict(item.split("=", 1) for item in environ.read().decode().split("\0") if "=" in item)
+        # the caller's argv, with the container's own environment
+        return subprocess.run(
+            ["nsenter", "-t", pid, "-n", "-m", "-u", "--", *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            check=False,
+        )
+
     # -- logs and dumps --------------------------------------------------------------------------------------
     def pod_log(
         self, namespace: str, pod: str, container: str | None = None, *, previous: bool = False

@@ -570,3 +570,6 @@ def test_startup_probe_gates_readiness(kube_cluster: KubeCluster, kube_namespace
     )
     assert final["started"] is True
     assert final["restartCount"] == 0
+    inside = kube_cluster.exec(ns, "slow", ["sh", "-c", "hostname; ls /work; echo $HOSTNAME"])
+    assert inside.returncode == 0, inside.stderr
+    assert inside.stdout.split() == ["slow", "started", "slow"]

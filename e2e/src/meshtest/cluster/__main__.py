@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     logs.add_argument("pod")
     logs.add_argument("-c", "--container")
     logs.add_argument("-p", "--previous", action="store_true")
+    exec_ = sub.add_parser("exec", help="run a command in a container: exec <ns>/<pod> [-c container] -- cmd")
+    exec_.add_argument("pod")
+    exec_.add_argument("-c", "--container")
+    exec_.add_argument("argv", nargs=argparse.REMAINDER)
     for tool in ("kubectl", "helm"):
         cmd = sub.add_parser(tool, help=f"run the built {tool} against the cluster", add_help=False)
         cmd.add_argument("args", nargs=argparse.REMAINDER)
@@ -59,6 +63,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export KUBECONFIG={layout.kubeconfig}\nexport PATH={layout.bin}:$PATH")
     elif args.cmd == "logs":
         return _logs(layout, args.pod, args.container, args.previous)
+    elif args.cmd == "exec":
+        from meshtest.kube import KubeCluster
+
+        namespace, _, pod = args.pod.rpartition("/")
+        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        result = KubeCluster(layout.kubeconfig, layout).exec(
+            namespace or "default", pod, argv, args.container
+        )
+        sys.stdout.write(result.stdout)
+        sys.stderr.write(result.stderr)
+        return result.returncode
     else:
         binary = str(layout.binary(args.cmd))
         os.execve(binary, [binary, *args.args], tool_env(layout))
