@@ -1,7 +1,7 @@
 """HBONE benchmark: plain TCP, TLS 1.3 (mTLS) and HBONE in one run on loopback, each role in its own process.
 
 Figures (bench/results/hbone.json):
-- ``{tcp,tls,hbone}.throughput_gbps``: 1 GiB over one connection (median of 3), timed from the first write to
+- ``{tcp,tls,hbone}.throughput_gbps``: 1 GiB over one connection (median of 5), timed from the first write to
   the server's 1-byte "got it all";
 - ``{tcp,tls,hbone}.rr_p50_us`` / ``rr_p99_us``: 1 KiB request, 1 KiB response, sequential, on an
   established connection;
@@ -14,7 +14,7 @@ Figures (bench/results/hbone.json):
 Supporting figures, robust to a busy machine (wall-clock figures are not: other work on the 2 vCPUs skews
 them by ±50%): ``{mode}.sender_cpu_s_per_gib`` / ``receiver_cpu_s_per_gib`` (CPU seconds per GiB of each
 process in the throughput run) and ``{mode}.rr_cpu_us_per_req`` (client + server CPU per round trip).
-Every server is a fresh process per measurement, and the transports are interleaved over three rounds.
+Every server is a fresh process per measurement, and the transports are interleaved over five rounds.
 
 Every process uses uvloop (as ztunnel and the waypoint do) and ``tune_malloc()`` (python-perf.md §3a), so the
 three transports are compared under the same process settings. ``--loop asyncio`` switches the loop.
@@ -55,6 +55,7 @@ TOTAL = 1 << 30
 CHUNK = 256 * 1024
 MSG = 1024
 RR_N, RR_WARM = 5000, 500
+ROUNDS = 5  # interleaved rounds per transport; medians are reported
 SERVER_ID = Identity("cluster.local", "bench", "server")
 CLIENT_ID = Identity("cluster.local", "bench", "client")
 SINK, ECHO, FORWARD = 1, 2, 3  # HBONE server behaviour, chosen by the :authority port
@@ -574,7 +575,7 @@ def orchestrate(loop_name: str) -> None:
         certs = Path(tmp)
         write_certs(certs)
         # interleave the transports, three rounds, medians: the VM's noise is shared fairly
-        for _round in range(3):
+        for _round in range(ROUNDS):
             for mode in ("tcp", "tls", "hbone"):
                 with Server(certs, loop_name) as server:
                     before = server.cpu()
