@@ -497,7 +497,7 @@ class Proc:
         assert self.p.stdout is not None
         text = self.p.stdout.readline()
         if not text:
-            raise RuntimeError(f"process {self.p.args} exited with {self.p.wait()}")
+            raise RuntimeError(f"process {self.p.args!r} exited with {self.p.wait()}")
         return text.strip()
 
     def send(self, text: str) -> None:
@@ -567,7 +567,7 @@ class Server:
 
 
 def orchestrate(loop_name: str) -> None:
-    from _results import write_results
+    from _results import write_results  # type: ignore[import-not-found]  # bench/ is on sys.path when run
 
     figures: dict[str, float | int | str] = {}
     runs: dict[str, list[float]] = {}
