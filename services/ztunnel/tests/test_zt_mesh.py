@@ -174,6 +174,14 @@ async def test_strict_blocks_plaintext_from_uncaptured_pod(mesh, topology) -> No
     mesh.workloads.append(mesh.workload(outsider))
     mesh.publish()
     assert await mesh.request(outsider, server.ip, 8080, b"permissive") == b"permissive"
+    from meshkit.sockets import open_tcp
+
+    held = await open_tcp(
+        mesh.factory(outsider), server.ip, 8080
+    )  # a plaintext connection open across the change
+    reader, writer = await asyncio.open_connection(sock=held)
+    writer.write(b"open")
+    assert await asyncio.wait_for(reader.readexactly(4), 10) == b"open"
     strict = Authorization(
         "istio_converted_static_strict",
         "istio-system",
@@ -184,6 +192,9 @@ async def test_strict_blocks_plaintext_from_uncaptured_pod(mesh, topology) -> No
     mesh.policies = [strict]
     mesh.publish()
     assert await refused(mesh, outsider, server.ip, 8080)
+    with contextlib.suppress(ConnectionError):  # STRICT now denies it: ztunnel closes the existing connection
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
     assert await mesh.request(client, VIP, 80, b"mtls still fine") == b"mtls still fine"
 
 

@@ -133,7 +133,7 @@ class InPodProxy:
         for acceptor in self._acceptors:
             acceptor.start()
         self._hbone_task = self._tasks.spawn(self._serve_hbone(hbone), name="hbone")
-        self._unsubscribe = self.services.state.on_policy_change(self.inbound.recheck)
+        self._unsubscribe = self.services.state.on_policy_change(self._recheck)
 
     async def _serve_hbone(self, sock: socket.socket) -> None:
         """Start the HBONE server once the pod's workload and certificate are known (hold, don't drop)."""
@@ -157,6 +157,10 @@ class InPodProxy:
         await self.hbone.start()
         self.ready.set()
         log.info("pod proxy ready", extra=kv(pod=f"{self.pod.info.namespace}/{self.pod.info.name}"))
+
+    def _recheck(self) -> None:
+        self.inbound.recheck()
+        self.plaintext.recheck()
 
     def _canonical(self) -> tuple[str, str]:
         wl = self.pod.workload

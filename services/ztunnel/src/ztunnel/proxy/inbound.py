@@ -26,6 +26,7 @@ from ztunnel.proxy.context import ILLEGAL_PORTS, PodContext
 from ztunnel.proxy.telemetry import ConnectionRecord, Endpoints
 from ztunnel.rbac import ConnInfo, evaluate
 from ztunnel.state.records import Service, Workload
+from ztunnel.state.state import State
 
 __all__ = ["InboundProxy"]
 
@@ -33,17 +34,39 @@ log = logging.getLogger("proxy.inbound")
 
 
 @dataclass(eq=False)
-class _Live:
+class LiveConnection:
+    """A forwarded inbound connection, kept for re-authorization when policies change."""
+
     conn: ConnInfo
     workload: Workload
     sock: socket.socket | None
     record: ConnectionRecord
+    downstream: socket.socket | None = None
+
+
+def recheck_live(live: set[LiveConnection], state: State) -> None:
+    """Close every connection in ``live`` that the current policies deny (§4.6), using the workload captured
+    at connect time, as upstream does."""
+    for item in list(live):
+        decision = evaluate(state.policies_for(item.workload), item.conn)
+        if decision.allowed or item.sock is None:
+            continue
+        log.info(
+            "closing connection denied after policy change",
+            extra=kv(src=item.conn.src_ip, policy=decision.policy or decision.reason),
+        )
+        live.discard(item)
+        item.record.close("connection closed due to policy change", "DENY")
+        for sock in (item.sock, item.downstream):
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 class InboundProxy:
     def __init__(self, pod: PodContext) -> None:
         self.pod = pod
-        self.live: set[_Live] = set()
+        self.live: set[LiveConnection] = set()
 
     async def handle(self, peer: InboundPeer, request: ConnectRequest) -> Decision:
         wl = await self.pod.fetch_workload()
@@ -86,7 +109,7 @@ class InboundProxy:
             record.open()
             record.close(f"connection denied: {decision.reason}", "DENY")
             return Reject(401, decision.reason)
-        live = _Live(conn, wl, None, ConnectionRecord(s.metrics, endpoints))
+        live = LiveConnection(conn, wl, None, ConnectionRecord(s.metrics, endpoints))
         live.record.open()
         dst = (target_ip, port)
         src_ip = conn.src_ip if s.spoof_source else None
@@ -125,16 +148,4 @@ class InboundProxy:
 
     def recheck(self) -> None:
         """After a policy change: close every live connection that the policies now deny."""
-        state = self.pod.services.state
-        for live in list(self.live):
-            decision = evaluate(state.policies_for(live.workload), live.conn)
-            if decision.allowed or live.sock is None:
-                continue
-            log.info(
-                "closing connection denied after policy change",
-                extra=kv(src=live.conn.src_ip, policy=decision.policy or decision.reason),
-            )
-            self.live.discard(live)
-            live.record.close("connection closed due to policy change", "DENY")
-            with contextlib.suppress(OSError):
-                live.sock.shutdown(socket.SHUT_RDWR)
+        recheck_live(self.live, self.pod.services.state)

@@ -15,6 +15,7 @@ from meshkit.sockets import original_dst
 
 from ztunnel.proxy.common import connect_app, reset
 from ztunnel.proxy.context import ILLEGAL_PORTS, PodContext
+from ztunnel.proxy.inbound import LiveConnection, recheck_live
 from ztunnel.proxy.tcp_relay import relay_tcp
 from ztunnel.proxy.telemetry import ConnectionRecord, Endpoints
 from ztunnel.rbac import ConnInfo, evaluate
@@ -27,6 +28,7 @@ log = logging.getLogger("proxy.inbound_passthrough")
 class InboundPlaintextProxy:
     def __init__(self, pod: PodContext) -> None:
         self.pod = pod
+        self.live: set[LiveConnection] = set()
 
     async def handle(self, sock: socket.socket, peer: tuple[str, int]) -> None:
         try:
@@ -47,9 +49,9 @@ class InboundPlaintextProxy:
             s.metrics, Endpoints("inbound", peer, dst, "", src_wl, None, wl, None, None)
         )
         record.open()
-        decision = evaluate(
-            s.state.policies_for(self.pod.current_workload() or wl), ConnInfo(peer[0], None, dst[0], dst[1])
-        )
+        wl = self.pod.current_workload() or wl
+        conn = ConnInfo(peer[0], None, dst[0], dst[1])
+        decision = evaluate(s.state.policies_for(wl), conn)
         if not decision.allowed:
             log.info("plaintext connection denied", extra=kv(src=peer, dst=dst, reason=decision.reason))
             reset(sock)
@@ -64,6 +66,15 @@ class InboundPlaintextProxy:
                 reset(sock)
                 record.close(f"connect to app failed: {exc!r}", "CONNECT")
                 return
-            result = await relay_tcp(sock, upstream, record.add_bytes)
+            live = LiveConnection(conn, wl, upstream, record, sock)
+            self.live.add(live)
+            try:
+                result = await relay_tcp(sock, upstream, record.add_bytes)
+            finally:
+                self.live.discard(live)
         record.sync(result.up, result.down)
         record.close(result.error)
+
+    def recheck(self) -> None:
+        """After a policy change: close the plaintext connections the policies now deny (e.g. STRICT)."""
+        recheck_live(self.live, self.pod.services.state)
