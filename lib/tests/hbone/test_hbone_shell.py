@@ -676,3 +676,39 @@ async def test_pool_waiters_survive_a_cancelled_dial(mesh: Mesh) -> None:
     await stream.send(b"ok")
     assert await stream.readexactly(2) == b"ok"
     stream.abort()
+
+
+async def test_many_streams_on_one_connection_leave_no_state_behind(
+    echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    server = await _server_with(forward_to(echo.port), server_cert)
+    pool = _pool_mesh(server, {CLIENT_ID: client_cert}, pool_max_streams_per_connection=10_000)
+    try:
+        conn = None
+        for i in range(300):
+            stream = await pool.connect(make_key(server), "10.0.0.1:80")
+            conn = stream.conn
+            if i % 3 == 0:
+                stream.abort()
+                continue
+            await stream.send(b"x")
+            stream.write_eof()
+            assert await stream.readexactly(1) == b"x"
+            assert await stream.read() == b""
+            await stream.wait_closed()
+        assert conn is not None
+        (server_conn,) = server.connections
+        await wait_until(lambda: not server_conn.streams and not conn.streams)
+        assert pool.connections_opened == 1
+        assert not conn.core._recv
+        assert not server_conn.core._recv
+        assert not conn.core._send_open
+        assert not server_conn.core._send_open
+        # h2 forgets closed streams too (it prunes them when counting open ones)
+        assert conn.core.open_outbound_streams == 0
+        assert len(conn.core._h2.streams) < 10
+        assert server_conn.core.open_inbound_streams == 0
+        assert len(server_conn.core._h2.streams) < 10
+    finally:
+        await pool.close()
+        await server.close()
