@@ -211,3 +211,23 @@ def test_rewrite_prefix_and_redirect() -> None:
     assert rd.redirect is not None
     assert redirect_location(rd, rd.redirect, _req("/moved")) == "http://example.com/there"
     assert rd.redirect.status_code == 301
+
+
+def test_http1_expect_continue_and_informational_responses() -> None:
+    from waypoint.http1 import RequestParser, Response, ResponseParser, serialize_request, serialize_response
+
+    parser = RequestParser()
+    assert (
+        parser.feed(b"POST /x HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: 3\r\n\r\n") == []
+    )
+    assert parser.take_continue()
+    assert not parser.take_continue()
+    (req,) = parser.feed(b"abc")
+    assert req.body == b"abc"
+    assert b"expect" not in serialize_request(req)
+    assert b"content-length" not in serialize_request(Request("GET", "/", "", [("host", "a")]))
+    resp = ResponseParser().feed(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    )
+    assert [(r.status, r.body) for r in resp] == [(200, b"ok")]
+    assert b"content-length" not in serialize_response(Response(204))

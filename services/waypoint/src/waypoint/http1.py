@@ -66,6 +66,8 @@ REASONS = {
     504: "Gateway Timeout",
 }
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class BadMessage(Exception):
@@ -184,6 +186,11 @@ class _RequestCollector(_Collector):
     def __init__(self, max_body: int) -> None:
         super().__init__(max_body)
         self.parser: Any = None
+        self.expect_continue = False
+
+    def on_headers_complete(self) -> None:
+        if any(k == "expect" and v.lower() == "100-continue" for k, v in self.headers):
+            self.expect_continue = True
 
     def on_message_complete(self) -> None:
         url = self.url.decode("latin-1")
@@ -221,6 +228,11 @@ class RequestParser:
         out, self._c.done = self._c.done, []
         return out
 
+    def take_continue(self) -> bool:
+        """True once per request that sent ``Expect: 100-continue`` (answer ``CONTINUE`` before its body)."""
+        flag, self._c.expect_continue = self._c.expect_continue, False
+        return flag
+
 
 class _ResponseCollector(_Collector):
     def __init__(self, max_body: int) -> None:
@@ -237,6 +249,9 @@ class _ResponseCollector(_Collector):
             self._finish()
 
     def _finish(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            return  # informational (100 Continue, 103): the final response follows
         self.done.append(
             Response(
                 self.parser.get_status_code(), self.headers, bytes(self.body), self.parser.should_keep_alive()
@@ -280,12 +295,13 @@ class ResponseParser:
         return out
 
 
-def _head_lines(first: str, headers: list[tuple[str, str]], body_len: int, keep_alive: bool) -> bytes:
+def _head_lines(first: str, headers: list[tuple[str, str]], body_len: int | None, keep_alive: bool) -> bytes:
     parts = [first]
     for k, v in headers:
-        if k not in HOP_BY_HOP:
+        if k not in HOP_BY_HOP and k != "expect":  # bodies are buffered: nobody upstream waits for 100
             parts.append(f"{k}: {v}")
-    parts.append(f"content-length: {body_len}")
+    if body_len is not None:
+        parts.append(f"content-length: {body_len}")
     if not keep_alive:
         parts.append("connection: close")
     parts.append("\r\n")
@@ -293,13 +309,15 @@ def _head_lines(first: str, headers: list[tuple[str, str]], body_len: int, keep_
 
 
 def serialize_request(req: Request) -> bytes:
-    head = _head_lines(f"{req.method} {req.target} HTTP/1.1", req.headers, len(req.body), True)
+    length = len(req.body) if req.body or req.method not in BODYLESS else None
+    head = _head_lines(f"{req.method} {req.target} HTTP/1.1", req.headers, length, True)
     return head + req.body if req.body else head
 
 
 def serialize_response(resp: Response, *, keep_alive: bool = True, head: bool = False) -> bytes:
     reason = REASONS.get(resp.status, "Unknown")
-    data = _head_lines(f"HTTP/1.1 {resp.status} {reason}", resp.headers, len(resp.body), keep_alive)
+    length = None if resp.status in (204, 304) or resp.status < 200 else len(resp.body)
+    data = _head_lines(f"HTTP/1.1 {resp.status} {reason}", resp.headers, length, keep_alive)
     return data if head or not resp.body else data + resp.body
 
 

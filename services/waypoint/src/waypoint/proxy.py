@@ -38,6 +38,7 @@ from waypoint.authz import Decision as AuthzDecision
 from waypoint.config import ConfigStore
 from waypoint.h2c import H2UpstreamPool, serve_h2c
 from waypoint.http1 import (
+    CONTINUE,
     BadMessage,
     Request,
     RequestParser,
@@ -194,6 +195,8 @@ class WaypointProxy:
         while data:
             try:
                 requests = parser.feed(data)
+                if parser.take_continue() and not requests:
+                    stream.write(CONTINUE)
             except BadMessage as exc:
                 resp = simple_response(exc.status, str(exc))
                 stream.write(serialize_response(resp, keep_alive=False))
