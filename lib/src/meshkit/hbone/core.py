@@ -31,9 +31,8 @@ covered by ``lib/tests/hbone/test_hbone_h2_internals.py``.
 from __future__ import annotations
 
 import contextlib
-import re
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import h2
 import h2.config
@@ -47,9 +46,26 @@ from h2.settings import SettingCodes
 
 from meshkit.hbone import events as ev
 from meshkit.hbone.errors import HboneError
+from meshkit.hbone.frames import (
+    DEFAULT_WINDOW,
+    F_END_HEADERS,
+    F_END_STREAM,
+    F_PADDED,
+    FRAME_HEADER_SIZE,
+    HDR,
+    PREFACE,
+    T_CONTINUATION,
+    T_DATA,
+    T_HEADERS,
+    T_PUSH_PROMISE,
+    frame_header,
+    malformed_request,
+    status_of,
+    str_headers,
+)
 from meshkit.hbone.settings import HboneSettings
 
-__all__ = ["H2_VERSION", "FlowControlViolation", "HboneCore"]
+__all__ = ["H2_VERSION", "PREFACE", "FlowControlViolation", "HboneCore", "frame_header"]
 
 H2_VERSION = "4.4.1"
 if h2.__version__ != H2_VERSION:  # pragma: no cover - guarded by the lock file
@@ -65,18 +81,6 @@ def _data_body_repr(self: hyperframe.frame.DataFrame) -> str:
 # h2 4.4.1 repr()s every received frame for a trace log even when logging is off, and DataFrame's repr
 # hexlifies the whole payload (python-perf.md §3b). Our fast path keeps DATA away from h2, but not all of it.
 hyperframe.frame.DataFrame._body_repr = _data_body_repr  # type: ignore[method-assign,assignment]
-
-_HDR = struct.Struct(">BHBBL")  # 24-bit length as (high byte, low 16 bits), type, flags, stream id
-FRAME_HEADER_SIZE = 9
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DEFAULT_WINDOW = 65535
-
-T_DATA, T_HEADERS, T_PUSH_PROMISE, T_CONTINUATION = 0x0, 0x1, 0x5, 0x9
-F_END_STREAM, F_END_HEADERS, F_PADDED = 0x1, 0x4, 0x8
-
-
-def frame_header(length: int, ftype: int, flags: int, stream_id: int) -> bytes:
-    return _HDR.pack(length >> 16, length & 0xFFFF, ftype, flags, stream_id)
 
 
 class FlowControlViolation(Exception):
@@ -285,7 +289,7 @@ class HboneCore:
             data = memoryview(data)[:n]
         if n <= self._h2.max_outbound_frame_size and not self._h2._data_to_send:
             # the common case, kept short: one frame, nothing of h2's queued before it
-            self._out.append(_HDR.pack(n >> 16, n & 0xFFFF, T_DATA, 0, stream_id) + data)
+            self._out.append(HDR.pack(n >> 16, n & 0xFFFF, T_DATA, 0, stream_id) + data)
             self._h2.outbound_flow_control_window = conn_window - n
             stream.outbound_flow_control_window -= n
         else:
@@ -394,7 +398,7 @@ class HboneCore:
         return out
 
     def _start_frame(self, buf: bytes | memoryview, off: int, out: list[ev.Event]) -> None:
-        hi, lo, ftype, flags, sid = _HDR.unpack_from(buf, off)
+        hi, lo, ftype, flags, sid = HDR.unpack_from(buf, off)
         length = hi << 16 | lo
         sid &= 0x7FFFFFFF
         if length > self._max_frame:
@@ -426,7 +430,7 @@ class HboneCore:
         self._feed(frame_header(0, T_DATA, F_END_STREAM, self._data_sid), out)
 
     def _dispatch_whole(self, frame: bytes, out: list[ev.Event]) -> None:
-        _hi, _lo, ftype, flags, sid = _HDR.unpack_from(frame, 0)
+        _hi, _lo, ftype, flags, sid = HDR.unpack_from(frame, 0)
         sid &= 0x7FFFFFFF
         length = len(frame) - FRAME_HEADER_SIZE
         if ftype == T_DATA and flags & F_PADDED and not self._in_block and sid in self._recv:
@@ -481,8 +485,8 @@ class HboneCore:
             ):
                 self.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
                 return
-            headers = _str_headers(event.headers)
-            if _malformed_request(headers) is not None:
+            headers = str_headers(event.headers)
+            if malformed_request(headers) is not None:
                 self.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
                 return
             self._recv[sid] = _Recv(self.settings.stream_window)
@@ -491,7 +495,7 @@ class HboneCore:
             sid = int(event.stream_id)
             if sid in self._send_open or self._h2.streams.get(sid) is not None:
                 self._recv[sid] = _Recv(self.settings.stream_window)
-            out.append(ev.ResponseReceived(sid, _status(event.headers), _str_headers(event.headers)))
+            out.append(ev.ResponseReceived(sid, status_of(event.headers), str_headers(event.headers)))
         elif isinstance(event, h2.events.DataReceived):
             sid = int(event.stream_id)
             if event.data:  # only if a DATA frame ever took h2's path for an open stream
@@ -528,53 +532,3 @@ class _ConnectionError(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
-
-
-_REQUEST_PSEUDO = frozenset({":method", ":scheme", ":authority", ":path", ":protocol"})
-_CONNECTION_SPECIFIC = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
-)
-_BAD_VALUE = re.compile(r"[\x00\r\n]|^[ \t]|[ \t]$")
-
-
-def _malformed_request(headers: Sequence[tuple[str, str]]) -> str | None:
-    """Why a request header list is malformed under RFC 9113 §8.2-§8.3, or None."""
-    pseudo: dict[str, str] = {}
-    regular = False
-    for name, value in headers:
-        if not name or name != name.lower() or _BAD_VALUE.search(value):
-            return f"bad field {name!r}"
-        if name.startswith(":"):
-            if regular or name not in _REQUEST_PSEUDO or name in pseudo:
-                return f"bad pseudo-header {name!r}"
-            pseudo[name] = value
-            continue
-        regular = True
-        if name in _CONNECTION_SPECIFIC or (name == "te" and value != "trailers"):
-            return f"connection-specific field {name!r}"
-    method = pseudo.get(":method")
-    if not method:
-        return "no :method"
-    if method == "CONNECT" and ":protocol" not in pseudo:
-        if not pseudo.get(":authority") or ":scheme" in pseudo or ":path" in pseudo:
-            return "CONNECT needs :authority and no :scheme or :path"
-        return None
-    if not pseudo.get(":scheme") or not pseudo.get(":path"):
-        return "missing :scheme or :path"
-    return None
-
-
-def _str_headers(headers: Sequence[tuple[str | bytes, str | bytes]] | None) -> tuple[tuple[str, str], ...]:
-    out = []
-    for name, value in headers or ():
-        n = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
-        v = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-        out.append((n, v))
-    return tuple(out)
-
-
-def _status(headers: Sequence[tuple[str | bytes, str | bytes]] | None) -> int:
-    for name, value in _str_headers(headers):
-        if name == ":status":
-            return int(value) if value.isdigit() else 0
-    return 0
