@@ -18,6 +18,7 @@ from jwt.algorithms import RSAAlgorithm
 from meshkit.hbone.errors import ConnectFailed, HboneError
 from meshkit.hbone.testing import TestCA
 from meshkit.identity.spiffe import Identity
+from meshkit.metrics import render
 from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from waypoint.app import App, build
@@ -425,6 +426,10 @@ async def test_grpc_over_h2c_is_routed_and_denied_as_grpc(env: Env) -> None:
     assert headers["x-backend"] == "v1"
     assert body == message
     assert trailers == {"grpc-status": "0"}
+    text, _ = render(env.app.registry)
+    assert b"istio_request_messages_total{" in text
+    assert b'request_protocol="grpc"' in text
+    assert b'grpc_response_status="0"' in text
     other = await env.client.open(f"{VIP}:80")
     headers, body, trailers = await h2c_call(other, "/admin.Admin/Wipe", message)
     assert headers[":status"] == "200"

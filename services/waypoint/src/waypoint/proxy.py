@@ -36,7 +36,7 @@ from waypoint import records as rec
 from waypoint.authz import AuthzContext, Policy, evaluate
 from waypoint.authz import Decision as AuthzDecision
 from waypoint.config import ConfigStore
-from waypoint.h2c import H2UpstreamPool, serve_h2c
+from waypoint.h2c import H2UpstreamPool, grpc_status_for, serve_h2c
 from waypoint.http1 import (
     CONTINUE,
     BadMessage,
@@ -57,7 +57,15 @@ from waypoint.routing import (
     rewrite_request,
     select_route,
 )
-from waypoint.telemetry import PeerMeta, RequestMetrics, RequestSpan, Tracing, log_access, parse_baggage
+from waypoint.telemetry import (
+    PeerMeta,
+    RequestMetrics,
+    RequestSpan,
+    Tracing,
+    grpc_messages,
+    log_access,
+    parse_baggage,
+)
 from waypoint.upstream import StreamOpener, UpstreamError, UpstreamPool, relay_streams
 
 __all__ = ["DEFAULT_RETRY", "Downstream", "ExtAuthzCheck", "WaypointProxy"]
@@ -584,7 +592,11 @@ class WaypointProxy:
     ) -> None:
         duration_ms = (time.monotonic() - start) * 1000.0
         grpc = (req.header("content-type") or "").startswith("application/grpc")
-        grpc_status = resp.header("grpc-status") or "" if grpc else ""
+        grpc_status = ""
+        if grpc:
+            found = next((v for k, v in [*resp.headers, *resp.trailers] if k == "grpc-status"), None)
+            local = str(grpc_status_for(resp.status)) if resp.local and resp.status != 200 else ""
+            grpc_status = found or local
         labels = self._labels(
             down,
             out.cluster,
@@ -595,6 +607,8 @@ class WaypointProxy:
             grpc_status,
         )
         self.metrics.record(labels, duration_ms, req_bytes, len(resp.body))
+        if grpc:
+            self.metrics.record_grpc(labels, grpc_messages(req.body), grpc_messages(resp.body))
         ep = out.endpoint
         fields: dict[str, object] = {
             "src.addr": f"{down.peer.address[0]}:{down.peer.address[1]}",

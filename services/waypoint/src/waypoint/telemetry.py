@@ -142,6 +142,12 @@ class RequestMetrics:
         self.response_bytes = Histogram(
             "istio_response_bytes", "Response sizes, bytes.", LABELS, buckets=BYTES_BUCKETS, registry=registry
         )
+        self.request_messages = Counter(
+            "istio_request_messages", "gRPC messages received from the client.", LABELS, registry=registry
+        )
+        self.response_messages = Counter(
+            "istio_response_messages", "gRPC messages sent to the client.", LABELS, registry=registry
+        )
         self.tcp_opened = Counter(
             "istio_tcp_connections_opened", "TCP connections opened.", TCP_LABELS, registry=registry
         )
@@ -174,11 +180,24 @@ class RequestMetrics:
         rq.observe(req_bytes)
         rs.observe(resp_bytes)
 
+    def record_grpc(self, labels: tuple[str, ...], request_messages: int, response_messages: int) -> None:
+        self.request_messages.labels(*labels).inc(request_messages)
+        self.response_messages.labels(*labels).inc(response_messages)
+
     def record_tcp(self, labels: tuple[str, ...], sent: int, received: int) -> None:
         self.tcp_opened.labels(*labels).inc()
         self.tcp_closed.labels(*labels).inc()
         self.tcp_sent.labels(*labels).inc(sent)
         self.tcp_received.labels(*labels).inc(received)
+
+
+def grpc_messages(body: bytes) -> int:
+    """Length-prefixed gRPC messages in a body (1 byte flags + 4 bytes big-endian length each)."""
+    count, offset = 0, 0
+    while offset + 5 <= len(body):
+        offset += 5 + int.from_bytes(body[offset + 1 : offset + 5], "big")
+        count += 1
+    return count
 
 
 def log_access(fields: Mapping[str, object], error: bool) -> None:
