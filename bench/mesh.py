@@ -288,7 +288,13 @@ def run_ztunnel() -> None:
         )  # until the parent closes stdin
         await app.drain(1.0)
 
-    uvloop.run(main())
+    profile_to = os.environ.get("BENCH_PROFILE")
+    if not profile_to:
+        uvloop.run(main())
+        return
+    import cProfile
+
+    cProfile.runctx("uvloop.run(main())", globals(), locals(), f"{profile_to}.{os.getpid()}")
 
 
 def run_server() -> None:
@@ -474,11 +480,10 @@ async def zds_agents(tmp: Path, net: Net) -> list[object]:
 async def serve_xds(config_path: Path) -> tuple[object, int]:
     """A delta xDS server (meshkit.xds server core over grpc.aio, plaintext) serving the config file."""
     import grpc
-    from meshproto.envoy.service.discovery.v3 import discovery_pb2
-
     from meshkit.xds import wire
     from meshkit.xds.server_core import Resource, ServerStream
     from meshkit.xds.types import ADDRESS_TYPE, AUTHORIZATION_TYPE, DELTA_METHOD, content_version
+    from meshproto.envoy.service.discovery.v3 import discovery_pb2
     from ztunnel.xds import static_config
 
     addresses, policies = static_config(json.loads(config_path.read_text()))  # noqa: ASYNC240
