@@ -523,7 +523,7 @@ class FakeXds:
             reader.cancel()
             self._queues.discard(queue)
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
         service, method = DELTA_METHOD.lstrip("/").split("/")
         handler = grpc.stream_stream_rpc_method_handler(
             self._stream, request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString
@@ -532,7 +532,7 @@ class FakeXds:
         self.server.add_generic_rpc_handlers(
             [grpc.method_handlers_generic_handler(service, {method: handler})]
         )
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
         await self.server.start()
 
     async def stop(self) -> None:

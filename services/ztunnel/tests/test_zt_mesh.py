@@ -298,6 +298,18 @@ async def test_config_over_xds_and_control_plane_loss(mesh, topology, grpc_impl)
     assert await asyncio.wait_for(reader.readexactly(4), 10) == b"more"
     writer.close()
     assert len(echo.peers) >= 7
+    # istiod comes back on the same address: ztunnel reconnects, resumes, and takes new config again
+    await mesh.xds.start(mesh.xds.port)
+    mesh.policies = [
+        Authorization(
+            "deny-8080", "default", "NAMESPACE", "DENY", (((Match(destination_ports=frozenset({8080})),),),)
+        )
+    ]
+    mesh.publish()
+    async with asyncio.timeout(30):
+        while "default/deny-8080" not in dst_state.policies.by_key:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)  # reconnect back-off, then the push
+    assert await refused(mesh, client, VIP, 80)
 
 
 async def test_hold_connections_until_workload_and_certificate_arrive(mesh, topology) -> None:  # type: ignore[no-untyped-def]
