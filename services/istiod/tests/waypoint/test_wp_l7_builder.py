@@ -331,3 +331,29 @@ def test_workload_addressed_binding_for_workload_waypoints() -> None:
     assert not any(
         s.HasField("workload") for s in build_configs(service_only).configs["app/waypoint"].services
     )
+
+
+def test_grpcroute_method_matches() -> None:
+    route = {
+        "metadata": {"name": "grpc", "namespace": "app"},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "reviews"}],
+            "rules": [
+                {
+                    "matches": [{"method": {"service": "echo.Echo", "method": "Call"}}],
+                    "backendRefs": [{"name": "ratings", "port": 80}],
+                },
+                {
+                    "matches": [{"method": {"service": "echo.Echo"}}],
+                    "backendRefs": [{"name": "reviews", "port": 80}],
+                },
+            ],
+        },
+    }
+    res = build_configs(base(grpcroutes=[route]))
+    routes = res.configs["app/waypoint"].services[0].routes
+    assert [r.name for r in routes] == ["GRPCRoute/app/grpc#0", "GRPCRoute/app/grpc#1"]
+    assert routes[0].matches[0].path.exact == "/echo.Echo/Call"
+    assert routes[0].matches[0].method == "POST"
+    assert routes[1].matches[0].path.prefix == "/echo.Echo/"
+    assert next(s for s in res.statuses if s.name == "grpc").kind == "GRPCRoute"

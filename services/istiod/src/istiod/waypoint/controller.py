@@ -46,6 +46,7 @@ Obj = dict[str, Any]
 
 DEPLOYMENTS = r.Resource("apps", "v1", "deployments", "Deployment")
 HTTPROUTES = r.Resource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
+GRPCROUTES = r.Resource("gateway.networking.k8s.io", "v1", "grpcroutes", "GRPCRoute")
 VIRTUALSERVICES = r.Resource("networking.istio.io", "v1", "virtualservices", "VirtualService")
 DESTINATIONRULES = r.Resource("networking.istio.io", "v1", "destinationrules", "DestinationRule")
 REQUESTAUTHENTICATIONS = r.Resource(
@@ -61,6 +62,7 @@ KINDS: dict[str, tuple[r.Resource, bool]] = {
     "pods": (r.PODS, False),
     "deployments": (DEPLOYMENTS, False),
     "httproutes": (HTTPROUTES, True),
+    "grpcroutes": (GRPCROUTES, True),
     "virtualservices": (VIRTUALSERVICES, True),
     "destinationrules": (DESTINATIONRULES, True),
     "authorizationpolicies": (r.AUTHORIZATIONPOLICIES, True),
@@ -71,6 +73,7 @@ BY_KIND = {
     "Deployment": DEPLOYMENTS,
     "Service": r.SERVICES,
     "HTTPRoute": HTTPROUTES,
+    "GRPCRoute": GRPCROUTES,
     "VirtualService": VIRTUALSERVICES,
     "AuthorizationPolicy": r.AUTHORIZATIONPOLICIES,
     "RequestAuthentication": REQUESTAUTHENTICATIONS,
@@ -155,6 +158,7 @@ class WaypointController:
             services=self._objects("services"),
             pods=self._objects("pods"),
             httproutes=self._objects("httproutes"),
+            grpcroutes=self._objects("grpcroutes"),
             virtualservices=self._objects("virtualservices"),
             destinationrules=self._objects("destinationrules"),
             authorizationpolicies=self._objects("authorizationpolicies"),

@@ -67,6 +67,7 @@ class L7Inputs:
     services: list[Obj] = field(default_factory=list)
     pods: list[Obj] = field(default_factory=list)
     httproutes: list[Obj] = field(default_factory=list)
+    grpcroutes: list[Obj] = field(default_factory=list)
     virtualservices: list[Obj] = field(default_factory=list)
     destinationrules: list[Obj] = field(default_factory=list)
     authorizationpolicies: list[Obj] = field(default_factory=list)
@@ -387,7 +388,10 @@ class _Builder:
             )
             clusters(host, int(port["port"]), "")  # the default route's cluster
         routes: list[tuple[tuple[Any, ...], pb.Route]] = []
-        for route in self.inputs.httproutes:
+        gamma = [(r, "HTTPRoute") for r in self.inputs.httproutes] + [
+            (r, "GRPCRoute") for r in self.inputs.grpcroutes
+        ]
+        for route, kind in gamma:
             for parent in meta.spec(route).get("parentRefs") or []:
                 if (
                     parent.get("kind") == "Service"
@@ -396,10 +400,10 @@ class _Builder:
                     and (parent.get("namespace") or meta.namespace(route)) == meta.namespace(svc)
                 ):
                     conv = convert_httproute(
-                        route, int(parent.get("port") or 0), clusters, self.inputs.domain_suffix
+                        route, int(parent.get("port") or 0), clusters, self.inputs.domain_suffix, kind
                     )
                     routes.extend(conv.routes)
-                    self._route_status(route, parent, conv)
+                    self._route_status(route, parent, conv, kind)
         routes.sort(key=lambda kr: kr[0])
         out.routes.extend(r for _, r in routes)
         for vs in self.inputs.virtualservices:
@@ -409,7 +413,7 @@ class _Builder:
                 self._problems_status("VirtualService", vs, conv.problems + conv.unresolved)
         return out
 
-    def _route_status(self, route: Obj, parent: Obj, conv: Converted) -> None:
+    def _route_status(self, route: Obj, parent: Obj, conv: Converted, kind: str = "HTTPRoute") -> None:
         accepted = not conv.problems
         resolved = not conv.unresolved
         entry = {
@@ -435,7 +439,7 @@ class _Builder:
             ],
         }
         self.result.statuses.append(
-            StatusUpdate("HTTPRoute", meta.namespace(route), meta.name(route), {"parents": [entry]})
+            StatusUpdate(kind, meta.namespace(route), meta.name(route), {"parents": [entry]})
         )
 
     def _problems_status(self, kind: str, obj: Obj, problems: list[str]) -> None:

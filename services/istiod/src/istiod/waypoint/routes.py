@@ -27,6 +27,30 @@ ClusterFor = Callable[[str, int, str], "str | None"]
 __all__ = ["ClusterFor", "Converted", "convert_httproute", "convert_virtualservice", "parse_duration_ms"]
 
 INVALID = "invalid-backend"
+GRPC_CODES = {
+    name: code
+    for code, name in enumerate(
+        [
+            "OK",
+            "CANCELLED",
+            "UNKNOWN",
+            "INVALID_ARGUMENT",
+            "DEADLINE_EXCEEDED",
+            "NOT_FOUND",
+            "ALREADY_EXISTS",
+            "PERMISSION_DENIED",
+            "RESOURCE_EXHAUSTED",
+            "FAILED_PRECONDITION",
+            "ABORTED",
+            "OUT_OF_RANGE",
+            "UNIMPLEMENTED",
+            "INTERNAL",
+            "UNAVAILABLE",
+            "DATA_LOSS",
+            "UNAUTHENTICATED",
+        ]
+    )
+}
 
 
 class Unsupported(ValueError):
@@ -165,15 +189,41 @@ def _backend_cluster(ref: Obj, ns: str, cluster_for: ClusterFor, domain: str = "
     return cluster_for(host, int(ref.get("port") or 0), "")
 
 
-def convert_httproute(obj: Obj, parent_port: int, cluster_for: ClusterFor, domain: str) -> Converted:
-    """Routes of one HTTPRoute for one Service parent (``parent_port`` 0: every port)."""
+def _grpc_match(m: Obj, port: int) -> tuple[pb.RouteMatch, tuple[Any, ...]]:
+    """GRPCRoute ``method`` (service and/or method, Exact or RegularExpression) → a ``:path`` match."""
+    out = pb.RouteMatch(port=port, method="POST")
+    method = m.get("method") or {}
+    svc, name = str(method.get("service") or ""), str(method.get("method") or "")
+    if method.get("type", "Exact") == "RegularExpression":
+        out.path.CopyFrom(pb.StringMatch(regex=_regex(f"/{svc or '[^/]+'}/{name or '[^/]+'}")))
+    elif svc and name:
+        out.path.CopyFrom(pb.StringMatch(exact=f"/{svc}/{name}"))
+    elif svc:
+        out.path.CopyFrom(pb.StringMatch(prefix=f"/{svc}/"))
+    elif name:
+        out.path.CopyFrom(pb.StringMatch(regex=_regex(f"/[^/]+/{re.escape(name)}")))
+    for h in m.get("headers") or []:
+        out.headers.append(
+            pb.HeaderMatch(
+                name=str(h["name"]).lower(), value=_gw_string(h.get("type", "Exact"), str(h["value"]))
+            )
+        )
+    key = (0 if svc and name else 1, -len(svc) - len(name), -len(out.headers))
+    return out, key
+
+
+def convert_httproute(
+    obj: Obj, parent_port: int, cluster_for: ClusterFor, domain: str, kind: str = "HTTPRoute"
+) -> Converted:
+    """Routes of one HTTPRoute (or GRPCRoute) for one Service parent (``parent_port`` 0: every port)."""
+    match_of = _grpc_match if kind == "GRPCRoute" else _gw_match
     meta = obj.get("metadata") or {}
     ns = str(meta.get("namespace", ""))
     created = str(meta.get("creationTimestamp", ""))
     out = Converted()
     for i, rule in enumerate((obj.get("spec") or {}).get("rules") or []):
         try:
-            base = pb.Route(name=f"HTTPRoute/{ns}/{meta.get('name')}#{i}")
+            base = pb.Route(name=f"{kind}/{ns}/{meta.get('name')}#{i}")
             _gw_filters(rule.get("filters") or [], base, ns, cluster_for)
             for ref in rule.get("backendRefs") or []:
                 wc = pb.WeightedCluster(weight=int(ref.get("weight", 1)))
@@ -210,7 +260,7 @@ def convert_httproute(obj: Obj, parent_port: int, cluster_for: ClusterFor, domai
                     )
                 )
             for m in rule.get("matches") or [{}]:
-                match, key = _gw_match(m, parent_port)
+                match, key = match_of(m, parent_port)
                 route = pb.Route()
                 route.CopyFrom(base)
                 route.matches.append(match)
@@ -349,8 +399,13 @@ def _vs_route(
             f.delay_percent = _pct(fault["delay"])
             f.delay_ms = parse_duration_ms(fault["delay"].get("fixedDelay"))
         if fault.get("abort"):
-            f.abort_percent = _pct(fault["abort"])
-            f.abort_status = int(fault["abort"].get("httpStatus") or 503)
+            abort = fault["abort"]
+            f.abort_percent = _pct(abort)
+            if abort.get("grpcStatus"):
+                f.abort_grpc_status = GRPC_CODES.get(str(abort["grpcStatus"]).upper(), 2)
+                f.abort_status = 200  # trailers-only gRPC answer
+            else:
+                f.abort_status = int(abort.get("httpStatus") or 503)
         route.fault.CopyFrom(f)
     if http.get("redirect"):
         rd = http["redirect"]
