@@ -30,7 +30,8 @@ from meshkit import logs
 from meshtest.cluster.cni import CniRunner
 from meshtest.cluster.config import K8S_VERSION, ClusterLayout, NodeSpec
 from meshtest.cluster.kubeapi import ApiError, AsyncKube, retrying, ssl_context
-from meshtest.cluster.pods import NodeContext, PodWorker, now
+from meshtest.cluster.pods import NodeContext, PodWorker
+from meshtest.cluster.podstatus import now
 
 log = logging.getLogger("meshtest.cluster.agent")
 Obj = dict[str, Any]

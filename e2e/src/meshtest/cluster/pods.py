@@ -4,84 +4,35 @@ probes, and the status the API server sees. The node agent owns one :class:`PodW
 Lifecycle: ``setup`` (volumes, then network; retried while a referenced ConfigMap/Secret is missing) → init
 containers in order → all containers, each under a supervisor that restarts it per ``restartPolicy`` with
 exponential back-off (1 s doubling to 60 s, reset after 60 s of healthy running) → ``terminate`` (SIGTERM to
-the
-process group, grace period, SIGKILL; then CNI DEL and the netns). Status is recomputed from this state after
-every change and written with a merge patch only when it differs.
+the process group, grace period, SIGKILL; then CNI DEL and the netns). Status is recomputed
+(:mod:`~meshtest.cluster.podstatus`) after every change and written only when it differs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
 import logging
 import os
 import signal
-import ssl
 import time
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from meshtest.cluster import podplan
+from meshtest.cluster import podplan, probes, volumes
 from meshtest.cluster.cni import CniRunner, pod_args, result_ips
 from meshtest.cluster.config import DNS_SVC_IP, RUN_MARKER_ENV, NodeSpec, pod_netns_name
 from meshtest.cluster.kubeapi import ApiError, AsyncKube
+from meshtest.cluster.podstatus import ContainerState, PodProgress, now, pod_status
 
 log = logging.getLogger("meshtest.cluster.pods")
 Obj = dict[str, Any]
 BACKOFF_START, BACKOFF_MAX = 1.0, 60.0
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(slots=True)
-class ContainerState:
-    spec: Obj
-    init: bool = False
-    proc: asyncio.subprocess.Process | None = None
-    restart_count: int = 0
-    ready: bool = False
-    started: bool = False  # the startup probe (if any) has passed
-    started_at: str | None = None
-    waiting: tuple[str, str] | None = ("ContainerCreating", "")
-    terminated: Obj | None = None
-    last_terminated: Obj | None = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return str(self.spec["name"])
-
-    def status(self, pod_image: str) -> Obj:
-        if self.proc is not None and self.proc.returncode is None and self.started_at:
-            state: Obj = {"running": {"startedAt": self.started_at}}
-        elif self.terminated is not None and (self.waiting is None or self.waiting[0] != "CrashLoopBackOff"):
-            state = {"terminated": self.terminated}
-        else:
-            reason, message = self.waiting or ("ContainerCreating", "")
-            state = {"waiting": {"reason": reason, **({"message": message} if message else {})}}
-        out: Obj = {
-            "name": self.name,
-            "image": pod_image,
-            "imageID": f"meshtest://{pod_image}",
-            "ready": self.ready,
-            "restartCount": self.restart_count,
-            "state": state,
-            "started": "running" in state and self.started,
-            "lastState": {},
-        }
-        if self.proc is not None and self.proc.returncode is None:
-            out["containerID"] = f"meshtest://{self.proc.pid}"
-        if self.last_terminated is not None:
-            out["lastState"] = {"terminated": self.last_terminated}
-        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,11 +288,11 @@ class PodWorker:
             target = self.dir / "volumes" / volume["name"]
             files = podplan.volume_files(self.pod, volume, self.sources)
             if files is not None:
-                _sync_files(target, files)
+                volumes.sync_files(target, files)
             elif "emptyDir" in volume:
                 target.mkdir(parents=True, exist_ok=True)
             elif "hostPath" in volume:
-                _ensure_host_path(*podplan.host_path(volume, str(self.node_root)))
+                volumes.ensure_host_path(*podplan.host_path(volume, str(self.node_root)))
             else:
                 kind = sorted(k for k in volume if k != "name")
                 raise podplan.PlanError(
@@ -584,48 +535,11 @@ class PodWorker:
             await asyncio.sleep(min(period, 0.5) if kind == "readinessProbe" and not state.ready else period)
 
     async def _probe_once(self, state: ContainerState, probe: Obj) -> bool:
-        timeout = float(probe.get("timeoutSeconds", 1))
-        try:
-            if "httpGet" in probe:
-                return await asyncio.wait_for(self._http_probe(state, probe["httpGet"]), timeout)
-            if "tcpSocket" in probe:
-                port = _port(state.spec, probe["tcpSocket"]["port"])
-                host = probe["tcpSocket"].get("host") or self.pod_ips[0]
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-                writer.close()
-                return True
-            if "exec" in probe and state.proc is not None:
-                proc = await asyncio.create_subprocess_exec(
-                    "nsenter",
-                    "-t",
-                    str(state.proc.pid),
-                    "-n",
-                    "-m",
-                    "-u",
-                    "--",
-                    *probe["exec"]["command"],
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.DEVNULL,
-                )
-                return await asyncio.wait_for(proc.wait(), timeout) == 0
-            log.warning(
-                "pod %s/%s: unsupported probe %s; treated as passing",
-                self.namespace,
-                self.name,
-                sorted(probe),
-            )
-            return True
-        except (TimeoutError, OSError, aiohttp.ClientError):
-            return False
-
-    async def _http_probe(self, state: ContainerState, get: Obj) -> bool:
-        scheme = str(get.get("scheme", "HTTP")).lower()
-        host = get.get("host") or self.pod_ips[0]
-        url = f"{scheme}://{host}:{_port(state.spec, get['port'])}{get.get('path', '/')}"
-        headers = {h["name"]: h["value"] for h in get.get("httpHeaders", [])}
-        ctx: ssl.SSLContext | bool = scheme != "https"  # HTTPS probes skip verification, as the kubelet's do
-        async with self.http.get(url, headers=headers, ssl=ctx, allow_redirects=False) as resp:
-            return 200 <= resp.status < 400
+        pid = state.proc.pid if state.proc is not None and state.proc.returncode is None else None
+        target = probes.ProbeTarget(
+            container=state.spec, pod_ip=self.pod_ips[0] if self.pod_ips else "", pid=pid
+        )
+        return await probes.probe_once(probe, target, self.http)
 
     # -- termination -----------------------------------------------------------------------------------------
     def _grace(self) -> float:
@@ -692,55 +606,21 @@ class PodWorker:
         return out
 
     def compute_status(self) -> Obj:
-        spec = self.pod["spec"]
-        policy = spec.get("restartPolicy", "Always")
-        images = {
-            c["name"]: c.get("image", "") for c in spec.get("containers", []) + spec.get("initContainers", [])
-        }
         if self.setup_error:
             for state in self.init_states + self.states:
                 state.waiting = self.setup_error
-        statuses = [s.status(images[s.name]) for s in self.states]
-        init_statuses = [s.status(images[s.name]) for s in self.init_states]
-        running = [s for s in self.states if s.proc is not None and s.proc.returncode is None]
-        exited = [s for s in self.states if s.terminated is not None and s not in running]
-        all_ready = bool(self.states) and all(s.ready for s in self.states) and self.initialized
-        phase = "Pending"
-        if self.initialized and running:
-            phase = "Running"
-        if self.init_failed:
-            phase = "Failed"
-        if policy != "Always" and self.states and len(exited) == len(self.states) and not running:
-            failed = any(s.terminated and s.terminated["exitCode"] != 0 for s in exited)
-            if policy == "Never" or not failed:
-                phase = "Failed" if failed else "Succeeded"
-        stamp = now()
-
-        def cond(kind: str, ok: bool) -> Obj:
-            return {
-                "type": kind,
-                "status": "True" if ok else "False",
-                "lastProbeTime": None,
-                "lastTransitionTime": stamp,
-            }
-
-        conditions = [
-            cond("PodReadyToStartContainers", bool(self.pod_ips)),
-            cond("Initialized", self.initialized),
-            cond("ContainersReady", all_ready),
-            cond("Ready", all_ready),
-            cond("PodScheduled", True),
-        ]
-        status: Obj = {
-            "phase": phase,
-            "conditions": conditions,
-            "containerStatuses": statuses,
-            "startTime": self.start_time,
-            **self._ip_status(),
-        }
-        if init_statuses:
-            status["initContainerStatuses"] = init_statuses
-        return status
+        return pod_status(
+            self.pod["spec"],
+            PodProgress(
+                init_states=self.init_states,
+                states=self.states,
+                initialized=self.initialized,
+                init_failed=self.init_failed,
+                start_time=self.start_time,
+                ip_status=self._ip_status(),
+                network_ready=bool(self.pod_ips),
+            ),
+        )
 
     async def _status_loop(self) -> None:
         path = f"/api/v1/namespaces/{self.namespace}/pods/{self.name}/status"
@@ -780,45 +660,3 @@ class PodWorker:
 def _killpg(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-
-
-def _port(container: Obj, port: int | str) -> int:
-    if isinstance(port, int) or str(port).isdigit():
-        return int(port)
-    for item in container.get("ports", []):
-        if item.get("name") == port:
-            return int(item["containerPort"])
-    raise OSError(f"named port {port!r} not found")
-
-
-def _sync_files(target: Path, files: podplan.FileMap) -> None:
-    """Write ``files`` below ``target`` atomically per file; remove files no longer present."""
-    target.mkdir(parents=True, exist_ok=True)
-    wanted = set()
-    for rel, (content, mode) in files.items():
-        path = target / rel
-        wanted.add(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and path.read_bytes() == content:
-            continue
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(content)
-        tmp.chmod(mode)
-        tmp.replace(path)
-    for path in list(target.rglob("*")):
-        if path.is_file() and path not in wanted and not path.name.startswith("."):
-            path.unlink()
-
-
-def _ensure_host_path(path: str, kind: str) -> None:
-    p = Path(path)
-    if kind in ("", "DirectoryOrCreate") and not p.exists():
-        p.mkdir(parents=True, exist_ok=True)
-    elif kind == "FileOrCreate" and not p.exists():
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.touch()
-    elif kind in ("Directory", "File", "Socket", "CharDevice", "BlockDevice") and not p.exists():
-        raise podplan.PlanError("CreateContainerConfigError", f"hostPath {path} ({kind}) does not exist")
-
-
-StatusHook = Callable[[], None]
