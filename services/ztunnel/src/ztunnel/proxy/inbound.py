@@ -48,6 +48,10 @@ def recheck_live(live: set[LiveConnection], state: State) -> None:
     """Close every connection in ``live`` that the current policies deny (§4.6), using the workload captured
     at connect time, as upstream does."""
     for item in list(live):
+        if item.sock is not None and item.sock.fileno() < 0:  # the relay never ran (client left mid-dial)
+            live.discard(item)
+            item.record.close("client went away before the upstream answered", "CONNECT")
+            continue
         decision = evaluate(state.policies_for(item.workload), item.conn)
         if decision.allowed or item.sock is None:
             continue

@@ -111,6 +111,14 @@ class ConnectionRecord:
         self._sent: Counter = metrics.sent_bytes.labels(**labels)
 
     def open(self) -> None:
+        if access_log.isEnabledFor(logging.DEBUG):
+            e = self.endpoints
+            access_log.debug(
+                "connection opened",
+                extra=kv(
+                    **{"src.addr": _addr(e.src_addr), "dst.addr": _addr(e.dst_addr), "direction": e.direction}
+                ),
+            )
         self.metrics.opened.labels(**_labels(self.endpoints, "-")).inc()
         self.metrics.sockets_open.labels(reporter=_labels(self.endpoints, "-")["reporter"]).inc()
 
