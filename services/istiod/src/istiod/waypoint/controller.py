@@ -125,6 +125,7 @@ class WaypointController:
         self._dirty = asyncio.Event()
         self._written: dict[tuple[str, str, str], Any] = {}
         self.reconciles = 0
+        self.failed_writes = 0
 
     # -- inputs ---------------------------------------------------------------------------------------------
 
@@ -174,16 +175,24 @@ class WaypointController:
     async def run(self) -> None:
         """Reconcile on every change (debounced) until cancelled."""
         self._dirty.set()
+        backoff = 1.0
         while True:
             await self._dirty.wait()
             await asyncio.sleep(self.debounce_s)
             self._dirty.clear()
+            self.failed_writes = 0
             try:
                 await self.reconcile()
             except Exception:
-                log.exception("waypoint reconcile failed; retrying on the next change")
-                await asyncio.sleep(1.0)
+                log.exception("waypoint reconcile failed")
+                self.failed_writes += 1
+            if self.failed_writes:
+                # Retry failed writes later (not at once: a missing RBAC rule must not hammer the API server).
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 60.0)
                 self._dirty.set()
+            else:
+                backoff = 1.0
 
     async def reconcile(self) -> None:
         self.reconciles += 1
@@ -211,7 +220,7 @@ class WaypointController:
             fn(*args)
         except ApiError as exc:
             log.warning("kubernetes write failed", extra=kv(step=fn.__name__, error=str(exc)))
-            self._dirty.set()
+            self.failed_writes += 1
 
     def _ensure_class(self) -> None:
         assert self.client is not None
