@@ -357,3 +357,34 @@ def test_grpcroute_method_matches() -> None:
     assert routes[0].matches[0].method == "POST"
     assert routes[1].matches[0].path.prefix == "/echo.Echo/"
     assert next(s for s in res.statuses if s.name == "grpc").kind == "GRPCRoute"
+
+
+def test_custom_policy_gets_provider_from_mesh_config_and_a_cluster() -> None:
+    from istiod.waypoint.meshconfig import ext_authz_providers
+
+    mesh = {
+        "data": {
+            "mesh": "extensionProviders:\n- name: ext\n  envoyExtAuthzHttp:\n"
+            "    service: ratings.app.svc.cluster.local\n    port: 80\n    includeRequestHeadersInCheck: [X-Allow]\n    timeout: 2s\n"
+        }
+    }
+    providers = ext_authz_providers(mesh, "istio-system", "cluster.local")
+    assert providers["ext"].timeout_ms == 2000
+    assert list(providers["ext"].include_request_headers) == ["x-allow"]
+    custom = {
+        "metadata": {"name": "ext", "namespace": "app"},
+        "spec": {
+            "targetRefs": [{"kind": "Service", "name": "reviews"}],
+            "action": "CUSTOM",
+            "provider": {"name": "ext"},
+            "rules": [{"to": [{"operation": {"paths": ["/ext*"]}}]}],
+        },
+    }
+    res = build_configs(base(authorizationpolicies=[custom], ext_authz=providers))
+    cfg = res.configs["app/waypoint"]
+    assert cfg.services[0].policies[0].provider.service == "ratings.app.svc.cluster.local"
+    assert "inbound-vip|80|http|ratings.app.svc.cluster.local" in {c.name for c in cfg.clusters}
+    missing = build_configs(base(authorizationpolicies=[custom]))
+    cond = next(s for s in missing.statuses if s.kind == "AuthorizationPolicy").status["conditions"][0]
+    assert cond["status"] == "False"
+    assert "extensionProviders" in cond["message"]

@@ -37,6 +37,7 @@ from meshkit.logs import kv
 
 from istiod.waypoint import deployment as dep
 from istiod.waypoint.l7 import L7Inputs, StatusUpdate, build_configs
+from istiod.waypoint.meshconfig import ext_authz_providers
 from istiod.waypoint.publish import WaypointPublisher
 
 __all__ = ["KINDS", "WaypointController"]
@@ -139,6 +140,14 @@ class WaypointController:
             if informer is None:
                 informer = created[kind] = Informer(client, resource, optional=optional)
             self.watch(kind, informer)
+        mesh = created["meshconfig"] = Informer(
+            client,
+            r.CONFIGMAPS,
+            namespace=self.root_namespace,
+            field_selector="metadata.name=istio",
+            optional=True,
+        )
+        self.watch("meshconfig", mesh)
         return created
 
     def watch(self, kind: str, informer: Informer) -> None:
@@ -168,6 +177,9 @@ class WaypointController:
             domain_suffix=self.domain_suffix,
             root_namespace=self.root_namespace,
             cluster_id=self.cluster_id,
+            ext_authz=ext_authz_providers(
+                next(iter(self._objects("meshconfig")), None), self.root_namespace, self.domain_suffix
+            ),
         )
 
     # -- loop ---------------------------------------------------------------------------------------------
