@@ -365,7 +365,8 @@ def test_custom_policy_gets_provider_from_mesh_config_and_a_cluster() -> None:
     mesh = {
         "data": {
             "mesh": "extensionProviders:\n- name: ext\n  envoyExtAuthzHttp:\n"
-            "    service: ratings.app.svc.cluster.local\n    port: 80\n    includeRequestHeadersInCheck: [X-Allow]\n    timeout: 2s\n"
+            "    service: ratings.app.svc.cluster.local\n    port: 80\n"
+            "    includeRequestHeadersInCheck: [X-Allow]\n    timeout: 2s\n"
         }
     }
     providers = ext_authz_providers(mesh, "istio-system", "cluster.local")
