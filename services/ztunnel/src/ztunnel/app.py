@@ -276,3 +276,12 @@ class _Tracked:
             del self.app.pods[self.uid]
         await self.pod.stop()
         self.app.update_readiness()
+
+    async def drain(self, grace_s: float) -> None:
+        """Replaced by a proxy for the pod's new netns: stop accepting, let connections finish, stop."""
+        if self.app.pods.get(self.uid) is self.pod:
+            del self.app.pods[self.uid]
+        try:
+            await self.pod.stop_accepting(grace_s)
+        finally:
+            await self.pod.stop()

@@ -2,8 +2,9 @@
 wire-contracts.md).
 
 - ``WorkloadAdded``: start the pod's proxy (listeners in its netns). The same uid with the same netns inode
-  is a no-op (a re-sent snapshot); a different inode replaces the old proxy. A failure to start is acked with
-  ``failure to start proxy : ...`` and the pod stays *pending*; pending pods are retried every 5 s.
+  is a no-op (a re-sent snapshot); a different inode starts a new proxy and drains the old one beside it.
+  A failure to start is acked with ``failure to start proxy : ...`` and the pod stays *pending*; pending pods
+  are retried every 5 s.
 - ``WorkloadKept``: the pod stays as it is (it must already run: without a netns it cannot be started).
 - ``WorkloadDeleted``: stop the proxy at once.
 - ``ZdsSnapshotSent``: stop every proxy whose uid the snapshot did not name; the manager is then *snapshot
@@ -23,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from meshkit.drain import TaskOwner
 from meshkit.logs import kv
 from meshkit.netns import is_netns_fd
 from meshkit.zds import WorkloadAdded, WorkloadDeleted, WorkloadInfo, WorkloadKept, ZdsEvent, ZdsSnapshotSent
@@ -34,6 +36,8 @@ __all__ = ["PodProxy", "PodProxyFactory", "WorkloadProxyManager"]
 log = logging.getLogger("inpod")
 
 RETRY_INTERVAL_S = 5.0
+#: How long a replaced pod proxy (same uid, new netns) may finish its connections.
+REPLACE_DRAIN_S = 5.0
 
 
 class PodProxy(Protocol):
@@ -63,6 +67,7 @@ class WorkloadProxyManager:
     def __init__(self, factory: PodProxyFactory, metrics: WorkloadManagerMetrics | None = None) -> None:
         self._factory = factory
         self._metrics = metrics
+        self._background = TaskOwner("inpod-retire")
         self.pods: dict[str, _Pod] = {}
         self.snapshot_done = False
         self._ready_changed: list[Callable[[bool], None]] = []
@@ -96,9 +101,10 @@ class WorkloadProxyManager:
         if current is not None and current.inode == inode and current.proxy is not None:
             os.close(netns_fd)  # the same netns again (a re-sent snapshot): keep the running proxy
             return ""
-        if current is not None:
+        if current is not None:  # a new sandbox for the same pod: drain the old proxy beside the new one
             log.info("pod netns changed, replacing its proxy", extra=kv(uid=uid))
-            await self._stop(uid)
+            old = self.pods.pop(uid)
+            self._background.spawn(self._retire(old), name=f"drain-{uid}")
         pod = _Pod(uid, info, netns_fd, inode)
         self.pods[uid] = pod
         return await self._start(pod)
@@ -130,6 +136,20 @@ class WorkloadProxyManager:
             with contextlib.suppress(OSError):
                 os.close(pod.netns_fd)
 
+    async def _retire(self, pod: _Pod) -> None:
+        try:
+            if pod.proxy is not None:
+                drain = getattr(pod.proxy, "drain", None)
+                if drain is not None:
+                    await drain(REPLACE_DRAIN_S)
+                else:
+                    await pod.proxy.stop()
+                if self._metrics is not None:
+                    self._metrics.stopped.inc()
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(pod.netns_fd)
+
     async def _snapshot(self, event: ZdsSnapshotSent) -> None:
         for uid in [u for u in self.pods if u not in event.named]:
             log.info("dropping pod not in the ZDS snapshot", extra=kv(uid=uid))
@@ -155,6 +175,7 @@ class WorkloadProxyManager:
             callback(self.ready)
 
     async def close(self) -> None:
+        await self._background.close()
         for uid in list(self.pods):
             await self._stop(uid)
 
