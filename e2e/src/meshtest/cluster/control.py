@@ -17,21 +17,15 @@ import json
 import logging
 import shutil
 import socket
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meshtest.cluster import network, procs
+from meshtest.cluster import components, network, procs
 from meshtest.cluster.config import (
-    APISERVER_PORT,
     CLUSTER_DOMAIN,
-    DNS_SVC_IP,
     KUBERNETES_SVC_IP,
-    POD_CIDR,
-    SA_ISSUER,
-    SERVICE_CIDR,
     ClusterLayout,
     NodeSpec,
 )
@@ -171,7 +165,7 @@ class Cluster:
         self._start_coredns(kubeconfigs["coredns"])
         for node in layout.nodes:
             self._start_kube_proxy(node, kubeconfigs["kube-proxy"])
-            self._start_agent(node, kubeconfigs[f"node-{node.name}"])
+            self._start_agent(node)
         # just after /readyz the ClusterIP allocator may still be syncing and refuse 10.96.0.10: retry
         _wait(
             "kube-dns Service and EndpointSlice",
@@ -241,173 +235,29 @@ class Cluster:
         )
 
     def _start_etcd(self) -> None:
-        data = self.layout.run / "etcd"
-        self._start(
-            "etcd",
-            self.layout.control_plane,
-            [
-                str(self.layout.binary("etcd")),
-                "--name",
-                "amb-cp",
-                "--data-dir",
-                str(data),
-                "--listen-client-urls",
-                "http://127.0.0.1:2379",
-                "--advertise-client-urls",
-                "http://127.0.0.1:2379",
-                "--listen-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-cluster",
-                "amb-cp=http://127.0.0.1:2380",
-                "--unsafe-no-fsync",
-                "--listen-metrics-urls",
-                "http://127.0.0.1:2381",
-                "--log-level",
-                "warn",
-            ],
-        )
+        self._start("etcd", self.layout.control_plane, components.etcd(self.layout))
 
     def _start_apiserver(self) -> None:
-        pki, cp = self.layout.pki, self.layout.control_plane
-        self._start(
-            "kube-apiserver",
-            cp,
-            [
-                str(self.layout.binary("kube-apiserver")),
-                "--etcd-servers=http://127.0.0.1:2379",
-                f"--advertise-address={cp.ip}",
-                "--bind-address=0.0.0.0",
-                f"--secure-port={APISERVER_PORT}",
-                "--allow-privileged=true",
-                "--authorization-mode=Node,RBAC",
-                f"--client-ca-file={pki / 'ca.crt'}",
-                f"--tls-cert-file={pki / 'apiserver.crt'}",
-                f"--tls-private-key-file={pki / 'apiserver.key'}",
-                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
-                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
-                f"--kubelet-certificate-authority={pki / 'ca.crt'}",
-                "--kubelet-preferred-address-types=InternalIP",
-                f"--service-account-issuer={SA_ISSUER}",
-                f"--service-account-key-file={pki / 'sa.pub'}",
-                f"--service-account-signing-key-file={pki / 'sa.key'}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--enable-admission-plugins=NodeRestriction",
-                # aggregation-layer front proxy CA: without it every component logs a missing requestheader
-                # bundle
-                f"--requestheader-client-ca-file={pki / 'ca.crt'}",
-                "--requestheader-allowed-names=front-proxy-client",
-                "--requestheader-username-headers=X-Remote-User",
-                "--requestheader-group-headers=X-Remote-Group",
-                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-                f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
-                f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
-                "--profiling=false",
-                "--v=1",
-            ],
-        )
+        self._start("kube-apiserver", self.layout.control_plane, components.apiserver(self.layout))
 
     def _start_controllers(self, kubeconfigs: dict[str, Path]) -> None:
-        pki, cp = self.layout.pki, self.layout.control_plane
-        cm = str(kubeconfigs["controller-manager"])
-        self._start(
-            "kube-controller-manager",
-            cp,
-            [
-                str(self.layout.binary("kube-controller-manager")),
-                f"--kubeconfig={cm}",
-                f"--authentication-kubeconfig={cm}",
-                f"--authorization-kubeconfig={cm}",
-                "--leader-elect=false",
-                "--use-service-account-credentials=true",
-                f"--service-account-private-key-file={pki / 'sa.key'}",
-                f"--root-ca-file={pki / 'ca.crt'}",
-                f"--cluster-signing-cert-file={pki / 'ca.crt'}",
-                f"--cluster-signing-key-file={pki / 'ca.key'}",
-                f"--cluster-cidr={POD_CIDR}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--allocate-node-cidrs=false",
-                "--bind-address=127.0.0.1",
-                "--v=1",
-            ],
-        )
-        sched = str(kubeconfigs["scheduler"])
-        self._start(
-            "kube-scheduler",
-            cp,
-            [
-                str(self.layout.binary("kube-scheduler")),
-                f"--kubeconfig={sched}",
-                f"--authentication-kubeconfig={sched}",
-                f"--authorization-kubeconfig={sched}",
-                "--leader-elect=false",
-                "--bind-address=127.0.0.1",
-                "--v=1",
-            ],
-        )
+        cp = self.layout.control_plane
+        cm = components.controller_manager(self.layout, kubeconfigs["controller-manager"])
+        self._start("kube-controller-manager", cp, cm)
+        self._start("kube-scheduler", cp, components.scheduler(self.layout, kubeconfigs["scheduler"]))
 
     def _start_coredns(self, kubeconfig_path: Path) -> None:
         corefile = self.layout.run / "Corefile"
-        corefile.write_text(
-            ".:53 {\n"
-            "    errors\n"
-            "    health :18080\n"
-            "    ready :18181\n"
-            f"    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{\n"
-            f"        kubeconfig {kubeconfig_path} ambient-local\n"
-            "        pods insecure\n"
-            "        fallthrough in-addr.arpa ip6.arpa\n"
-            "        ttl 0\n"
-            "    }\n"
-            "    prometheus 127.0.0.1:9153\n"
-            "    loadbalance\n"
-            "}\n"
-        )
-        self._start(
-            "coredns", self.layout.control_plane, [str(self.layout.binary("coredns")), "-conf", str(corefile)]
-        )
+        corefile.write_text(components.corefile(kubeconfig_path))
+        self._start("coredns", self.layout.control_plane, components.coredns(self.layout, corefile))
 
     def _start_kube_proxy(self, node: NodeSpec, kubeconfig_path: Path) -> None:
         self._start(
-            f"kube-proxy-{node.name}",
-            node,
-            [
-                str(self.layout.binary("kube-proxy")),
-                f"--kubeconfig={kubeconfig_path}",
-                f"--hostname-override={node.name}",
-                "--proxy-mode=iptables",
-                f"--bind-address={node.ip}",
-                f"--cluster-cidr={POD_CIDR}",
-                # conntrack table sizes and timeouts are host-global knobs: leave them alone
-                "--conntrack-max-per-core=0",
-                "--conntrack-tcp-timeout-established=0",
-                "--conntrack-tcp-timeout-close-wait=0",
-                "--iptables-min-sync-period=100ms",  # new endpoints reach the rules fast (tests wait on them)
-                f"--healthz-bind-address={node.ip}:10256",
-                "--metrics-bind-address=127.0.0.1:10249",
-                "--v=1",
-            ],
+            f"kube-proxy-{node.name}", node, components.kube_proxy(self.layout, node, kubeconfig_path)
         )
 
-    def _start_agent(self, node: NodeSpec, kubeconfig_path: Path) -> None:
-        self._start(
-            f"agent-{node.name}",
-            node,
-            [
-                sys.executable,
-                "-m",
-                "meshtest.cluster.agent",
-                "--node",
-                node.name,
-                "--cache",
-                str(self.layout.cache),
-                "--workers",
-                str(self.layout.workers),
-                "--instance",
-                str(self.layout.instance),
-            ],
-        )
+    def _start_agent(self, node: NodeSpec) -> None:
+        self._start(f"agent-{node.name}", node, components.agent(self.layout, node))
 
     def _prepare_node_root(self, node: NodeSpec) -> None:
         root = self.layout.node_root(node.name)
@@ -415,70 +265,14 @@ class Cluster:
             (root / sub).mkdir(parents=True, exist_ok=True)
         for plugin in Path("/usr/lib/cni").iterdir():
             (root / "opt/cni/bin" / plugin.name).symlink_to(plugin)
-        conflist = {
-            "cniVersion": "1.0.0",
-            "name": "amb-pod-network",
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": "cni0",
-                    "isGateway": True,
-                    "ipMasq": False,
-                    "hairpinMode": True,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": node.pod_cidr}]],
-                        "routes": [{"dst": "0.0.0.0/0"}],
-                    },
-                },
-                {"type": "portmap", "capabilities": {"portMappings": True}},
-            ],
-        }
-        (root / "etc/cni/net.d/10-amb-bridge.conflist").write_text(json.dumps(conflist, indent=2))
+        conflist = json.dumps(components.node_conflist(node), indent=2)
+        (root / "etc/cni/net.d/10-amb-bridge.conflist").write_text(conflist)
 
     def _bootstrap_objects(self) -> bool:
         kube = self.client()
-        cp = self.layout.control_plane
-        kube.create(
-            "/api/v1/namespaces/kube-system/services",
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {
-                    "name": "kube-dns",
-                    "namespace": "kube-system",
-                    "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"},
-                },
-                "spec": {
-                    "clusterIP": DNS_SVC_IP,
-                    "ports": [
-                        {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
-                        {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
-                    ],
-                },
-            },
-        )
-        kube.create(
-            "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices",
-            {
-                "apiVersion": "discovery.k8s.io/v1",
-                "kind": "EndpointSlice",
-                "metadata": {
-                    "name": "kube-dns-host",
-                    "namespace": "kube-system",
-                    "labels": {
-                        "kubernetes.io/service-name": "kube-dns",
-                        "endpointslice.kubernetes.io/managed-by": "meshtest.cluster",
-                    },
-                },
-                "addressType": "IPv4",
-                "endpoints": [{"addresses": [cp.ip], "conditions": {"ready": True}, "nodeName": cp.name}],
-                "ports": [
-                    {"name": "dns", "port": 53, "protocol": "UDP"},
-                    {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
-                ],
-            },
-        )
+        kube.create("/api/v1/namespaces/kube-system/services", components.kube_dns_service())
+        slices = "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices"
+        kube.create(slices, components.kube_dns_endpoints(self.layout))
         return True
 
     def _wait_ready(self) -> None:
