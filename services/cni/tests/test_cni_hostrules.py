@@ -43,6 +43,11 @@ async def test_host_rules_idempotent_and_removable(make_netns: Callable[[], Any]
         assert "10.78.9.9" in node.sh("ipset", "list", "istio-inpod-probes-v4")
         await rules.remove_ips(("10.78.9.9", "fd00:78::9"))
         assert "10.78.9.9" not in node.sh("ipset", "list", "istio-inpod-probes-v4")
+        await rules.add_ips(("10.78.9.1", "10.78.9.2", "fd00:78::2"))
+        assert await rules.sync_ips({"10.78.9.2"}) == 2  # left behind by pods gone while no agent ran
+        members = node.sh("ipset", "list", "istio-inpod-probes-v4")
+        assert "10.78.9.2" in members
+        assert "10.78.9.1" not in members
         await rules.uninstall()
         assert node_state(node) == before
     finally:

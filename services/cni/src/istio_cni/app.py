@@ -230,7 +230,11 @@ async def _watch_install(installer: Installer, ready: asyncio.Event, metrics: Cn
 async def _open_snapshots_after_reconcile(app: App) -> None:
     await app.controller.idle.wait()
     app.hub.open_snapshots()
-    log.info("start-up reconcile done", extra=kv(pods=len(app.dataplane.pods)))
+    stale = 0
+    if app.host is not None:
+        keep = {ip for rec in app.dataplane.pods.values() for ip in rec.ips}
+        stale = await app.host.sync_ips(keep)
+    log.info("start-up reconcile done", extra=kv(pods=len(app.dataplane.pods), stale_probe_ips=stale))
 
 
 async def _mark_ready(readiness: Readiness, installed: asyncio.Event) -> None:

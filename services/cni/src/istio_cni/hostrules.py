@@ -93,6 +93,17 @@ class HostRules:
             if family in self._families:
                 await self.netns.run(["ipset", "del", IPSETS[family], ip, "-exist"])
 
+    async def sync_ips(self, keep: set[str]) -> int:
+        """Drop members not in ``keep`` (pods gone while no agent ran); returns how many were dropped."""
+        dropped = 0
+        for family in self._families:
+            result = await self.netns.run(["ipset", "save", IPSETS[family]])
+            members = [ln.split()[2] for ln in result.stdout.splitlines() if ln.startswith("add ")]
+            stale = tuple(ip for ip in members if ip not in keep)
+            await self.remove_ips(stale)
+            dropped += len(stale)
+        return dropped
+
     async def uninstall(self) -> None:
         for family in (Family.V4, Family.V6):
             current = (await self.netns.run([family.save_cmd, "-t", "nat"])).stdout
