@@ -358,7 +358,7 @@ async def test_metrics_and_config_dump(env: Env) -> None:
 async def test_tcp_passthrough_for_non_http(env: Env) -> None:
     stream = await env.client.open(f"{VIP}:80")
     stream.write(b"\x00\x01binary-not-http")
-    assert await stream.read() == b"echo:\x00\x01binary-not-http"
+    assert await stream.read() == b"v1:\x00\x01binary-not-http"
     stream.write_eof()
     assert await stream.read() == b""
 
@@ -444,3 +444,17 @@ async def test_workload_addressed_traffic_goes_to_that_pod_on_the_dialled_port(e
     assert resp.status == 200
     assert resp.header("x-backend") == "v2"
     assert (await env.client.request(stream, get("/admin"))).status == 200  # Service policies do not apply
+
+
+async def test_tcproute_sends_tcp_to_its_backend(env: Env) -> None:
+    cfg = config(env.key)
+    cfg.services[0].tcp_routes.append(
+        pb.TcpRoute(
+            name="tcp", port=80, backends=[pb.WeightedCluster(cluster=f"inbound-vip|80|v2|{HOST}", weight=1)]
+        )
+    )
+    assert env.app.store.apply(TYPE_URL, [("default/waypoint", cfg)], []) == []
+    stream = await env.client.open(f"{VIP}:80")
+    stream.write(b"\x00raw")
+    assert await stream.read() == b"v2:\x00raw"
+    assert env.backends["v2"].requests == []  # TCP, not parsed as HTTP by the waypoint or the backend

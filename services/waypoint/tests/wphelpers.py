@@ -84,7 +84,7 @@ class Backend:
         data = first
         while data:
             if not data[:1].isupper():  # not HTTP: a TCP echo
-                stream.write(b"echo:" + data)
+                stream.write(f"{self.name}:".encode() + data)
                 data = await stream.read()
                 continue
             for req in parser.feed(data):

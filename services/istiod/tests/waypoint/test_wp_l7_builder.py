@@ -389,3 +389,28 @@ def test_custom_policy_gets_provider_from_mesh_config_and_a_cluster() -> None:
     cond = next(s for s in missing.statuses if s.kind == "AuthorizationPolicy").status["conditions"][0]
     assert cond["status"] == "False"
     assert "extensionProviders" in cond["message"]
+
+
+def test_tcproute_weighted_backends() -> None:
+    route = {
+        "metadata": {"name": "tcp", "namespace": "app"},
+        "spec": {
+            "parentRefs": [{"kind": "Service", "name": "reviews", "port": 80}],
+            "rules": [
+                {
+                    "backendRefs": [
+                        {"name": "reviews", "port": 80, "weight": 3},
+                        {"name": "ratings", "port": 80},
+                    ]
+                }
+            ],
+        },
+    }
+    res = build_configs(base(tcproutes=[route]))
+    (tcp,) = res.configs["app/waypoint"].services[0].tcp_routes
+    assert tcp.port == 80
+    assert [(b.cluster.split("|")[3], b.weight) for b in tcp.backends] == [
+        ("reviews.app.svc.cluster.local", 3),
+        ("ratings.app.svc.cluster.local", 1),
+    ]
+    assert next(s for s in res.statuses if s.name == "tcp").kind == "TCPRoute"

@@ -176,7 +176,24 @@ def _service(msg: pb.Service, clusters: Mapping[str, r.Cluster], reject: Callabl
         policies=tuple(compile_policy(p) for p in msg.policies),
         jwt=compile_rules([msg.jwt]) if msg.HasField("jwt") else compile_rules([]),
         workload=_endpoint(msg.workload) if msg.HasField("workload") else None,
+        tcp_routes=tuple(
+            _tcp_route(t, clusters, reject) for t in msg.tcp_routes if _known(t, clusters, reject)
+        ),
     )
+
+
+def _known(msg: pb.TcpRoute, clusters: Mapping[str, r.Cluster], reject: Callable[[str], None]) -> bool:
+    missing = [b.cluster for b in msg.backends if b.cluster not in clusters]
+    if missing:
+        reject(f"tcp route {msg.name}: unknown clusters {missing}")
+    return not missing
+
+
+def _tcp_route(
+    msg: pb.TcpRoute, clusters: Mapping[str, r.Cluster], reject: Callable[[str], None]
+) -> tuple[int, r.Route]:
+    backends = tuple(r.Backend(b.cluster, b.weight) for b in msg.backends if b.weight > 0)
+    return msg.port, r.Route(name=msg.name, backends=backends, total_weight=sum(b.weight for b in backends))
 
 
 def _endpoint(e: pb.Endpoint) -> r.Endpoint:

@@ -167,7 +167,7 @@ class WaypointProxy:
         try:
             port = down.service.port(down.port)
             protocol = port.protocol if port else ""
-            if protocol == "TCP":
+            if protocol == "TCP" or down.service.tcp_route(down.port) is not None:
                 await self._serve_tcp(stream, down, b"")
                 return
             first = await self._first_bytes(stream)
@@ -223,9 +223,14 @@ class WaypointProxy:
 
     async def _serve_tcp(self, stream: HboneStream, down: Downstream, first: bytes) -> None:
         snap, host = self.store.snapshot, down.service.hostname
-        cluster = snap.clusters.get(f"inbound-vip|{down.port}|tcp|{host}") or snap.cluster_for(
-            f"inbound-vip|{down.port}|http|{host}", down.service, down.port
-        )
+        tcp = down.service.tcp_route(down.port)
+        backend = pick_backend(tcp, self.rng) if tcp is not None else None
+        if backend is not None:
+            cluster = snap.clusters.get(backend.cluster)
+        else:
+            cluster = snap.clusters.get(f"inbound-vip|{down.port}|tcp|{host}") or snap.cluster_for(
+                f"inbound-vip|{down.port}|http|{host}", down.service, down.port
+            )
         ep = self.balancer.pick(cluster, None, down.peer.address[0]) if cluster else None
         labels = self._labels(down, cluster, ep, "tcp", "", "-" if ep else "UH")
         if ep is None:

@@ -146,6 +146,10 @@ class Service:
     policies: tuple[Policy, ...] = ()
     jwt: JwtRules = field(default_factory=JwtRules)
     workload: Endpoint | None = None  # a workload-addressed destination: every port, straight to the pod
+    tcp_routes: tuple[tuple[int, Route], ...] = ()  # (port or 0, route with backends only): TCPRoute
+
+    def tcp_route(self, port: int) -> Route | None:
+        return next((route for p, route in self.tcp_routes if p in (0, port)), None)
 
     def port(self, port: int) -> ServicePort | None:
         found = next((p for p in self.ports if p.port == port), None)

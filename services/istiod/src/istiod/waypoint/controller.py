@@ -48,6 +48,7 @@ Obj = dict[str, Any]
 DEPLOYMENTS = r.Resource("apps", "v1", "deployments", "Deployment")
 HTTPROUTES = r.Resource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
 GRPCROUTES = r.Resource("gateway.networking.k8s.io", "v1", "grpcroutes", "GRPCRoute")
+TCPROUTES = r.Resource("gateway.networking.k8s.io", "v1alpha2", "tcproutes", "TCPRoute")
 VIRTUALSERVICES = r.Resource("networking.istio.io", "v1", "virtualservices", "VirtualService")
 DESTINATIONRULES = r.Resource("networking.istio.io", "v1", "destinationrules", "DestinationRule")
 REQUESTAUTHENTICATIONS = r.Resource(
@@ -64,6 +65,7 @@ KINDS: dict[str, tuple[r.Resource, bool]] = {
     "deployments": (DEPLOYMENTS, False),
     "httproutes": (HTTPROUTES, True),
     "grpcroutes": (GRPCROUTES, True),
+    "tcproutes": (TCPROUTES, True),
     "virtualservices": (VIRTUALSERVICES, True),
     "destinationrules": (DESTINATIONRULES, True),
     "authorizationpolicies": (r.AUTHORIZATIONPOLICIES, True),
@@ -75,6 +77,7 @@ BY_KIND = {
     "Service": r.SERVICES,
     "HTTPRoute": HTTPROUTES,
     "GRPCRoute": GRPCROUTES,
+    "TCPRoute": TCPROUTES,
     "VirtualService": VIRTUALSERVICES,
     "AuthorizationPolicy": r.AUTHORIZATIONPOLICIES,
     "RequestAuthentication": REQUESTAUTHENTICATIONS,
@@ -169,6 +172,7 @@ class WaypointController:
             pods=self._objects("pods"),
             httproutes=self._objects("httproutes"),
             grpcroutes=self._objects("grpcroutes"),
+            tcproutes=self._objects("tcproutes"),
             virtualservices=self._objects("virtualservices"),
             destinationrules=self._objects("destinationrules"),
             authorizationpolicies=self._objects("authorizationpolicies"),

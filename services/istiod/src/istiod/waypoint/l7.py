@@ -29,7 +29,14 @@ from istiod.index import meta
 from istiod.index import waypoints as wp
 from istiod.waypoint.deployment import CLASS_NAME
 from istiod.waypoint.policy import convert_authorization, convert_request_authn, targets
-from istiod.waypoint.routes import INVALID, Converted, convert_httproute, convert_virtualservice, vs_hosts
+from istiod.waypoint.routes import (
+    INVALID,
+    Converted,
+    convert_httproute,
+    convert_tcproute,
+    convert_virtualservice,
+    vs_hosts,
+)
 
 Obj = dict[str, Any]
 
@@ -68,6 +75,7 @@ class L7Inputs:
     pods: list[Obj] = field(default_factory=list)
     httproutes: list[Obj] = field(default_factory=list)
     grpcroutes: list[Obj] = field(default_factory=list)
+    tcproutes: list[Obj] = field(default_factory=list)
     virtualservices: list[Obj] = field(default_factory=list)
     destinationrules: list[Obj] = field(default_factory=list)
     authorizationpolicies: list[Obj] = field(default_factory=list)
@@ -258,6 +266,16 @@ def _admits(gw: Obj, namespace: str, ns_labels: Mapping[str, str]) -> bool:
     return namespace == meta.namespace(gw)
 
 
+def _parent_is(parent: Obj, route: Obj, svc: Obj) -> bool:
+    """A GAMMA parentRef naming ``svc`` (kind Service, core group, namespace defaulting to the route's)."""
+    return (
+        parent.get("kind") == "Service"
+        and parent.get("group", "") in {"", "core"}
+        and parent.get("name") == meta.name(svc)
+        and (parent.get("namespace") or meta.namespace(route)) == meta.namespace(svc)
+    )
+
+
 def _condition(kind: str, ok: bool, reason: str, message: str, generation: int) -> Obj:
     return {
         "type": kind,
@@ -393,12 +411,7 @@ class _Builder:
         ]
         for route, kind in gamma:
             for parent in meta.spec(route).get("parentRefs") or []:
-                if (
-                    parent.get("kind") == "Service"
-                    and parent.get("group", "") in {"", "core"}
-                    and parent.get("name") == meta.name(svc)
-                    and (parent.get("namespace") or meta.namespace(route)) == meta.namespace(svc)
-                ):
+                if _parent_is(parent, route, svc):
                     conv = convert_httproute(
                         route, int(parent.get("port") or 0), clusters, self.inputs.domain_suffix, kind
                     )
@@ -406,6 +419,13 @@ class _Builder:
                     self._route_status(route, parent, conv, kind)
         routes.sort(key=lambda kr: kr[0])
         out.routes.extend(r for _, r in routes)
+        for route in self.inputs.tcproutes:
+            for parent in meta.spec(route).get("parentRefs") or []:
+                if _parent_is(parent, route, svc):
+                    port = int(parent.get("port") or 0)
+                    tcp, conv = convert_tcproute(route, port, clusters, self.inputs.domain_suffix)
+                    out.tcp_routes.extend(tcp)
+                    self._route_status(route, parent, conv, "TCPRoute")
         for vs in self.inputs.virtualservices:
             if host in vs_hosts(vs, self.inputs.domain_suffix):
                 conv = convert_virtualservice(vs, clusters, self.inputs.domain_suffix)

@@ -270,6 +270,29 @@ def convert_httproute(
     return out
 
 
+def convert_tcproute(
+    obj: Obj, parent_port: int, cluster_for: ClusterFor, domain: str
+) -> tuple[list[pb.TcpRoute], Converted]:
+    """TCPRoute rules (backendRefs with weights only) for one Service parent."""
+    meta = obj.get("metadata") or {}
+    ns = str(meta.get("namespace", ""))
+    out = Converted()
+    routes = []
+    for i, rule in enumerate((obj.get("spec") or {}).get("rules") or []):
+        route = pb.TcpRoute(name=f"TCPRoute/{ns}/{meta.get('name')}#{i}", port=parent_port)
+        for ref in rule.get("backendRefs") or []:
+            name = _backend_cluster(ref, ns, cluster_for, domain)
+            if name is None:
+                out.unresolved.append(f"backend {ref.get('kind', 'Service')} {ref.get('name')} not found")
+                continue
+            if int(ref.get("weight", 1)) > 0:
+                route.backends.append(pb.WeightedCluster(cluster=name, weight=int(ref.get("weight", 1))))
+        if route.backends:
+            routes.append(route)
+        break  # upstream uses the first rule of a TCPRoute
+    return routes, out
+
+
 # -- VirtualService -------------------------------------------------------------------------------------
 
 

@@ -190,6 +190,7 @@ class Service(_message.Message):
     POLICIES_FIELD_NUMBER: _builtins.int
     JWT_FIELD_NUMBER: _builtins.int
     WORKLOAD_FIELD_NUMBER: _builtins.int
+    TCP_ROUTES_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     """"<name>.<namespace>.svc.<domain>" """
     name: _builtins.str
@@ -211,6 +212,10 @@ class Service(_message.Message):
         (its port field is ignored).
         """
 
+    @_builtins.property
+    def tcp_routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___TcpRoute]:
+        """TCPRoute (GAMMA) rules for TCP traffic to this Service; the first whose port matches (0: any) wins."""
+
     def __init__(
         self,
         *,
@@ -223,14 +228,41 @@ class Service(_message.Message):
         policies: _abc.Iterable[Global___Policy] | None = ...,
         jwt: Global___JwtRules | None = ...,
         workload: Global___Endpoint | None = ...,
+        tcp_routes: _abc.Iterable[Global___TcpRoute] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["jwt", b"jwt", "workload", b"workload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hostname", b"hostname", "jwt", b"jwt", "name", b"name", "namespace", b"namespace", "policies", b"policies", "ports", b"ports", "routes", b"routes", "vips", b"vips", "workload", b"workload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hostname", b"hostname", "jwt", b"jwt", "name", b"name", "namespace", b"namespace", "policies", b"policies", "ports", b"ports", "routes", b"routes", "tcp_routes", b"tcp_routes", "vips", b"vips", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Service: _TypeAlias = Service  # noqa: Y015
+
+@_typing.final
+class TcpRoute(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    BACKENDS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    port: _builtins.int
+    @_builtins.property
+    def backends(self) -> _containers.RepeatedCompositeFieldContainer[Global___WeightedCluster]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        port: _builtins.int = ...,
+        backends: _abc.Iterable[Global___WeightedCluster] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "name", b"name", "port", b"port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TcpRoute: _TypeAlias = TcpRoute  # noqa: Y015
 
 @_typing.final
 class StringMatch(_message.Message):
