@@ -86,6 +86,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         self._buf = bytearray(READ_BUFFER)
         self._view = memoryview(self._buf)
         self._write_paused = False
+        self._receiving = False
         self._blocked: dict[HboneStream, None] = {}
         self._lost: asyncio.Future[None] | None = None
         self._ready: asyncio.Future[None] | None = None
@@ -136,7 +137,12 @@ class HboneConnection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         events = self.core.receive_data(self._view[:nbytes])
         if events:
-            self._handle(events)
+            # writes made while handling (echoes, relayed bytes, WINDOW_UPDATEs) go out in one batch below
+            self._receiving = True
+            try:
+                self._handle(events)
+            finally:
+                self._receiving = False
         self._flush()
 
     def eof_received(self) -> bool | None:
@@ -237,7 +243,8 @@ class HboneConnection(asyncio.BufferedProtocol):
     def _acknowledge(self, stream_id: int, n: int) -> None:
         if not self.closed:
             self.core.acknowledge(stream_id, n)
-            self._flush()
+            if not self._receiving:
+                self._flush()
 
     def _stream_write(self, stream: HboneStream, data: bytes | bytearray | memoryview) -> None:
         if stream.pending or self._write_paused:
@@ -246,7 +253,7 @@ class HboneConnection(asyncio.BufferedProtocol):
             return
         core = self.core
         sent = core.send_some(stream.stream_id, data)
-        if sent:
+        if sent and not self._receiving:
             self._flush()
         if sent < len(data):
             stream.pending.append(memoryview(data)[sent:])

@@ -132,6 +132,9 @@ class HboneCore:
         self._send_open: set[int] = set()
         self._conn_window = s.connection_window
         self._conn_unacked = 0
+        # a WINDOW_UPDATE once half a window was consumed, as h2's own WindowManager does
+        self._conn_threshold = s.connection_window // 2
+        self._stream_threshold = s.stream_window // 2
         # parser state
         self._preface_left = 0 if client_side else len(PREFACE)
         self._hdr = bytearray()
@@ -334,14 +337,14 @@ class HboneCore:
     def acknowledge(self, stream_id: int, n: int) -> None:
         """``n`` received bytes of ``stream_id`` were consumed: reopen windows at half-window granularity."""
         self._conn_unacked += n
-        if self._conn_unacked >= self.settings.connection_window // 2:
+        if self._conn_unacked >= self._conn_threshold:
             self._window_update(0, self._conn_unacked)
             self._conn_window += self._conn_unacked
             self._conn_unacked = 0
         recv = self._recv.get(stream_id)
         if recv is not None:
             recv.unacked += n
-            if recv.unacked >= self.settings.stream_window // 2:
+            if recv.unacked >= self._stream_threshold:
                 self._window_update(stream_id, recv.unacked)
                 recv.window += recv.unacked
                 recv.unacked = 0
@@ -356,9 +359,13 @@ class HboneCore:
         """Process bytes from the peer. DataReceived events hold views of ``data``: consume them at once."""
         if self.closed:
             return []
-        out: list[ev.Event] = []
         mv = memoryview(data)
         n = len(mv)
+        if n > FRAME_HEADER_SIZE and self._idle_parser():
+            single = self._single_data_frame(mv, n)
+            if single is not None:
+                return single
+        out: list[ev.Event] = []
         pos = 0
         try:
             if self._preface_left:
@@ -396,6 +403,29 @@ class HboneCore:
         except _ConnectionError as exc:
             self._fail(exc.code, exc.reason, out)
         return out
+
+    def _idle_parser(self) -> bool:
+        """At a frame boundary with nothing partial buffered, outside any header block."""
+        return (
+            not (self._data_left or self._hdr or self._in_block or self._preface_left) and self._whole is None
+        )
+
+    def _single_data_frame(self, mv: memoryview, n: int) -> list[ev.Event] | None:
+        """The request/response case: ``mv`` holds exactly one plain DATA frame of an open stream."""
+        hi, lo, ftype, flags, sid = HDR.unpack_from(mv, 0)
+        length = n - FRAME_HEADER_SIZE
+        if ftype != T_DATA or flags & (F_END_STREAM | F_PADDED) or (hi << 16 | lo) != length:
+            return None
+        sid &= 0x7FFFFFFF
+        if sid not in self._recv or length > self._max_frame:
+            return None
+        try:
+            self._account(sid, length)
+        except _ConnectionError as exc:
+            failed: list[ev.Event] = []
+            self._fail(exc.code, exc.reason, failed)
+            return failed
+        return [ev.DataReceived(sid, mv[FRAME_HEADER_SIZE:])]
 
     def _start_frame(self, buf: bytes | memoryview, off: int, out: list[ev.Event]) -> None:
         hi, lo, ftype, flags, sid = HDR.unpack_from(buf, off)
