@@ -43,10 +43,7 @@ def kube_cluster() -> Iterator[KubeCluster]:
         yield KubeCluster(Path(external), None)
         return
     cluster = Cluster(ClusterLayout.default())
-    started = False
-    if not cluster.healthy():
-        cluster.up()
-        started = True
+    started = cluster.ensure_up()
     try:
         yield KubeCluster(cluster.layout.kubeconfig, cluster.layout)
     finally:

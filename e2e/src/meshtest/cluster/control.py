@@ -12,13 +12,15 @@ on the node agent's pod machinery, and its logs sit next to the other control-pl
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import logging
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,11 +144,35 @@ class Cluster:
             return False
 
     # -- lifecycle -------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One ``up``/``down``/``ensure_up`` at a time per instance, across processes (two test sessions)."""
+        self.layout.version_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.layout.version_dir / f".lock-{self.layout.instance}", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def ensure_up(self) -> bool:
+        """Reuse the cluster if it is healthy, else start one; returns whether this call started it. Safe when
+        several processes ask at once: the others wait and then reuse it."""
+        with self._locked():
+            if self.healthy():
+                return False
+            self._up()
+            return True
+
     def up(self) -> float:
-        """Start a fresh cluster; returns the seconds it took."""
+        """Start a fresh cluster (tearing down the previous one); returns the seconds it took."""
+        with self._locked():
+            return self._up()
+
+    def _up(self) -> float:
         start = time.monotonic()
         ensure_binaries(self.layout)
-        self.down(quiet=True)
+        self._down(quiet=True)
         layout = self.layout
         shutil.rmtree(layout.run, ignore_errors=True)  # fresh etcd, PKI and node roots every time
         layout.run.mkdir(parents=True, exist_ok=True)
@@ -181,6 +207,10 @@ class Cluster:
 
     def down(self, *, quiet: bool = False) -> list[str]:
         """Stop everything and remove namespaces and links; returns a list of what had to be cleaned."""
+        with self._locked():
+            return self._down(quiet=quiet)
+
+    def _down(self, *, quiet: bool) -> list[str]:
         layout = self.layout
         cleaned: list[str] = []
         pids = layout.pids
