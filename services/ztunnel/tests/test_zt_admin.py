@@ -68,6 +68,7 @@ async def test_admin_readiness_metrics(tmp_path: Path) -> None:
         assert dump["services"][0]["vips"] == ["/10.77.200.1"]
         assert dump["services"][0]["endpoints"]["Kubernetes//Pod/default/a"]["workloadUid"]
         assert dump["policies"][0]["action"] == "DENY"
+        assert dump["staticConfig"] == CONFIG
         assert body == json.dumps(dump, indent=2, sort_keys=True)  # sorted JSON
 
         status, _ = await get(app.url("admin") + "/logging?level=info,proxy=debug", "POST")

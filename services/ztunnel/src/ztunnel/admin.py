@@ -161,6 +161,7 @@ def config_dump(
     certificates: list[dict[str, Any]],
     workload_state: dict[str, Any],
     config: dict[str, Any],
+    static_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "workloads": [dump_workload(w) for _, w in sorted(state.workloads.by_uid.items())],
@@ -173,7 +174,7 @@ def config_dump(
             key: {uid: {"workloadUid": uid} for uid in sorted(eps)}
             for key, eps in sorted(state.services.staged().items())
         },
-        "staticConfig": {},
+        "staticConfig": static_config or {},
         "version": {"version": "0.1.0", "istioVersion": "ambient-python"},
         "config": config,
         "certificates": sorted(certificates, key=lambda c: str(c["identity"])),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import random
 import socket
@@ -104,13 +105,20 @@ class App:
     servers: dict[str, HttpServer] = field(default_factory=dict)
     pods: dict[str, InPodProxy] = field(default_factory=dict)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    static_config: dict[str, Any] = field(default_factory=dict)
     _closing: asyncio.Task[None] | None = None
 
     def url(self, name: str) -> str:
         return self.servers[name].url
 
     def config_dump(self) -> dict[str, Any]:
-        return config_dump(self.state, self.certs.config_dump(), self.manager.dump(), asdict(self.settings))
+        return config_dump(
+            self.state,
+            self.certs.config_dump(),
+            self.manager.dump(),
+            asdict(self.settings),
+            self.static_config,
+        )
 
     def update_readiness(self) -> None:
         was_ready = self.readiness.ready
@@ -222,6 +230,7 @@ async def build(
 
     if settings.local_xds_path and Path(settings.local_xds_path).exists():  # noqa: ASYNC240 - once, at start
         load_static(settings.local_xds_path, state)
+        app.static_config = json.loads(Path(settings.local_xds_path).read_text())  # noqa: ASYNC240 - at start
         synced()
     if config_source is None and not settings.local_xds_path:
         config_source = xds_source(settings, registry)
