@@ -213,6 +213,16 @@ async def test_label_unlabel_running_pod(start_agent, ztunnel, running_pod) -> N
     node_sets = await node_cmd(app.settings.host_netns, "ipset", "list", "istio-inpod-probes-v4")
     assert ip in node_sets
 
+    # the pod opts out while its namespace stays labelled, then opts back in
+    kube.pods["demo/web"]["metadata"]["labels"] = {"istio.io/dataplane-mode": "none"}
+    app.controller.pod_changed(kube.pods["demo/web"])
+    await kube.wait_redirection("demo/web", None)
+    assert not rules_in(ns)
+    kube.pods["demo/web"]["metadata"]["labels"] = {}
+    app.controller.pod_changed(kube.pods["demo/web"])
+    await kube.wait_redirection("demo/web", "enabled")
+    assert rules_in(ns)
+
     kube.set_namespace("demo", {})  # unlabel: every rule goes away
     await kube.wait_redirection("demo/web", None)
     assert not rules_in(ns)
@@ -221,7 +231,7 @@ async def test_label_unlabel_running_pod(start_agent, ztunnel, running_pod) -> N
     async with aiohttp.ClientSession() as http, http.get(app.url("metrics") + "/metrics") as resp:
         text = await resp.text()
     assert "istio_cni_ambient_pods_enrolled 0.0" in text
-    assert 'istio_cni_ambient_enrolments_total{op="unenrol",result="ok"} 1.0' in text
+    assert 'istio_cni_ambient_enrolments_total{op="unenrol",result="ok"} 2.0' in text
     assert "ztunnel_connected 1.0" in text
     assert "istio_cni_install_ready 1.0" in text
     assert 'istio_cni_installs_total{result="success"} 1.0' in text
