@@ -458,3 +458,32 @@ async def test_tcproute_sends_tcp_to_its_backend(env: Env) -> None:
     stream.write(b"\x00raw")
     assert await stream.read() == b"v2:\x00raw"
     assert env.backends["v2"].requests == []  # TCP, not parsed as HTTP by the waypoint or the backend
+
+
+async def test_unreachable_endpoint_is_503_with_details_in_the_access_log(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = config(env.key)
+    dead = f"inbound-vip|80|dead|{HOST}"
+    cfg.clusters.append(pb.Cluster(name=dead, hostname=HOST, port=80, endpoints=[
+        pb.Endpoint(address="10.79.1.99", port=8080, healthy=True, identity=f"spiffe://{TD}/ns/default/sa/reviews")
+    ]))  # fmt: skip
+    cfg.services[0].routes.insert(
+        0,
+        pb.Route(
+            name="dead",
+            matches=[pb.RouteMatch(path=pb.StringMatch(path_prefix="/dead"))],
+            backends=[pb.WeightedCluster(cluster=dead, weight=1)],
+        ),
+    )
+    assert env.app.store.apply(TYPE_URL, [("default/waypoint", cfg)], []) == []
+    stream = await env.client.open(f"{VIP}:80")
+    with caplog.at_level("INFO", logger="access"):
+        resp = await env.client.request(stream, get("/dead"))
+    assert resp.status == 503
+    assert b"reset reason: connect-failure" in resp.body
+    record = next(r for r in caplog.records if r.name == "access" and r.kv["path"] == "/dead")  # type: ignore[attr-defined]
+    assert record.kv["response_flags"] == "UF"  # type: ignore[attr-defined]
+    assert record.kv["attempts"] == 3  # type: ignore[attr-defined]
+    assert "no backend at 10.79.1.99" in record.kv["error"]  # type: ignore[attr-defined]
+    assert record.levelname == "ERROR"
