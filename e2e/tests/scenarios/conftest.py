@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import tempfile
 import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from meshtest.e2e import diagnostics, providers
 from meshtest.e2e.apps import AMBIENT, namespace
-from meshtest.e2e.mesh import Mesh
+from meshtest.e2e.mesh import Mesh, exclusive
 from meshtest.kube import KubeCluster
 
 #: the chart commit the suite upgrades from (the previous chart release; bump when the chart version changes)
@@ -58,6 +59,14 @@ def kube(provider: providers.Provider, pytestconfig: pytest.Config) -> Iterator[
 
 @pytest.fixture(scope="session")
 def mesh(kube: KubeCluster, provider: providers.Provider, pytestconfig: pytest.Config) -> Iterator[Mesh]:
+    lock_dir = kube.layout.cache if kube.layout is not None else Path(tempfile.gettempdir())
+    with exclusive(lock_dir):
+        yield from _mesh_session(kube, provider, pytestconfig)
+
+
+def _mesh_session(
+    kube: KubeCluster, provider: providers.Provider, pytestconfig: pytest.Config
+) -> Iterator[Mesh]:
     installed = Mesh(kube, values=provider.helm_values)
     if installed.installed():  # left by a previous run or by scripts/demo: upgrade it in place
         installed.helm_install(installed_chart(), upgrade=True)

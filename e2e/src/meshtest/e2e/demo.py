@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from meshtest.cluster.config import ClusterLayout
 from meshtest.cluster.control import Cluster, ensure_binaries
 from meshtest.e2e import apps, steps
-from meshtest.e2e.mesh import NAMESPACE, RELEASE, Mesh
+from meshtest.e2e.mesh import NAMESPACE, RELEASE, Mesh, exclusive
 from meshtest.e2e.tools import chart
 from meshtest.e2e.traffic import PodRef, config_dump, forward, metrics
 from meshtest.kube import KubeCluster
@@ -54,11 +54,9 @@ def cluster_up() -> KubeCluster:
     if not all(layout.binary(b).exists() for b in ("kube-apiserver", "kubectl", "helm")):
         say("==> building the local cluster's Kubernetes binaries (first run only; several minutes)")
         ensure_binaries(layout)
-    if cluster.healthy():
-        say(f"==> local cluster already up (KUBECONFIG={layout.kubeconfig})")
-    else:
-        with step("starting the local cluster: etcd, API server, controllers, CoreDNS, 3 nodes"):
-            cluster.up()
+    with step("local cluster: reusing it, or starting etcd, API server, controllers, CoreDNS and 3 nodes"):
+        cluster.ensure_up()
+    say(f"    KUBECONFIG={layout.kubeconfig}")
     return KubeCluster(layout.kubeconfig, layout)
 
 
@@ -256,13 +254,14 @@ def main() -> int:
     start = time.monotonic()
     try:
         kube = cluster_up()
-        mesh = install_mesh(kube)
-        pods = deploy_app(kube)
+        with exclusive(ClusterLayout.default().cache):  # not while an e2e session owns the mesh
+            mesh = install_mesh(kube)
+            pods = deploy_app(kube)
+            show_workloads(kube, mesh)
+            show_traffic(kube, mesh, pods)
     except (subprocess.SubprocessError, RuntimeError, AssertionError, OSError) as err:
         say(f"\ndemo stopped: {err}")
         return 1
-    show_workloads(kube, mesh)
-    show_traffic(kube, mesh, pods)
     look_further(kube)
     say(f"\n(demo took {time.monotonic() - start:.0f}s)")
     return 0

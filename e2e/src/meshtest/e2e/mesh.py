@@ -8,11 +8,13 @@ With ``previous`` set, the install is first done from that earlier copy of the c
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,27 @@ from meshtest.kube import KubeCluster
 
 NAMESPACE = "istio-system"
 RELEASE = "ambient"
+
+
+@contextlib.contextmanager
+def exclusive(lock_dir: Path, timeout: float = 1800) -> Iterator[None]:
+    """Hold the machine-wide mesh lock: one session at a time installs, tests and removes ``ambient`` (two
+    sessions sharing a cluster would uninstall the mesh under each other)."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with (lock_dir / "ambient-e2e-mesh.lock").open("w") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another session held the mesh lock for {timeout:.0f}s") from None
+                time.sleep(1.0)  # polling a lock another process holds; no event to wait on
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def previous_charts(commit: str, into: Path) -> Path:

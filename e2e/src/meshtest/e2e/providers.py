@@ -80,10 +80,7 @@ class LocalProvider:
     _started: bool = False
 
     def up(self) -> KubeCluster:
-        cluster = Cluster(self.layout)
-        if not cluster.healthy():
-            cluster.up()
-            self._started = True
+        self._started = Cluster(self.layout).ensure_up()  # safe when other sessions ask at the same time
         return KubeCluster(self.layout.kubeconfig, self.layout)
 
     def down(self) -> None:

@@ -65,7 +65,11 @@ def wait_traffic(
 
     def check() -> bool:
         nonlocal result
-        result = forward(kube, src, url, count, **kwargs)
+        try:
+            result = forward(kube, src, url, count, **kwargs)
+        except AssertionError as err:  # the driving pod itself unreachable: retried like a failed call
+            result = [EchoResponse(fields={"Error": f"driver: {err}"})]
+            return False
         return predicate(result)
 
     try:
