@@ -62,5 +62,12 @@ class HboneSettings:
         parse=parse_duration,
     )
     max_send_buffer: int = env(
-        "HBONE_MAX_SEND_BUFFER", 400 * KIB, "Bytes a stream buffers for sending before its writer is paused."
+        "HBONE_MAX_SEND_BUFFER",
+        400 * KIB,
+        "Server side: bytes a stream buffers for sending before its writer is paused (400 KiB).",
+    )
+    client_max_send_buffer: int = env(
+        "HBONE_CLIENT_MAX_SEND_BUFFER",
+        4 * MIB,
+        "Client side: the same limit; upstream uses the stream window (4 MiB).",
     )

@@ -9,9 +9,9 @@ Two ways to consume received bytes:
   transport; the sink pauses window updates (:meth:`pause_reading`) while its own output is congested.
 
 Sending: :meth:`write` never blocks; bytes beyond the send window wait in the stream (``pending``) and
-:meth:`drain` waits until that is below ``max_send_buffer``. :meth:`write_eof` sends END_STREAM after the
-pending bytes; :meth:`abort` sends RST_STREAM at once. Half-close works both ways: a stream is finished when
-both sides ended, or when it was reset.
+:meth:`drain` waits until that is below the side's send-buffer limit (client 4 MiB, server 400 KiB).
+:meth:`write_eof` sends END_STREAM after the pending bytes; :meth:`abort` sends RST_STREAM at once.
+Half-close works both ways: a stream is finished when both sides ended, or when it was reset.
 """
 
 from __future__ import annotations
@@ -102,6 +102,11 @@ class HboneStream:
         self._acks_paused = False
         self._unacked = 0
         self.pending = SendQueue()
+        settings = conn.settings
+        # behaviour.md §2.5: the client buffers up to a stream window, the server 400 KiB
+        self._send_limit = (
+            settings.client_max_send_buffer if conn.core.client_side else settings.max_send_buffer
+        )
         self._eof_pending = False
         self._sent_eof = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -247,8 +252,8 @@ class HboneStream:
 
     @property
     def write_ready(self) -> bool:
-        """False while more than ``max_send_buffer`` bytes wait to be sent: the producer should pause."""
-        return self.pending.size < self.conn.settings.max_send_buffer
+        """False while more than the send-buffer limit waits to be sent: the producer should pause."""
+        return self.pending.size < self._send_limit
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data`` (never blocks; excess waits in ``pending``). Raises if the stream is closed."""
@@ -261,7 +266,7 @@ class HboneStream:
             self.conn._stream_write(self, data)
 
     async def drain(self) -> None:
-        """Wait until the pending bytes are below ``max_send_buffer`` (or raise the stream's error)."""
+        """Wait until the pending bytes are below the send-buffer limit (or raise the stream's error)."""
         while not self.write_ready:
             if self._error is not None:
                 raise self._error
