@@ -487,3 +487,16 @@ async def test_unreachable_endpoint_is_503_with_details_in_the_access_log(
     assert record.kv["attempts"] == 3  # type: ignore[attr-defined]
     assert "no backend at 10.79.1.99" in record.kv["error"]  # type: ignore[attr-defined]
     assert record.levelname == "ERROR"
+
+
+async def test_xfcc_carries_the_client_identity_when_asked(env: Env) -> None:
+    cfg = config(env.key)
+    cfg.xfcc_client_identity = True
+    assert env.app.store.apply(TYPE_URL, [("default/waypoint", cfg)], []) == []
+    stream = await env.client.open(f"{VIP}:80")
+    assert (await env.client.request(stream, get("/xfcc"))).status == 200
+    xfcc = env.backends["v1"].requests[-1].header("x-forwarded-client-cert")
+    assert (
+        xfcc
+        == "By=spiffe://cluster.local/ns/default/sa/waypoint;URI=spiffe://cluster.local/ns/default/sa/sleep"
+    )

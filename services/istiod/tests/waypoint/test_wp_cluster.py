@@ -10,7 +10,8 @@ e2e/tests/scenarios/test_e2e_waypoint.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +35,30 @@ class _Cache:
         self.on_change: Callable[[str, set[str]], None] | None = None
 
 
-def _ensure_gateway_api(kube: KubeCluster) -> None:
+@contextlib.contextmanager
+def _gateway_api(kube: KubeCluster) -> Iterator[None]:
+    """Gateway API CRDs for the test: used as they are when present, else installed from our base chart and
+    removed again afterwards (so a later ``helm install`` of the mesh can own them)."""
     if kube.kubectl("get", "crd", "gateways.gateway.networking.k8s.io", check=False).returncode == 0:
+        yield
         return
     rendered = kube.helm(
-        "template", "base", str(REPO / "helm" / "base"), "--show-only", "templates/crds-gateway-api.yaml"
+        "template",
+        "base",
+        str(REPO / "helm" / "base"),
+        "--show-only",
+        "templates/crds-gateway-api.yaml",
+        "--set",
+        "gatewayAPI.enabled=true",
     ).stdout
+    names = [doc["metadata"]["name"] for doc in yaml.safe_load_all(rendered) if doc]
     kube.kubectl("apply", "-f", "-", input=rendered)
-    for doc in yaml.safe_load_all(rendered):
-        if doc:
-            kube.kubectl(
-                "wait", "--for=condition=Established", f"crd/{doc['metadata']['name']}", "--timeout=60s"
-            )
+    try:
+        for name in names:
+            kube.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+        yield
+    finally:
+        kube.kubectl("delete", "crd", *names, "--wait=true", "--timeout=60s", check=False)
 
 
 async def _until(
@@ -65,9 +78,12 @@ async def _until(
 
 
 async def test_gateway_lifecycle_on_a_real_api_server(kube_cluster: KubeCluster, kube_namespace: str) -> None:  # noqa: F811
-    _ensure_gateway_api(kube_cluster)
-    ns = kube_namespace
-    client = KubeClient.from_config(str(kube_cluster.kubeconfig))
+    with _gateway_api(kube_cluster):
+        await _lifecycle(kube_cluster, kube_namespace)
+
+
+async def _lifecycle(kube: KubeCluster, ns: str) -> None:
+    client = KubeClient.from_config(str(kube.kubeconfig))
     ctl = WaypointController(client, register_waypoint_type(_Cache()), debounce_s=0.05)
     informers = {
         kind: Informer(client, resource, namespace=ns, optional=True)

@@ -414,3 +414,10 @@ def test_tcproute_weighted_backends() -> None:
         ("ratings.app.svc.cluster.local", 1),
     ]
     assert next(s for s in res.statuses if s.name == "tcp").kind == "TCPRoute"
+
+
+def test_xfcc_annotation() -> None:
+    inputs = base()
+    inputs.gateways[0]["metadata"]["annotations"] = {"ambient.istio.io/xfcc-include-client-identity": "true"}
+    assert build_configs(inputs).configs["app/waypoint"].xfcc_client_identity
+    assert not build_configs(base()).configs["app/waypoint"].xfcc_client_identity

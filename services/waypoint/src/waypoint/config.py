@@ -241,6 +241,7 @@ def compile_snapshot(
         by_vip=by_vip,
         by_host={s.hostname: s for s in services if s.workload is None},
         by_workload_ip=by_workload_ip,
+        xfcc_client_identity=msg.xfcc_client_identity,
     )
 
 

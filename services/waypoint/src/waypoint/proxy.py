@@ -322,6 +322,8 @@ class WaypointProxy:
             rewrite_request(route, route.rewrite, req)
         if route.request_headers:
             req.set_headers(route.request_headers.apply(req.headers))
+        if snap.xfcc_client_identity:  # the Gateway asked to pass the client identity to the app
+            req.set_header("x-forwarded-client-cert", f"By={self.identity};URI={down.peer.identity.uri}")
         backend = pick_backend(route, self.rng)
         cluster = snap.cluster_for(backend.cluster, svc, down.port) if backend else None
         if backend is None or cluster is None or cluster.name.startswith("invalid-backend|"):

@@ -198,6 +198,7 @@ class Snapshot:
     by_vip: dict[tuple[str, int], Service] = field(default_factory=dict)
     by_host: dict[str, Service] = field(default_factory=dict)
     by_workload_ip: dict[str, Service] = field(default_factory=dict)
+    xfcc_client_identity: bool = False
 
     def cluster_for(self, name: str, svc: Service, port: int) -> Cluster | None:
         """``clusters[name]``, or for a workload destination a one-endpoint cluster on the dialled port."""

@@ -43,6 +43,7 @@ Obj = dict[str, Any]
 __all__ = ["BuildResult", "L7Inputs", "StatusUpdate", "build_configs"]
 
 BOUND_CONDITION = "istio.io/WaypointBound"
+XFCC_ANNOTATION = "ambient.istio.io/xfcc-include-client-identity"
 LB = {
     "ROUND_ROBIN": pb.ROUND_ROBIN,
     "LEAST_REQUEST": pb.LEAST_REQUEST,
@@ -528,7 +529,10 @@ class _Builder:
         for key, gw in sorted(self.waypoints.items()):
             clusters = _Clusters(self.index)
             cfg = pb.WaypointConfig(
-                name=meta.name(gw), namespace=meta.namespace(gw), trust_domain=self.inputs.trust_domain
+                name=meta.name(gw),
+                namespace=meta.namespace(gw),
+                trust_domain=self.inputs.trust_domain,
+                xfcc_client_identity=meta.annos(gw).get(XFCC_ANNOTATION, "").lower() == "true",
             )
             for svc in sorted(self.bound.get(key, []), key=lambda s: (meta.namespace(s), meta.name(s))):
                 cfg.services.append(self.service_config(svc, clusters))

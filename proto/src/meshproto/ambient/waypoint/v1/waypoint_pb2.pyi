@@ -118,10 +118,15 @@ class WaypointConfig(_message.Message):
     POLICIES_FIELD_NUMBER: _builtins.int
     JWT_FIELD_NUMBER: _builtins.int
     CLUSTERS_FIELD_NUMBER: _builtins.int
+    XFCC_CLIENT_IDENTITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     namespace: _builtins.str
     trust_domain: _builtins.str
     """The waypoint's own SPIFFE trust domain; peers outside it are refused at TLS time."""
+    xfcc_client_identity: _builtins.bool
+    """Gateway annotation ambient.istio.io/xfcc-include-client-identity=true: tell the app who the client was
+    (x-forwarded-client-cert: By=<waypoint>;URI=<client identity>).
+    """
     @_builtins.property
     def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___Service]: ...
     @_builtins.property
@@ -140,10 +145,11 @@ class WaypointConfig(_message.Message):
         policies: _abc.Iterable[Global___Policy] | None = ...,
         jwt: Global___JwtRules | None = ...,
         clusters: _abc.Iterable[Global___Cluster] | None = ...,
+        xfcc_client_identity: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["jwt", b"jwt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "jwt", b"jwt", "name", b"name", "namespace", b"namespace", "policies", b"policies", "services", b"services", "trust_domain", b"trust_domain"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "jwt", b"jwt", "name", b"name", "namespace", b"namespace", "policies", b"policies", "services", b"services", "trust_domain", b"trust_domain", "xfcc_client_identity", b"xfcc_client_identity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
