@@ -203,7 +203,7 @@ def test_pod_env_volumes_and_projected_token(kube_cluster: KubeCluster, kube_nam
         "echo HOST=$(hostname); cat /etc/cfg/greeting; echo; cat /etc/sec/password; echo; "
         "cat /etc/podinfo/labels; echo; cat /var/run/secrets/kubernetes.io/serviceaccount/namespace; echo; "
         "echo TOKEN=$(cat /var/run/secrets/tokens/istio-token); ls /host-ztunnel; touch /scratch/x; "
-        "grep nameserver /etc/resolv.conf"
+        "grep nameserver /etc/resolv.conf; ls -A /tmp | wc -l"
     )
     pod = {
         "apiVersion": "v1",
@@ -288,7 +288,7 @@ def test_pod_env_volumes_and_projected_token(kube_cluster: KubeCluster, kube_nam
     assert 'app="env"' in log
     assert f"\n{ns}\n" in log
     assert "nameserver 10.96.0.10" in log
-    assert log.rstrip().endswith("init")
+    assert log.rstrip().endswith("\n0\ninit")  # a private, empty /tmp; then the init container's file
     token = log.split("TOKEN=", 1)[1].split()[0]
     claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "==="))
     assert claims["aud"] == ["istio-ca"]

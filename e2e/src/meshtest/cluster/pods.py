@@ -344,6 +344,12 @@ class PodWorker:
         ]
         if not self.host_network:
             implicit.append(podplan.Mount(str(etc / "hosts"), "/etc/hosts", False))
+        # a private /tmp per pod, as a container image's own filesystem would give (shared by its containers)
+        tmp = self.dir / "tmp"
+        if not tmp.exists():
+            tmp.mkdir()
+            tmp.chmod(0o1777)
+        implicit.append(podplan.Mount(str(tmp), "/tmp", False))
         plan = podplan.container_plan(
             pod,
             state.spec,
