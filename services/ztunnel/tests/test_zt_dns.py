@@ -105,3 +105,40 @@ def test_candidates_order() -> None:
     assert names[:3] == ["a.b", "a.b.svc.cluster.local", "a.b.ns.svc.cluster.local"]
     assert "*.b" in names
     _ = Endpoint
+
+
+async def test_server_answers_udp_and_tcp_on_loopback() -> None:
+    import asyncio
+    import socket
+    import struct
+
+    from meshkit.sockets import HostSocketFactory
+    from prometheus_client import CollectorRegistry
+    from ztunnel.dns.server import DnsServer
+    from ztunnel.metrics import DnsMetrics
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = DnsServer(
+        HostSocketFactory(), resolver=DnsResolver(make_state(), "default"), upstreams=[],
+        metrics=DnsMetrics(CollectorRegistry()), port=port,
+    )  # fmt: skip
+    await server.start()
+    loop = asyncio.get_running_loop()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.setblocking(False)
+            await loop.sock_connect(udp, ("127.0.0.1", port))
+            await loop.sock_sendall(udp, dnslib.DNSRecord.question("reviews", "A").pack())
+            reply = dnslib.DNSRecord.parse(await asyncio.wait_for(loop.sock_recv(udp, 4096), 5))
+        assert rdatas(reply) == ["10.96.0.10"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        query = dnslib.DNSRecord.question("reviews", "AAAA").pack()
+        writer.write(struct.pack("!H", len(query)) + query)
+        size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 5))[0]
+        assert rdatas(dnslib.DNSRecord.parse(await reader.readexactly(size))) == ["fd00::10"]
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await server.close()

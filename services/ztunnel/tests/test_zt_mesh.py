@@ -201,9 +201,10 @@ async def test_strict_blocks_plaintext_from_uncaptured_pod(mesh, topology) -> No
 async def test_dns_proxy_answers(mesh, topology) -> None:  # type: ignore[no-untyped-def]
     client, _server, _echo, _ = await setup(mesh, topology)
     loop = asyncio.get_running_loop()
-    for target in (("127.0.0.1", 15053), ("10.77.1.1", 53)):  # direct, and through the DNS capture rule
+    # direct (v4 and v6 loopback), and through the DNS capture rule
+    for target in (("127.0.0.1", 15053), ("::1", 15053), ("10.77.1.1", 53)):
         for name in ("echo", "echo.default.svc.cluster.local"):
-            sock = mesh.factory(client).bind_udp("0.0.0.0", 0)
+            sock = mesh.factory(client).bind_udp("::" if ":" in target[0] else "0.0.0.0", 0)
             try:
                 await loop.sock_connect(sock, target)
                 await loop.sock_sendall(sock, dnslib.DNSRecord.question(name, "A").pack())

@@ -15,6 +15,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import cast
 
 import dnslib
 from meshkit.drain import TaskOwner
@@ -74,21 +75,35 @@ class DnsServer:
         self.port = port
         self.host = host
         self._tasks = TaskOwner("dns")
-        self._udp: socket.socket | None = None
-        self._tcp: socket.socket | None = None
-        self._transport: asyncio.DatagramTransport | None = None
-        self._acceptor: Acceptor | None = None
+        self._transports: list[asyncio.DatagramTransport] = []
+        self._acceptors: list[Acceptor] = []
 
     async def start(self) -> None:
+        """Bind ``host`` (127.0.0.1), and ::1 too when the pod's loopback has IPv6 (best effort, §1)."""
+        await self._bind(self.host)
+        if self.host == "127.0.0.1":
+            try:
+                await self._bind("::1")
+            except OSError:
+                log.debug("no IPv6 loopback in the pod; DNS proxy on 127.0.0.1 only")
+
+    async def _bind(self, host: str) -> None:
         loop = asyncio.get_running_loop()
-        self._udp = await self.udp_listener(self.host, self.port) if self.udp_listener else None
-        if self._udp is None:
-            self._udp = self.factory.bind_udp(self.host, self.port)
-        self._tcp = self.factory.listen_tcp(self.host, self.port, reuseport=True)
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=self._udp)
-        self._transport = transport
-        self._acceptor = Acceptor(self._tcp, self._tcp_conn_addr, self._tasks, "dns-tcp")
-        self._acceptor.start()
+        udp = (
+            await self.udp_listener(host, self.port)
+            if self.udp_listener
+            else self.factory.bind_udp(host, self.port)
+        )
+        try:
+            tcp = self.factory.listen_tcp(host, self.port, reuseport=True)
+        except BaseException:
+            udp.close()
+            raise
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=udp)
+        self._transports.append(transport)
+        acceptor = Acceptor(tcp, self._tcp_conn_addr, self._tasks, "dns-tcp")
+        acceptor.start()
+        self._acceptors.append(acceptor)
 
     async def answer(self, query: bytes, protocol: str) -> bytes | None:
         source = self.source() if self.source is not None else ("", "")
@@ -125,13 +140,15 @@ class DnsServer:
         finally:
             sock.close()
 
-    def _udp_query(self, data: bytes, addr: tuple[str, int]) -> None:
-        self._tasks.spawn(self._udp_reply(data, addr), name="udp-query")
+    def _udp_query(self, transport: asyncio.DatagramTransport, data: bytes, addr: tuple[str, int]) -> None:
+        self._tasks.spawn(self._udp_reply(transport, data, addr), name="udp-query")
 
-    async def _udp_reply(self, data: bytes, addr: tuple[str, int]) -> None:
+    async def _udp_reply(
+        self, transport: asyncio.DatagramTransport, data: bytes, addr: tuple[str, int]
+    ) -> None:
         reply = await self.answer(data, "udp")
-        if reply is not None and self._transport is not None and not self._transport.is_closing():
-            self._transport.sendto(reply, addr)
+        if reply is not None and not transport.is_closing():
+            transport.sendto(reply, addr)
 
     async def _tcp_conn_addr(self, conn: socket.socket, _peer: tuple[str, int]) -> None:
         await self._tcp_conn(conn)
@@ -152,16 +169,23 @@ class DnsServer:
             writer.close()
 
     async def close(self) -> None:
-        if self._acceptor is not None:
-            self._acceptor.stop()
+        for acceptor in self._acceptors:
+            acceptor.stop()
         await self._tasks.close()
-        if self._transport is not None:
-            self._transport.close()
+        for transport in self._transports:
+            transport.close()
 
 
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, server: DnsServer) -> None:
         self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(
+            asyncio.DatagramTransport, transport
+        )  # asyncio's is not a DatagramTransport subclass
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        self.server._udp_query(data, (str(addr[0]), int(addr[1])))
+        if self.transport is not None:
+            self.server._udp_query(self.transport, data, (str(addr[0]), int(addr[1])))
