@@ -65,7 +65,8 @@ def node_object(node: NodeSpec) -> Obj:
     }
 
 
-def node_status(node: NodeSpec) -> Obj:
+def node_status(node: NodeSpec, since: str) -> Obj:
+    """The Node status heartbeat; ``since`` (agent start) is every condition's lastTransitionTime."""
     cpu = str(os.cpu_count() or 1)
     memory = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 1024}Ki"
     resources = {"cpu": cpu, "memory": memory, "pods": "110", "ephemeral-storage": "100Gi"}
@@ -77,7 +78,7 @@ def node_status(node: NodeSpec) -> Obj:
             "status": status,
             "reason": reason,
             "lastHeartbeatTime": stamp,
-            "lastTransitionTime": stamp,
+            "lastTransitionTime": since,
         }
 
     return {
@@ -125,6 +126,7 @@ class NodeAgent:
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()
         self.http: aiohttp.ClientSession | None = None
+        self.since = now()
 
     async def run(self) -> None:
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
@@ -143,15 +145,14 @@ class NodeAgent:
         await self.http.close()
         await self.kube.close()
 
-    # -- node and lease
-    # ---------------------------------------------------------------------------------------
+    # -- node and lease --------------------------------------------------------------------------------------
     async def _register(self) -> None:
         try:
             await self.kube.request("POST", "/api/v1/nodes", node_object(self.node))
         except ApiError as err:
             if err.status != 409:
                 raise
-        await self.kube.patch(f"/api/v1/nodes/{self.node.name}/status", node_status(self.node))
+        await self.kube.patch(f"/api/v1/nodes/{self.node.name}/status", node_status(self.node, self.since))
         log.info("registered node %s", self.node.name)
 
     async def _renew_lease(self) -> None:
@@ -183,7 +184,9 @@ class NodeAgent:
             try:
                 await self._renew_lease()
                 if beats % 3 == 0:
-                    await self.kube.patch(f"/api/v1/nodes/{self.node.name}/status", node_status(self.node))
+                    await self.kube.patch(
+                        f"/api/v1/nodes/{self.node.name}/status", node_status(self.node, self.since)
+                    )
             except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as err:
                 log.warning("heartbeat failed: %s", err)
             beats += 1
