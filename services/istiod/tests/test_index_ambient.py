@@ -237,3 +237,17 @@ def test_locality_from_the_node() -> None:
     feed(index, "nodes", obj("n1", labels=labels))
     assert workload(index, "Kubernetes//Pod/app/a").locality == r.Locality("eu", "eu-1", "rack7")
     assert workload(index, "Kubernetes//Pod/other/c").locality == r.Locality("eu", "eu-1", "rack7")
+
+
+def test_network_from_labels() -> None:
+    index = make()
+    feed(index, "namespaces", obj("istio-system", labels={"topology.istio.io/network": "net-a"}))
+    assert workload(index, "Kubernetes//Pod/app/a").network == "net-a"
+    service_record = index.addresses.get("app/web.app.svc.cluster.local")
+    assert isinstance(service_record, r.Service)
+    assert service_record.addresses[0].network == "net-a"
+    assert index.lookup("net-a/10.0.0.1")[0].uid == "Kubernetes//Pod/app/a"  # type: ignore[union-attr]
+    feed(index, "namespaces", obj("other", labels={"topology.istio.io/network": "net-b"}))
+    assert workload(index, "Kubernetes//Pod/other/c").network == "net-b"
+    feed(index, "pods", pod("a", labels={"app": "web", "topology.istio.io/network": "net-c"}, ip="10.0.0.1"))
+    assert workload(index, "Kubernetes//Pod/app/a").network == "net-c"

@@ -74,6 +74,27 @@ def _read_token(token: str) -> str:
     return token
 
 
+def _grpc_call_tasks() -> set[asyncio.Task[Any]]:
+    """grpc.aio's per-call helper tasks (e.g. the one that receives the status)."""
+    return {t for t in asyncio.all_tasks() if not t.done() and _qualname(t).startswith("_AioCall.")}
+
+
+def _qualname(task: asyncio.Task[Any]) -> str:
+    return str(getattr(task.get_coro(), "__qualname__", ""))
+
+
+async def _finish(call: Any, before: set[asyncio.Task[Any]]) -> None:
+    """Cancel the call if still open and wait until gRPC has settled it, including its internal helper tasks,
+    so nothing of this stream outlives it (even while we are being cancelled ourselves)."""
+    if not call.done():
+        call.cancel()
+    with contextlib.suppress(Exception):
+        await call.code()
+    helpers = _grpc_call_tasks() - before
+    if helpers:
+        await asyncio.wait(helpers, timeout=1.0)
+
+
 class XdsClient:
     """Keeps one delta ADS stream open and feeds :class:`ClientCore`; see the module docstring."""
 
@@ -160,9 +181,16 @@ class XdsClient:
             request_serializer=discovery_pb2.DeltaDiscoveryRequest.SerializeToString,
             response_deserializer=discovery_pb2.DeltaDiscoveryResponse.FromString,
         )
+        before = _grpc_call_tasks()
         call = method(metadata=self.metadata())  # type: ignore[call-arg]  # grpc-stubs lack the aio form
         self._call = call
         self.connections += 1
+        try:
+            await self._pump(call, state)
+        finally:
+            await _finish(call, before)
+
+    async def _pump(self, call: Any, state: dict[str, int]) -> None:
         for req in self.core.initial_requests():
             await self._write(req)
         self.connected.set()

@@ -120,7 +120,7 @@ async def build(
     registry = registry or new_registry()
     BuildMetrics(registry, "pilot", "ambient-py")
     mesh = MeshContext(settings.cluster_id, settings.network, settings.trust_domain, settings.domain_suffix,
-                       settings.root_namespace)  # fmt: skip
+                       settings.root_namespace, settings.namespace)  # fmt: skip
     index = AmbientIndex(mesh, dry_run_policies=settings.dry_run_policies)
     owner = TaskOwner("istiod")
     ca = await _build_ca(settings, kube_client, registry) if settings.ca_enabled and kube_client else None

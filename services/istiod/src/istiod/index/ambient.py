@@ -34,6 +34,7 @@ from istiod.index.workloads import (
 
 Obj = dict[str, Any]
 Address = Workload | Service
+NETWORK_LABEL = "topology.istio.io/network"
 INPUT_KINDS = (
     "namespaces", "nodes", "pods", "services", "endpointslices", "serviceentries", "workloadentries",
     "authorizationpolicies", "peerauthentications", "gateways", "gatewayclasses",
@@ -123,7 +124,7 @@ class AmbientIndex:
         gateway_class = ctx.get(
             self.inputs["gatewayclasses"], str(meta.spec(gateway).get("gatewayClassName", ""))
         )
-        waypoint = waypoints.waypoint_from_gateway(gateway, gateway_class, self.mesh.network)
+        waypoint = waypoints.waypoint_from_gateway(gateway, gateway_class, self._mesh(ctx).network)
         return {waypoint.key: waypoint} if waypoint else {}
 
     def _resolve_waypoint(self, ctx: Context, obj: Obj, labels: dict[str, str], kind: str) -> Any:
@@ -133,6 +134,18 @@ class AmbientIndex:
         return waypoints.resolve(ref, kind, ns, namespace_labels, lambda key: ctx.get(self.waypoints, key))
 
     # ---- addresses ----
+
+    def _mesh(self, ctx: Context, labels: dict[str, str] | None = None, namespace: str = "") -> MeshContext:
+        """The mesh context with the network resolved (§5.1): the object's ``topology.istio.io/network``
+        label, else its namespace's, else the system namespace's, else the configured NETWORK."""
+        network = (labels or {}).get(NETWORK_LABEL, "")
+        if not network and namespace:
+            network = meta.labels(ctx.get(self.inputs["namespaces"], namespace)).get(NETWORK_LABEL, "")
+        if not network and not self.mesh.network:
+            network = meta.labels(ctx.get(self.inputs["namespaces"], self.mesh.system_namespace)).get(
+                NETWORK_LABEL, ""
+            )
+        return replace(self.mesh, network=network) if network else self.mesh
 
     def _build_addresses(self) -> None:
         parts: list[Collection[Address]] = [
@@ -153,7 +166,7 @@ class AmbientIndex:
         if not waypoints.is_waypoint_service(labels):
             waypoint = self._resolve_waypoint(ctx, svc, labels, "service")
         namespace = ctx.get(self.inputs["namespaces"], meta.namespace(svc))
-        record = k8s_service(svc, self.mesh, namespace, waypoint)
+        record = k8s_service(svc, self._mesh(ctx), namespace, waypoint)
         if record is None:
             return {}
         record = replace(record, weighted_waypoints=self._canary(ctx, svc, namespace, waypoint))
@@ -162,7 +175,7 @@ class AmbientIndex:
     def _se_services(self, ctx: Context, se: Obj) -> dict[str, Service]:
         waypoint = self._resolve_waypoint(ctx, se, meta.labels(se), "service")
         canary = self._canary(ctx, se, ctx.get(self.inputs["namespaces"], meta.namespace(se)), waypoint)
-        records = service_entry_services(se, self.mesh, waypoint)
+        records = service_entry_services(se, self._mesh(ctx), waypoint)
         return {s.resource_name: replace(s, weighted_waypoints=canary) for s in records}
 
     def _canary(self, ctx: Context, obj: Obj, namespace: Obj | None, primary: Any) -> Any:
@@ -186,14 +199,15 @@ class AmbientIndex:
         else:
             waypoint = self._resolve_waypoint(ctx, pod, labels, "workload")
         node = ctx.get(self.inputs["nodes"], str(meta.spec(pod).get("nodeName") or ""))
-        services = services_map(self.mesh, pod, labels=labels, k8s_services=svcs, service_entries=ses)
+        mesh = self._mesh(ctx, labels, ns)
+        services = services_map(mesh, pod, labels=labels, k8s_services=svcs, service_entries=ses)
         slices = ctx.by_index(self.inputs["endpointslices"], "pod", f"{ns}/{meta.name(pod)}")
         if slices:  # selector-less Services list the pods their slices reference (§5.2)
             by_key = {f"{meta.namespace(s)}/{meta.name(s)}": s for s in svcs}
-            extra = endpointslices.pod_service_entries(f"{ns}/{meta.name(pod)}", slices, by_key, self.mesh)
+            extra = endpointslices.pod_service_entries(f"{ns}/{meta.name(pod)}", slices, by_key, mesh)
             services = tuple(sorted({**dict(services), **extra}.items()))
         record = pod_workload(
-            pod, self.mesh, services=services,
+            pod, mesh, services=services,
             waypoint=waypoint, application_tunnel=tunnel, policies=self._policy_keys(ctx, ns, labels),
             locality=node_locality(node),
         )  # fmt: skip
@@ -203,22 +217,28 @@ class AmbientIndex:
         ns, labels = meta.namespace(we), workload_entry_labels(we)
         svcs = ctx.by_index(self.inputs["services"], "namespace", ns)
         ses = ctx.by_index(self.inputs["serviceentries"], "namespace", ns)
-        services = services_map(self.mesh, None, labels=labels, k8s_services=svcs, service_entries=ses,
+        mesh = self._mesh(ctx, labels, ns)
+        services = services_map(mesh, None, labels=labels, k8s_services=svcs, service_entries=ses,
                                 named_targets=meta.spec(we).get("ports") or {})  # fmt: skip
         record = workload_entry_workload(
-            we, self.mesh, services=services, waypoint=self._resolve_waypoint(ctx, we, labels, "workload"),
+            we, mesh, services=services, waypoint=self._resolve_waypoint(ctx, we, labels, "workload"),
             policies=self._policy_keys(ctx, ns, labels),
         )  # fmt: skip
         return {record.uid: record}
 
     def _se_workloads(self, ctx: Context, se: Obj) -> dict[str, Workload]:
         waypoint = self._resolve_waypoint(ctx, se, meta.labels(se), "workload")
-        return {w.uid: w for w in service_entry_workloads(se, self.mesh, waypoint)}
+        return {
+            w.uid: w
+            for w in service_entry_workloads(
+                se, self._mesh(ctx, meta.labels(se), meta.namespace(se)), waypoint
+            )
+        }
 
     def _endpoint_workloads(self, ctx: Context, slice_: Obj) -> dict[str, Workload]:
         key = endpointslices.service_key(slice_)
         svc = ctx.get(self.inputs["services"], key) if key else None
-        return {w.uid: w for w in endpointslices.endpoint_workloads(slice_, svc, self.mesh)}
+        return {w.uid: w for w in endpointslices.endpoint_workloads(slice_, svc, self._mesh(ctx))}
 
     # ---- queries ----
 

@@ -49,6 +49,7 @@ class MeshContext:
     trust_domain: str = "cluster.local"
     domain_suffix: str = "cluster.local"
     root_namespace: str = "istio-system"
+    system_namespace: str = "istio-system"  # istiod's namespace: its network label is the cluster's network
 
     @property
     def wire_trust_domain(self) -> str:
