@@ -67,6 +67,7 @@ def install_mesh(kube: KubeCluster) -> Mesh:
             mesh.helm_install(chart("ambient"), upgrade=True)
     else:
         with step(f"helm install {RELEASE} ./helm/ambient -n {NAMESPACE} --create-namespace"):
+            mesh.adopt_crds()
             mesh.helm_install(chart("ambient"))
     with step("waiting for istiod, and ztunnel + istio-cni on every node"):
         mesh.wait_ready()

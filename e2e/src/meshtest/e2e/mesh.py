@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshtest.e2e.charts import set_args
+from meshtest.e2e.charts import by_kind, render, set_args
 from meshtest.e2e.tools import REPO, chart
 from meshtest.kube import KubeCluster
 
@@ -84,8 +84,34 @@ class Mesh:
         )
         self.timings["helm upgrade" if upgrade else "helm install"] = time.monotonic() - start
 
+    def adopt_crds(self) -> list[str]:
+        """Hand CRDs of our charts that exist without a Helm owner (applied by hand, e.g. by a component's own
+        cluster test) to this release, as an operator would, so ``helm install`` can take them over."""
+        wanted = {
+            c["metadata"]["name"]
+            for c in by_kind(render("ambient", values=self.values), "CustomResourceDefinition")
+        }
+        adopted = []
+        for crd in self.kube.get("crd")["items"]:
+            meta = crd["metadata"]
+            if meta["name"] in wanted and "meta.helm.sh/release-name" not in (meta.get("annotations") or {}):
+                self.kube.kubectl(
+                    "annotate",
+                    "crd",
+                    meta["name"],
+                    f"meta.helm.sh/release-name={self.release}",
+                    f"meta.helm.sh/release-namespace={self.namespace}",
+                    "--overwrite",
+                )
+                self.kube.kubectl(
+                    "label", "crd", meta["name"], "app.kubernetes.io/managed-by=Helm", "--overwrite"
+                )
+                adopted.append(meta["name"])
+        return adopted
+
     def install(self, previous: str | None = None) -> None:
         """Install (or upgrade from ``previous``) and wait until every component is ready."""
+        self.adopt_crds()
         if previous:
             with tempfile.TemporaryDirectory(prefix="pk-helm-prev-") as tmp:
                 self.helm_install(previous_charts(previous, Path(tmp)))
