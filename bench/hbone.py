@@ -622,7 +622,8 @@ def main() -> None:
     if opts.role == "orchestrate":
         orchestrate(opts.loop)
         return
-    tune_malloc()
+    if not os.environ.get("HBONE_BENCH_NO_MALLOC_TUNING"):
+        tune_malloc()
     if opts.loop == "uvloop":
         import uvloop
 

@@ -65,6 +65,9 @@ from meshkit.hbone.frames import (
 )
 from meshkit.hbone.settings import HboneSettings
 
+#: payloads at least this big, when immutable, are written without being copied behind their frame header
+ZERO_COPY_MIN = 64 * 1024
+
 __all__ = ["H2_VERSION", "PREFACE", "FlowControlViolation", "HboneCore", "frame_header"]
 
 H2_VERSION = "4.4.1"
@@ -265,12 +268,11 @@ class HboneCore:
             self._take_h2()
             max_frame = self._h2.max_outbound_frame_size
             if n <= max_frame:
-                self._out.append(frame_header(n, T_DATA, 0, stream_id) + data)
+                self._append_frame(stream_id, data)
             else:
                 view = memoryview(data)
                 for off in range(0, n, max_frame):
-                    chunk = view[off : off + max_frame]
-                    self._out.append(frame_header(len(chunk), T_DATA, 0, stream_id) + chunk)
+                    self._append_frame(stream_id, view[off : off + max_frame])
             # h2 never sees these frames: keep its windows honest so WINDOW_UPDATEs add up (python-perf §3d).
             self._h2.outbound_flow_control_window -= n
             stream.outbound_flow_control_window -= n
@@ -292,12 +294,24 @@ class HboneCore:
             data = memoryview(data)[:n]
         if n <= self._h2.max_outbound_frame_size and not self._h2._data_to_send:
             # the common case, kept short: one frame, nothing of h2's queued before it
-            self._out.append(HDR.pack(n >> 16, n & 0xFFFF, T_DATA, 0, stream_id) + data)
+            self._append_frame(stream_id, data)
             self._h2.outbound_flow_control_window = conn_window - n
             stream.outbound_flow_control_window -= n
         else:
             self.send_data(stream_id, data)
         return n
+
+    def _append_frame(self, stream_id: int, chunk: bytes | bytearray | memoryview) -> None:
+        n = len(chunk)
+        header = HDR.pack(n >> 16, n & 0xFFFF, T_DATA, 0, stream_id)
+        if n >= ZERO_COPY_MIN and _immutable(chunk):
+            # A big immutable payload goes out as its own buffer, uncopied: its header costs one small extra
+            # TLS record, far less than copying (and, under glibc's default thresholds, mmapping) a new
+            # buffer per frame. Small payloads share one buffer with their header, hence one record (§3d).
+            self._out.append(header)
+            self._out.append(chunk)  # type: ignore[arg-type]  # bytes, or a view of bytes
+        else:
+            self._out.append(header + chunk)
 
     def end_stream(self, stream_id: int) -> None:
         """Half-close our side (END_STREAM): the peer reads EOF."""
@@ -555,6 +569,10 @@ class HboneCore:
             out.append(ev.ConnectionTerminated(int(event.error_code or 0), last, remote=True, reason=reason))
         # TrailersReceived (StreamEnded follows), InformationalResponseReceived, PingReceived (h2 acks it),
         # SettingsAcknowledged, PriorityUpdated, UnknownFrameReceived, AltSvc: nothing to do.
+
+
+def _immutable(data: bytes | bytearray | memoryview) -> bool:
+    return type(data) is bytes or (type(data) is memoryview and type(data.obj) is bytes)
 
 
 class _ConnectionError(Exception):

@@ -47,8 +47,10 @@ class SendQueue:
         return self.size > 0
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
-        # bytes are immutable and kept as they are; anything else may be reused by the caller: copy it
-        chunk = data if isinstance(data, bytes) else bytes(data)
+        # bytes (and views of bytes) are immutable and kept as they are; anything else may be reused by the
+        # caller once write() returns: copy it
+        immutable = type(data) is bytes or (type(data) is memoryview and type(data.obj) is bytes)
+        chunk = data if immutable else bytes(data)
         if chunk:
             self.chunks.append(chunk)
             self.size += len(chunk)
