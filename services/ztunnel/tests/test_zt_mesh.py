@@ -252,9 +252,12 @@ async def test_metrics_count_bytes(mesh, topology) -> None:  # type: ignore[no-u
     writer.write(b"y" * 5000)
     await asyncio.wait_for(reader.readexactly(5000), 10)
     src_app.services.flush_live()
-    src = await scrape(src_app)
+    dst_app.services.flush_live()
+    src, dst = await scrape(src_app), await scrape(dst_app)
     assert value(src, "istio_tcp_received_bytes_total", "source") == len(payload) + 5000
     assert value(src, "istio_tcp_sent_bytes_total", "source") == len(payload) + 5000
+    assert value(dst, "istio_tcp_received_bytes_total", "destination") == len(payload) + 5000
+    assert value(dst, "istio_tcp_sent_bytes_total", "destination") == len(payload) + 5000
     writer.close()
     dump = mesh.apps["node1"].config_dump()
     assert [w["name"] for w in dump["workloads"]] == ["client", "server"]

@@ -155,6 +155,7 @@ class InPodProxy:
             sock, lambda: self._certificate(identity), self.inbound.handle, name=f"hbone-{self.pod.info.name}"
         )
         await self.hbone.start()
+        self.inbound.find_stream = self.hbone.find_stream
         self.ready.set()
         log.info("pod proxy ready", extra=kv(pod=f"{self.pod.info.namespace}/{self.pod.info.name}"))
 

@@ -56,12 +56,17 @@ class ProxyServices:
     rng: random.Random = field(default_factory=random.Random)
     #: original-source spoofing towards the app (IP_TRANSPARENT + bind to the peer IP); in-pod only.
     spoof_source: bool = True
-    #: connections whose byte counts are polled (HBONE relays count inside meshkit.hbone): (record, totals)
-    live: set[tuple[ConnectionRecord, Callable[[], tuple[int, int]]]] = field(default_factory=set)
+    #: connections whose byte counts are polled (HBONE relays count inside meshkit.hbone): (record, totals);
+    #: ``totals()`` returns None once the connection is gone, which drops the entry.
+    live: set[tuple[ConnectionRecord, Callable[[], tuple[int, int] | None]]] = field(default_factory=set)
 
     def flush_live(self) -> None:
-        for record, totals in list(self.live):
-            record.sync(*totals())
+        for entry in list(self.live):
+            totals = entry[1]()
+            if totals is None:
+                self.live.discard(entry)
+            else:
+                entry[0].sync(*totals)
 
 
 @dataclass

@@ -17,11 +17,19 @@ from __future__ import annotations
 import asyncio
 
 from meshkit.hbone.server import HboneServer
+from meshkit.hbone.stream import HboneStream
 
 __all__ = ["DrainableHboneServer"]
 
 
 class DrainableHboneServer(HboneServer):
+    def find_stream(self, peer: tuple[str, int], stream_id: int) -> HboneStream | None:
+        """The stream of a CONNECT being handled (for live byte counts), by TCP peer and stream id."""
+        for conn in self.connections:
+            if conn.peer_address == peer:
+                return conn.streams.get(stream_id)
+        return None
+
     def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()

@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshkit.hbone.relay import RelayResult
 from meshkit.hbone.request import ConnectRequest, baggage
 from meshkit.hbone.server import Decision, Forward, InboundPeer, Reject
+from meshkit.hbone.stream import HboneStream
 from meshkit.logs import kv
 
 from ztunnel.proxy.common import connect_app, source_metadata, unmap
@@ -71,6 +73,8 @@ class InboundProxy:
     def __init__(self, pod: PodContext) -> None:
         self.pod = pod
         self.live: set[LiveConnection] = set()
+        #: finds the HBONE stream of a request (set by the pod once its server runs), for live byte counts
+        self.find_stream: Callable[[tuple[str, int], int], HboneStream | None] | None = None
 
     async def handle(self, peer: InboundPeer, request: ConnectRequest) -> Decision:
         wl = await self.pod.fetch_workload()
@@ -118,14 +122,28 @@ class InboundProxy:
         dst = (target_ip, port)
         src_ip = conn.src_ip if s.spoof_source else None
 
+        stream = self.find_stream(peer.address, request.stream_id) if self.find_stream else None
+        meter = None
+        if stream is not None:
+            hb = stream
+
+            def totals() -> tuple[int, int] | None:
+                return None if hb.finished else (hb.bytes_received, hb.bytes_sent)
+
+            meter = (live.record, totals)
+
         async def connect() -> socket.socket:
             sock = await connect_app(self.pod.factory, dst, src_ip, s.settings.connect_timeout_s)
             live.sock = sock
             self.live.add(live)
+            if meter is not None:
+                s.live.add(meter)
             return sock
 
         def done(result: RelayResult) -> None:
             self.live.discard(live)
+            if meter is not None:
+                s.live.discard(meter)
             live.record.sync(result.received, result.sent)  # relay's "sent" = TCP -> HBONE = response
             flags = "CONNECT" if result.error and result.error.startswith("upstream connect failed") else "-"
             live.record.close(result.error, flags)
