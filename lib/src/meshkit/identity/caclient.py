@@ -24,7 +24,7 @@ from meshproto.istio.v1.auth import ca_pb2, ca_pb2_grpc
 
 from meshkit.identity.certs import WorkloadCertificate
 from meshkit.identity.csr import KeyType, create_csr
-from meshkit.identity.pem import ChainError, certificate_from_response
+from meshkit.identity.pem import ChainError, certificate_from_response, load_certificates
 from meshkit.identity.spiffe import Identity
 from meshkit.logs import kv
 from meshkit.settings import env, parse_duration
@@ -157,6 +157,8 @@ class CaClient:
         self._config = config
         self._target = _target(config.address)
         self._roots = _root_source(config.root_ca)
+        inline = isinstance(config.root_ca, bytes) or "-----BEGIN" in config.root_ca
+        self._root_name = "(inline PEM)" if inline else repr(config.root_ca)
         self._channel: grpc.aio.Channel | None = None
         self._channel_roots: bytes | None = None
         self._stub: IstioCertificateServiceAsyncStub | None = None
@@ -165,8 +167,12 @@ class CaClient:
     async def _stub_for_current_roots(self) -> IstioCertificateServiceAsyncStub:
         try:
             roots = self._roots()
+            load_certificates(roots)
         except OSError as exc:
-            raise CaClientError(f"cannot read CA root {self._config.root_ca!r}: {exc}") from None
+            raise CaClientError(f"cannot read CA root {self._root_name}: {exc}") from None
+        except ChainError as exc:
+            # Never hand gRPC an empty root set: with none it would trust the system roots instead.
+            raise CaClientError(f"CA root {self._root_name} holds no usable certificate: {exc}") from None
         async with self._lock:
             if self._stub is None or roots != self._channel_roots:
                 if self._channel is not None:

@@ -52,17 +52,32 @@ def test_self_signed_chain_is_leaf_then_root(ca: CertificateAuthority) -> None:
     assert load_certificates(chain[1]) == [ca.bundle.signing_cert]
 
 
-def test_cn_kept_only_when_csr_has_one(ca: CertificateAuthority) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alice")]))
-        .sign(key, hashes.SHA256())
-    )
+def _csr_with_cn(cn: str) -> bytes:
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    cert = ca.sign(csr.public_bytes(Encoding.PEM), uris=[ALICE.uri]).certificate
-    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "alice"
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(name)
+        .sign(key, hashes.SHA256())
+        .public_bytes(Encoding.PEM)
+    )
+
+
+def test_cn_only_when_csr_has_one_and_then_it_is_the_san(ca: CertificateAuthority) -> None:
+    """Upstream's dual-use rule: a CSR CN becomes CN=<first SAN>; its own text is never copied.
+
+    A workload asking for CN=istiod.istio-system.svc must not get a leaf that a CN-fallback hostname check
+    (a leaf without DNS SANs) would take for istiod's serving certificate.
+    """
+    cert = ca.sign(_csr_with_cn("istiod.istio-system.svc"), uris=[ALICE.uri]).certificate
+    assert [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)] == [ALICE.uri]
+    no_cn = ca.sign(create_csr(ALICE).csr_pem, uris=[ALICE.uri]).certificate
+    assert len(no_cn.subject) == 0
+    long_id = Identity("cluster.local", "n" * 30, "s" * 30)  # > 64 characters: omitted, as upstream
+    long_cert = ca.sign(_csr_with_cn("x"), uris=[long_id.uri]).certificate
+    assert len(long_cert.subject) == 0
 
 
 def test_ttl_rules(ca: CertificateAuthority) -> None:

@@ -187,6 +187,73 @@ async def test_server_verified_against_root_file_which_is_reread(server: CaServe
         await client.close()
 
 
+async def test_empty_root_file_fails_closed(server: CaServer, tmp_path: Path) -> None:
+    """An empty root-cert.pem (ConfigMap not mounted yet) must not make gRPC fall back to system roots."""
+    root_file = tmp_path / "root-cert.pem"
+    root_file.write_bytes(b"")
+    client = server.client(ZT_A, root=str(root_file))
+    try:
+        with pytest.raises(CaClientError, match="holds no usable certificate"):
+            await client.fetch(WEB)
+    finally:
+        await client.close()
+
+
+async def test_server_name_is_checked(server: CaServer) -> None:
+    """A mesh-signed certificate is not enough: it must name the host ztunnel dialled (ALT_CA_HOSTNAME)."""
+    client = CaClient(
+        CaClientConfig(
+            address=f"https://127.0.0.1:{server.port}",
+            root_ca=server.ca.roots_pem,
+            token=lambda: ZT_A,
+            server_name="istiod.other-namespace.svc",
+        )
+    )
+    try:
+        with pytest.raises(CaClientError, match="UNAVAILABLE"):
+            await client.fetch(WEB)
+    finally:
+        await client.close()
+
+
+def _leaf_asking_for_istiod_cn(ca: CertificateAuthority) -> tuple[bytes, bytes]:
+    """(key, chain) the CA issues to the web workload for a CSR whose CN is istiod's host name."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ISTIOD_HOST)]))
+        .sign(key, hashes.SHA256())
+    )
+    issued = ca.sign(csr.public_bytes(serialization.Encoding.PEM), uris=[WEB.uri])
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return key_pem, "".join(issued.chain[:-1]).encode()
+
+
+async def test_workload_leaf_with_istiod_cn_is_not_istiod(ca: CertificateAuthority, pods: FakePods) -> None:
+    """A workload asks for CN=istiod.istio-system.svc and serves the result: ztunnel must not take it for
+    istiod. gRPC's host check falls back to the CN of a leaf without DNS SANs, so the CA must never copy the
+    CSR's CN (it writes the SPIFFE id there instead)."""
+    servicer = CertificateServicer(
+        ca, KubeJwtAuthenticator(FakeReviewer()), NodeAuthorizer(["istio-system/ztunnel"], pods)
+    )
+    srv = grpc.aio.server()
+    ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(servicer, srv)
+    port = srv.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([_leaf_asking_for_istiod_cn(ca)]))
+    await srv.start()
+    try:
+        client = CaServer(port, ca, Path("."), None).client(ZT_A)
+        with pytest.raises(CaClientError, match="UNAVAILABLE"):
+            await fetch(client, WEB)
+    finally:
+        await srv.stop(None)
+
+
 async def test_certificate_manager_over_the_real_client(server: CaServer) -> None:
     client = server.client(ZT_A)
     manager = CertificateManager(client)

@@ -1,7 +1,8 @@
 """The CA core: key material (:class:`KeyCertBundle`) and signing (:class:`CertificateAuthority`).
 
 Pure and synchronous: no Kubernetes, no gRPC. Issued certificates follow upstream istiod (wire-contracts.md
-§4.4): empty subject (a CN only when the CSR had one), critical SAN, KeyUsage DigitalSignature +
+§4.4): empty subject (a CN only when the CSR had one, and then it is the first SAN, never the CSR's
+text, as upstream's dual-use rule does), critical SAN, KeyUsage DigitalSignature +
 KeyEncipherment, ExtKeyUsage ServerAuth + ClientAuth, CA=false, NotBefore = now - 2 min, NotAfter = now +
 TTL clamped to the signing certificate. The response chain is leaf, intermediates (one PEM each), then the
 root bundle.
@@ -220,8 +221,7 @@ class CertificateAuthority:
         issuer = self.bundle.signing_cert
         now = self._clock()
         not_after = min(now + lifetime, issuer.not_valid_after_utc)
-        cn = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, str(cn[0].value))] if cn else [])
+        subject = _dual_use_subject(csr, [*uris, *dns])
         names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
         names += [x509.DNSName(d) for d in dns]
         builder = (
@@ -242,6 +242,21 @@ class CertificateAuthority:
             .add_extension(_authority_key_id(issuer), critical=False)
         )
         return builder.sign(self.bundle.signing_key, hashes.SHA256())
+
+
+#: RFC 5280's upper bound for a CommonName; upstream omits the CN rather than fail (dual-use rule).
+_MAX_CN = 64
+
+
+def _dual_use_subject(csr: x509.CertificateSigningRequest, sans: Sequence[str]) -> x509.Name:
+    """Empty, or (when the CSR asked for a CN) ``CN=<first SAN>``.
+
+    The CSR's own CN text is never copied: a caller could otherwise put ``istiod.istio-system.svc`` there,
+    and a verifier that falls back to the CN when a leaf has no DNS SAN would take the leaf for istiod.
+    """
+    if not csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME) or len(sans[0]) > _MAX_CN:
+        return x509.Name([])
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, sans[0])])
 
 
 _LEAF_KEY_USAGE = x509.KeyUsage(
