@@ -206,3 +206,16 @@ async def test_controller_reconciles_class_objects_status_config_and_cleanup() -
     )
     assert cache.pushed[-1] == (WAYPOINT_TYPE, {"app/waypoint"})
     assert "app/waypoint" not in cache.resources[WAYPOINT_TYPE]
+
+
+async def test_followers_publish_config_but_do_not_write() -> None:
+    client, cache = FakeClient(), FakeCache()
+    ctl = WaypointController(client, register_waypoint_type(cache), debounce_s=0)  # type: ignore[arg-type]
+    ctl.watch("gateways", FakeSource([gw()]))  # type: ignore[arg-type]
+    ctl.set_leader(False)
+    await ctl.reconcile()
+    assert client.calls == []
+    assert cache.pushed == [(WAYPOINT_TYPE, {"app/waypoint"})]
+    ctl.set_leader(True)
+    await ctl.reconcile()
+    assert ("create", "Deployment", "waypoint") in client.calls

@@ -33,6 +33,7 @@ from typing import Any
 
 from meshkit.k8s import ApiError, Conflict, Event, Informer, KubeClient, NotFound
 from meshkit.k8s import resources as r
+from meshkit.k8s.leader import LeaderElector
 from meshkit.logs import kv
 
 from istiod.waypoint import deployment as dep
@@ -84,6 +85,7 @@ BY_KIND = {
     "Gateway": r.GATEWAYS,
 }
 HASH_ANNOTATION = "istio.io/rendered-hash"
+LEASE_NAME = "istio-gateway-deployment-default"
 
 
 def _now() -> str:
@@ -130,6 +132,8 @@ class WaypointController:
         self._written: dict[tuple[str, str, str], Any] = {}
         self.reconciles = 0
         self.failed_writes = 0
+        #: Kubernetes writes happen only while True (the leader); config is published either way.
+        self.writes_enabled = True
 
     # -- inputs ---------------------------------------------------------------------------------------------
 
@@ -188,6 +192,13 @@ class WaypointController:
 
     # -- loop ---------------------------------------------------------------------------------------------
 
+    def set_leader(self, leading: bool) -> None:
+        """Leader election hook: start or stop writing (a new leader reconciles at once)."""
+        self.writes_enabled = leading
+        if leading:
+            self._written.clear()
+            self._dirty.set()
+
     async def run(self) -> None:
         """Reconcile on every change (debounced) until cancelled."""
         self._dirty.set()
@@ -215,7 +226,7 @@ class WaypointController:
         gateways = [g for g in self._objects("gateways") if dep.is_waypoint_gateway(g)]
         result = build_configs(self.inputs())
         self.publisher.update(result.configs)
-        if self.client is None:
+        if self.client is None or not self.writes_enabled:
             return
         await asyncio.to_thread(self._write_all, gateways, result.statuses)
 
@@ -373,5 +384,17 @@ def start_waypoints(
     created = ctl.informers(client, existing=informers)
     for informer in created.values():
         informer.start()
+    if getattr(settings, "leader_election", False):
+        # Like upstream's deployment controller: one writer per cluster; every replica still serves config.
+        ctl.set_leader(False)
+        elector = LeaderElector(
+            client,
+            settings.namespace,
+            LEASE_NAME,
+            settings.pod_name,
+            on_started=lambda: ctl.set_leader(True),
+            on_stopped=lambda: ctl.set_leader(False),
+        )
+        owner.spawn(elector.run(), name="waypoint-leader-election")
     owner.spawn(ctl.run(), name="waypoint-controller")
     return list(created.values())
