@@ -18,8 +18,8 @@ from meshtest.e2e.apps import AMBIENT, namespace
 from meshtest.e2e.mesh import Mesh, exclusive
 from meshtest.kube import KubeCluster
 
-#: the chart commit the suite upgrades from: the first one that installs on a real API server (ee5c3d9 lacked the
-#: api-approved annotation on the Gateway API CRDs); bump when the chart version changes
+#: the chart commit the suite upgrades from: the first one that installs on a real API server (ee5c3d9
+#: lacked the api-approved annotation on the Gateway API CRDs); bump when the chart version changes
 PREVIOUS_CHARTS = os.environ.get("AMBIENT_E2E_UPGRADE_FROM", "12b2449")
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 _SESSION: dict[str, float] = {}
