@@ -49,8 +49,11 @@ class SendQueue:
     def append(self, data: bytes | bytearray | memoryview) -> None:
         # bytes (and views of bytes) are immutable and kept as they are; anything else may be reused by the
         # caller once write() returns: copy it
-        immutable = type(data) is bytes or (type(data) is memoryview and type(data.obj) is bytes)
-        chunk = data if immutable else bytes(data)
+        chunk: bytes | memoryview
+        if isinstance(data, bytes) or (isinstance(data, memoryview) and type(data.obj) is bytes):
+            chunk = data
+        else:
+            chunk = bytes(data)
         if chunk:
             self.chunks.append(chunk)
             self.size += len(chunk)
