@@ -31,6 +31,12 @@ class Flow:
     payload: bytearray = field(default_factory=bytearray)
 
 
+def tls_records(payload: bytes) -> bool:
+    """Whether ``payload`` starts with a TLS record header (content type 20-23, version 3.1-3.3): a handshake
+    on a new connection, application data on one ztunnel had pooled before the capture began."""
+    return len(payload) >= 5 and 20 <= payload[0] <= 23 and payload[1] == 3 and payload[2] in (1, 3)
+
+
 @dataclass
 class Capture:
     path: Path
