@@ -500,3 +500,14 @@ async def test_xfcc_carries_the_client_identity_when_asked(env: Env) -> None:
         xfcc
         == "By=spiffe://cluster.local/ns/default/sa/waypoint;URI=spiffe://cluster.local/ns/default/sa/sleep"
     )
+
+
+async def test_h2c_client_to_an_http_port_is_sent_upstream_as_http1(env: Env) -> None:
+    cfg = config(env.key)
+    cfg.services[0].ports[0].protocol = pb.HTTP
+    assert env.app.store.apply(TYPE_URL, [("default/waypoint", cfg)], []) == []
+    stream = await env.client.open(f"{VIP}:80")
+    headers, body, _trailers = await h2c_call(stream, "/h2-to-h1", b"payload")
+    assert headers[":status"] == "200"
+    assert body == b"backend=v1 path=/h2-to-h1\n"
+    assert env.backends["v1"].requests[-1].body == b"payload"

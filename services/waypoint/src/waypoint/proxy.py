@@ -335,6 +335,9 @@ class WaypointProxy:
         out.cluster = cluster
         for mirror, percent in route.mirrors:
             self._mirror(snap, mirror, percent, req, down)
+        port = svc.port(down.port)
+        if req.http2 and port is not None and port.protocol == "HTTP":
+            req.http2 = False  # an HTTP (1.1) port: Istio speaks HTTP/1.1 upstream whatever the client used
         resp = await self._forward(route, cluster, req, down, out)
         if backend.response_headers:
             resp.headers = backend.response_headers.apply(resp.headers)
