@@ -100,3 +100,17 @@ async def test_hostname_authority_maps_service_port_to_target() -> None:
         sock.close()
     finally:
         app.close()
+
+
+def test_source_labels_from_baggage() -> None:
+    from ztunnel.proxy.inbound import workload_from_baggage
+
+    wl = workload_from_baggage(
+        "k8s.cluster.name=c1,k8s.namespace.name=ns,k8s.deployment.name=web,service.name=web,service.version=v2,"
+        "cloud.region=r,cloud.availability_zone=z"
+    )
+    assert wl is not None
+    assert (wl.namespace, wl.workload_name, wl.workload_type) == ("ns", "web", "deployment")
+    assert (wl.canonical_name, wl.canonical_revision, wl.cluster_id) == ("web", "v2", "c1")
+    assert (wl.locality.region, wl.locality.zone) == ("r", "z")
+    assert workload_from_baggage(None) is None

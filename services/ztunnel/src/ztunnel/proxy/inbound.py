@@ -27,12 +27,32 @@ from ztunnel.proxy.common import connect_app, source_metadata, unmap
 from ztunnel.proxy.context import ILLEGAL_PORTS, PodContext
 from ztunnel.proxy.telemetry import ConnectionRecord, Endpoints
 from ztunnel.rbac import ConnInfo, evaluate
-from ztunnel.state.records import Service, Workload
+from ztunnel.state.records import Locality, Service, Workload
 from ztunnel.state.state import State
 
 __all__ = ["InboundProxy"]
 
 log = logging.getLogger("proxy.inbound")
+
+
+def workload_from_baggage(value: str | None) -> Workload | None:
+    """Source labels from the request's ``baggage`` when the peer IP is not a known workload (§7.2)."""
+    if not value:
+        return None
+    fields = dict(item.split("=", 1) for item in value.split(",") if "=" in item)
+    generic = ("k8s.cluster.name", "k8s.namespace.name")
+    kind = next((k for k in fields if k.startswith("k8s.") and k.endswith(".name") and k not in generic), "")
+    return Workload(
+        uid="",
+        name=fields.get(kind, ""),
+        namespace=fields.get("k8s.namespace.name", ""),
+        workload_name=fields.get(kind, ""),
+        workload_type=kind[4:-5] if kind else "deployment",
+        canonical_name=fields.get("service.name", ""),
+        canonical_revision=fields.get("service.version", ""),
+        cluster_id=fields.get("k8s.cluster.name", ""),
+        locality=Locality(fields.get("cloud.region", ""), fields.get("cloud.availability_zone", "")),
+    )
 
 
 @dataclass(eq=False)
@@ -97,7 +117,7 @@ class InboundProxy:
         src_addr = (unmap(peer.address[0]), peer.address[1])
         conn = ConnInfo(src_addr[0], peer.identity, target_ip, port)
         s = self.pod.services
-        src_wl = s.state.find_workload_by_ip(conn.src_ip)
+        src_wl = s.state.find_workload_by_ip(conn.src_ip) or workload_from_baggage(request.baggage)
         svc = svc or self._service(wl, request, port)
         endpoints = Endpoints(
             "inbound",
