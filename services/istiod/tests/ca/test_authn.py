@@ -94,14 +94,21 @@ async def test_api_server_verdicts_are_classified(
             False, error='token audiences ["x"] is invalid for the target audiences'
         ),
         "opaque-bad": TokenReviewResult(False, error="invalid bearer token"),
-        "opaque-user": TokenReviewResult(True, username="admin"),
+        "opaque-user": TokenReviewResult(True, username="admin", audiences=("istio-ca",)),
         "opaque-aud2": TokenReviewResult(True, username="system:serviceaccount:a:b", audiences=("other",)),
+        "opaque-aud3": TokenReviewResult(True, username="system:serviceaccount:a:b"),
+        "opaque-err": TokenReviewResult(
+            True, username="system:serviceaccount:a:b", audiences=("istio-ca",), error="webhook timed out"
+        ),
     }
     assert "the token is expired (API server:" in await reject(authn, md("opaque-expired"))
     assert "bad token audience: istiod accepts ['istio-ca']" in await reject(authn, md("opaque-aud"))
     assert "the API server rejected the token: invalid bearer token" in await reject(authn, md("opaque-bad"))
     assert "not a service account token (user 'admin')" in await reject(authn, md("opaque-user"))
     assert "bad token audience ['other']" in await reject(authn, md("opaque-aud2"))
+    # authenticated, but status.audiences empty: valid only for the API server's own audience
+    assert "bad token audience none confirmed by the API server" in await reject(authn, md("opaque-aud3"))
+    assert "the API server rejected the token: webhook timed out" in await reject(authn, md("opaque-err"))
 
 
 async def test_token_review_outage_is_a_clear_failure(reviewer: FakeReviewer) -> None:
@@ -123,3 +130,31 @@ async def test_positive_answers_are_cached_briefly(reviewer: FakeReviewer) -> No
     now[0] += 31
     await authn.authenticate(md(token))
     assert reviewer.calls == 2
+
+
+async def test_cache_never_outlives_the_token(reviewer: FakeReviewer) -> None:
+    """A token cached as valid is refused once its own expiry passes, even inside the cache TTL."""
+    import time
+
+    now = [time.time()]
+    authn = KubeJwtAuthenticator(reviewer, cache_ttl_s=3600, wall_clock=lambda: now[0])
+    token = sa_token("a", "b", exp_in=10)
+    await authn.authenticate(md(token))
+    now[0] += 5
+    await authn.authenticate(md(token))
+    assert reviewer.calls == 1
+    now[0] += 10
+    assert "the token expired at" in await reject(authn, md(token))
+
+
+async def test_rejections_are_not_cached_and_tokens_do_not_share_entries(reviewer: FakeReviewer) -> None:
+    authn = KubeJwtAuthenticator(reviewer)
+    reviewer.forced["opaque"] = TokenReviewResult(False, error="invalid bearer token")
+    await reject(authn, md("opaque"))
+    reviewer.forced["opaque"] = TokenReviewResult(
+        True, username="system:serviceaccount:a:b", audiences=("istio-ca",)
+    )
+    assert (await authn.authenticate(md("opaque"))).service_account == "a/b"
+    other = await authn.authenticate(md(sa_token("c", "d")))
+    assert other.service_account == "c/d"
+    assert reviewer.calls == 3

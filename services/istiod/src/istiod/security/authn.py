@@ -229,10 +229,13 @@ class KubeJwtAuthenticator:
                     f"bad token audience: istiod accepts {list(self._audiences)} (API server: {reason})"
                 )
             raise AuthenticationError(f"the API server rejected the token: {reason}")
-        if result.audiences and not set(result.audiences) & set(self._audiences):
-            raise AuthenticationError(
-                f"bad token audience {list(result.audiences)}: istiod accepts {list(self._audiences)}"
-            )
+        if result.error:  # as upstream: an error in the review voids a positive answer
+            raise AuthenticationError(f"the API server rejected the token: {result.error}")
+        # The TokenReview API asks clients that set spec.audiences to check status.audiences: an empty list
+        # means "valid for the API server's own audience", e.g. a pod's default token, not one for istio-ca.
+        if not set(result.audiences) & set(self._audiences):
+            got = list(result.audiences) or "none confirmed by the API server"
+            raise AuthenticationError(f"bad token audience {got}: istiod accepts {list(self._audiences)}")
         return result
 
     def _caller(self, result: TokenReviewResult, cluster: str) -> Caller:
