@@ -130,7 +130,8 @@ class NodeAgent:
 
     async def run(self) -> None:
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        await retrying(self._register, attempts=12)
+        # the agents start with the API server: poll it briskly rather than backing off far
+        await retrying(self._register, attempts=240, delay=0.25, max_delay=0.5)
         runner = await self._serve_kubelet_api()
         tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._watch_pods())]
         await self.stopping.wait()

@@ -70,7 +70,7 @@ def controller_manager(layout: ClusterLayout, kubeconfig: Path) -> list[str]:
         str(layout.binary("kube-controller-manager")),
         f"--kubeconfig={config}", f"--authentication-kubeconfig={config}",
         f"--authorization-kubeconfig={config}",
-        "--leader-elect=false", "--use-service-account-credentials=true",
+        "--leader-elect=false", "--use-service-account-credentials=true", "--authentication-skip-lookup=true",
         f"--service-account-private-key-file={pki / 'sa.key'}",
         f"--root-ca-file={pki / 'ca.crt'}",  # publishes kube-root-ca.crt, which kube-api-access volumes need
         f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
@@ -86,7 +86,7 @@ def scheduler(layout: ClusterLayout, kubeconfig: Path) -> list[str]:
         str(layout.binary("kube-scheduler")),
         f"--kubeconfig={config}", f"--authentication-kubeconfig={config}",
         f"--authorization-kubeconfig={config}",
-        "--leader-elect=false", "--bind-address=127.0.0.1", "--v=1",
+        "--leader-elect=false", "--authentication-skip-lookup=true", "--bind-address=127.0.0.1", "--v=1",
     ]  # fmt: skip
 
 

@@ -185,13 +185,14 @@ class Cluster:
             self._prepare_node_root(node)
         self._start_etcd()
         self._start_apiserver()
-        # the controllers exit if RBAC's bootstrap policy is not served yet: start them once /readyz says so
-        _wait("kube-apiserver /readyz", self.healthy, 90, layout.logs / "kube-apiserver.log")
+        # everything else retries until the API server answers, so it all starts at once (the controllers
+        # skip the authentication config lookup that would otherwise make them exit before RBAC is served)
         self._start_controllers(kubeconfigs)
         self._start_coredns(kubeconfigs["coredns"])
         for node in layout.nodes:
             self._start_kube_proxy(node, kubeconfigs["kube-proxy"])
             self._start_agent(node)
+        _wait("kube-apiserver /readyz", self.healthy, 90, layout.logs / "kube-apiserver.log")
         # just after /readyz the ClusterIP allocator may still be syncing and refuse 10.96.0.10: retry
         _wait(
             "kube-dns Service and EndpointSlice",

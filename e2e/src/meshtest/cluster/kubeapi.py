@@ -155,16 +155,19 @@ class AsyncKube:
                     yield event
 
 
-async def retrying(coro_fn: Any, attempts: int = 5, delay: float = 0.5) -> Any:
-    """Retry a coroutine factory on connection errors and 5xx (the API server may be starting)."""
+async def retrying(coro_fn: Any, attempts: int = 5, delay: float = 0.5, max_delay: float = 30.0) -> Any:
+    """Retry a coroutine factory on connection errors and 5xx (the API server may be starting), with
+    exponential back-off from ``delay`` capped at ``max_delay``."""
+    last: Exception | None = None
     for attempt in range(attempts):
         try:
             return await coro_fn()
-        except (TimeoutError, aiohttp.ClientError, OSError) as err:
-            last: Exception = err
+        except (aiohttp.ClientError, TimeoutError, OSError) as err:
+            last = err
         except ApiError as err:
             if err.status < 500 and err.status != 429:
                 raise
             last = err
-        await asyncio.sleep(delay * (2**attempt))
+        await asyncio.sleep(min(delay * (2**attempt), max_delay))
+    assert last is not None
     raise last
