@@ -69,9 +69,27 @@ def install_mesh(kube: KubeCluster) -> Mesh:
         with step(f"helm install {RELEASE} ./helm/ambient -n {NAMESPACE} --create-namespace"):
             mesh.adopt_crds()
             mesh.helm_install(chart("ambient"))
-    with step("waiting for istiod, and ztunnel + istio-cni on every node"):
-        mesh.wait_ready()
+    try:
+        with step("waiting for istiod, and ztunnel + istio-cni on every node"):
+            mesh.wait_ready()
+    except AssertionError:
+        explain_not_ready(kube, mesh)
+        raise
     return mesh
+
+
+def explain_not_ready(kube: KubeCluster, mesh: Mesh) -> None:
+    """Which mesh pods are not ready, and the end of their logs: the first thing an operator would look at."""
+    say(kube.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide", check=False).stdout)
+    for pod in mesh.pods(""):
+        statuses = pod.get("status", {}).get("containerStatuses", [])
+        for status in statuses:
+            if not status.get("ready"):
+                log = kube.pod_log(NAMESPACE, pod["metadata"]["name"], status["name"])
+                tail = "\n".join("    " + line for line in log.splitlines()[-15:])
+                say(
+                    f"--- {pod['metadata']['name']}/{status['name']} is not ready; its log ends with:\n{tail}"
+                )
 
 
 def app_objects() -> list[dict[str, Any]]:
