@@ -197,3 +197,26 @@ def test_snapshot_names_exactly_the_kept(snapshot_ops: list[tuple[str, str]], la
         event, ack = roundtrip(client, server, server.delete(uid))
         assert event == WorkloadDeleted(uid)
         assert ack.ok
+
+
+@given(st.binary(max_size=64), st.integers(min_value=0, max_value=2))
+def test_client_core_never_crashes_on_garbage(data: bytes, nfds: int) -> None:
+    """Any packet yields an event or a ZdsProtocolError (with a nack), and never leaks a descriptor."""
+    client, _ = connected()
+    fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(nfds)]
+    try:
+        event = client.receive(Packet(data, tuple(fds)))
+    except ZdsProtocolError as exc:
+        reply = exc.reply
+        assert reply is not None  # every protocol error carries its nack
+        for fd in fds:
+            with pytest.raises(OSError):
+                os.fstat(fd)
+        return
+    client.ack()
+    if isinstance(event, WorkloadAdded):
+        assert len(fds) == 1
+        assert event.netns_fd == fds[0]
+        os.close(fds[0])
+    else:
+        assert not fds
