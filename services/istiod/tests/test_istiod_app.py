@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -13,6 +14,7 @@ import pytest
 from aiohttp import web
 from istiod.app import build
 from istiod.settings import Settings
+from meshkit.drain import TaskOwner
 from meshkit.k8s import KubeClient
 from meshkit.k8s.leader import LeaderElector
 
@@ -222,5 +224,32 @@ async def test_policy_status_written_by_the_leader(fake_api: tuple[FakeApi, Kube
             "ztunnel does not support the AUDIT action",
         )
         assert "status" not in objects["wp"]  # a waypoint policy: not ours to report
+    finally:
+        await app.shutdown()
+
+
+async def test_ca_serving_certificate_on_the_xds_port(fake_api: tuple[FakeApi, KubeClient]) -> None:
+    """With the CA on, 15012 serves the CA-issued certificate for istiod.<ns>.svc: a client trusting the mesh
+    root completes TLS and is then refused only for lacking a token (the JWT authenticator is wired)."""
+    from meshkit.xds.client import XdsClient, XdsClientConfig
+    from meshkit.xds.client_core import ClientCore
+
+    from .test_xds_stream import NODE, Store
+
+    _fake, client = fake_api
+    settings = replace(SETTINGS, ca_enabled=True, secure_xds_addr="127.0.0.1:0", plaintext_xds_addr="")
+    app = await build(settings, kube_client=client)
+    try:
+        root = app.ca.ca.roots_pem
+        config = XdsClientConfig(address=f"127.0.0.1:{app.addresses['xds']}", root_cert_pem=root,
+                                 server_name="istiod.istio-system.svc")  # fmt: skip
+        xds = XdsClient(config, ClientCore(NODE, Store()))
+        async with TaskOwner("ca-test") as owner:
+            owner.spawn(xds.run(), name="xds")
+            async with asyncio.timeout(20):
+                await app.server.refused.wait()
+                await xds.ended.wait()
+        assert not xds.synced.is_set()
+        assert xds.last_error.startswith("UNAUTHENTICATED")
     finally:
         await app.shutdown()

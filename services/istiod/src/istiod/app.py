@@ -62,6 +62,7 @@ class App:
     informers: dict[str, Informer] = field(default_factory=dict)
     leader: LeaderElector | None = None
     status: StatusWriter | None = None
+    ca: Any = None  # istiod.ca.assemble.CaComponents when the CA runs
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _closed: bool = False
 
@@ -134,7 +135,7 @@ async def build(
     server.cache.on_change = server.notify
     aliases = lambda key: [r.resource_name for r in index.addresses.by_index("ip", key)]  # noqa: E731
     server.cache.watch(index.addresses, index.authorizations, aliases)
-    app = App(settings, index, server, Readiness(), registry)
+    app = App(settings, index, server, Readiness(), registry, ca=ca)
     app._closers.append(owner.close)
     owner.spawn(server.run_pushes(), name="pushes")
     try:
