@@ -231,3 +231,21 @@ def test_http1_expect_continue_and_informational_responses() -> None:
     )
     assert [(r.status, r.body) for r in resp] == [(200, b"ok")]
     assert b"content-length" not in serialize_response(Response(204))
+
+
+def test_consumer_routes_only_match_their_namespace() -> None:
+    snap = compile_snapshot(
+        _snapshot(
+            [
+                pb.Route(
+                    name="consumer",
+                    source_namespace="other",
+                    backends=[pb.WeightedCluster(cluster=V2, weight=1)],
+                ),
+                pb.Route(name="producer", backends=[pb.WeightedCluster(cluster=V1, weight=1)]),
+            ]
+        )
+    )
+    routes = snap.services[0].routes
+    assert select_route(routes, _req(), 80, "other").name == "consumer"  # type: ignore[union-attr]
+    assert select_route(routes, _req(), 80, "default").name == "producer"  # type: ignore[union-attr]

@@ -421,3 +421,19 @@ def test_xfcc_annotation() -> None:
     inputs.gateways[0]["metadata"]["annotations"] = {"ambient.istio.io/xfcc-include-client-identity": "true"}
     assert build_configs(inputs).configs["app/waypoint"].xfcc_client_identity
     assert not build_configs(base()).configs["app/waypoint"].xfcc_client_identity
+
+
+def test_consumer_route_applies_to_its_namespace_first() -> None:
+    producer = httproute("producer", [{"backendRefs": [{"name": "reviews", "port": 80}]}])
+    consumer = {
+        "metadata": {"name": "consumer", "namespace": "client-ns"},
+        "spec": {
+            "parentRefs": [{"kind": "Service", "name": "reviews", "namespace": "app"}],
+            "rules": [{"backendRefs": [{"name": "ratings", "namespace": "app", "port": 80}]}],
+        },
+    }
+    routes = build_configs(base(httproutes=[producer, consumer])).configs["app/waypoint"].services[0].routes
+    assert [(r.name, r.source_namespace) for r in routes] == [
+        ("HTTPRoute/client-ns/consumer#0", "client-ns"),
+        ("HTTPRoute/app/producer#0", ""),
+    ]

@@ -123,6 +123,7 @@ def _route(msg: pb.Route, clusters: Mapping[str, r.Cluster]) -> r.Route:
         direct_response=(msg.direct_response.status, msg.direct_response.body)
         if msg.HasField("direct_response")
         else None,
+        source_namespace=msg.source_namespace,
     )
 
 

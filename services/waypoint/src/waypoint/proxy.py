@@ -310,7 +310,10 @@ class WaypointProxy:
         denied = await self._authorize(snap, req, down, out)
         if denied is not None:
             return denied
-        route = select_route(svc.routes, req, down.port) if svc.routes else default_route(svc, down.port)
+        if svc.routes:
+            route = select_route(svc.routes, req, down.port, down.peer.identity.namespace)
+        else:
+            route = default_route(svc, down.port)
         if route is None:
             out.flags, out.details = "NR", "route_not_found"
             return simple_response(404, "")

@@ -125,6 +125,7 @@ class Route:
     fault: Fault | None = None
     mirrors: tuple[tuple[str, float], ...] = ()
     direct_response: tuple[int, str] | None = None
+    source_namespace: str = ""
 
 
 @dataclass(frozen=True, slots=True)

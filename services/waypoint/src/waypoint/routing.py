@@ -62,8 +62,11 @@ def route_matches(m: RouteMatch, req: Request, port: int) -> bool:
     return True
 
 
-def select_route(routes: tuple[Route, ...], req: Request, port: int) -> Route | None:
+def select_route(routes: tuple[Route, ...], req: Request, port: int, client_ns: str = "") -> Route | None:
+    """First matching route; consumer routes (``source_namespace``) match only their namespace's clients."""
     for route in routes:
+        if route.source_namespace and route.source_namespace != client_ns:
+            continue
         if not route.matches or any(route_matches(m, req, port) for m in route.matches):
             return route
     return None

@@ -416,7 +416,11 @@ class _Builder:
                     conv = convert_httproute(
                         route, int(parent.get("port") or 0), clusters, self.inputs.domain_suffix, kind
                     )
-                    routes.extend(conv.routes)
+                    consumer = meta.namespace(route) != meta.namespace(svc)
+                    for key, converted in conv.routes:
+                        if consumer:  # GAMMA: only for clients in the route's namespace, and first
+                            converted.source_namespace = meta.namespace(route)
+                        routes.append(((0 if consumer else 1, *key), converted))
                     self._route_status(route, parent, conv, kind)
         routes.sort(key=lambda kr: kr[0])
         out.routes.extend(r for _, r in routes)

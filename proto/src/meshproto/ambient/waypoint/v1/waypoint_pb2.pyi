@@ -676,9 +676,14 @@ class Route(_message.Message):
     FAULT_FIELD_NUMBER: _builtins.int
     MIRRORS_FIELD_NUMBER: _builtins.int
     DIRECT_RESPONSE_FIELD_NUMBER: _builtins.int
+    SOURCE_NAMESPACE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Where it came from, e.g. "HTTPRoute/ns/name#0" or "VirtualService/ns/name#1"; shown in the access log."""
     timeout_ms: _builtins.int
+    source_namespace: _builtins.str
+    """GAMMA consumer route (HTTPRoute in another namespace than its Service): applies only to clients from
+    this namespace (the client's SPIFFE identity namespace). Empty: every client.
+    """
     @_builtins.property
     def matches(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteMatch]:
         """OR-ed; empty matches every request."""
@@ -716,10 +721,11 @@ class Route(_message.Message):
         fault: Global___Fault | None = ...,
         mirrors: _abc.Iterable[Global___Mirror] | None = ...,
         direct_response: Global___DirectResponse | None = ...,
+        source_namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["direct_response", b"direct_response", "fault", b"fault", "redirect", b"redirect", "request_headers", b"request_headers", "response_headers", b"response_headers", "retries", b"retries", "rewrite", b"rewrite"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "direct_response", b"direct_response", "fault", b"fault", "matches", b"matches", "mirrors", b"mirrors", "name", b"name", "redirect", b"redirect", "request_headers", b"request_headers", "response_headers", b"response_headers", "retries", b"retries", "rewrite", b"rewrite", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "direct_response", b"direct_response", "fault", b"fault", "matches", b"matches", "mirrors", b"mirrors", "name", b"name", "redirect", b"redirect", "request_headers", b"request_headers", "response_headers", b"response_headers", "retries", b"retries", "rewrite", b"rewrite", "source_namespace", b"source_namespace", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
