@@ -87,3 +87,16 @@ async def test_admin_readiness_metrics(tmp_path: Path) -> None:
         logging.getLogger("proxy").setLevel(logging.NOTSET)
         await app.close()
     _ = asyncio
+
+
+def test_termination_deadline_rules() -> None:
+    from ztunnel.settings import termination_deadline
+
+    def deadline(env: dict[str, str]) -> float:
+        return termination_deadline(load(Settings, env))
+
+    assert deadline({}) == 5.0
+    assert deadline({"CONNECTION_TERMINATION_DEADLINE": "7s"}) == 7.0
+    assert deadline({"TERMINATION_GRACE_PERIOD_SECONDS": "30"}) == 25.0
+    assert deadline({"TERMINATION_GRACE_PERIOD_SECONDS": "8"}) == 7.0
+    assert deadline({"TERMINATION_GRACE_PERIOD_SECONDS": "1"}) == 1.0

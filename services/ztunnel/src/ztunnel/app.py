@@ -40,7 +40,7 @@ from ztunnel.inpod.manager import WorkloadProxyManager
 from ztunnel.inpod.pod import InPodProxy
 from ztunnel.metrics import DnsMetrics, ProxyMetrics, WorkloadManagerMetrics, build_info
 from ztunnel.proxy.context import ProxyServices
-from ztunnel.settings import Settings, split_addr
+from ztunnel.settings import Settings, split_addr, termination_deadline
 from ztunnel.state.state import State
 from ztunnel.xds import ConfigSource, load_static, xds_source
 
@@ -142,7 +142,7 @@ class App:
 
     async def drain(self, deadline_s: float | None = None) -> None:
         """Stop accepting everywhere, let connections finish up to the deadline, then close everything."""
-        deadline = self.settings.termination_deadline_s if deadline_s is None else deadline_s
+        deadline = termination_deadline(self.settings) if deadline_s is None else deadline_s
         log.info("draining", extra=kv(pods=len(self.pods), deadline_s=deadline))
         self.readiness.clear(READY_INPOD)
         await asyncio.gather(

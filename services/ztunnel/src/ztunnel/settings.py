@@ -62,8 +62,17 @@ class Settings:
     workload_wait_s: float = env(
         "WORKLOAD_WAIT", 5.0, "How long a connection waits for its workload/cert.", parse=parse_duration
     )
-    termination_deadline_s: float = env(
-        "CONNECTION_TERMINATION_DEADLINE", 5.0, "Drain deadline on SIGTERM.", parse=parse_duration
+    connection_termination_deadline_s: float = env(
+        "CONNECTION_TERMINATION_DEADLINE",
+        0.0,
+        "Drain deadline on SIGTERM (0: derive it).",
+        parse=parse_duration,
+    )
+    termination_grace_period_s: float = env(
+        "TERMINATION_GRACE_PERIOD_SECONDS",
+        0.0,
+        "The pod's grace period (drain deadline fallback).",
+        parse=float,
     )
     connect_timeout_s: float = env(
         "CONNECT_TIMEOUT", 10.0, "Upstream TCP connect timeout.", parse=parse_duration
@@ -76,3 +85,14 @@ def split_addr(addr: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port``) -> (host, port)."""
     host, _, port = addr.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def termination_deadline(s: Settings) -> float:
+    """Upstream's drain deadline (behaviour.md §9): CONNECTION_TERMINATION_DEADLINE, else the grace period
+    minus 5 s (minus 1 s when it is 10 s or less; at least 1 s), else 5 s."""
+    if s.connection_termination_deadline_s > 0:
+        return s.connection_termination_deadline_s
+    grace = s.termination_grace_period_s
+    if grace > 0:
+        return max(1.0, grace - 5 if grace > 10 else grace - 1)
+    return 5.0
