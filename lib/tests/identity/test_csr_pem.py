@@ -81,3 +81,11 @@ def test_leaf_with_extra_identity_is_refused(sign: Signer) -> None:
     chain = sign(bundle.csr_pem, [ALICE.uri, BOB.uri])
     with pytest.raises(ChainError):
         certificate_from_response(ALICE, chain, bundle.private_key_pem)
+
+
+def test_leaf_for_another_key_is_refused(sign: Signer) -> None:
+    """A CA answer carrying someone else's key (a confused or replayed response) is not usable."""
+    ours, theirs = create_csr(ALICE), create_csr(ALICE)
+    chain = sign(theirs.csr_pem, [ALICE.uri])
+    with pytest.raises(ChainError, match="to a key other than the one we sent"):
+        certificate_from_response(ALICE, chain, ours.private_key_pem)

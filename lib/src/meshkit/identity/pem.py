@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
 
 from meshkit.identity.certs import WorkloadCertificate
 from meshkit.identity.spiffe import Identity, InvalidIdentity
@@ -79,13 +79,25 @@ def _utc(when: datetime) -> datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
+def _same_key(leaf: x509.Certificate, private_key_pem: bytes) -> bool:
+    try:
+        key = load_pem_private_key(private_key_pem, password=None)
+    except (ValueError, TypeError):
+        return False
+    spki = PublicFormat.SubjectPublicKeyInfo
+    return leaf.public_key().public_bytes(Encoding.DER, spki) == key.public_key().public_bytes(
+        Encoding.DER, spki
+    )
+
+
 def certificate_from_response(
     identity: Identity, cert_chain: Sequence[str], private_key_pem: bytes
 ) -> WorkloadCertificate:
     """Validate a CreateCertificate response and build the record.
 
     As ztunnel does (wire-contracts.md §4.2): at least two elements (the last is the root bundle) and the
-    leaf's URI SAN must be exactly ``identity``.
+    leaf's URI SAN must be exactly ``identity``. Beyond ztunnel, the leaf must carry the public half of
+    ``private_key_pem``: a mismatch would otherwise surface only as failed handshakes.
     """
     if len(cert_chain) < 2:
         raise ChainError("no root certificate present: the CA returned fewer than 2 chain elements")
@@ -94,6 +106,8 @@ def certificate_from_response(
     if ids != [identity]:
         got = ", ".join(uri_sans(leaf)) or "none"
         raise ChainError(f"CA issued a certificate for {got}, but {identity} was requested")
+    if not _same_key(leaf, private_key_pem):
+        raise ChainError(f"CA issued the certificate for {identity} to a key other than the one we sent")
     roots_pem = b"".join(split_pem(cert_chain[-1]))
     load_certificates(roots_pem)
     chain = [block for element in cert_chain[:-1] for block in split_pem(element)]

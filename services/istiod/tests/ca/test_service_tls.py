@@ -5,6 +5,7 @@ issued identities over loopback sockets."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -284,20 +285,14 @@ async def test_serving_certificate_names(ca: CertificateAuthority) -> None:
 # --- TLS 1.3 between issued identities ---------------------------------------------------------------------
 
 
-def context(
-    cert: WorkloadCertificate, tmp: Path, server_side: bool, roots: bytes | None = None
-) -> ssl.SSLContext:
-    """What HBONE builds (in test code here): TLS 1.3 only, mutual, chain verified to the mesh roots."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_3
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cadata=(roots or cert.roots_pem).decode())
-    name = f"{cert.identity.service_account}-{cert.serial}"
-    (tmp / f"{name}.crt").write_bytes(cert.chain_pem)
-    (tmp / f"{name}.key").write_bytes(cert.private_key_pem)
-    ctx.load_cert_chain(tmp / f"{name}.crt", tmp / f"{name}.key")
-    return ctx
+def context(cert: WorkloadCertificate, server_side: bool, roots: bytes | None = None) -> ssl.SSLContext:
+    """HBONE's own contexts (TLS 1.3 only, mutual, chain verified to the roots); ``roots`` overrides the
+    trust anchors, to pair a foreign-issued certificate with the mesh roots."""
+    from meshkit.hbone import tls as hbone_tls
+
+    if roots is not None:
+        cert = dataclasses.replace(cert, roots_pem=roots)
+    return hbone_tls.server_context(cert) if server_side else hbone_tls.client_context(cert)
 
 
 def peer_identity(writer: asyncio.StreamWriter) -> list[Identity]:
@@ -337,31 +332,27 @@ async def handshake(
         await srv.wait_closed()
 
 
-async def test_tls13_between_two_issued_identities(server: CaServer, tmp_path: Path) -> None:
+async def test_tls13_between_two_issued_identities(server: CaServer) -> None:
     web = await fetch(server.client(ZT_A), WEB)
     api = await fetch(server.client(ZT_A), API)
-    client_saw, server_saw = await handshake(context(web, tmp_path, False), context(api, tmp_path, True))
+    client_saw, server_saw = await handshake(context(web, False), context(api, True))
     assert client_saw == [API]
     assert server_saw == [WEB]
 
 
-async def test_client_cert_from_foreign_root_is_rejected(server: CaServer, tmp_path: Path) -> None:
+async def test_client_cert_from_foreign_root_is_rejected(server: CaServer) -> None:
     api = await fetch(server.client(ZT_A), API)
     foreign = foreign_certificate(WEB)
     with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
         # The client trusts the mesh root and accepts the server; the server must refuse the foreign client.
-        await handshake(
-            context(foreign, tmp_path, False, roots=server.ca.roots_pem), context(api, tmp_path, True)
-        )
+        await handshake(context(foreign, False, roots=server.ca.roots_pem), context(api, True))
 
 
-async def test_server_cert_from_foreign_root_is_rejected(server: CaServer, tmp_path: Path) -> None:
+async def test_server_cert_from_foreign_root_is_rejected(server: CaServer) -> None:
     web = await fetch(server.client(ZT_A), WEB)
     foreign = foreign_certificate(API)
     with pytest.raises(ssl.SSLCertVerificationError):
-        await handshake(
-            context(web, tmp_path, False), context(foreign, tmp_path, True, roots=server.ca.roots_pem)
-        )
+        await handshake(context(web, False), context(foreign, True, roots=server.ca.roots_pem))
 
 
 def foreign_certificate(identity: Identity) -> WorkloadCertificate:
@@ -462,7 +453,7 @@ async def test_plugged_intermediate_chain_over_the_wire_and_in_tls(
         await srv.stop(None)
     assert web.roots_pem == plugged.root_pem
     assert web.chain_pem.count(b"BEGIN CERTIFICATE") == 2
-    client_saw, server_saw = await handshake(context(web, tmp_path, False), context(api, tmp_path, True))
+    client_saw, server_saw = await handshake(context(web, False), context(api, True))
     assert (client_saw, server_saw) == ([API], [WEB])
 
 
