@@ -511,3 +511,13 @@ async def test_h2c_client_to_an_http_port_is_sent_upstream_as_http1(env: Env) ->
     assert headers[":status"] == "200"
     assert body == b"backend=v1 path=/h2-to-h1\n"
     assert env.backends["v1"].requests[-1].body == b"payload"
+
+
+async def test_concurrent_tunnels_and_requests(env: Env) -> None:
+    async def client(i: int) -> list[int]:
+        stream = await env.client.open(f"{VIP}:80")
+        return [(await env.client.request(stream, get(f"/c/{i}/{j}"))).status for j in range(10)]
+
+    results = await asyncio.gather(*(client(i) for i in range(40)))
+    assert all(r == [200] * 10 for r in results)
+    assert env.app.proxy.upstreams.opened <= 40 + 5  # keep-alive tunnels are reused, not one per request
