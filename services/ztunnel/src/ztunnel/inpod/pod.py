@@ -1,14 +1,16 @@
 """One captured pod's proxy: its listeners, opened inside the pod's netns, and its connection pool.
 
 Listeners (all marked 1337, SO_REUSEPORT so a second ztunnel can bind beside us during a handover):
-15001 outbound, 15006 inbound plaintext, 15008 inbound HBONE, 127.0.0.1:15053 DNS (UDP+TCP).
+15001 outbound, 15006 inbound plaintext, 15008 inbound HBONE (wildcard, dual stack when the pod has IPv6),
+and the DNS proxy on 127.0.0.1:15053 (and ::1) over UDP and TCP.
 
 Hold, don't drop: every socket listens from the start, so the kernel queues new connections even before the
 pod's workload or certificate is known. Outbound and plaintext connections are accepted and each waits
 (bounded, ``WORKLOAD_WAIT``) for the workload; the HBONE server starts serving (TLS needs the certificate)
 once the certificate arrives, and until then its connections wait in the listen backlog.
 
-On ``stop`` (ZDS Del, or pod replaced) the listeners close and the pod's connections are torn down.
+``stop_accepting`` (ztunnel drain, handover, or the pod got a new netns) closes the listeners and lets the
+connections finish; ``stop`` (ZDS Del) tears everything down at once.
 """
 
 from __future__ import annotations
