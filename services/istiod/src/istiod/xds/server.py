@@ -82,7 +82,8 @@ class Connection:
             "id": self.id, "peer": self.peer, "node": str(self.node) if self.node else "",
             "connected_at": self.connected_at, "recent_nacks": self.nacks[-10:],
             "types": {
-                t: {"wildcard": st.wildcard, "names": sorted(st.names), "versions": _sorted(st.sent)}
+                t: {"wildcard": st.wildcard, "names": sorted(st.names), "versions": _sorted(st.sent),
+                    "unacked_nonces": sorted(st.pending)}
                 for t, st in self.stream.types.items()
             },
         }  # fmt: skip
@@ -102,6 +103,7 @@ class DiscoveryServer:
         identity_check: bool = True,
         debounce_s: float = 0.1,
         debounce_max_s: float = 10.0,
+        max_queued: int = 100,
     ) -> None:
         self.cache = cache
         self.metrics = metrics
@@ -109,6 +111,7 @@ class DiscoveryServer:
         self.identity_check = identity_check
         self.debounce_s = debounce_s
         self.debounce_max_s = debounce_max_s
+        self.max_queued = max_queued  # responses waiting for one slow client before its stream is ended
         self.connections: dict[str, Connection] = {}
         self._ids = itertools.count(1)
         self._pending: dict[str, set[str]] = {}
@@ -163,9 +166,21 @@ class DiscoveryServer:
             self.metrics.push_errors.labels(type=short_type(type_url)).inc()
             log.exception("push failed", extra=kv(conn=conn.id, type_url=type_url))
             return
-        if response is not None:
-            conn.queue.put_nowait((response.encode(), started or time.monotonic()))
-            self.metrics.pushes.labels(type=short_type(type_url)).inc()
+        if response is None:
+            return
+        if conn.queue.qsize() >= self.max_queued:
+            # a client that stopped reading: end its stream (it reconnects and resumes) instead of buffering
+            # without bound, as istiod does with its send timeout
+            self.metrics.push_errors.labels(type=short_type(type_url)).inc()
+            log.warning(
+                "xds client too slow; closing its stream", extra=kv(conn=conn.id, node=str(conn.node))
+            )
+            conn.queue.put_nowait(
+                StreamRefused(grpc.StatusCode.UNAVAILABLE, "client too slow to receive pushes")
+            )
+            return
+        conn.queue.put_nowait((response.encode(), started or time.monotonic()))
+        self.metrics.pushes.labels(type=short_type(type_url)).inc()
 
     # ---- streams ----
 
@@ -184,8 +199,9 @@ class DiscoveryServer:
         try:
             while (item := await conn.queue.get()) is not None:
                 if isinstance(item, StreamRefused):
-                    self.metrics.auth_failures.inc()
-                    self.refused.set()
+                    if item.code != grpc.StatusCode.UNAVAILABLE:
+                        self.metrics.auth_failures.inc()
+                        self.refused.set()
                     await context.abort(item.code, item.message)
                     return
                 data, started = item

@@ -1,0 +1,52 @@
+"""DiscoveryServer logic without sockets: debounced batching state, slow-client protection, debug view."""
+
+from __future__ import annotations
+
+import grpc
+from istiod.xds.cache import ResourceCache
+from istiod.xds.metrics import XdsMetrics
+from istiod.xds.server import Connection, DiscoveryServer, StreamRefused
+from meshkit.metrics import new_registry
+from meshkit.xds.server_core import Resource, ServerStream
+from meshkit.xds.types import ADDRESS_TYPE, content_version
+from meshproto.envoy.service.discovery.v3 import discovery_pb2
+
+
+def _resource(name: str, body: bytes) -> Resource:
+    return Resource.build(name, content_version(body), body)
+
+
+async def test_slow_client_stream_is_ended_not_buffered() -> None:
+    cache = ResourceCache()
+    server = DiscoveryServer(cache, XdsMetrics(new_registry()), max_queued=3)
+    conn = Connection("c1", "peer", None, ServerStream(cache))
+    server.connections[conn.id] = conn
+    conn.stream.receive(discovery_pb2.DeltaDiscoveryRequest(type_url=ADDRESS_TYPE))  # wildcard, empty answer
+    for i in range(5):
+        cache.resources[ADDRESS_TYPE][f"w{i}"] = _resource(f"w{i}", f"body{i}".encode())
+        server._send(conn, ADDRESS_TYPE, [f"w{i}"], None)
+    items = [conn.queue.get_nowait() for _ in range(conn.queue.qsize())]
+    assert len(items) == 5
+    assert all(isinstance(i, tuple) for i in items[:3])
+    refused = items[3]
+    assert isinstance(refused, StreamRefused)
+    assert refused.code == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_notify_merges_changes_until_pushed() -> None:
+    cache = ResourceCache()
+    server = DiscoveryServer(cache, XdsMetrics(new_registry()))
+    conn = Connection("c1", "peer", None, ServerStream(cache))
+    server.connections[conn.id] = conn
+    conn.stream.receive(discovery_pb2.DeltaDiscoveryRequest(type_url=ADDRESS_TYPE))
+    for i in range(3):
+        cache.resources[ADDRESS_TYPE][f"w{i}"] = _resource(f"w{i}", f"body{i}".encode())
+        server.notify(ADDRESS_TYPE, {f"w{i}"})
+    server.push_now()
+    assert server.push_rounds == 1
+    assert conn.queue.qsize() == 1  # one response carrying all three
+    view = server.debug_clients()[0]["types"][ADDRESS_TYPE]
+    assert sorted(view["versions"]) == ["w0", "w1", "w2"]
+    assert len(view["unacked_nonces"]) == 2  # the initial answer and the push, neither ACKed here
+    server.push_now()  # nothing pending: no round
+    assert server.push_rounds == 1
