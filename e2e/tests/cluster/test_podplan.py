@@ -252,3 +252,27 @@ def test_resolv_conf() -> None:
 def test_capabilities(context: dict[str, Any], expected: list[str] | None) -> None:
     caps = podplan.capabilities({"securityContext": context})
     assert (None if caps is None else list(caps)) == expected
+
+
+def test_service_links() -> None:
+    services = [
+        {
+            "metadata": {"name": "echo-v1"},
+            "spec": {"clusterIP": "10.96.3.4", "ports": [{"name": "http", "port": 80}, {"port": 9090}]},
+        },
+        {"metadata": {"name": "headless"}, "spec": {"clusterIP": "None", "ports": [{"port": 80}]}},
+    ]
+    src = sources()
+    src.services = services
+    env = podplan.container_env(POD, {"name": "app"}, src)
+    assert env["ECHO_V1_SERVICE_HOST"] == "10.96.3.4"
+    assert env["ECHO_V1_SERVICE_PORT"] == "80"
+    assert env["ECHO_V1_SERVICE_PORT_HTTP"] == "80"
+    assert env["ECHO_V1_PORT"] == "tcp://10.96.3.4:80"
+    assert env["ECHO_V1_PORT_9090_TCP_ADDR"] == "10.96.3.4"
+    assert not any(key.startswith("HEADLESS_") for key in env)
+    assert env["KUBERNETES_SERVICE_HOST"] == "10.96.0.1"
+    no_links = dict(POD, spec={**POD["spec"], "enableServiceLinks": False})
+    env = podplan.container_env(no_links, {"name": "app"}, src)
+    assert "ECHO_V1_SERVICE_HOST" not in env
+    assert env["KUBERNETES_PORT_443_TCP"] == "tcp://10.96.0.1:443"

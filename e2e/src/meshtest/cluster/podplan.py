@@ -50,6 +50,7 @@ class Sources:
     configmaps: dict[str, Obj] = field(default_factory=dict)
     secrets: dict[str, Obj] = field(default_factory=dict)
     tokens: dict[tuple[str, int], str] = field(default_factory=dict)
+    services: list[Obj] = field(default_factory=list)  # the pod's namespace's Services (service links)
     node_cpu: int = 2
     node_memory: int = 8 * 1024**3
 
@@ -276,20 +277,18 @@ def _missing(kind: str, name: str, optional: bool) -> None:
 
 def container_env(pod: Obj, container: Obj, sources: Sources) -> dict[str, str]:
     """The container's environment as the kubelet builds it (without the process's inherited variables)."""
-    meta = pod.get("metadata", {})
+    meta, spec = pod.get("metadata", {}), pod.get("spec", {})
     env: dict[str, str] = {
-        "HOSTNAME": pod.get("spec", {}).get("nodeName", "")
-        if pod.get("spec", {}).get("hostNetwork")
-        else meta.get("name", ""),
-        "KUBERNETES_SERVICE_HOST": KUBERNETES_SVC_IP,
-        "KUBERNETES_SERVICE_PORT": "443",
-        "KUBERNETES_SERVICE_PORT_HTTPS": "443",
-        "KUBERNETES_PORT": f"tcp://{KUBERNETES_SVC_IP}:443",
-        "KUBERNETES_PORT_443_TCP": f"tcp://{KUBERNETES_SVC_IP}:443",
-        "KUBERNETES_PORT_443_TCP_PROTO": "tcp",
-        "KUBERNETES_PORT_443_TCP_PORT": "443",
-        "KUBERNETES_PORT_443_TCP_ADDR": KUBERNETES_SVC_IP,
+        "HOSTNAME": spec.get("nodeName", "") if spec.get("hostNetwork") else meta.get("name", "")
     }
+    if spec.get("enableServiceLinks", True):
+        env.update(service_links(sources.services))
+    # the API server's Service is always linked, whatever enableServiceLinks says
+    kubernetes = {
+        "metadata": {"name": "kubernetes"},
+        "spec": {"clusterIP": KUBERNETES_SVC_IP, "ports": [{"name": "https", "port": 443}]},
+    }
+    env.update(service_links([kubernetes]))
     for source in container.get("envFrom", []):
         prefix = source.get("prefix", "")
         if "configMapRef" in source:
@@ -308,6 +307,32 @@ def container_env(pod: Obj, container: Obj, sources: Sources) -> dict[str, str]:
         value = _env_value(pod, container, var, env, sources)
         if value is not None:
             env[var["name"]] = value
+    return env
+
+
+def service_links(services: list[Obj]) -> dict[str, str]:
+    """Docker-link style variables for Services with a ClusterIP: ``<NAME>_SERVICE_HOST``, ``_SERVICE_PORT``,
+    ``_PORT_<port>_TCP`` and friends, as the kubelet sets them."""
+    env: dict[str, str] = {}
+    for service in sorted(services, key=lambda s: str(s["metadata"]["name"])):
+        ip = service.get("spec", {}).get("clusterIP")
+        ports = service.get("spec", {}).get("ports") or []
+        if not ip or ip == "None" or not ports:
+            continue
+        name = str(service["metadata"]["name"]).upper().replace("-", "_")
+        first = ports[0]
+        env[f"{name}_SERVICE_HOST"] = ip
+        env[f"{name}_SERVICE_PORT"] = str(first["port"])
+        env[f"{name}_PORT"] = f"{str(first.get('protocol', 'TCP')).lower()}://{ip}:{first['port']}"
+        for port in ports:
+            proto = str(port.get("protocol", "TCP"))
+            if port.get("name"):
+                env[f"{name}_SERVICE_PORT_{str(port['name']).upper().replace('-', '_')}"] = str(port["port"])
+            base = f"{name}_PORT_{port['port']}_{proto.upper()}"
+            env[base] = f"{proto.lower()}://{ip}:{port['port']}"
+            env[f"{base}_PROTO"] = proto.lower()
+            env[f"{base}_PORT"] = str(port["port"])
+            env[f"{base}_ADDR"] = ip
     return env
 
 

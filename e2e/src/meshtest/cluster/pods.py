@@ -243,6 +243,10 @@ class PodWorker:
             with contextlib.suppress(ApiError):
                 secrets[name] = await self.kube.get(f"/api/v1/namespaces/{ns}/secrets/{name}")
         self.sources.configmaps, self.sources.secrets = cms, secrets
+        if self.pod["spec"].get("enableServiceLinks", True):
+            with contextlib.suppress(ApiError):
+                listing = await self.kube.get(f"/api/v1/namespaces/{ns}/services")
+                self.sources.services = list(listing.get("items", []))
         for key in refs.tokens:
             audience, expiry = key
             age = time.monotonic() - self.token_times.get(key, -1e9)
