@@ -84,3 +84,59 @@ async def test_keepalive_detects_a_silent_peer(monkeypatch: pytest.MonkeyPatch) 
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+def _tls_material() -> tuple[bytes, bytes, bytes]:
+    """(root PEM, server cert PEM for DNS name localhost, server key PEM)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test istiod root")])
+    root = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(1).not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(2).not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return root.public_bytes(pem), cert.public_bytes(pem), key_pem
+
+
+async def test_tls_with_alpn_and_hostname_check() -> None:
+    root, cert, key = _tls_material()
+    handler = grpc.stream_stream_rpc_method_handler(echo_stream)
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Echo", {"Chat": handler})])
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
+    await server.start()
+    try:
+        channel = await Channel.open(f"127.0.0.1:{port}", root, server_name="localhost")
+        try:
+            call = channel.stream("/test.Echo/Chat")
+            await call.send(b"secure")
+            assert await asyncio.wait_for(call.recv(), 10) == b"SECURE"
+        finally:
+            channel.close()
+        with pytest.raises(OSError):  # ssl.SSLCertVerificationError: the name does not match
+            await Channel.open(f"127.0.0.1:{port}", root, server_name="istiod.example")
+    finally:
+        await server.stop(None)
