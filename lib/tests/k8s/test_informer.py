@@ -171,3 +171,14 @@ async def test_list_errors_back_off_then_sync(api: tuple[FakeApi, KubeClient]) -
         async with asyncio.timeout(10):
             await informer.wait_synced()
     assert fake.lists == 1
+
+
+async def test_optional_kind_missing_counts_as_synced_empty(api: tuple[FakeApi, KubeClient]) -> None:
+    from meshkit.k8s.resources import SERVICEENTRIES
+
+    _fake, client = api
+    missing = Informer(client, SERVICEENTRIES, optional=True, max_backoff_s=0.2)  # the fake serves only pods
+    async with missing:
+        async with asyncio.timeout(10):
+            await missing.wait_synced()
+    assert missing.store == {}
