@@ -114,3 +114,50 @@ def test_source_labels_from_baggage() -> None:
     assert (wl.canonical_name, wl.canonical_revision, wl.cluster_id) == ("web", "v2", "c1")
     assert (wl.locality.region, wl.locality.zone) == ("r", "z")
     assert workload_from_baggage(None) is None
+
+
+def test_proxy_v2_header_layout() -> None:
+    from ztunnel.proxy.proxy_protocol import SIGNATURE, header
+
+    raw = header(("10.77.1.10", 40000), ("10.77.2.10", 8080), CLIENT.uri)
+    assert raw.startswith(SIGNATURE)
+    ver_cmd, family, length = raw[12], raw[13], int.from_bytes(raw[14:16], "big")
+    assert (ver_cmd, family) == (0x21, 0x11)
+    body = raw[16:]
+    assert len(body) == length
+    assert body[:4] == bytes([10, 77, 1, 10])
+    assert body[4:8] == bytes([10, 77, 2, 10])
+    assert int.from_bytes(body[8:10], "big") == 40000
+    assert int.from_bytes(body[10:12], "big") == 8080
+    assert body[12] == 0xD0
+    assert body[15:].decode() == CLIENT.uri
+
+
+async def test_application_tunnel_gets_proxy_header() -> None:
+    from ztunnel.proxy.proxy_protocol import SIGNATURE
+
+    tunnel = socket.create_server(("127.0.0.1", 0))
+    tunnel.setblocking(False)
+    tunnel_port = tunnel.getsockname()[1]
+    proxy, state = make(8080)
+    wl = state.workloads.by_uid["app"]
+    state.insert_workload(
+        Workload(
+            **{**{f: getattr(wl, f) for f in wl.__slots__}, "application_tunnel": ("PROXY", tunnel_port)}
+        )
+    )  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    try:
+        decision = await proxy.handle(peer(), connect("127.0.0.1:8080"))  # type: ignore[arg-type]
+        assert isinstance(decision, Forward)
+        sock = await decision.connect()
+        accepted, _ = await asyncio.wait_for(loop.sock_accept(tunnel), 5)
+        accepted.setblocking(False)
+        data = await asyncio.wait_for(loop.sock_recv(accepted, 4096), 5)
+        assert data.startswith(SIGNATURE)
+        assert CLIENT.uri.encode() in data
+        assert int.from_bytes(data[16 + 10 : 16 + 12], "big") == 8080  # the original target port
+        accepted.close()
+        sock.close()
+    finally:
+        tunnel.close()

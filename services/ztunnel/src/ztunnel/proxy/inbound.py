@@ -11,6 +11,7 @@ re-checked against the workload captured at connect time).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -23,6 +24,7 @@ from meshkit.hbone.server import Decision, Forward, InboundPeer, Reject
 from meshkit.hbone.stream import HboneStream
 from meshkit.logs import kv
 
+from ztunnel.proxy import proxy_protocol
 from ztunnel.proxy.common import connect_app, source_metadata, unmap
 from ztunnel.proxy.context import ILLEGAL_PORTS, PodContext
 from ztunnel.proxy.telemetry import ConnectionRecord, Endpoints
@@ -141,6 +143,12 @@ class InboundProxy:
         live.record.open()
         dst = (target_ip, port)
         src_ip = conn.src_ip if s.spoof_source else None
+        prefix = b""
+        tunnel = wl.application_tunnel
+        if tunnel is not None and tunnel[0] == "PROXY" and tunnel[1]:
+            # the app's tunnel port on the pod's loopback; the PROXY header carries who is really calling
+            prefix = proxy_protocol.header(src_addr, dst, peer.identity.uri)
+            dst, src_ip = ("127.0.0.1", tunnel[1]), None
 
         stream = self.find_stream(peer.address, request.stream_id) if self.find_stream else None
         meter = None
@@ -154,6 +162,8 @@ class InboundProxy:
 
         async def connect() -> socket.socket:
             sock = await connect_app(self.pod.factory, dst, src_ip, s.settings.connect_timeout_s)
+            if prefix:
+                await asyncio.get_running_loop().sock_sendall(sock, prefix)
             live.sock = sock
             self.live.add(live)
             if meter is not None:
