@@ -249,3 +249,28 @@ def test_consumer_routes_only_match_their_namespace() -> None:
     routes = snap.services[0].routes
     assert select_route(routes, _req(), 80, "other").name == "consumer"  # type: ignore[union-attr]
     assert select_route(routes, _req(), 80, "default").name == "producer"  # type: ignore[union-attr]
+
+
+def test_outlier_detection_ejects_and_returns_endpoints() -> None:
+    from waypoint.records import OutlierDetection
+
+    now = [100.0]
+    eps = _eps(4)
+    c = Cluster("c", HOST, 80, lb="ROUND_ROBIN", endpoints=eps, outlier=OutlierDetection(3, 0, 10.0, 50))
+    b = Balancer(random.Random(1), clock=lambda: now[0])
+    for _ in range(3):
+        b.outcome(c, eps[0], 503)
+    assert all(b.pick(c) != eps[0] for _ in range(12))  # ejected for 10 s
+    b.outcome(c, eps[1], 500)
+    b.outcome(c, eps[1], 200)  # a success resets the count
+    b.outcome(c, eps[1], 500)
+    assert eps[1] in {b.pick(c) for _ in range(12)}
+    for _ in range(3):
+        b.outcome(c, eps[2], 0)  # connect failures count
+    for _ in range(3):
+        b.outcome(c, eps[3], 503)  # a third ejection would exceed 50 %: kept
+    picked = {b.pick(c) for _ in range(12)}
+    assert eps[2] not in picked
+    assert eps[3] in picked
+    now[0] += 11
+    assert eps[0] in {b.pick(c) for _ in range(12)}  # back after the ejection time

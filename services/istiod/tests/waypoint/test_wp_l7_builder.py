@@ -437,3 +437,16 @@ def test_consumer_route_applies_to_its_namespace_first() -> None:
         ("HTTPRoute/client-ns/consumer#0", "client-ns"),
         ("HTTPRoute/app/producer#0", ""),
     ]
+
+
+def test_destinationrule_outlier_detection() -> None:
+    dr = {
+        "metadata": {"name": "reviews", "namespace": "app"},
+        "spec": {
+            "host": "reviews",
+            "trafficPolicy": {"outlierDetection": {"consecutive5xxErrors": 2, "baseEjectionTime": "5s"}},
+        },
+    }
+    cfg = build_configs(base(destinationrules=[dr])).configs["app/waypoint"]
+    od = {c.name: c for c in cfg.clusters}["inbound-vip|80|http|reviews.app.svc.cluster.local"].outlier
+    assert (od.consecutive_5xx, od.base_ejection_ms, od.max_ejection_percent) == (2, 5000, 10)

@@ -154,6 +154,14 @@ def _cluster(msg: pb.Cluster) -> r.Cluster:
             for e in msg.endpoints
         ),
         connect_timeout_s=(msg.connect_timeout_ms or 10_000) / 1000.0,
+        outlier=r.OutlierDetection(
+            msg.outlier.consecutive_5xx,
+            msg.outlier.consecutive_gateway_errors,
+            (msg.outlier.base_ejection_ms or 30_000) / 1000.0,
+            msg.outlier.max_ejection_percent or 10,
+        )
+        if msg.HasField("outlier")
+        else None,
     )
 
 

@@ -480,6 +480,7 @@ class WaypointProxy:
             try:
                 resp = await self._try(policy, cluster, ep, req, data)
             except UpstreamError as exc:
+                self.balancer.outcome(cluster, ep, 0)
                 out.flags, out.error = exc.flag, exc.detail
                 if exc.kind == "timeout":
                     out.details = "upstream_per_try_timeout"
@@ -494,6 +495,7 @@ class WaypointProxy:
                 if not _retriable_error(policy, exc) or attempt == policy.attempts:
                     return resp
             else:
+                self.balancer.outcome(cluster, ep, resp.status)
                 out.flags, out.details, out.error = "-", "via_upstream", ""
                 if not _retriable_status(policy, resp.status) or attempt == policy.attempts:
                     return resp

@@ -184,6 +184,15 @@ class Cluster:
     hash_key: str = ""
     endpoints: tuple[Endpoint, ...] = ()
     connect_timeout_s: float = 10.0
+    outlier: OutlierDetection | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    consecutive_5xx: int = 0
+    consecutive_gateway_errors: int = 0
+    base_ejection_s: float = 30.0
+    max_ejection_percent: int = 10
 
 
 @dataclass(frozen=True, slots=True)

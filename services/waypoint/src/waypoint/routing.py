@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Collection
+import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
@@ -96,13 +97,17 @@ def pick_backend(route: Route, rng: random.Random) -> Backend | None:
 class _ClusterState:
     rr: int = 0
     active: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (consecutive 5xx, gateway)
+    ejected: dict[str, float] = field(default_factory=dict)  # key -> ejected until (clock)
+    ejections: dict[str, int] = field(default_factory=dict)
 
 
 class Balancer:
     """Picks endpoints; keeps round-robin cursors and in-flight counts per cluster."""
 
-    def __init__(self, rng: random.Random | None = None) -> None:
+    def __init__(self, rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.rng = rng or random.Random()
+        self.clock = clock
         self._state: dict[str, _ClusterState] = {}
 
     def pick(
@@ -113,6 +118,11 @@ class Balancer:
         exclude: Collection[str] = (),
     ) -> Endpoint | None:
         healthy = [e for e in cluster.endpoints if e.healthy]
+        if cluster.outlier is not None and cluster.name in self._state:
+            ejected = self._state[cluster.name].ejected
+            now = self.clock()
+            fine = [e for e in healthy if ejected.get(_key(e), 0.0) <= now]
+            healthy = fine or healthy  # panic mode (Envoy): all ejected means none is
         if exclude:
             fresh = [e for e in healthy if _key(e) not in exclude]
             healthy = fresh or healthy
@@ -154,6 +164,34 @@ class Balancer:
         state = self._state.get(cluster)
         if state is not None:
             state.active[_key(ep)] = max(0, state.active.get(_key(ep), 0) - 1)
+
+    def outcome(self, cluster: Cluster, ep: Endpoint, status: int) -> None:
+        """Outlier detection: count consecutive errors (status 0 = connect failure / reset) and eject."""
+        od = cluster.outlier
+        if od is None:
+            return
+        state = self._state.setdefault(cluster.name, _ClusterState())
+        key = _key(ep)
+        five, gateway = state.failures.get(key, (0, 0))
+        if status == 0 or status >= 500:
+            five += 1
+            gateway = gateway + 1 if status in (0, 502, 503, 504) else 0
+        else:
+            five = gateway = 0
+        state.failures[key] = (five, gateway)
+        tripped = (od.consecutive_5xx and five >= od.consecutive_5xx) or (
+            od.consecutive_gateway_errors and gateway >= od.consecutive_gateway_errors
+        )
+        if not tripped:
+            return
+        now = self.clock()
+        active = sum(1 for until in state.ejected.values() if until > now)
+        if (active + 1) * 100 > od.max_ejection_percent * max(len(cluster.endpoints), 1) and active:
+            return  # never eject more than max_ejection_percent (one is always allowed, as Envoy)
+        count = state.ejections.get(key, 0) + 1
+        state.ejections[key] = count
+        state.ejected[key] = now + od.base_ejection_s * count
+        state.failures[key] = (0, 0)
 
 
 def _key(ep: Endpoint) -> str:

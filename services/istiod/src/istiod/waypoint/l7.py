@@ -35,6 +35,7 @@ from istiod.waypoint.routes import (
     convert_httproute,
     convert_tcproute,
     convert_virtualservice,
+    parse_duration_ms,
     vs_hosts,
 )
 
@@ -215,6 +216,7 @@ class _Clusters:
                 return None
         cluster = pb.Cluster(name=name, hostname=host, port=int(svc_port["port"]), subset=subset)
         self._lb(cluster, dr, subset_obj)
+        _outlier(cluster, dr, subset_obj)
         selector = meta.spec(svc).get("selector") or {}
         wanted = {**selector, **((subset_obj or {}).get("labels") or {})}
         for pod in self.index.pods_by_ns.get(meta.namespace(svc), []):
@@ -244,6 +246,24 @@ class _Clusters:
                 )
             )
         return cluster
+
+
+def _outlier(cluster: pb.Cluster, dr: Obj | None, subset: Obj | None) -> None:
+    """DestinationRule ``outlierDetection`` (subset over top level); Istio's defaults for unset fields."""
+    od = ((subset or {}).get("trafficPolicy") or {}).get("outlierDetection") or (
+        meta.spec(dr).get("trafficPolicy") or {}
+    ).get("outlierDetection")
+    if not od:
+        return
+    five = od.get("consecutive5xxErrors", od.get("consecutiveErrors", 5))
+    cluster.outlier.CopyFrom(
+        pb.OutlierDetection(
+            consecutive_5xx=int(five or 0),
+            consecutive_gateway_errors=int(od.get("consecutiveGatewayErrors") or 0),
+            base_ejection_ms=parse_duration_ms(od.get("baseEjectionTime")) or 30_000,
+            max_ejection_percent=int(od.get("maxEjectionPercent") or 10),
+        )
+    )
 
 
 def _workload_name(pod: Obj) -> str:

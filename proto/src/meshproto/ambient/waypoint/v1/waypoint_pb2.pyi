@@ -820,6 +820,7 @@ class Cluster(_message.Message):
     HASH_FIELD_NUMBER: _builtins.int
     ENDPOINTS_FIELD_NUMBER: _builtins.int
     CONNECT_TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    OUTLIER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"inbound-vip|<port>|<subset or http>|<hostname>" (behaviour.md §6.2)."""
     hostname: _builtins.str
@@ -827,11 +828,14 @@ class Cluster(_message.Message):
     subset: _builtins.str
     lb: Global___LbPolicy.ValueType
     connect_timeout_ms: _builtins.int
-    """DestinationRule connectionPool.http.maxRetries / outlierDetection are not modelled yet."""
     @_builtins.property
     def hash(self) -> Global___ConsistentHash: ...
     @_builtins.property
     def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___Endpoint]: ...
+    @_builtins.property
+    def outlier(self) -> Global___OutlierDetection:
+        """DestinationRule outlierDetection; unset: no ejection."""
+
     def __init__(
         self,
         *,
@@ -843,14 +847,47 @@ class Cluster(_message.Message):
         hash: Global___ConsistentHash | None = ...,
         endpoints: _abc.Iterable[Global___Endpoint] | None = ...,
         connect_timeout_ms: _builtins.int = ...,
+        outlier: Global___OutlierDetection | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["hash", b"hash"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hash", b"hash", "outlier", b"outlier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect_timeout_ms", b"connect_timeout_ms", "endpoints", b"endpoints", "hash", b"hash", "hostname", b"hostname", "lb", b"lb", "name", b"name", "port", b"port", "subset", b"subset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect_timeout_ms", b"connect_timeout_ms", "endpoints", b"endpoints", "hash", b"hash", "hostname", b"hostname", "lb", b"lb", "name", b"name", "outlier", b"outlier", "port", b"port", "subset", b"subset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Cluster: _TypeAlias = Cluster  # noqa: Y015
+
+@_typing.final
+class OutlierDetection(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSECUTIVE_5XX_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_GATEWAY_ERRORS_FIELD_NUMBER: _builtins.int
+    BASE_EJECTION_MS_FIELD_NUMBER: _builtins.int
+    MAX_EJECTION_PERCENT_FIELD_NUMBER: _builtins.int
+    consecutive_5xx: _builtins.int
+    """Eject an endpoint after this many consecutive 5xx (incl. connect failures); 0: off."""
+    consecutive_gateway_errors: _builtins.int
+    """Eject after this many consecutive 502/503/504 or connect failures; 0: off."""
+    base_ejection_ms: _builtins.int
+    """Ejection time = base * number of times ejected."""
+    max_ejection_percent: _builtins.int
+    """Never eject more than this share of the endpoints."""
+    def __init__(
+        self,
+        *,
+        consecutive_5xx: _builtins.int = ...,
+        consecutive_gateway_errors: _builtins.int = ...,
+        base_ejection_ms: _builtins.int = ...,
+        max_ejection_percent: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_ejection_ms", b"base_ejection_ms", "consecutive_5xx", b"consecutive_5xx", "consecutive_gateway_errors", b"consecutive_gateway_errors", "max_ejection_percent", b"max_ejection_percent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutlierDetection: _TypeAlias = OutlierDetection  # noqa: Y015
 
 @_typing.final
 class Source(_message.Message):
