@@ -34,6 +34,11 @@ class KubeView(Protocol):
     async def fetch_namespace(self, name: str) -> Obj | None: ...
 
 
+def _same_uid(pod: Obj, uid: str) -> bool:
+    """The runtime's K8S_POD_UID (when it sends one) names the pod; a cache may still hold its predecessor."""
+    return not uid or str(pod.get("metadata", {}).get("uid", "")) == uid
+
+
 def pod_key(pod: Obj) -> str:
     meta = pod.get("metadata", {})
     return f"{meta.get('namespace')}/{meta.get('name')}"
@@ -144,9 +149,13 @@ class PodController:
         key = f"{event.pod_namespace}/{event.pod_name}"
         if event.pod_namespace in self.exclude:
             return AddOutcome(False, "namespace excluded")
-        pod = self.view.pod(key) or await self.view.fetch_pod(event.pod_namespace, event.pod_name)
+        pod = self.view.pod(key)
+        if pod is None or not _same_uid(pod, event.pod_uid):  # not cached yet, or a same-name predecessor
+            pod = await self.view.fetch_pod(event.pod_namespace, event.pod_name)
         if pod is None:
             raise LookupError(f"pod {key} not found in the API server")
+        if not _same_uid(pod, event.pod_uid):  # fail the ADD; the runtime retries once the API catches up
+            raise LookupError(f"pod {key} in the API server is not the pod {event.pod_uid} being created")
         namespace = self.view.namespace(event.pod_namespace) or await self.view.fetch_namespace(
             event.pod_namespace
         )

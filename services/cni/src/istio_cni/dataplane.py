@@ -1,7 +1,7 @@
 """Enrolling and unenrolling pods on this node (behaviour.md §3.1): the one updater of the pod cache.
 
-Enrol: open the pod netns → in-pod rules (failure is final for this attempt) → probe ipset → cache →
-hand to the newest ztunnel over ZDS → on ack, annotate ``ambient.istio.io/redirection: enabled``; without
+Enrol: open the pod netns → in-pod rules (failure is final for this attempt) → probe ipset → cache → hand
+to the newest ztunnel over ZDS → on ack, annotate ``ambient.istio.io/redirection: enabled``; without
 an ack the pod is annotated ``pending`` and retried every ``retry_interval`` (and it is in the next ztunnel's
 snapshot). The annotation tells the truth within one retry interval: a ztunnel refusing a pod in its
 snapshot makes it ``pending``; no ztunnel connected for a whole interval makes every pod ``pending``; a pod
@@ -9,6 +9,9 @@ that a previous agent left ``enabled`` keeps that mark across an agent restart w
 is still to come (so istiod sees no flap), under the same rule. The annotation is written only on change.
 Unenrol (still running): ipset entry, in-pod rules, ``del`` to every ztunnel, annotation. Deleted pods: host
 state and ztunnel only. Operations on one pod are serialized by a per-pod lock.
+
+A failed enrol is rolled back (the pod is not cached, so nothing would remove its rules later) unless the
+pod was already redirected (a previous agent's rules): those stay, failing closed, until a retry succeeds.
 """
 
 from __future__ import annotations
@@ -163,7 +166,8 @@ class MeshDataplane:
             if self.host is not None:
                 await self.host.add_ips(ips)
         except BaseException:
-            netns.close()
+            inherited = bool(enrolment.annotations_of(pod).get(enrolment.REDIRECTION_ANNOTATION))
+            await self._roll_back(netns, ips, rules=apply_rules and not inherited)
             self.pods.pop(uid, None)
             raise
         sa = str(pod.get("spec", {}).get("serviceAccountName") or "default")
@@ -179,6 +183,19 @@ class MeshDataplane:
             "pod enrolled", extra=kv(pod=f"{rec.namespace}/{rec.name}", uid=uid, state=self.pods[uid].state)
         )
         return acked
+
+    async def _roll_back(self, netns: Netns, ips: tuple[str, ...], *, rules: bool) -> None:
+        """Undo a half-done enrol; left behind, the rules would send the pod's traffic to listeners that no
+        ztunnel is told to open, even after the pod leaves the mesh."""
+        try:
+            if self.host is not None:
+                await self.host.remove_ips(ips)
+            if rules:
+                await remove_pod_rules(netns)
+        except Exception as exc:  # the original error is the one to report
+            log.warning("could not roll back a failed enrol", extra=kv(netns=netns.source, error=str(exc)))
+        finally:
+            netns.close()
 
     async def _set_state(self, rec: PodRecord, state: str) -> None:
         """Record ``state``; patch the annotation only when the pod does not carry it already."""

@@ -1,0 +1,122 @@
+"""A failed enrol in a real kernel: what the agent installed is rolled back, except a previous agent's rules,
+which stay (fail closed). The failure is real: the node's probe ipset does not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from istio_cni.dataplane import DataplaneConfig, MeshDataplane
+from istio_cni.hostrules import HostRules
+from istio_cni.iptables import RuleError, apply_pod_rules
+from istio_cni.metrics import CniMetrics
+from istio_cni.netns import Netns
+from istio_cni.rules import DEFAULT_PROBE_SNAT_V4, DEFAULT_PROBE_SNAT_V6, PodRuleConfig
+from meshkit.metrics import new_registry
+
+pytestmark = pytest.mark.root
+
+
+class NoAnnotations:
+    async def set_redirection(self, namespace: str, name: str, value: str | None) -> None:
+        raise AssertionError(f"a failed enrol must not annotate {namespace}/{name} ({value})")
+
+
+def pod(annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {"uid": "u1", "name": "web", "namespace": "demo", "annotations": annotations or {}},
+        "spec": {"serviceAccountName": "web"},
+        "status": {"podIP": "10.78.251.2"},
+    }
+
+
+def has_rules(ns: Any) -> bool:
+    return "ISTIO_OUTPUT" in ns.sh("iptables-save") or "lookup 100" in ns.sh("ip", "rule")
+
+
+@pytest.fixture
+def broken_node(make_netns: Callable[[], Any]) -> Any:
+    """Host rules whose ipsets were never created: every ``add_ips`` fails."""
+    node = Netns.open(make_netns().path)
+    yield HostRules(node, DEFAULT_PROBE_SNAT_V4, DEFAULT_PROBE_SNAT_V6)
+    node.close()
+
+
+async def test_failed_enrol_removes_the_rules_it_installed(make_netns, broken_node) -> None:  # type: ignore[no-untyped-def]
+    ns = make_netns()
+    dataplane = MeshDataplane(DataplaneConfig(), NoAnnotations(), CniMetrics(new_registry()), broken_node)
+    with pytest.raises(RuleError, match="ipset add"):
+        await dataplane.enrol(pod(), Netns.open(ns.path))
+    assert not has_rules(ns)
+    assert dataplane.pods == {}
+
+
+async def test_failed_enrol_keeps_a_previous_agents_rules(make_netns, broken_node) -> None:  # type: ignore[no-untyped-def]
+    ns = make_netns()
+    handle = Netns.open(ns.path)
+    try:
+        await apply_pod_rules(handle, PodRuleConfig())  # what the agent before us installed
+    finally:
+        handle.close()
+    dataplane = MeshDataplane(DataplaneConfig(), NoAnnotations(), CniMetrics(new_registry()), broken_node)
+    with pytest.raises(RuleError):
+        await dataplane.enrol(pod({"ambient.istio.io/redirection": "enabled"}), Netns.open(ns.path))
+    assert has_rules(ns)  # fail closed: the pod's traffic still cannot bypass ztunnel
+    assert dataplane.pods == {}
+
+
+class StaleCache:
+    """``KubeView`` whose informer cache still holds a pod's same-name predecessor (a StatefulSet pod)."""
+
+    def __init__(self, cached: dict[str, Any], current: dict[str, Any]) -> None:
+        self.cached, self.current = cached, current
+        self.ns = {"metadata": {"name": "demo", "labels": {"istio.io/dataplane-mode": "ambient"}}}
+
+    def pod(self, key: str) -> dict[str, Any] | None:
+        return self.cached
+
+    def namespace(self, name: str) -> dict[str, Any] | None:
+        return self.ns
+
+    def node_pods(self) -> list[dict[str, Any]]:
+        return [self.cached]
+
+    async def fetch_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.current
+
+    async def fetch_namespace(self, name: str) -> dict[str, Any] | None:
+        return self.ns
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.values: list[str | None] = []
+
+    async def set_redirection(self, namespace: str, name: str, value: str | None) -> None:
+        self.values.append(value)
+
+
+async def test_plugin_add_enrols_the_pod_the_runtime_names(make_netns) -> None:  # type: ignore[no-untyped-def]
+    from istio_cni.controller import PodController
+    from istio_cni.enrolment import DEFAULT_SELECTORS
+    from istio_cni.events import PluginAddEvent
+
+    ns = make_netns()
+    old, new = pod(), pod()
+    new["metadata"]["uid"] = "u2"
+    dataplane = MeshDataplane(DataplaneConfig(), Recorder(), CniMetrics(new_registry()))
+    controller = PodController(StaleCache(old, new), dataplane, DEFAULT_SELECTORS, [])
+    event = PluginAddEvent("web", "demo", "u2", ns.path, "c1", "eth0", ("10.78.251.2",))
+    try:
+        outcome = await controller.plugin_add(event)
+        assert outcome.enrolled
+        assert list(dataplane.pods) == ["u2"]  # not the cached predecessor's uid
+        stale = PluginAddEvent("web", "demo", "u3", ns.path, "c2", "eth0", ())
+        with pytest.raises(LookupError, match="is not the pod u3 being created"):
+            await controller.plugin_add(stale)
+    finally:
+        await dataplane.unenrol("u2", deleted=False)
+        dataplane.close()
+    assert not has_rules(ns)
