@@ -450,3 +450,44 @@ def test_destinationrule_outlier_detection() -> None:
     cfg = build_configs(base(destinationrules=[dr])).configs["app/waypoint"]
     od = {c.name: c for c in cfg.clusters}["inbound-vip|80|http|reviews.app.svc.cluster.local"].outlier
     assert (od.consecutive_5xx, od.base_ejection_ms, od.max_ejection_percent) == (2, 5000, 10)
+
+
+def test_mirrors_from_httproute_fraction_and_vs_plural() -> None:
+    route = httproute(
+        "m",
+        [
+            {
+                "filters": [
+                    {
+                        "type": "RequestMirror",
+                        "requestMirror": {
+                            "backendRef": {"name": "ratings", "port": 80},
+                            "fraction": {"numerator": 1, "denominator": 4},
+                        },
+                    }
+                ],
+                "backendRefs": [{"name": "reviews", "port": 80}],
+            }
+        ],
+    )
+    vs = {
+        "metadata": {"name": "v", "namespace": "app"},
+        "spec": {
+            "hosts": ["reviews"],
+            "http": [
+                {
+                    "route": [{"destination": {"host": "reviews"}}],
+                    "mirrors": [{"destination": {"host": "ratings"}, "percentage": {"value": 5}}],
+                }
+            ],
+        },
+    }
+    routes = (
+        build_configs(base(httproutes=[route], virtualservices=[vs]))
+        .configs["app/waypoint"]
+        .services[0]
+        .routes
+    )
+    assert routes[0].mirrors[0].percent == 25.0
+    assert routes[1].mirrors[0].percent == 5.0
+    assert routes[1].mirrors[0].cluster.endswith("ratings.app.svc.cluster.local")

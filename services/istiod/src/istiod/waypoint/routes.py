@@ -176,7 +176,15 @@ def _gw_filters(filters: list[Obj], route: pb.Route, ns: str, cluster_for: Clust
             ref = (f.get("requestMirror") or {}).get("backendRef") or {}
             name = _backend_cluster(ref, ns, cluster_for)
             if name and not name.startswith(INVALID):
-                pct = (f.get("requestMirror") or {}).get("percent")
+                mirror = f.get("requestMirror") or {}
+                pct = mirror.get("percent")
+                fraction = mirror.get("fraction") or {}
+                if pct is None and fraction:
+                    pct = (
+                        100.0
+                        * float(fraction.get("numerator", 0))
+                        / float(fraction.get("denominator") or 100)
+                    )
                 route.mirrors.append(pb.Mirror(cluster=name, percent=float(pct if pct is not None else 100)))
         else:
             raise Unsupported(f"filter {kind!r}")
@@ -459,6 +467,11 @@ def _vs_route(
         cluster = _vs_destination(http["mirror"], host_of, cluster_for)
         if cluster:
             pct = float((http.get("mirrorPercentage") or {}).get("value", 100.0))
+            route.mirrors.append(pb.Mirror(cluster=cluster, percent=pct))
+    for mirror in http.get("mirrors") or []:  # the newer plural form
+        cluster = _vs_destination(mirror.get("destination") or {}, host_of, cluster_for)
+        if cluster:
+            pct = float((mirror.get("percentage") or {}).get("value", 100.0))
             route.mirrors.append(pb.Mirror(cluster=cluster, percent=pct))
     if http.get("directResponse"):
         dr = http["directResponse"]
