@@ -573,3 +573,42 @@ def test_startup_probe_gates_readiness(kube_cluster: KubeCluster, kube_namespace
     inside = kube_cluster.exec(ns, "slow", ["sh", "-c", "hostname; ls /work; echo $HOSTNAME"])
     assert inside.returncode == 0, inside.stderr
     assert inside.stdout.split() == ["slow", "started", "slow"]
+
+
+def test_pre_stop_hook_host_aliases_and_dns_config(kube_cluster: KubeCluster, kube_namespace: str) -> None:
+    ns = kube_namespace
+    loop = (
+        "trap 'echo TERM; exit 0' TERM; echo TRAPPED; "
+        "while true; do [ -e /work/hook ] && echo SAW-HOOK; sleep 0.2; done"
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "hooked"},
+        "spec": {
+            "terminationGracePeriodSeconds": 10,
+            "hostAliases": [{"ip": "10.1.2.3", "hostnames": ["alias.example"]}],
+            "dnsConfig": {"options": [{"name": "ndots", "value": "2"}]},
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "busybox",
+                    "command": ["sh", "-c", loop],
+                    "lifecycle": {
+                        "preStop": {"exec": {"command": ["sh", "-c", "touch /work/hook; sleep 1"]}}
+                    },
+                    "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+                }
+            ],
+            "volumes": [{"name": "work", "emptyDir": {}}],
+        },
+    }
+    kube_cluster.apply(pod, ns)
+    kube_cluster.wait_for("the TERM trap", lambda: "TRAPPED" in kube_cluster.pod_log(ns, "hooked", "main"))
+    inside = kube_cluster.exec(ns, "hooked", ["sh", "-c", "cat /etc/hosts /etc/resolv.conf"]).stdout
+    assert "10.1.2.3\talias.example" in inside
+    assert "options ndots:2" in inside
+    kube_cluster.kubectl("delete", "pod", "-n", ns, "hooked", "--wait=true", timeout=60)
+    log = kube_cluster.pod_log(ns, "hooked", "main")
+    assert "SAW-HOOK" in log
+    assert log.index("SAW-HOOK") < log.index("TERM"), "preStop runs before SIGTERM"

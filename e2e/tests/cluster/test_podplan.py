@@ -229,11 +229,34 @@ def test_expand() -> None:
 
 
 def test_resolv_conf() -> None:
-    text = podplan.resolv_conf("ns1", False, "ClusterFirst", "10.96.0.10", "nameserver 1.1.1.1\n")
-    assert "nameserver 10.96.0.10" in text
-    assert "search ns1.svc.cluster.local" in text
-    assert "ndots:5" in text
-    assert podplan.resolv_conf("ns1", True, "ClusterFirst", "10.96.0.10", "host\n") == "host\n"
+    cluster = podplan.resolv_conf({}, "ns1", "10.96.0.10", "nameserver 1.1.1.1\n")
+    search = "search ns1.svc.cluster.local svc.cluster.local cluster.local"
+    assert cluster == f"{search}\nnameserver 10.96.0.10\noptions ndots:5\n"
+    assert podplan.resolv_conf({"hostNetwork": True}, "ns1", "10.96.0.10", "host\n") == "host\n"
+    with_host_net = {"hostNetwork": True, "dnsPolicy": "ClusterFirstWithHostNet"}
+    assert "nameserver 10.96.0.10" in podplan.resolv_conf(with_host_net, "ns1", "10.96.0.10", "host\n")
+    custom = {
+        "dnsPolicy": "None",
+        "dnsConfig": {
+            "nameservers": ["1.2.3.4"],
+            "searches": ["a.b"],
+            "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}],
+        },
+    }
+    assert podplan.resolv_conf(custom, "ns1", "10.96.0.10", "") == (
+        "search a.b\nnameserver 1.2.3.4\noptions ndots:2 edns0\n"
+    )
+    merged = podplan.resolv_conf(
+        {"dnsConfig": {"options": [{"name": "ndots", "value": "1"}]}}, "n", "10.96.0.10", ""
+    )
+    assert merged.endswith("options ndots:1\n")
+
+
+def test_hosts_file() -> None:
+    spec = {"hostAliases": [{"ip": "10.1.2.3", "hostnames": ["foo.local", "bar.local"]}]}
+    text = podplan.hosts_file(spec, "pod-a", ["10.244.1.5"])
+    assert "10.244.1.5\tpod-a\n" in text
+    assert text.endswith("10.1.2.3\tfoo.local bar.local\n")
 
 
 @pytest.mark.parametrize(

@@ -485,10 +485,49 @@ def host_path(volume: Obj, node_root: str) -> tuple[str, str]:
     return node_root.rstrip("/") + path, kind
 
 
-def resolv_conf(namespace: str, host_network: bool, dns_policy: str, dns_ip: str, host_resolv: str) -> str:
-    """/etc/resolv.conf of a pod (ClusterFirst, or the node's for hostNetwork without
-    ClusterFirstWithHostNet)."""
-    if dns_policy == "Default" or (host_network and dns_policy != "ClusterFirstWithHostNet"):
-        return host_resolv
-    search = f"{namespace}.svc.{CLUSTER_DOMAIN} svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}"
-    return f"search {search}\nnameserver {dns_ip}\noptions ndots:5\n"
+def resolv_conf(spec: Obj, namespace: str, dns_ip: str, host_resolv: str) -> str:
+    """/etc/resolv.conf of a pod: cluster DNS for ClusterFirst (and ClusterFirstWithHostNet), the node's for
+    Default or a hostNetwork pod without ClusterFirstWithHostNet, nothing for None; then ``dnsConfig``."""
+    policy = spec.get("dnsPolicy", "ClusterFirst")
+    host_network = bool(spec.get("hostNetwork"))
+    config = spec.get("dnsConfig") or {}
+    if policy == "Default" or (host_network and policy == "ClusterFirst"):
+        if not config:
+            return host_resolv
+        nameservers, searches, options = _parse_resolv(host_resolv)
+    elif policy == "None":
+        nameservers, searches, options = [], [], []
+    else:
+        nameservers = [dns_ip]
+        searches = [f"{namespace}.svc.{CLUSTER_DOMAIN}", f"svc.{CLUSTER_DOMAIN}", CLUSTER_DOMAIN]
+        options = ["ndots:5"]
+    nameservers += [n for n in config.get("nameservers", []) if n not in nameservers]
+    searches += [s for s in config.get("searches", []) if s not in searches]
+    extra = {o["name"]: o.get("value") for o in config.get("options", [])}
+    options = [o for o in options if o.split(":")[0] not in extra]
+    options += [f"{name}:{value}" if value is not None else name for name, value in extra.items()]
+    lines = ([f"search {' '.join(searches)}"] if searches else []) + [f"nameserver {n}" for n in nameservers]
+    lines += [f"options {' '.join(options)}"] if options else []
+    return "\n".join(lines) + "\n"
+
+
+def _parse_resolv(text: str) -> tuple[list[str], list[str], list[str]]:
+    nameservers, searches, options = [], [], []
+    for line in text.splitlines():
+        parts = line.split()
+        if parts and parts[0] == "nameserver":
+            nameservers += parts[1:2]
+        elif parts and parts[0] == "search":
+            searches += parts[1:]
+        elif parts and parts[0] == "options":
+            options += parts[1:]
+    return nameservers, searches, options
+
+
+def hosts_file(spec: Obj, hostname: str, pod_ips: list[str]) -> str:
+    """/etc/hosts of a (non-hostNetwork) pod: localhost, the pod's own name, then ``hostAliases``."""
+    text = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    text += "".join(f"{ip}\t{hostname}\n" for ip in pod_ips)
+    for alias in spec.get("hostAliases") or []:
+        text += f"{alias['ip']}\t{' '.join(alias.get('hostnames', []))}\n"
+    return text

@@ -322,20 +322,10 @@ class PodWorker:
         etc.mkdir(exist_ok=True)
         spec = self.pod["spec"]
         host_resolv = Path("/etc/resolv.conf").read_text() if Path("/etc/resolv.conf").exists() else ""
-        (etc / "resolv.conf").write_text(
-            podplan.resolv_conf(
-                self.namespace,
-                self.host_network,
-                spec.get("dnsPolicy", "ClusterFirst"),
-                DNS_SVC_IP,
-                host_resolv,
-            )
-        )
+        (etc / "resolv.conf").write_text(podplan.resolv_conf(spec, self.namespace, DNS_SVC_IP, host_resolv))
         hostname = self.node.name if self.host_network else self.name
         (etc / "hostname").write_text(hostname + "\n")
-        hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-        hosts += "".join(f"{ip}\t{hostname}\n" for ip in self.pod_ips)
-        (etc / "hosts").write_text(hosts)
+        (etc / "hosts").write_text(podplan.hosts_file(spec, hostname, self.pod_ips))
 
     # -- containers ------------------------------------------------------------------------------------------
     def _plan(self, state: ContainerState) -> Path:
@@ -544,11 +534,12 @@ class PodWorker:
             # the first readiness result comes fast (polled each 0.5 s) so pods turn Ready without a long wait
             await asyncio.sleep(min(period, 0.5) if kind == "readinessProbe" and not state.ready else period)
 
+    def _pod_ip(self) -> str:
+        return self.pod_ips[0] if self.pod_ips else ""
+
     async def _probe_once(self, state: ContainerState, probe: Obj) -> bool:
         pid = state.proc.pid if state.proc is not None and state.proc.returncode is None else None
-        target = probes.ProbeTarget(
-            container=state.spec, pod_ip=self.pod_ips[0] if self.pod_ips else "", pid=pid
-        )
+        target = probes.ProbeTarget(container=state.spec, pod_ip=self._pod_ip(), pid=pid)
         return await probes.probe_once(probe, target, self.http)
 
     # -- termination -----------------------------------------------------------------------------------------
@@ -563,6 +554,12 @@ class PodWorker:
         if proc is None or proc.returncode is not None:
             return
         self.event("Killing", f"Stopping container {state.name}", container=state.name)
+        hook = (state.spec.get("lifecycle") or {}).get("preStop")
+        if hook:  # runs within the grace period; the kubelet then grants at least 2 s for SIGTERM
+            started = time.monotonic()
+            target = probes.ProbeTarget(container=state.spec, pod_ip=self._pod_ip(), pid=proc.pid)
+            await probes.run_hook(hook, target, self.http, grace)
+            grace = max(grace - (time.monotonic() - started), 2.0)
         _killpg(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), grace)

@@ -52,6 +52,15 @@ async def probe_once(probe: Obj, target: ProbeTarget, http: aiohttp.ClientSessio
         return False
 
 
+async def run_hook(hook: Obj, target: ProbeTarget, http: aiohttp.ClientSession, budget: float) -> None:
+    """A lifecycle handler (``preStop``): exec, httpGet or sleep, bounded by ``budget`` seconds."""
+    if "sleep" in hook:
+        await asyncio.sleep(min(float(hook["sleep"].get("seconds", 0)), budget))
+        return
+    if not await probe_once({**hook, "timeoutSeconds": budget}, target, http):
+        log.warning("lifecycle hook %s failed", sorted(hook))
+
+
 async def _http(get: Obj, target: ProbeTarget, http: aiohttp.ClientSession) -> bool:
     scheme = str(get.get("scheme", "HTTP")).lower()
     host = get.get("host") or target.pod_ip
