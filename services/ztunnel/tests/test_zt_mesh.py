@@ -454,3 +454,21 @@ async def test_service_with_waypoint_goes_through_it(mesh, topology) -> None:  #
         await waypoint.close()
     assert seen == [(f"{VIP}:80", "spiffe://cluster.local/ns/default/sa/client")]
     assert echo.peers[-1][0] == wp.ip  # the backend sees the waypoint (its plaintext, via 15006)
+
+
+async def test_hostname_workload_resolved_on_demand(mesh, topology) -> None:  # type: ignore[no-untyped-def]
+    client, _server, _echo, _ = await setup(mesh, topology)
+    local = await mesh.echo(
+        client, 9999
+    )  # an "external" service reached by name: here, the pod's own loopback
+    mesh.workloads.append(
+        Workload(
+            "ext", "ext", "default", hostname="localhost", services={"default/ext.example.com": {80: 9999}}
+        )
+    )
+    mesh.services.append(
+        Service("ext", "default", "ext.example.com", vips=(("", "10.77.200.9"),), ports={80: 0})
+    )
+    mesh.publish()
+    assert await mesh.request(client, "10.77.200.9", 80, b"by name") == b"by name"
+    assert local.peers

@@ -141,3 +141,21 @@ def test_passthrough_service_mode() -> None:
                 load_balancer=LoadBalancing(mode="PASSTHROUGH"))
     )  # fmt: skip
     assert plan_outbound(s, src(s), ("10.96.0.7", 443), random.Random(1)) == Passthrough(("10.96.0.7", 443))
+
+
+def test_hostname_workload_is_resolved_on_demand() -> None:
+    s = state()
+    s.insert_workload(
+        Workload(
+            "ext",
+            "ext",
+            "default",
+            hostname="api.example.com",
+            services={"default/ext.example.com": {443: 8443}},
+        )
+    )
+    s.insert_service(Service("ext", "default", "ext.example.com", vips=(("", "10.96.0.8"),), ports={443: 0}))
+    plan = plan_outbound(s, src(s), ("10.96.0.8", 443), random.Random(1))
+    assert plan == Plain(
+        ("api.example.com", 8443), s.workloads.by_uid["ext"], s.find_service("default/ext.example.com"), True
+    )

@@ -77,6 +77,12 @@ class ProxyMetrics:
         self.sockets_open = Gauge(
             "istio_tcp_sockets_open", "Open proxied sockets.", ["reporter"], registry=registry
         )
+        self.on_demand_dns = Counter(
+            "istio_on_demand_dns",
+            "On-demand DNS lookups of hostname workloads.",
+            ["source_workload", "source_workload_namespace", "hostname"],
+            registry=registry,
+        )
 
 
 class DnsMetrics:

@@ -90,6 +90,13 @@ class OutboundProxy:
             return
         target = plan.target if isinstance(plan, Plain | Passthrough) else None
         assert target is not None
+        if isinstance(plan, Plain) and plan.resolve:
+            try:
+                target = await self._resolve(target, src, peer)
+            except OSError as exc:
+                reset(sock)
+                record.close(f"DNS lookup of {target[0]} failed: {exc}", "CONNECT")
+                return
         try:
             upstream = await asyncio.wait_for(
                 open_tcp(self.pod.factory, *target), self.pod.services.settings.connect_timeout_s
@@ -101,6 +108,23 @@ class OutboundProxy:
         result = await relay_tcp(sock, upstream, record.add_bytes)
         record.sync(result.up, result.down)
         record.close(result.error)
+
+    async def _resolve(
+        self, target: tuple[str, int], src: Workload, peer: tuple[str, int]
+    ) -> tuple[str, int]:
+        """On-demand DNS for a hostname workload: a random record, the client's address family preferred."""
+        s = self.pod.services
+        s.metrics.on_demand_dns.labels(
+            source_workload=src.workload_name or "unknown",
+            source_workload_namespace=src.namespace or "unknown",
+            hostname=target[0],
+        ).inc()
+        infos = await asyncio.get_running_loop().getaddrinfo(target[0], target[1], type=socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in peer[0] else socket.AF_INET
+        same = [info for info in infos if info[0] == family] or infos
+        if not same:
+            raise OSError(f"no address for {target[0]}")
+        return str(s.rng.choice(same)[4][0]), target[1]
 
     async def _open(self, key: PoolKey, plan: Hbone, headers: list[tuple[str, str]]) -> HboneStream:
         """Open the tunnel; retry once when a pooled connection went away under us before any answer.

@@ -34,9 +34,12 @@ class Hbone:
 
 @dataclass(frozen=True, slots=True)
 class Plain:
+    """Plain TCP to ``target``; with ``resolve`` the host is a DNS name to look up first (§4.1 step 8)."""
+
     target: tuple[str, int]
     workload: Workload
     service: Service | None
+    resolve: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +142,9 @@ def plan_outbound(state: State, src: Workload, dst: tuple[str, int], rng: random
             return Drop(f"no healthy upstream for {svc.hostname}:{port}")
         upstream, target = picked
         upstream_ip = _pick_ip(upstream, ip)
+        if upstream_ip is None and upstream.hostname and not upstream.hbone:
+            # a DNS-resolved workload (ServiceEntry resolution DNS): the outbound proxy resolves it on demand
+            return Plain((upstream.hostname, target), upstream, svc, resolve=True)
         if upstream_ip is None:
             return Drop(f"no healthy upstream for {svc.hostname}:{port}")
         return _direct(upstream, upstream_ip, target, svc)
