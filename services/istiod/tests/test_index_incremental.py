@@ -87,7 +87,7 @@ def test_incremental_equals_from_scratch(
     for batch in batches:
         updates: dict[str, dict[str, Any]] = {}
         for (kind, key, obj), delete in batch:
-            updates.setdefault(kind, {})[key] = None if delete else obj  # type: ignore[assignment]
+            updates.setdefault(kind, {})[key] = None if delete else obj
         for kind, changes in updates.items():
             live.inputs[kind].apply(changes)
             table = world.setdefault(kind, {})
