@@ -89,6 +89,7 @@ class ConnectionRecord:
     """Telemetry of one connection, from open to close."""
 
     __slots__ = (
+        "_base",
         "_closed",
         "_recv",
         "_sent",
@@ -106,7 +107,7 @@ class ConnectionRecord:
         self.response_bytes = 0
         self._start = time.monotonic()
         self._closed = False
-        labels = _labels(endpoints, "-")
+        labels = self._base = _labels(endpoints, "-")  # computed once per connection
         self._recv: Counter = metrics.received_bytes.labels(**labels)
         self._sent: Counter = metrics.sent_bytes.labels(**labels)
 
@@ -119,8 +120,8 @@ class ConnectionRecord:
                     **{"src.addr": _addr(e.src_addr), "dst.addr": _addr(e.dst_addr), "direction": e.direction}
                 ),
             )
-        self.metrics.opened.labels(**_labels(self.endpoints, "-")).inc()
-        self.metrics.sockets_open.labels(reporter=_labels(self.endpoints, "-")["reporter"]).inc()
+        self.metrics.opened.labels(**self._base).inc()
+        self.metrics.sockets_open.labels(reporter=self._base["reporter"]).inc()
 
     def add_request_bytes(self, n: int) -> None:
         """Bytes read from the initiating side and written upstream."""
@@ -148,7 +149,7 @@ class ConnectionRecord:
         if self._closed:
             return
         self._closed = True
-        labels = _labels(self.endpoints, flags)
+        labels = self._base if flags == "-" else {**self._base, "response_flags": flags}
         self.metrics.closed.labels(**labels).inc()
         self.metrics.sockets_open.labels(reporter=labels["reporter"]).dec()
         if flags in FAILURE_FLAGS:
