@@ -258,6 +258,7 @@ async def build(
         ext_authz=ext_authz,
         sniff_timeout_s=settings.sniff_timeout_s,
     )
+    store.subscribe(proxy.config_changed)
     host, port = split_addr(settings.hbone_addr)
     sock = (socket_factory or HostSocketFactory()).listen_tcp(host, port)
     hbone = HboneServer(sock, certificate, proxy.handle, name="waypoint-hbone")

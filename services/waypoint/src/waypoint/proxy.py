@@ -652,6 +652,12 @@ class WaypointProxy:
         log_access(fields, error=bool(out.error) and resp.status >= 500)
         span.end(resp.status, {"upstream_cluster": fields["upstream_cluster"], "response_flags": out.flags})  # type: ignore[dict-item]
 
+    def config_changed(self, snap: rec.Snapshot) -> None:
+        """A new config: drop idle upstream tunnels to endpoints it no longer has."""
+        keep = {e.address for c in snap.clusters.values() for e in c.endpoints}
+        keep.update(s.workload.address for s in snap.services if s.workload is not None)
+        self.upstreams.prune(keep)
+
     async def close(self) -> None:
         self.upstreams.close()
         self.h2_upstreams.close()

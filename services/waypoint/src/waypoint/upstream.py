@@ -119,6 +119,12 @@ class UpstreamPool:
         except BadMessage as exc:
             raise UpstreamError("reset", f"bad upstream response: {exc}") from exc
 
+    def prune(self, keep: set[str]) -> None:
+        """Close idle tunnels to endpoint addresses that are no longer in the config."""
+        for key in [k for k in self._idle if k[0] not in keep]:
+            for tunnel in self._idle.pop(key):
+                tunnel.stream.abort()
+
     def close(self) -> None:
         for tunnels in self._idle.values():
             for tunnel in tunnels:
