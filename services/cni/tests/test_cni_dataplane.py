@@ -4,7 +4,7 @@ which stay (fail closed). The failure is real: the node's probe ipset does not e
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -80,7 +80,7 @@ class StaleCache:
     def namespace(self, name: str) -> dict[str, Any] | None:
         return self.ns
 
-    def node_pods(self) -> list[dict[str, Any]]:
+    def node_pods(self) -> list[Mapping[str, Any]]:
         return [self.cached]
 
     async def fetch_pod(self, namespace: str, name: str) -> dict[str, Any] | None:

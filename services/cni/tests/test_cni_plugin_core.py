@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from istio_cni.enrolment import DEFAULT_SELECTORS, should_enrol
-from istio_cni.events import AddOutcome, PluginAddEvent, PluginEventServer
+from istio_cni.events import AddHandler, AddOutcome, PluginAddEvent, PluginEventServer
 from istio_cni.plugin.__main__ import run
 from istio_cni.plugin.core import CniError, add_event, parse_request, render_error, render_result
 
@@ -103,6 +103,16 @@ async def test_run_fails_closed_when_agent_is_down(tmp_path: Any) -> None:
     assert "node agent" in body["msg"]
 
 
+async def run_against_agent(tmp_path: Any, handler: AddHandler) -> tuple[bytes, int]:
+    """Run the plugin (ADD) with a node agent socket served by ``handler``."""
+    server = PluginEventServer(str(tmp_path / "pluginevent.sock"), handler)
+    await server.start()
+    try:
+        return await asyncio.to_thread(run, env(), conf(cni_agent_run_dir=str(tmp_path)))
+    finally:
+        await server.close()
+
+
 async def test_run_posts_to_agent_and_passes_through(tmp_path: Any) -> None:
     seen: list[PluginAddEvent] = []
 
@@ -110,12 +120,7 @@ async def test_run_posts_to_agent_and_passes_through(tmp_path: Any) -> None:
         seen.append(event)
         return AddOutcome(True)
 
-    server = PluginEventServer(str(tmp_path / "pluginevent.sock"), handler)
-    await server.start()
-    try:
-        out, code = await asyncio.to_thread(run, env(), conf(cni_agent_run_dir=str(tmp_path)))
-    finally:
-        await server.close()
+    out, code = await run_against_agent(tmp_path, handler)
     assert code == 0
     assert json.loads(out) == PREV
     assert [(e.pod_namespace, e.pod_name, e.ips) for e in seen] == [("demo", "web-1", ("10.78.1.5",))]
@@ -125,11 +130,6 @@ async def test_run_reports_agent_refusal(tmp_path: Any) -> None:
     async def handler(_event: PluginAddEvent) -> AddOutcome:
         raise RuntimeError("iptables-restore failed")
 
-    server = PluginEventServer(str(tmp_path / "pluginevent.sock"), handler)
-    await server.start()
-    try:
-        out, code = await asyncio.to_thread(run, env(), conf(cni_agent_run_dir=str(tmp_path)))
-    finally:
-        await server.close()
+    out, code = await run_against_agent(tmp_path, handler)
     assert code == 1
     assert "iptables-restore failed" in json.loads(out)["details"]

@@ -98,6 +98,19 @@ class FakePods:
         ]
 
 
+@pytest.fixture
+def pods() -> FakePods:
+    """Two nodes: ztunnel, web and api (and a Failed job) on node-a; ztunnel and db on node-b."""
+    p = FakePods()
+    p.add("istio-system", "zt-a", "ztunnel", "node-a")
+    p.add("istio-system", "zt-b", "ztunnel", "node-b")
+    p.add("app", "web-1", "web", "node-a")
+    p.add("app", "api-1", "api", "node-a")
+    p.add("app", "db-1", "db", "node-b")
+    p.add("app", "job-1", "job", "node-a", phase="Failed")
+    return p
+
+
 @pytest.fixture(scope="session")
 def self_signed_pems() -> tuple[bytes, bytes]:
     return generate_self_signed_root("cluster.local")

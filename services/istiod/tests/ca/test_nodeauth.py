@@ -18,17 +18,6 @@ TARGET = "spiffe://cluster.local/ns/app/sa/web"
 
 
 @pytest.fixture
-def pods() -> FakePods:
-    p = FakePods()
-    p.add("istio-system", "zt-a", "ztunnel", "node-a")
-    p.add("istio-system", "zt-b", "ztunnel", "node-b")
-    p.add("app", "web-1", "web", "node-a")
-    p.add("app", "db-1", "db", "node-b")
-    p.add("app", "job-1", "job", "node-a", phase="Failed")
-    return p
-
-
-@pytest.fixture
 def nodes(pods: FakePods) -> NodeAuthorizer:
     return NodeAuthorizer(["istio-system/ztunnel"], pods)
 

@@ -64,17 +64,6 @@ class CaServer:
 
 
 @pytest.fixture
-def pods() -> FakePods:
-    p = FakePods()
-    p.add("istio-system", "zt-a", "ztunnel", "node-a")
-    p.add("istio-system", "zt-b", "ztunnel", "node-b")
-    p.add("app", "web-1", "web", "node-a")
-    p.add("app", "api-1", "api", "node-a")
-    p.add("app", "db-1", "db", "node-b")
-    return p
-
-
-@pytest.fixture
 async def server(ca: CertificateAuthority, pods: FakePods, tmp_path: Path) -> AsyncIterator[CaServer]:
     registry = new_registry()
     authn = KubeJwtAuthenticator(FakeReviewer())
