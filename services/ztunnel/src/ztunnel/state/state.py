@@ -101,7 +101,7 @@ class State:
     def insert_workload(self, wl: Workload) -> None:
         old = self.workloads.insert(wl)
         self.services.set_endpoints_of(old, wl)
-        self._notify(old is None or old.authorization_policies != wl.authorization_policies)
+        self._notify(_policies_changed(old, wl))
 
     def insert_service(self, svc: Service) -> None:
         self.services.insert(svc)
@@ -119,7 +119,7 @@ class State:
             wl = workload_from_proto(msg.workload)
             old = self.workloads.insert(wl)
             self.services.set_endpoints_of(old, wl)
-            return old is None or old.authorization_policies != wl.authorization_policies
+            return _policies_changed(old, wl)
         self.services.insert(service_from_proto(msg.service))
         return False
 
@@ -239,3 +239,9 @@ def _decode(cls: Any, raw: bytes) -> Any:
     except Exception:
         return None
     return msg
+
+
+def _policies_changed(old: Workload | None, new: Workload) -> bool:
+    """Whether a workload update can change any authorization decision (its own policy list)."""
+    before = old.authorization_policies if old is not None else ()
+    return before != new.authorization_policies
