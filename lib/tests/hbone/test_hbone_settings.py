@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from meshkit.hbone.settings import KIB, MIB, HboneSettings
 from meshkit.settings import SettingsError, load
 
