@@ -161,3 +161,27 @@ async def test_application_tunnel_gets_proxy_header() -> None:
         sock.close()
     finally:
         tunnel.close()
+
+
+async def test_sandwiched_waypoint_accepts_its_targets() -> None:
+    from ztunnel.state.records import GatewayAddress, NamespacedHostname
+
+    proxy, state = make(8080)
+    waypoint = GatewayAddress(
+        NamespacedHostname("default", SVC.hostname), None, 15008
+    )  # "app" is the waypoint
+    state.insert_service(
+        Service(
+            "b",
+            "default",
+            "b.default.svc.cluster.local",
+            vips=(("", "10.96.0.7"),),
+            ports={80: 80},
+            waypoint=waypoint,
+        )
+    )
+    decision = await proxy.handle(peer(), connect("10.96.0.7:80"))  # type: ignore[arg-type]
+    assert isinstance(decision, Forward)
+    decision = await proxy.handle(peer(), connect("10.96.0.8:80"))  # type: ignore[arg-type]
+    assert isinstance(decision, Reject)
+    assert decision.status == 400

@@ -105,7 +105,12 @@ class InboundProxy:
         wl = self.pod.current_workload() or wl
         auth = request.authority
         local_ip = unmap(peer.local_address[0])
-        if auth.is_ip and auth.host != local_ip and auth.host not in wl.addresses:
+        if (
+            auth.is_ip
+            and auth.host != local_ip
+            and auth.host not in wl.addresses
+            and not self._may_proxy(wl, auth.host)
+        ):
             return Reject(400, f"authority {auth} is not this pod")
         target_ip, port, svc = auth.host, auth.port, None
         if not auth.is_ip:  # hostname form (gateways): service port -> this pod's target port
@@ -179,6 +184,23 @@ class InboundProxy:
             live.record.close(result.error, flags)
 
         return Forward(connect, (("baggage", baggage(source_metadata(wl))),), done)
+
+    def _may_proxy(self, wl: Workload, ip: str) -> bool:
+        """§2.7 exceptions to "authority = this pod": the pod has an application tunnel, or it is the
+        waypoint of the authority's service or workload (a sandwiched waypoint)."""
+        if wl.application_tunnel is not None:
+            return True
+        state = self.pod.services.state
+        target = state.find_workload_by_ip(ip)
+        gw = target.waypoint if target is not None else None
+        if gw is None:
+            svc = state.find_service_by_vip(ip, wl.namespace)
+            gw = svc.waypoint if svc is not None else None
+        if gw is None:
+            return False
+        if gw.hostname is not None:
+            return str(gw.hostname) in wl.services
+        return gw.address is not None and gw.address[1] in wl.addresses
 
     @staticmethod
     def _target_port(wl: Workload, svc: Service, svc_port: int) -> int:
