@@ -120,3 +120,17 @@ async def test_plugin_add_enrols_the_pod_the_runtime_names(make_netns) -> None: 
         await dataplane.unenrol("u2", deleted=False)
         dataplane.close()
     assert not has_rules(ns)
+
+
+async def test_annotation_injection_runs_nothing_and_installs_nothing(make_netns, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A pod annotation crafted to end the restore here-doc and run a command: refused before any rule."""
+    ns = make_netns()
+    marker = tmp_path / "pwned"
+    payload = f"lo -p tcp -j RETURN\nCOMMIT\n__ISTIO_CNI_EOF__\ntouch {marker}\ncat <<'__ISTIO_CNI_EOF__'"
+    evil = pod({"istio.io/reroute-virtual-interfaces": payload})
+    dataplane = MeshDataplane(DataplaneConfig(), NoAnnotations(), CniMetrics(new_registry()))
+    with pytest.raises(RuleError, match="not a valid network interface name"):
+        await dataplane.enrol(evil, Netns.open(ns.path))
+    assert not marker.exists()
+    assert not has_rules(ns)
+    assert dataplane.pods == {}

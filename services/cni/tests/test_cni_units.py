@@ -124,6 +124,25 @@ def test_rule_options_from_annotations() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "lo -p tcp -j RETURN\nCOMMIT\n__ISTIO_CNI_EOF__\ntouch /tmp/x",  # here-doc break-out
+        "eth0 -j ACCEPT",
+        "a/b",
+        "averyveryverylongname",
+        "..",
+    ],
+)
+def test_reroute_interfaces_annotation_cannot_inject(value: str) -> None:
+    """The names come from the pod's owner and end up in iptables-restore input run by a root agent."""
+    from istio_cni.iptables import RuleError
+
+    pod = {"metadata": {"annotations": {"istio.io/reroute-virtual-interfaces": value}}}
+    with pytest.raises(RuleError, match=r"istio\.io/reroute-virtual-interfaces: .* is not a valid network"):
+        rule_config(pod, DataplaneConfig())
+
+
 def test_ztunnel_pods_never_enrolled() -> None:
     zt = {"metadata": {"namespace": "istio-system", "labels": {"app": "ztunnel"}}, "spec": {}}
     assert skip_reason(zt, []) == "ztunnel itself"

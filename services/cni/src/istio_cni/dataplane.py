@@ -28,11 +28,11 @@ from meshkit.zds import WorkloadInfo
 
 from istio_cni import enrolment
 from istio_cni.hostrules import HostRules
-from istio_cni.iptables import apply_pod_rules, remove_pod_rules
+from istio_cni.iptables import RuleError, apply_pod_rules, remove_pod_rules
 from istio_cni.metrics import CniMetrics
 from istio_cni.netns import Netns, NetnsError
 from istio_cni.netnsfind import find_named_netns, find_netns_path
-from istio_cni.rules import PodRuleConfig
+from istio_cni.rules import InvalidRuleConfig, PodRuleConfig
 from istio_cni.zdshub import ZdsPod, ZtunnelHub
 
 log = logging.getLogger("cni.dataplane")
@@ -80,13 +80,16 @@ def rule_config(pod: Mapping[str, Any], cfg: DataplaneConfig) -> PodRuleConfig:
     ann = enrolment.annotations_of(pod)
     dns = ann.get(enrolment.DNS_CAPTURE_ANNOTATION)
     ifaces = tuple(i.strip() for i in ann.get(enrolment.REROUTE_INTERFACES, "").split(",") if i.strip())
-    return PodRuleConfig(
-        dns_capture=cfg.dns_capture if dns is None else dns.lower() == "true",
-        ingress_mode=ann.get(enrolment.BYPASS_INBOUND, "").lower() == "true",
-        reroute_interfaces=ifaces,
-        probe_snat_v4=cfg.probe_snat_v4,
-        probe_snat_v6=cfg.probe_snat_v6,
-    )
+    try:
+        return PodRuleConfig(
+            dns_capture=cfg.dns_capture if dns is None else dns.lower() == "true",
+            ingress_mode=ann.get(enrolment.BYPASS_INBOUND, "").lower() == "true",
+            reroute_interfaces=ifaces,
+            probe_snat_v4=cfg.probe_snat_v4,
+            probe_snat_v6=cfg.probe_snat_v6,
+        )
+    except InvalidRuleConfig as exc:
+        raise RuleError(f"annotation {enrolment.REROUTE_INTERFACES}: {exc}") from None
 
 
 class MeshDataplane:

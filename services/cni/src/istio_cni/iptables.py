@@ -10,6 +10,7 @@ an IPv6 address (§3.3). Failures raise :class:`RuleError`; upstream treats them
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 
 from meshkit.logs import kv
@@ -50,7 +51,14 @@ async def read_state(netns: Netns) -> PodNetState:
 
 
 def _heredoc(argv: str, text: str) -> str:
-    return f"{argv} <<'__ISTIO_CNI_EOF__'\n{text}__ISTIO_CNI_EOF__\n" if text else ""
+    """``argv`` fed ``text`` on stdin. The delimiter is random and checked, so no text can end the here-doc
+    early and have its remaining lines run as shell commands."""
+    if not text:
+        return ""
+    end = f"__ISTIO_CNI_EOF_{secrets.token_hex(8)}__"
+    if end in text.splitlines():
+        raise RuleError("restore input contains the here-doc delimiter")
+    return f"{argv} <<'{end}'\n{text}{end}\n"
 
 
 def _route_script(family: Family, present: bool) -> str:

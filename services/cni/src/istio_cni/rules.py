@@ -15,6 +15,8 @@ exactly one jump into each from ``PREROUTING``/``OUTPUT``; removal deletes all o
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 from enum import Enum
 
@@ -52,6 +54,16 @@ class Family(Enum):
         return "iptables-save" if self is Family.V4 else "ip6tables-save"
 
 
+#: A Linux interface name as iptables ``-i`` takes it: 1-15 characters, no white space, '/' or ':' ('+' is
+#: iptables' wildcard). Anything else is refused: the names come from a pod annotation, so from the pod's
+#: owner, and end up in iptables-restore input.
+_IFNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,15}")
+
+
+class InvalidRuleConfig(ValueError):
+    """A pod asked for rules that cannot be expressed safely (names the offending value)."""
+
+
 @dataclass(frozen=True, slots=True)
 class PodRuleConfig:
     """What varies between pods: DNS capture, ingress mode, rerouted virtual interfaces (§3.2 annotations)."""
@@ -61,6 +73,13 @@ class PodRuleConfig:
     reroute_interfaces: tuple[str, ...] = ()
     probe_snat_v4: str = DEFAULT_PROBE_SNAT_V4
     probe_snat_v6: str = DEFAULT_PROBE_SNAT_V6
+
+    def __post_init__(self) -> None:
+        for iface in self.reroute_interfaces:
+            if not _IFNAME.fullmatch(iface) or iface in {".", ".."}:
+                raise InvalidRuleConfig(f"{iface!r} is not a valid network interface name")
+        for ip in (self.probe_snat_v4, self.probe_snat_v6):
+            ipaddress.ip_address(ip)  # raises ValueError naming the bad address
 
     def probe_snat(self, family: Family) -> str:
         return self.probe_snat_v4 if family is Family.V4 else self.probe_snat_v6
