@@ -25,7 +25,17 @@ from waypoint.app import App, build
 from waypoint.config import TYPE_URL
 from waypoint.settings import Settings
 
-from .wphelpers import TD, Backend, Fetcher, MeshClient, get, h2c_call, mapping_connector, start_backend
+from .wphelpers import (
+    TD,
+    Backend,
+    Fetcher,
+    MeshClient,
+    get,
+    h2c_call,
+    mapping_connector,
+    server_tls,
+    start_backend,
+)
 
 HOST = "reviews.default.svc.cluster.local"
 VIP = "10.96.0.10"
@@ -521,3 +531,28 @@ async def test_concurrent_tunnels_and_requests(env: Env) -> None:
     results = await asyncio.gather(*(client(i) for i in range(40)))
     assert all(r == [200] * 10 for r in results)
     assert env.app.proxy.upstreams.opened <= 40 + 5  # keep-alive tunnels are reused, not one per request
+
+
+async def test_destinationrule_tls_simple_originates_tls_to_the_app(env: Env) -> None:
+    ca = TestCA(TD)
+    env.backends["good"].tls = server_tls(ca, Identity(TD, "default", "reviews"))
+    cfg = config(env.key)
+    name = f"inbound-vip|80|tls|{HOST}"
+    cluster = cfg.clusters.add()
+    cluster.CopyFrom(_cluster("tls", ["good"]))
+    cluster.tls.ca_certificates = ca.roots_pem.decode()
+    cfg.services[0].routes.insert(
+        0,
+        pb.Route(
+            name="tls",
+            matches=[pb.RouteMatch(path=pb.StringMatch(path_prefix="/tls"))],
+            backends=[pb.WeightedCluster(cluster=name, weight=1)],
+        ),
+    )
+    assert env.app.store.apply(TYPE_URL, [("default/waypoint", cfg)], []) == []
+    stream = await env.client.open(f"{VIP}:80")
+    resp = await env.client.request(stream, get("/tls/a"))
+    assert resp.status == 200
+    assert resp.header("x-backend") == "good"
+    assert (await env.client.request(stream, get("/tls/b"))).status == 200  # the TLS session is kept alive
+    assert env.app.proxy.upstreams.opened == 1

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,6 +37,7 @@ from waypoint.http1 import (
     serialize_request,
     serialize_response,
 )
+from waypoint.tlsstream import TlsStream
 
 TD = "cluster.local"
 CLIENT_ID = Identity(TD, "default", "sleep")
@@ -71,8 +74,15 @@ class Backend:
         assert self.server is not None
         return self.server.address[1]
 
+    tls: ssl.SSLContext | None = None  # the app itself speaks TLS (inside the tunnel)
+
     async def serve(self, stream: HboneStream) -> None:
-        with contextlib.suppress(HboneError, BadMessage):
+        with contextlib.suppress(HboneError, BadMessage, ssl.SSLError):
+            if self.tls is not None:
+                wrapped = TlsStream(stream, self.tls, server_side=True)
+                await wrapped.handshake()
+                await self._serve(wrapped)  # type: ignore[arg-type]
+                return
             await self._serve(stream)
 
     async def _serve(self, stream: HboneStream) -> None:
@@ -244,3 +254,16 @@ async def h2c_call(
                 stream.write(conn.data_to_send())
                 return resp, out, trailers
         stream.write(conn.data_to_send())
+
+
+def server_tls(ca: TestCA, identity: Identity) -> ssl.SSLContext:
+    """A TLS server context with a leaf from ``ca`` (for an app that terminates TLS itself)."""
+    cert = ca.issue(identity)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.NamedTemporaryFile() as chain, tempfile.NamedTemporaryFile() as key:
+        chain.write(cert.chain_pem)
+        key.write(cert.private_key_pem)
+        chain.flush()
+        key.flush()
+        ctx.load_cert_chain(chain.name, key.name)
+    return ctx

@@ -491,3 +491,17 @@ def test_mirrors_from_httproute_fraction_and_vs_plural() -> None:
     assert routes[0].mirrors[0].percent == 25.0
     assert routes[1].mirrors[0].percent == 5.0
     assert routes[1].mirrors[0].cluster.endswith("ratings.app.svc.cluster.local")
+
+
+def test_destinationrule_tls_simple() -> None:
+    dr = {
+        "metadata": {"name": "reviews", "namespace": "app"},
+        "spec": {"host": "reviews", "trafficPolicy": {"tls": {"mode": "SIMPLE", "sni": "reviews.example"}}},
+    }
+    cfg = build_configs(base(destinationrules=[dr])).configs["app/waypoint"]
+    cluster = {c.name: c for c in cfg.clusters}["inbound-vip|80|http|reviews.app.svc.cluster.local"]
+    assert cluster.HasField("tls")
+    assert cluster.tls.sni == "reviews.example"
+    dr["spec"]["trafficPolicy"]["tls"]["mode"] = "ISTIO_MUTUAL"
+    cfg = build_configs(base(destinationrules=[dr])).configs["app/waypoint"]
+    assert not any(c.HasField("tls") for c in cfg.clusters)

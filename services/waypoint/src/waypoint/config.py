@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -21,6 +22,7 @@ from waypoint import records as r
 from waypoint.authz import compile_policy
 from waypoint.jwtauth import compile_rules
 from waypoint.matching import InvalidMatch, StrMatcher, compile_string_match
+from waypoint.tlsstream import client_tls_context
 
 __all__ = ["TYPE_URL", "ConfigStore", "InvalidConfig", "compile_snapshot"]
 
@@ -127,6 +129,15 @@ def _route(msg: pb.Route, clusters: Mapping[str, r.Cluster]) -> r.Route:
     )
 
 
+def _tls(msg: pb.Cluster) -> ssl.SSLContext | None:
+    if not msg.HasField("tls"):
+        return None
+    try:
+        return client_tls_context(msg.tls.ca_certificates, msg.tls.sni, msg.tls.insecure_skip_verify)
+    except (ssl.SSLError, ValueError) as exc:
+        raise InvalidConfig(f"cluster {msg.name}: bad TLS settings: {exc}") from None
+
+
 def _cluster(msg: pb.Cluster) -> r.Cluster:
     hash_kind = msg.hash.WhichOneof("key") or "" if msg.HasField("hash") else ""
     hash_key = str(getattr(msg.hash, hash_kind)) if hash_kind else ""
@@ -162,6 +173,8 @@ def _cluster(msg: pb.Cluster) -> r.Cluster:
         )
         if msg.HasField("outlier")
         else None,
+        tls=_tls(msg),
+        tls_sni=msg.tls.sni,
     )
 
 

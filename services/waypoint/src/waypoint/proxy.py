@@ -514,8 +514,8 @@ class WaypointProxy:
                 try:
                     if policy.per_try_timeout_s > 0:
                         async with asyncio.timeout(policy.per_try_timeout_s):
-                            return await self._exchange(ep, req, data, head)
-                    return await self._exchange(ep, req, data, head)
+                            return await self._exchange(cluster, ep, req, data, head)
+                    return await self._exchange(cluster, ep, req, data, head)
                 except UpstreamError as exc:
                     # A stale keep-alive tunnel the backend closed: retry once on a fresh one.
                     if not (exc.reused and exc.kind == "reset") or fresh_retry:
@@ -526,10 +526,16 @@ class WaypointProxy:
         finally:
             self.balancer.finished(cluster.name, ep)
 
-    async def _exchange(self, ep: rec.Endpoint, req: Request, data: bytes, head: bool) -> Response:
-        if req.http2:
+    async def _exchange(
+        self, cluster: rec.Cluster, ep: rec.Endpoint, req: Request, data: bytes, head: bool
+    ) -> Response:
+        if req.http2 and cluster.tls is None:
             return await self.h2_upstreams.request(ep.address, ep.port, req)
-        return await self.upstreams.exchange(ep.address, ep.port, data, head=head)
+        if req.http2:  # TLS origination is HTTP/1.1 only
+            data, req.http2 = serialize_request(req), False
+        return await self.upstreams.exchange(
+            ep.address, ep.port, data, head=head, tls=cluster.tls, sni=cluster.tls_sni
+        )
 
     def _mirror(self, snap: rec.Snapshot, name: str, percent: float, req: Request, down: Downstream) -> None:
         cluster = snap.clusters.get(name)

@@ -7,6 +7,7 @@ consistent view from start to end. Lookups the data path needs are precomputed i
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 
 from waypoint.authz import Policy
@@ -185,6 +186,8 @@ class Cluster:
     endpoints: tuple[Endpoint, ...] = ()
     connect_timeout_s: float = 10.0
     outlier: OutlierDetection | None = None
+    tls: ssl.SSLContext | None = None  # DestinationRule tls SIMPLE (the context is built at config time)
+    tls_sni: str = ""
 
 
 @dataclass(frozen=True, slots=True)

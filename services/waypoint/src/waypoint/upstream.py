@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from meshkit.hbone.errors import ConnectFailed, HboneError, IdentityError
 from meshkit.hbone.stream import HboneStream
 
 from waypoint.http1 import BadMessage, Response, ResponseParser
+from waypoint.tlsstream import TlsStream
 
 __all__ = ["StreamOpener", "UpstreamError", "UpstreamPool", "relay_streams"]
 
@@ -47,7 +49,7 @@ class UpstreamError(Exception):
 
 @dataclass(slots=True)
 class _Tunnel:
-    stream: HboneStream
+    stream: HboneStream | TlsStream
 
 
 class UpstreamPool:
@@ -55,16 +57,28 @@ class UpstreamPool:
 
     def __init__(self, opener: StreamOpener, max_idle_per_endpoint: int = 64) -> None:
         self._open = opener
-        self._idle: dict[tuple[str, int], list[_Tunnel]] = {}
+        self._idle: dict[tuple[str, int, int], list[_Tunnel]] = {}
         self._max_idle = max_idle_per_endpoint
         self.opened = 0
 
-    async def exchange(self, address: str, port: int, data: bytes, *, head: bool = False) -> Response:
-        """Send one serialized request and return the response (raises :class:`UpstreamError`)."""
-        key = (address, port)
+    async def exchange(
+        self,
+        address: str,
+        port: int,
+        data: bytes,
+        *,
+        head: bool = False,
+        tls: ssl.SSLContext | None = None,
+        sni: str = "",
+    ) -> Response:
+        """Send one serialized request and return the response (raises :class:`UpstreamError`).
+
+        ``tls``: originate TLS to the app inside the tunnel (DestinationRule SIMPLE).
+        """
+        key = (address, port, id(tls) if tls is not None else 0)
         tunnel, reused = self._take(key), True
         if tunnel is None:
-            tunnel, reused = await self._dial(key), False
+            tunnel, reused = await self._dial(address, port, tls, sni), False
         try:
             resp, reusable = await self._roundtrip(tunnel, data, head)
         except UpstreamError as exc:
@@ -82,7 +96,7 @@ class UpstreamPool:
                 tunnel.stream.abort()
         return resp
 
-    def _take(self, key: tuple[str, int]) -> _Tunnel | None:
+    def _take(self, key: tuple[str, int, int]) -> _Tunnel | None:
         idle = self._idle.get(key)
         while idle:
             tunnel = idle.pop()
@@ -90,13 +104,21 @@ class UpstreamPool:
                 return tunnel
         return None
 
-    async def _dial(self, key: tuple[str, int]) -> _Tunnel:
+    async def _dial(self, address: str, port: int, tls: ssl.SSLContext | None, sni: str) -> _Tunnel:
         try:
-            stream = await self._open(*key)
+            stream = await self._open(address, port)
         except (ConnectFailed, IdentityError, OSError, HboneError) as exc:
             raise UpstreamError("connect-failure", str(exc) or type(exc).__name__, sent=False) from exc
         self.opened += 1
-        return _Tunnel(stream)
+        if tls is None:
+            return _Tunnel(stream)
+        wrapped = TlsStream(stream, tls, sni=sni)
+        try:
+            await wrapped.handshake()
+        except (ssl.SSLError, HboneError) as exc:
+            stream.abort()
+            raise UpstreamError("connect-failure", f"TLS to the app failed: {exc}", sent=False) from exc
+        return _Tunnel(wrapped)
 
     async def _roundtrip(self, tunnel: _Tunnel, data: bytes, head: bool) -> tuple[Response, bool]:
         stream = tunnel.stream

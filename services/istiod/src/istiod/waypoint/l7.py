@@ -217,6 +217,7 @@ class _Clusters:
         cluster = pb.Cluster(name=name, hostname=host, port=int(svc_port["port"]), subset=subset)
         self._lb(cluster, dr, subset_obj)
         _outlier(cluster, dr, subset_obj)
+        _client_tls(cluster, dr, subset_obj)
         selector = meta.spec(svc).get("selector") or {}
         wanted = {**selector, **((subset_obj or {}).get("labels") or {})}
         for pod in self.index.pods_by_ns.get(meta.namespace(svc), []):
@@ -262,6 +263,24 @@ def _outlier(cluster: pb.Cluster, dr: Obj | None, subset: Obj | None) -> None:
             consecutive_gateway_errors=int(od.get("consecutiveGatewayErrors") or 0),
             base_ejection_ms=parse_duration_ms(od.get("baseEjectionTime")) or 30_000,
             max_ejection_percent=int(od.get("maxEjectionPercent") or 10),
+        )
+    )
+
+
+def _client_tls(cluster: pb.Cluster, dr: Obj | None, subset: Obj | None) -> None:
+    """DestinationRule ``tls``: SIMPLE originates TLS to the app (MUTUAL is not supported; ISTIO_MUTUAL and
+    DISABLE are no-ops in ambient, where HBONE already is mTLS)."""
+    tls = ((subset or {}).get("trafficPolicy") or {}).get("tls") or (
+        meta.spec(dr).get("trafficPolicy") or {}
+    ).get("tls")
+    if not tls or tls.get("mode") != "SIMPLE":
+        return
+    ca = str(tls.get("caCertificates") or "")
+    cluster.tls.CopyFrom(
+        pb.ClientTls(
+            sni=str(tls.get("sni") or ""),
+            ca_certificates=ca if ca.startswith("-----BEGIN") else "",  # a file path means nothing to us
+            insecure_skip_verify=bool(tls.get("insecureSkipVerify", False)),
         )
     )
 

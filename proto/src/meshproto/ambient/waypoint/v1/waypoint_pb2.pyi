@@ -821,6 +821,7 @@ class Cluster(_message.Message):
     ENDPOINTS_FIELD_NUMBER: _builtins.int
     CONNECT_TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     OUTLIER_FIELD_NUMBER: _builtins.int
+    TLS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"inbound-vip|<port>|<subset or http>|<hostname>" (behaviour.md §6.2)."""
     hostname: _builtins.str
@@ -836,6 +837,10 @@ class Cluster(_message.Message):
     def outlier(self) -> Global___OutlierDetection:
         """DestinationRule outlierDetection; unset: no ejection."""
 
+    @_builtins.property
+    def tls(self) -> Global___ClientTls:
+        """DestinationRule tls mode SIMPLE: TLS to the app inside the HBONE tunnel (HTTP/1.1 only)."""
+
     def __init__(
         self,
         *,
@@ -848,14 +853,42 @@ class Cluster(_message.Message):
         endpoints: _abc.Iterable[Global___Endpoint] | None = ...,
         connect_timeout_ms: _builtins.int = ...,
         outlier: Global___OutlierDetection | None = ...,
+        tls: Global___ClientTls | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["hash", b"hash", "outlier", b"outlier"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hash", b"hash", "outlier", b"outlier", "tls", b"tls"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect_timeout_ms", b"connect_timeout_ms", "endpoints", b"endpoints", "hash", b"hash", "hostname", b"hostname", "lb", b"lb", "name", b"name", "outlier", b"outlier", "port", b"port", "subset", b"subset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect_timeout_ms", b"connect_timeout_ms", "endpoints", b"endpoints", "hash", b"hash", "hostname", b"hostname", "lb", b"lb", "name", b"name", "outlier", b"outlier", "port", b"port", "subset", b"subset", "tls", b"tls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Cluster: _TypeAlias = Cluster  # noqa: Y015
+
+@_typing.final
+class ClientTls(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNI_FIELD_NUMBER: _builtins.int
+    CA_CERTIFICATES_FIELD_NUMBER: _builtins.int
+    INSECURE_SKIP_VERIFY_FIELD_NUMBER: _builtins.int
+    sni: _builtins.str
+    """SNI and the name checked in the app's certificate; empty: no SNI, no hostname check."""
+    ca_certificates: _builtins.str
+    """PEM roots to verify the app's certificate; empty: the system roots."""
+    insecure_skip_verify: _builtins.bool
+    def __init__(
+        self,
+        *,
+        sni: _builtins.str = ...,
+        ca_certificates: _builtins.str = ...,
+        insecure_skip_verify: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_certificates", b"ca_certificates", "insecure_skip_verify", b"insecure_skip_verify", "sni", b"sni"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClientTls: _TypeAlias = ClientTls  # noqa: Y015
 
 @_typing.final
 class OutlierDetection(_message.Message):
