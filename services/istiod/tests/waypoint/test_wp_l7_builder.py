@@ -505,3 +505,20 @@ def test_destinationrule_tls_simple() -> None:
     dr["spec"]["trafficPolicy"]["tls"]["mode"] = "ISTIO_MUTUAL"
     cfg = build_configs(base(destinationrules=[dr])).configs["app/waypoint"]
     assert not any(c.HasField("tls") for c in cfg.clusters)
+
+
+def test_destinationrule_port_level_settings() -> None:
+    dr = {
+        "metadata": {"name": "reviews", "namespace": "app"},
+        "spec": {
+            "host": "reviews",
+            "trafficPolicy": {
+                "loadBalancer": {"simple": "RANDOM"},
+                "portLevelSettings": [{"port": {"number": 80}, "loadBalancer": {"simple": "ROUND_ROBIN"}}],
+            },
+        },
+    }
+    cfg = build_configs(base(destinationrules=[dr])).configs["app/waypoint"]
+    assert {c.name: c for c in cfg.clusters}[
+        "inbound-vip|80|http|reviews.app.svc.cluster.local"
+    ].lb == pb.ROUND_ROBIN

@@ -186,11 +186,7 @@ class _Clusters:
         return name
 
     def _lb(self, cluster: pb.Cluster, dr: Obj | None, subset: Obj | None) -> None:
-        policy = (
-            ((subset or {}).get("trafficPolicy") or {}).get("loadBalancer")
-            or (meta.spec(dr).get("trafficPolicy") or {}).get("loadBalancer")
-            or {}
-        )
+        policy = _setting(dr, subset, cluster.port, "loadBalancer") or {}
         if policy.get("simple"):
             cluster.lb = LB.get(str(policy["simple"]), pb.LB_DEFAULT)
         ch = policy.get("consistentHash") or {}
@@ -249,11 +245,21 @@ class _Clusters:
         return cluster
 
 
+def _setting(dr: Obj | None, subset: Obj | None, port: int, key: str) -> Any:
+    """One DestinationRule traffic-policy field: subset over top level, and inside each a matching
+    ``portLevelSettings`` entry over the policy itself (Istio's precedence)."""
+    for policy in ((subset or {}).get("trafficPolicy") or {}, meta.spec(dr).get("trafficPolicy") or {}):
+        for level in policy.get("portLevelSettings") or []:
+            if int((level.get("port") or {}).get("number") or 0) == port and level.get(key):
+                return level[key]
+        if policy.get(key):
+            return policy[key]
+    return None
+
+
 def _outlier(cluster: pb.Cluster, dr: Obj | None, subset: Obj | None) -> None:
     """DestinationRule ``outlierDetection`` (subset over top level); Istio's defaults for unset fields."""
-    od = ((subset or {}).get("trafficPolicy") or {}).get("outlierDetection") or (
-        meta.spec(dr).get("trafficPolicy") or {}
-    ).get("outlierDetection")
+    od = _setting(dr, subset, cluster.port, "outlierDetection")
     if not od:
         return
     five = od.get("consecutive5xxErrors", od.get("consecutiveErrors", 5))
@@ -270,9 +276,7 @@ def _outlier(cluster: pb.Cluster, dr: Obj | None, subset: Obj | None) -> None:
 def _client_tls(cluster: pb.Cluster, dr: Obj | None, subset: Obj | None) -> None:
     """DestinationRule ``tls``: SIMPLE originates TLS to the app (MUTUAL is not supported; ISTIO_MUTUAL and
     DISABLE are no-ops in ambient, where HBONE already is mTLS)."""
-    tls = ((subset or {}).get("trafficPolicy") or {}).get("tls") or (
-        meta.spec(dr).get("trafficPolicy") or {}
-    ).get("tls")
+    tls = _setting(dr, subset, cluster.port, "tls")
     if not tls or tls.get("mode") != "SIMPLE":
         return
     ca = str(tls.get("caCertificates") or "")
