@@ -45,7 +45,7 @@ def _tune_socket(sock: socket.socket | None) -> None:
     """ztunnel's TCP options (behaviour.md §2.8): TCP_NODELAY; keepalive 180 s / 180 s / 9 probes."""
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, ValueError):  # uvloop's pseudo-socket: ValueError once the fd is gone
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 180)
