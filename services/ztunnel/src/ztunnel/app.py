@@ -36,7 +36,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from ztunnel.admin import admin_routes, config_dump
 from ztunnel.http import HttpServer, Readiness, Request, Response, start_http
 from ztunnel.inpod.client import run_zds_client
-from ztunnel.inpod.manager import WorkloadProxyManager
+from ztunnel.inpod.manager import PodProxyFactory, WorkloadProxyManager
 from ztunnel.inpod.pod import InPodProxy
 from ztunnel.metrics import DnsMetrics, ProxyMetrics, WorkloadManagerMetrics, build_info
 from ztunnel.proxy.context import ProxyServices
@@ -194,8 +194,33 @@ async def build(
         Drain("ztunnel"),
         rng or random.Random(),
     )
-    readiness = Readiness(READY_XDS, READY_INPOD, READY_CERTS)
     app_ref: list[App] = []
+    manager = WorkloadProxyManager(_pod_starter(app_ref, services), WorkloadManagerMetrics(registry))
+    readiness = Readiness(READY_XDS, READY_INPOD, READY_CERTS)
+    app = App(settings, state, certs, manager, readiness, registry, services, TaskOwner("ztunnel"))
+    app_ref.append(app)
+    manager.on_ready_change(lambda _ready: app.update_readiness())
+    app.update_readiness()
+    _start_config(app, config_source)
+    app.tasks.spawn(_flush_metrics(services), name="metrics-flush")
+    if settings.inpod_enabled:
+        app.tasks.spawn(run_zds_client(settings.inpod_uds, manager), name="zds")
+        app.tasks.spawn(manager.run_retries(), name="zds-retries")
+    else:
+        manager.snapshot_done = True
+        app.update_readiness()
+    try:
+        await _start_servers(app)
+    except BaseException:
+        await app.close()
+        raise
+    log.info("ztunnel started", extra=kv(**{name: s.url for name, s in app.servers.items()}))
+    return app
+
+
+def _pod_starter(app_ref: list[App], services: ProxyServices) -> PodProxyFactory:
+    """The manager's factory: a pod's proxy, its sockets made inside the netns ZDS handed over."""
+    settings = services.settings
 
     async def start_pod(uid: str, info: WorkloadInfo, netns_fd: int) -> _Tracked:
         factory = NetnsSocketFactory(netns_fd, mark=settings.inpod_mark, name=info.name)
@@ -217,46 +242,33 @@ async def build(
         app.tasks.spawn(_pod_ready(app, pod), name=f"ready-{info.name}")
         return _Tracked(app, uid, pod)
 
-    manager = WorkloadProxyManager(start_pod, WorkloadManagerMetrics(registry))
-    app = App(settings, state, certs, manager, readiness, registry, services, TaskOwner("ztunnel"))
-    app_ref.append(app)
-    manager.on_ready_change(lambda _ready: app.update_readiness())
-    app.update_readiness()
+    return start_pod
+
+
+def _start_config(app: App, config_source: ConfigSource | None) -> None:
+    """Static config (LOCAL_XDS_PATH) now, and/or the given source or the xDS client as a task."""
+    settings, readiness = app.settings, app.readiness
 
     def synced() -> None:
         if not readiness.ready:
             _trim_heap()  # the first full config leaves parse garbage; hand the freed pages back
         readiness.set(READY_XDS)
 
-    if settings.local_xds_path and Path(settings.local_xds_path).exists():  # noqa: ASYNC240 - once, at start
-        load_static(settings.local_xds_path, state)
-        app.static_config = json.loads(Path(settings.local_xds_path).read_text())  # noqa: ASYNC240 - at start
+    if settings.local_xds_path and Path(settings.local_xds_path).exists():
+        load_static(settings.local_xds_path, app.state)
+        app.static_config = json.loads(Path(settings.local_xds_path).read_text())
         synced()
     if config_source is None and not settings.local_xds_path:
-        config_source = xds_source(settings, registry)
+        config_source = xds_source(settings, app.registry)
     if config_source is not None:
-        app.tasks.spawn(config_source(state, synced), name="config")
-    app.tasks.spawn(_flush_metrics(services), name="metrics-flush")
-    if settings.inpod_enabled:
-        app.tasks.spawn(run_zds_client(settings.inpod_uds, manager), name="zds")
-        app.tasks.spawn(manager.run_retries(), name="zds-retries")
-    else:
-        manager.snapshot_done = True
-        app.update_readiness()
+        app.tasks.spawn(config_source(app.state, synced), name="config")
 
-    try:
-        await _serve_http(
-            app, "admin", admin_routes(app.config_dump, app.request_shutdown), settings.admin_addr
-        )
-        await _serve_http(app, "stats", _metrics_routes(registry), settings.stats_addr)
-        await _serve_http(
-            app, "readiness", {("GET", "/healthz/ready"): readiness.handle}, settings.readiness_addr
-        )
-    except BaseException:
-        await app.close()
-        raise
-    log.info("ztunnel started", extra=kv(**{name: s.url for name, s in app.servers.items()}))
-    return app
+
+async def _start_servers(app: App) -> None:
+    s = app.settings
+    await _serve_http(app, "admin", admin_routes(app.config_dump, app.request_shutdown), s.admin_addr)
+    await _serve_http(app, "stats", _metrics_routes(app.registry), s.stats_addr)
+    await _serve_http(app, "readiness", {("GET", "/healthz/ready"): app.readiness.handle}, s.readiness_addr)
 
 
 METRICS_FLUSH_S = 5.0
