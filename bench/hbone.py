@@ -471,7 +471,8 @@ async def loadgen_main(port: int, conns: int, rate_per_s: float) -> None:
             next_at += interval
             start = time.perf_counter()
             writer.write(message)
-            await reader.readexactly(MSG)
+            if await reader.readexactly(MSG) != message:
+                raise RuntimeError("relay corrupted a message")
             latencies.append(time.perf_counter() - start)
             done += 1
 

@@ -1,4 +1,8 @@
-"""Shared fixtures for HBONE tests: a test CA, certificates, and a running server + pool on loopback."""
+"""Shared fixtures for HBONE tests: a test CA, certificates, and a running server + pool on loopback.
+
+Every async test here runs twice: on asyncio's loop and on uvloop (ztunnel's and the waypoint's loop), whose
+transports differ (no asyncio base classes, their own SSL layer, pseudo-sockets).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import pytest_asyncio
+import uvloop
 from meshkit.hbone.pool import ConnectionPool, PoolKey
 from meshkit.hbone.request import ConnectRequest
 from meshkit.hbone.server import Decision, Forward, HboneServer, InboundPeer
@@ -16,6 +21,13 @@ from meshkit.hbone.settings import HboneSettings
 from meshkit.hbone.testing import TestCA
 from meshkit.identity.certs import WorkloadCertificate
 from meshkit.identity.spiffe import Identity
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
 
 SERVER_ID = Identity("cluster.local", "ns1", "server")
 CLIENT_ID = Identity("cluster.local", "ns2", "client")

@@ -110,7 +110,10 @@ class _TcpSide(asyncio.BufferedProtocol):
     def stream_data(self, data: memoryview) -> None:
         self.received += len(data)
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
+            # ``data`` views the HBONE connection's reused receive buffer. asyncio's transport copies what it
+            # cannot send at once, but uvloop's keeps a reference to the buffer until libuv has written it,
+            # so the next read would overwrite queued bytes: hand it an immutable copy.
+            self._transport.write(bytes(data))
 
     def stream_eof(self) -> None:
         self._hbone_eof = True
