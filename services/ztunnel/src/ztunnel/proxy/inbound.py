@@ -99,45 +99,25 @@ class InboundProxy:
         self.find_stream: Callable[[tuple[str, int], int], HboneStream | None] | None = None
 
     async def handle(self, peer: InboundPeer, request: ConnectRequest) -> Decision:
+        """The §2.7 steps in order (first failure wins): 503 unknown local workload, 400 foreign authority,
+        503 no upstream or an illegal port, 401 denied by policy; else forward to the app."""
         wl = await self.pod.fetch_workload()
         if wl is None:
             return Reject(503, "local workload unknown")
         wl = self.pod.current_workload() or wl
-        auth = request.authority
-        local_ip = unmap(peer.local_address[0])
-        if (
-            auth.is_ip
-            and auth.host != local_ip
-            and auth.host not in wl.addresses
-            and not self._may_proxy(wl, auth.host)
-        ):
-            return Reject(400, f"authority {auth} is not this pod")
-        target_ip, port, svc = auth.host, auth.port, None
-        if not auth.is_ip:  # hostname form (gateways): service port -> this pod's target port
-            svc = self.pod.services.state.find_services_by_hostname(auth.host, wl.namespace)
-            port = self._target_port(wl, svc, auth.port) if svc is not None else 0
-            if not port:
-                return Reject(503, f"no upstream for {auth} on this pod")
-            target_ip = local_ip
-        if port in ILLEGAL_PORTS:
-            return Reject(503, f"illegal target port {port}")
+        target = self._target(peer, request, wl)
+        if isinstance(target, Reject):
+            return target
+        (target_ip, port), svc = target
+        s = self.pod.services
         src_addr = (unmap(peer.address[0]), peer.address[1])
         conn = ConnInfo(src_addr[0], peer.identity, target_ip, port)
-        s = self.pod.services
         src_wl = s.state.find_workload_by_ip(conn.src_ip) or workload_from_baggage(request.baggage)
-        svc = svc or self._service(wl, request, port)
+        local = (unmap(peer.local_address[0]), peer.local_address[1])
         endpoints = Endpoints(
-            "inbound",
-            src_addr,
-            (local_ip, peer.local_address[1]),
-            str(auth),
-            src_wl,
-            peer.identity,
-            wl,
-            wl.identity,
-            svc,
-            mtls=True,
-        )
+            "inbound", src_addr, local, str(request.authority), src_wl, peer.identity, wl, wl.identity,
+            svc or self._service(wl, request, port), mtls=True,
+        )  # fmt: skip
         decision = evaluate(s.state.policies_for(wl), conn)
         if not decision.allowed:
             record = ConnectionRecord(s.metrics, endpoints)
@@ -146,24 +126,47 @@ class InboundProxy:
             return Reject(401, decision.reason)
         live = LiveConnection(conn, wl, None, ConnectionRecord(s.metrics, endpoints))
         live.record.open()
-        dst = (target_ip, port)
-        src_ip = conn.src_ip if s.spoof_source else None
+        return self._forward(peer, request, wl, live, src_addr)
+
+    def _target(
+        self, peer: InboundPeer, request: ConnectRequest, wl: Workload
+    ) -> tuple[tuple[str, int], Service | None] | Reject:
+        """Where the CONNECT goes in this pod: (ip, target port) and the service when hostname-addressed."""
+        auth = request.authority
+        local_ip = unmap(peer.local_address[0])
+        if auth.is_ip:
+            if auth.host != local_ip and auth.host not in wl.addresses and not self._may_proxy(wl, auth.host):
+                return Reject(400, f"authority {auth} is not this pod")
+            target, svc = (auth.host, auth.port), None
+        else:  # hostname form (gateways): service port -> this pod's target port
+            svc = self.pod.services.state.find_services_by_hostname(auth.host, wl.namespace)
+            port = self._target_port(wl, svc, auth.port) if svc is not None else 0
+            if not port:
+                return Reject(503, f"no upstream for {auth} on this pod")
+            target = (local_ip, port)
+        if target[1] in ILLEGAL_PORTS:
+            return Reject(503, f"illegal target port {target[1]}")
+        return target, svc
+
+    def _forward(
+        self,
+        peer: InboundPeer,
+        request: ConnectRequest,
+        wl: Workload,
+        live: LiveConnection,
+        src: tuple[str, int],
+    ) -> Forward:
+        """Dial the app from inside the pod (original source kept, or through its PROXY app tunnel)."""
+        s = self.pod.services
+        dst = (live.conn.dst_ip, live.conn.dst_port)
+        src_ip = live.conn.src_ip if s.spoof_source else None
         prefix = b""
         tunnel = wl.application_tunnel
         if tunnel is not None and tunnel[0] == "PROXY" and tunnel[1]:
             # the app's tunnel port on the pod's loopback; the PROXY header carries who is really calling
-            prefix = proxy_protocol.header(src_addr, dst, peer.identity.uri)
+            prefix = proxy_protocol.header(src, dst, peer.identity.uri)
             dst, src_ip = ("127.0.0.1", tunnel[1]), None
-
-        stream = self.find_stream(peer.address, request.stream_id) if self.find_stream else None
-        meter = None
-        if stream is not None:
-            hb = stream
-
-            def totals() -> tuple[int, int] | None:
-                return None if hb.finished else (hb.bytes_received, hb.bytes_sent)
-
-            meter = (live.record, totals)
+        meter = self._meter(peer, request, live)
 
         async def connect() -> socket.socket:
             sock = await connect_app(self.pod.factory, dst, src_ip, s.settings.connect_timeout_s)
@@ -184,6 +187,19 @@ class InboundProxy:
             live.record.close(result.error, flags)
 
         return Forward(connect, (("baggage", baggage(source_metadata(wl))),), done)
+
+    def _meter(
+        self, peer: InboundPeer, request: ConnectRequest, live: LiveConnection
+    ) -> tuple[ConnectionRecord, Callable[[], tuple[int, int] | None]] | None:
+        """Live byte counts of this CONNECT's stream, polled by the app's metrics flusher."""
+        stream = self.find_stream(peer.address, request.stream_id) if self.find_stream else None
+        if stream is None:
+            return None
+
+        def totals() -> tuple[int, int] | None:
+            return None if stream.finished else (stream.bytes_received, stream.bytes_sent)
+
+        return live.record, totals
 
     def _may_proxy(self, wl: Workload, ip: str) -> bool:
         """§2.7 exceptions to "authority = this pod": the pod has an application tunnel, or it is the
