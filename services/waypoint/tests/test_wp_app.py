@@ -556,3 +556,23 @@ async def test_destinationrule_tls_simple_originates_tls_to_the_app(env: Env) ->
     assert resp.header("x-backend") == "good"
     assert (await env.client.request(stream, get("/tls/b"))).status == 200  # the TLS session is kept alive
     assert env.app.proxy.upstreams.opened == 1
+
+
+async def test_connection_pool_limits_overflow_with_503(env: Env) -> None:
+    cfg = config(env.key)
+    limited = next(c for c in cfg.clusters if c.name == f"inbound-vip|80|http|{HOST}")
+    limited.max_connections = 1
+    limited.max_pending_requests = 1
+    limited.max_requests_per_connection = 1
+    cfg.services[0].ClearField("routes")  # the default route: straight to the "http" cluster
+    assert env.app.store.apply(TYPE_URL, [("default/waypoint", cfg)], []) == []
+    streams = [await env.client.open(f"{VIP}:80") for _ in range(3)]
+    first = asyncio.ensure_future(env.client.request(streams[0], get("/pool/1?delay=1")))
+    await asyncio.wait_for(env.backends["v1"].arrived("/pool/1"), 10)
+    second = asyncio.ensure_future(env.client.request(streams[1], get("/pool/2")))
+    await asyncio.wait_for(env.app.proxy._limits[limited.name].queued.wait(), 10)  # second waits behind first
+    overflow = await env.client.request(streams[2], get("/pool/3"))
+    assert overflow.status == 503
+    assert b"overflow" in overflow.body
+    assert [r.status for r in await asyncio.gather(first, second)] == [200, 200]
+    assert env.app.proxy.upstreams.opened == 2  # maxRequestsPerConnection 1: no reuse

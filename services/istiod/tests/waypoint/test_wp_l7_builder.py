@@ -522,3 +522,21 @@ def test_destinationrule_port_level_settings() -> None:
     assert {c.name: c for c in cfg.clusters}[
         "inbound-vip|80|http|reviews.app.svc.cluster.local"
     ].lb == pb.ROUND_ROBIN
+
+
+def test_destinationrule_connection_pool() -> None:
+    dr = {
+        "metadata": {"name": "reviews", "namespace": "app"},
+        "spec": {
+            "host": "reviews",
+            "trafficPolicy": {
+                "connectionPool": {
+                    "tcp": {"maxConnections": 1},
+                    "http": {"http1MaxPendingRequests": 2, "maxRequestsPerConnection": 3},
+                }
+            },
+        },
+    }
+    cfg = build_configs(base(destinationrules=[dr])).configs["app/waypoint"]
+    c = {c.name: c for c in cfg.clusters}["inbound-vip|80|http|reviews.app.svc.cluster.local"]
+    assert (c.max_connections, c.max_pending_requests, c.max_requests_per_connection) == (1, 2, 3)

@@ -175,6 +175,9 @@ def _cluster(msg: pb.Cluster) -> r.Cluster:
         else None,
         tls=_tls(msg),
         tls_sni=msg.tls.sni,
+        max_connections=msg.max_connections,
+        max_pending_requests=msg.max_pending_requests,
+        max_requests_per_connection=msg.max_requests_per_connection,
     )
 
 

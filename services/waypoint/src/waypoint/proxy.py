@@ -146,6 +146,7 @@ class WaypointProxy:
         self._owner = owner or TaskOwner("waypoint-proxy")
         self.h2_upstreams = H2UpstreamPool(opener, lambda coro: self._owner.spawn(coro, name="h2c-upstream"))
         self.active_tunnels = 0
+        self._limits: dict[str, _Limiter] = {}
 
     # -- tunnels ----------------------------------------------------------------------------------------
 
@@ -454,6 +455,21 @@ class WaypointProxy:
     async def _forward(
         self, route: rec.Route, cluster: rec.Cluster, req: Request, down: Downstream, out: _Outcome
     ) -> Response:
+        if cluster.max_connections:
+            if not await self._admit(cluster):
+                out.flags, out.details = "UO", "upstream_overflow"
+                return simple_response(
+                    503, "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+                )
+            try:
+                return await self._forward_admitted(route, cluster, req, down, out)
+            finally:
+                self._limits[cluster.name].release()
+        return await self._forward_admitted(route, cluster, req, down, out)
+
+    async def _forward_admitted(
+        self, route: rec.Route, cluster: rec.Cluster, req: Request, down: Downstream, out: _Outcome
+    ) -> Response:
         policy = route.retries if route.retries is not None else DEFAULT_RETRY
         try:
             if route.timeout_s > 0:
@@ -463,6 +479,13 @@ class WaypointProxy:
         except TimeoutError:
             out.flags, out.details = "UT", "upstream_response_timeout"
             return simple_response(504, "upstream request timeout")
+
+    async def _admit(self, cluster: rec.Cluster) -> bool:
+        """connectionPool: wait for a free connection slot, or refuse when the pending queue is full."""
+        limiter = self._limits.get(cluster.name)
+        if limiter is None:
+            limiter = self._limits[cluster.name] = _Limiter()
+        return await limiter.acquire(cluster.max_connections, cluster.max_pending_requests)
 
     async def _attempts(
         self, policy: rec.RetryPolicy, cluster: rec.Cluster, req: Request, down: Downstream, out: _Outcome
@@ -534,7 +557,13 @@ class WaypointProxy:
         if req.http2:  # TLS origination is HTTP/1.1 only
             data, req.http2 = serialize_request(req), False
         return await self.upstreams.exchange(
-            ep.address, ep.port, data, head=head, tls=cluster.tls, sni=cluster.tls_sni
+            ep.address,
+            ep.port,
+            data,
+            head=head,
+            tls=cluster.tls,
+            sni=cluster.tls_sni,
+            max_requests=cluster.max_requests_per_connection,
         )
 
     def _mirror(self, snap: rec.Snapshot, name: str, percent: float, req: Request, down: Downstream) -> None:
@@ -668,6 +697,42 @@ class WaypointProxy:
         self.upstreams.close()
         self.h2_upstreams.close()
         await self._owner.close()
+
+
+class _Limiter:
+    """In-flight requests of one cluster (connectionPool maxConnections) with a bounded wait queue."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.waiters: list[asyncio.Future[None]] = []
+        self.queued = asyncio.Event()  # set whenever a request starts waiting (observability, tests)
+
+    async def acquire(self, limit: int, max_pending: int) -> bool:
+        if self.active < limit and not self.waiters:
+            self.active += 1
+            return True
+        if max_pending and len(self.waiters) >= max_pending:
+            return False
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        self.queued.set()
+        try:
+            await waiter  # release() hands its slot over: active is unchanged
+        except asyncio.CancelledError:
+            if waiter in self.waiters:
+                self.waiters.remove(waiter)
+            elif waiter.done() and not waiter.cancelled():
+                self.release()  # the slot was handed to us just as we were cancelled
+            raise
+        return True
+
+    def release(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.active -= 1
 
 
 def _looks_like_http1(first: bytes) -> bool:

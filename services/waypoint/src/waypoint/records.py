@@ -188,6 +188,9 @@ class Cluster:
     outlier: OutlierDetection | None = None
     tls: ssl.SSLContext | None = None  # DestinationRule tls SIMPLE (the context is built at config time)
     tls_sni: str = ""
+    max_connections: int = 0  # connectionPool: 0 = unlimited
+    max_pending_requests: int = 0
+    max_requests_per_connection: int = 0
 
 
 @dataclass(frozen=True, slots=True)

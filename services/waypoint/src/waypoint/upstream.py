@@ -50,6 +50,7 @@ class UpstreamError(Exception):
 @dataclass(slots=True)
 class _Tunnel:
     stream: HboneStream | TlsStream
+    requests: int = 0
 
 
 class UpstreamPool:
@@ -70,6 +71,7 @@ class UpstreamPool:
         head: bool = False,
         tls: ssl.SSLContext | None = None,
         sni: str = "",
+        max_requests: int = 0,
     ) -> Response:
         """Send one serialized request and return the response (raises :class:`UpstreamError`).
 
@@ -88,6 +90,9 @@ class UpstreamPool:
         except BaseException:
             tunnel.stream.abort()  # cancelled (timeout): the tunnel is mid-exchange, never reuse it
             raise
+        tunnel.requests += 1
+        if max_requests and tunnel.requests >= max_requests:
+            reusable = False  # DestinationRule maxRequestsPerConnection
         if reusable and not tunnel.stream.finished and len(self._idle.setdefault(key, [])) < self._max_idle:
             self._idle[key].append(tunnel)
         else:

@@ -214,6 +214,7 @@ class _Clusters:
         self._lb(cluster, dr, subset_obj)
         _outlier(cluster, dr, subset_obj)
         _client_tls(cluster, dr, subset_obj)
+        _connection_pool(cluster, dr, subset_obj)
         selector = meta.spec(svc).get("selector") or {}
         wanted = {**selector, **((subset_obj or {}).get("labels") or {})}
         for pod in self.index.pods_by_ns.get(meta.namespace(svc), []):
@@ -271,6 +272,16 @@ def _outlier(cluster: pb.Cluster, dr: Obj | None, subset: Obj | None) -> None:
             max_ejection_percent=int(od.get("maxEjectionPercent") or 10),
         )
     )
+
+
+def _connection_pool(cluster: pb.Cluster, dr: Obj | None, subset: Obj | None) -> None:
+    """DestinationRule ``connectionPool``: tcp.maxConnections, http.http1MaxPendingRequests,
+    http.maxRequestsPerConnection (the HTTP/1.1 pool the waypoint keeps per cluster)."""
+    pool = _setting(dr, subset, cluster.port, "connectionPool") or {}
+    tcp, http = pool.get("tcp") or {}, pool.get("http") or {}
+    cluster.max_connections = int(tcp.get("maxConnections") or 0)
+    cluster.max_pending_requests = int(http.get("http1MaxPendingRequests") or 0)
+    cluster.max_requests_per_connection = int(http.get("maxRequestsPerConnection") or 0)
 
 
 def _client_tls(cluster: pb.Cluster, dr: Obj | None, subset: Obj | None) -> None:

@@ -822,6 +822,9 @@ class Cluster(_message.Message):
     CONNECT_TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     OUTLIER_FIELD_NUMBER: _builtins.int
     TLS_FIELD_NUMBER: _builtins.int
+    MAX_CONNECTIONS_FIELD_NUMBER: _builtins.int
+    MAX_PENDING_REQUESTS_FIELD_NUMBER: _builtins.int
+    MAX_REQUESTS_PER_CONNECTION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"inbound-vip|<port>|<subset or http>|<hostname>" (behaviour.md §6.2)."""
     hostname: _builtins.str
@@ -829,6 +832,13 @@ class Cluster(_message.Message):
     subset: _builtins.str
     lb: Global___LbPolicy.ValueType
     connect_timeout_ms: _builtins.int
+    max_connections: _builtins.int
+    """DestinationRule connectionPool (0: unlimited). Requests beyond max_connections in flight wait, up to
+    max_pending_requests of them; more are answered 503 (flag UO, "upstream overflow").
+    """
+    max_pending_requests: _builtins.int
+    max_requests_per_connection: _builtins.int
+    """A keep-alive upstream connection is closed after this many requests."""
     @_builtins.property
     def hash(self) -> Global___ConsistentHash: ...
     @_builtins.property
@@ -854,10 +864,13 @@ class Cluster(_message.Message):
         connect_timeout_ms: _builtins.int = ...,
         outlier: Global___OutlierDetection | None = ...,
         tls: Global___ClientTls | None = ...,
+        max_connections: _builtins.int = ...,
+        max_pending_requests: _builtins.int = ...,
+        max_requests_per_connection: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hash", b"hash", "outlier", b"outlier", "tls", b"tls"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect_timeout_ms", b"connect_timeout_ms", "endpoints", b"endpoints", "hash", b"hash", "hostname", b"hostname", "lb", b"lb", "name", b"name", "outlier", b"outlier", "port", b"port", "subset", b"subset", "tls", b"tls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect_timeout_ms", b"connect_timeout_ms", "endpoints", b"endpoints", "hash", b"hash", "hostname", b"hostname", "lb", b"lb", "max_connections", b"max_connections", "max_pending_requests", b"max_pending_requests", "max_requests_per_connection", b"max_requests_per_connection", "name", b"name", "outlier", b"outlier", "port", b"port", "subset", b"subset", "tls", b"tls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
