@@ -95,11 +95,15 @@ class TableRules:
     rules: tuple[str, ...]
 
 
+#: The jumps into our chains, in the order §3.3 lists them for mangle and raw (nat lists OUTPUT first).
+_JUMPS = (f"-A PREROUTING -j {PRERT}", f"-A OUTPUT -j {OUTPUT}")
+
+
 def _mangle() -> TableRules:
     return TableRules(
         "mangle",
         (PRERT, OUTPUT),
-        (f"-A PREROUTING -j {PRERT}", f"-A OUTPUT -j {OUTPUT}"),
+        _JUMPS,
         (
             f"-A {PRERT} -m mark --mark {INPOD_MARK} -j CONNMARK --set-xmark {CONN_MARK}",
             f"-A {OUTPUT} -m connmark --mark {CONN_MARK} -j CONNMARK --restore-mark"
@@ -145,7 +149,7 @@ def _raw() -> TableRules:
     return TableRules(
         "raw",
         (PRERT, OUTPUT),
-        (f"-A PREROUTING -j {PRERT}", f"-A OUTPUT -j {OUTPUT}"),
+        _JUMPS,
         (
             f"-A {OUTPUT} -p udp -m mark --mark {INPOD_MARK} -m udp --dport 53 -j CT --zone 1",
             f"-A {PRERT} -p udp -m mark ! --mark {INPOD_MARK} -m udp --sport 53 -j CT --zone 1",
@@ -217,8 +221,7 @@ def plan_remove(current_save: str) -> str:
 
 
 def _owned_table(name: str) -> TableRules:
-    jumps = (f"-A PREROUTING -j {PRERT}", f"-A OUTPUT -j {OUTPUT}")
-    return TableRules(name, (PRERT, OUTPUT), jumps, ())
+    return TableRules(name, (PRERT, OUTPUT), _JUMPS, ())
 
 
 def _remove_block(t: TableRules, current: dict[str, tuple[set[str], list[str]]]) -> str:
