@@ -54,7 +54,7 @@ async def test_handover_under_continuous_new_connections(mesh, topology) -> None
         async with progress:
             await progress.wait_for(lambda: ok >= target)
 
-    workers = [asyncio.create_task(load(w)) for w in range(3)]
+    workers = [asyncio.create_task(load(w)) for w in range(5)]
     try:
         await asyncio.wait_for(progressed(20), 20)
         for node in (n2, n1):  # server side first (inbound 15008), then client side (outbound 15001)
