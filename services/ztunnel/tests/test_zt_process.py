@@ -53,6 +53,8 @@ async def test_sigterm_drains_and_exits(tmp_path: Path) -> None:
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.05)
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")  # noqa: ASYNC240
+        assert b"-OO" in cmdline  # re-executed itself optimized, same pid
         proc.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(proc.communicate(), 15)
         assert proc.returncode == 0, stderr.decode()[-2000:]
