@@ -103,7 +103,7 @@ class AmbientIndex:
         return {converted.resource_name: converted} if converted else {}
 
     def _static_strict(self, ctx: Context, _item: bool) -> dict[str, Authorization]:
-        if not ctx.all(self.inputs["peerauthentications"]):
+        if not any(peerauthn.well_formed(pa) for pa in ctx.all(self.inputs["peerauthentications"])):
             return {}  # §5.6: only while at least one PeerAuthentication exists
         policy = peerauthn.static_strict_policy(self.mesh.root_namespace)
         return {policy.resource_name: policy}

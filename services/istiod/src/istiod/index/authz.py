@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from istiod.index import meta
 from istiod.index.records import (
     ACTION_ALLOW,
     ACTION_DENY,
@@ -83,24 +84,32 @@ def string_match(value: str) -> StringMatch:
     return StringMatch("exact", value)
 
 
+def _list(values: Any) -> list[Any]:
+    if values is not None and not isinstance(values, list):
+        raise TypeError(f"expected a list, got {values!r}")
+    return values or []
+
+
 def string_matches(values: Sequence[str] | None) -> tuple[StringMatch, ...]:
-    return tuple(string_match(str(v)) for v in values or ())
+    return tuple(string_match(str(v)) for v in _list(values))
 
 
 def ports(values: Sequence[Any] | None) -> tuple[int, ...]:
     """Decimal ports 0..65535; anything else is silently dropped (§5.5)."""
     out = []
-    for value in values or ():
-        text = str(value)
-        if text.isdigit() and int(text) <= 65535:
-            out.append(int(text))
+    for value in _list(values):
+        number = meta.number(
+            str(value)
+        )  # ParseUint on the string form: "080" is 80, "+80" and "²" are dropped
+        if number is not None and number <= 65535:
+            out.append(number)
     return tuple(out)
 
 
 def ip_matches(values: Sequence[str] | None) -> tuple[IpMatch, ...]:
     """IPs and CIDRs; a bare IP becomes /32 or /128; unparsable entries are silently dropped (§5.5)."""
     out = []
-    for value in values or ():
+    for value in _list(values):
         text = str(value)
         try:
             if "/" in text:
@@ -119,7 +128,7 @@ def ip_matches(values: Sequence[str] | None) -> tuple[IpMatch, ...]:
 def service_account_matches(values: Sequence[str] | None, namespace: str) -> tuple[ServiceAccountMatch, ...]:
     """``sa`` means a service account in the policy's namespace; ``ns/sa`` names both."""
     out = []
-    for value in values or ():
+    for value in _list(values):
         ns, sep, sa = str(value).partition("/")
         out.append(ServiceAccountMatch(ns, sa) if sep else ServiceAccountMatch(namespace, ns))
     return tuple(out)
@@ -177,16 +186,16 @@ def convert_rule(rule: Obj, action: int, namespace: str) -> tuple[Rule | None, s
     """One AP rule → one :class:`Rule` (None when dropped) and the HTTP-only attributes it used."""
     http: set[str] = set()
     to_matches, from_matches = [], []
-    for to in rule.get("to") or ():
+    for to in _list(rule.get("to")):
         operation = to.get("operation") or {}
         http.update(_present(operation, _HTTP_OPERATION_FIELDS))
         to_matches.append(_to_match(operation))
-    for frm in rule.get("from") or ():
+    for frm in _list(rule.get("from")):
         source = frm.get("source") or {}
         http.update(_present(source, _HTTP_SOURCE_FIELDS))
         from_matches.append(_from_match(source, namespace))
     clauses = [Clause(tuple(m)) for m in (to_matches, from_matches) if m]
-    for condition in rule.get("when") or ():
+    for condition in _list(rule.get("when")):
         if condition.get("key") not in L4_WHEN_KEYS:
             http.add(str(condition.get("key", "")))
         clauses.append(Clause((_when_match(condition),)))
@@ -201,15 +210,30 @@ def _effective(rules: Sequence[Rule]) -> bool:
 
 
 def _parse_bool(text: str) -> bool:
-    return text.strip().lower() in {"1", "t", "true"}
+    # Go's strconv.ParseBool; anything unparsable means false (upstream logs and proceeds)
+    return text in {"1", "t", "T", "TRUE", "true", "True"}
+
+
+# what a policy with fields of the wrong shape raises while being converted
+_MALFORMED = (AttributeError, KeyError, TypeError, ValueError)
 
 
 def convert_authorization_policy(
     obj: Obj, root_namespace: str, dry_run_enabled: bool = False
 ) -> ConvertedPolicy:
-    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
-    name, namespace = str(meta.get("name", "")), str(meta.get("namespace", ""))
-    dry_run = _parse_bool(str((meta.get("annotations") or {}).get(DRY_RUN_ANNOTATION, "")))
+    """The policy's Authorization (or None) and status. A malformed policy is not sent and gets a status
+    saying why, instead of failing the derivation (upstream's typed client would not decode it at all)."""
+    try:
+        return _convert(obj, root_namespace, dry_run_enabled)
+    except _MALFORMED as exc:
+        message = f"invalid AuthorizationPolicy, not sent to ztunnel: {type(exc).__name__}: {exc}"
+        return ConvertedPolicy(None, PolicyStatus("InvalidSpec", message))
+
+
+def _convert(obj: Obj, root_namespace: str, dry_run_enabled: bool) -> ConvertedPolicy:
+    spec = meta.spec(obj)
+    name, namespace = meta.name(obj), meta.namespace(obj)
+    dry_run = _parse_bool(meta.annos(obj).get(DRY_RUN_ANNOTATION, ""))
     if dry_run and not dry_run_enabled:
         message = (
             f'found policy "{namespace}/{name}" using dry-run annotation, but support for ambient dry-run '
@@ -229,16 +253,19 @@ def convert_authorization_policy(
             None, PolicyStatus("UnsupportedValue", f"ztunnel does not support the {action_name} action")
         )
     action = ACTION_ALLOW if action_name == "ALLOW" else ACTION_DENY
+    if selector is not None and not isinstance(selector, dict):
+        raise TypeError(f"selector must be a map, got {selector!r}")
     rules, http = [], set()
-    for rule in spec.get("rules") or ():
+    for rule in _list(spec.get("rules")):
         converted, found = convert_rule(rule or {}, action, namespace)
         http |= found
         if converted is not None:
             rules.append(converted)
     auth = Authorization(name, namespace, scope, action, tuple(rules), dry_run)
-    labels = (
-        tuple(sorted(((selector or {}).get("matchLabels") or {}).items())) if selector is not None else None
-    )
+    match_labels = (selector or {}).get("matchLabels") or {}
+    if not isinstance(match_labels, dict):
+        raise TypeError(f"selector.matchLabels must be a map, got {match_labels!r}")
+    labels = tuple(sorted(match_labels.items())) if selector is not None else None
     return ConvertedPolicy(auth, _http_status(action, rules, http), labels)
 
 

@@ -35,8 +35,8 @@ def service_key(slice_: Obj) -> str:
 def pod_refs(slice_: Obj) -> list[str]:
     """``ns/pod`` for every endpoint whose targetRef is a Pod."""
     out = []
-    for endpoint in slice_.get("endpoints") or ():
-        ref = endpoint.get("targetRef") or {}
+    for endpoint in meta.as_list(slice_.get("endpoints")):
+        ref = meta.as_map(meta.as_map(endpoint).get("targetRef"))
         if ref.get("kind") == "Pod" and ref.get("name"):
             out.append(f"{ref.get('namespace') or meta.namespace(slice_)}/{ref['name']}")
     return out

@@ -68,11 +68,11 @@ class Collection(Generic[T]):
     def add_index(self, name: str, fn: Callable[[T], Iterable[str]]) -> None:
         """Declare index ``name``: ``fn(value)`` gives the index values an item is filed under."""
         self._index_fns[name] = fn
-        index: dict[str, set[str]] = {}
+        self._indexes[name] = {}
         for key, value in self._items.items():
-            for v in fn(value):
-                index.setdefault(v, set()).add(key)
-        self._indexes[name] = index
+            for index_name, v in self.index_values(value):
+                if index_name == name:
+                    self._indexes[name].setdefault(v, set()).add(key)
 
     def by_index(self, name: str, value: str) -> list[T]:
         return [self._items[k] for k in sorted(self._indexes[name].get(value, ()))]
@@ -81,7 +81,12 @@ class Collection(Generic[T]):
         if value is None:
             return
         for name, fn in self._index_fns.items():
-            for v in fn(value):
+            try:
+                values = list(fn(value))
+            except Exception:  # a malformed input item is simply not indexed; it must not fail the batch
+                log.exception("index function failed", extra={"kv": {"collection": self.name, "index": name}})
+                continue
+            for v in values:
                 yield name, v
 
     def subscribe(self, subscriber: Subscriber) -> None:

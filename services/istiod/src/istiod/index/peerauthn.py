@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from istiod.index import meta
 from istiod.index.records import (
     ACTION_DENY,
     AUTHZ_SCOPE_WORKLOAD_SELECTOR,
@@ -42,8 +43,24 @@ def converted_name(pa_name: str) -> str:
     return f"{CONVERTED_PREFIX}{pa_name}"
 
 
+def well_formed(pa: Obj) -> bool:
+    """Whether the PA has the shape upstream's typed client would decode; a malformed one is ignored
+    everywhere (it neither selects, nor counts as a parent, nor converts)."""
+    spec = (pa.get("spec") if isinstance(pa, dict) else None) or {}
+    if not isinstance(spec, dict):
+        return False
+    selector, mtls, ports = spec.get("selector"), spec.get("mtls"), spec.get("portLevelMtls")
+    return (
+        (selector is None or (isinstance(selector, dict)
+                              and isinstance(selector.get("matchLabels") or {}, dict)))
+        and (mtls is None or isinstance(mtls, dict))
+        and (ports is None or (isinstance(ports, dict)
+                               and all(v is None or isinstance(v, dict) for v in ports.values())))
+    )  # fmt: skip
+
+
 def mode(mtls: Obj | None) -> str:
-    value = str((mtls or {}).get("mode") or UNSET)
+    value = str(meta.as_map(mtls).get("mode") or UNSET)
     return value if value in {STRICT, PERMISSIVE, DISABLE} else UNSET
 
 
@@ -53,8 +70,8 @@ def _lax(value: str) -> bool:
 
 def _created(pa: Obj) -> str:
     # RFC 3339 timestamps in UTC sort lexically; the name breaks ties deterministically.
-    meta = pa.get("metadata") or {}
-    return f"{meta.get('creationTimestamp', '')}\x00{meta.get('namespace', '')}/{meta.get('name', '')}"
+    created = meta.as_map(pa.get("metadata")).get("creationTimestamp", "")
+    return f"{created}\x00{meta.namespace(pa)}/{meta.name(pa)}"
 
 
 def oldest(pas: Iterable[Obj]) -> Obj | None:
@@ -62,29 +79,34 @@ def oldest(pas: Iterable[Obj]) -> Obj | None:
 
 
 def has_selector(pa: Obj) -> bool:
-    selector = (pa.get("spec") or {}).get("selector")
-    return bool(selector and selector.get("matchLabels"))
+    selector = meta.as_map(meta.spec(pa).get("selector"))
+    return bool(selector.get("matchLabels"))
 
 
 def _port_modes(spec: Obj) -> list[tuple[int, str]]:
     out = []
-    for port, mtls in (spec.get("portLevelMtls") or {}).items():
-        if str(port).isdigit():
-            out.append((int(port), mode(mtls)))
+    for port, mtls in meta.as_map(spec.get("portLevelMtls")).items():
+        number = meta.number(str(port))
+        if number is not None:
+            out.append((number, mode(mtls)))
     return sorted(out)
 
 
 def _mode_of(pa: Obj | None) -> str:
-    return mode((pa or {}).get("spec", {}).get("mtls")) if pa is not None else UNSET
+    return mode(meta.spec(pa).get("mtls")) if pa is not None else UNSET
 
 
 def convert_peer_authentication(
     pa: Obj, root_namespace: str, namespace_pa: Obj | None, root_pa: Obj | None
 ) -> Authorization | None:
     """The converted DENY policy of a workload-selector PA with port-level mTLS, or None (§5.6)."""
-    meta, spec = pa.get("metadata") or {}, pa.get("spec") or {}
-    namespace = str(meta.get("namespace", ""))
-    if namespace == root_namespace or spec.get("selector") is None or not spec.get("portLevelMtls"):
+    spec, namespace = meta.spec(pa), meta.namespace(pa)
+    if (
+        not well_formed(pa)
+        or namespace == root_namespace
+        or spec.get("selector") is None
+        or not spec.get("portLevelMtls")
+    ):
         return None
     top = mode(spec.get("mtls"))
     ns_mode, root_mode = _mode_of(namespace_pa), _mode_of(root_pa)
@@ -129,7 +151,7 @@ def convert_peer_authentication(
         clauses.append(Clause((Match(not_principals=(PRESENCE,)),)))
     if clauses:
         groups.append(Rule(tuple(clauses)))
-    name = converted_name(str(meta.get("name", "")))
+    name = converted_name(meta.name(pa))
     return Authorization(name, namespace, AUTHZ_SCOPE_WORKLOAD_SELECTOR, ACTION_DENY, tuple(groups))
 
 
@@ -144,7 +166,7 @@ def select_levels(
 
 
 def _ns(pa: Obj) -> str:
-    return str((pa.get("metadata") or {}).get("namespace", ""))
+    return meta.namespace(pa)
 
 
 def effective_keys(root_namespace: str, applicable: Sequence[Obj]) -> tuple[str, ...]:
@@ -164,7 +186,7 @@ def effective_keys(root_namespace: str, applicable: Sequence[Obj]) -> tuple[str,
             strict = False
         modes = [m for _, m in _port_modes(spec)] if spec.get("portLevelMtls") else None
         if modes is not None:
-            key = f"{_ns(workload)}/{converted_name(str(workload['metadata'].get('name', '')))}"
+            key = f"{_ns(workload)}/{converted_name(meta.name(workload))}"
             if top == STRICT:
                 if any(_lax(m) for m in modes):
                     port_key, strict = key, False  # the converted policy carries STRICT plus the exception

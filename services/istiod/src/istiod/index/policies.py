@@ -19,13 +19,18 @@ Obj = dict[str, Any]
 def namespace_level(pas: Iterable[Obj], namespace: str) -> Obj | None:
     """The oldest selector-less PA of ``namespace`` (the parent used when converting a workload PA)."""
     return peerauthn.oldest(
-        p for p in pas if meta.namespace(p) == namespace and meta.spec(p).get("selector") is None
+        p
+        for p in pas
+        if meta.namespace(p) == namespace
+        and meta.spec(p).get("selector") is None
+        and peerauthn.well_formed(p)
     )
 
 
 def converted_peer_authentications(pas: Sequence[Obj], root_namespace: str) -> list[Authorization]:
     """Every PA-derived resource: the converted port-level policies, plus the static strict policy while at
     least one PeerAuthentication exists (§5.6)."""
+    pas = [pa for pa in pas if peerauthn.well_formed(pa)]
     out = []
     for pa in pas:
         ns = meta.namespace(pa)
@@ -51,14 +56,18 @@ def selector_policy_applies(
 def applicable_peer_authentications(
     pas: Iterable[Obj], namespace: str, labels: Mapping[str, str], root: str
 ) -> list[Obj]:
-    """PAs of the workload's namespace and the root namespace with no selector or a matching one."""
+    """The PAs upstream fetches for a workload: the root namespace's selector-less ones, and those of the
+    workload's namespace with no selector or a matching one (a root-namespace PA with a selector, even an
+    empty one, applies only to workloads in the root namespace)."""
     out = []
     for pa in pas:
-        ns = meta.namespace(pa)
-        if ns not in {namespace, root}:
+        if not peerauthn.well_formed(pa):
             continue
-        selector = meta.spec(pa).get("selector")
-        if selector is None or meta.matches_labels(selector.get("matchLabels") or {}, labels):
+        ns, selector = meta.namespace(pa), meta.spec(pa).get("selector")
+        mesh_wide = ns == root and selector is None
+        if mesh_wide or (
+            ns == namespace and (selector is None or meta.matches_labels(selector.get("matchLabels"), labels))
+        ):
             out.append(pa)
     return out
 

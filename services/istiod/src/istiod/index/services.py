@@ -126,8 +126,9 @@ def k8s_service(
     ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
     vips = tuple(v for v in (_vip(str(ip), ctx.network) for ip in ips if ip != "None") if v is not None)
     ports = tuple(
-        Port(int(p.get("port", 0)), _numeric(p.get("targetPort", p.get("port", 0))), app_protocol(p))
+        Port(number, _numeric(p.get("targetPort", number)), app_protocol(p))
         for p in spec.get("ports") or ()
+        if (number := port_number(p.get("port"))) is not None
     )
     ingress = meta.labels(svc).get(INGRESS_USE_WAYPOINT) or meta.labels(namespace).get(INGRESS_USE_WAYPOINT)
     return Service(
@@ -138,15 +139,22 @@ def k8s_service(
     )  # fmt: skip
 
 
+def port_number(value: Any) -> int | None:
+    """A port number 0..65535, else None (the port is left out rather than failing the encoding)."""
+    number = meta.number(value)
+    return number if number is not None and number <= 65535 else None
+
+
 def _numeric(target: Any) -> int:
     """A numeric targetPort, or 0 when it is named (resolved per pod, §5.3)."""
-    return int(target) if isinstance(target, int) or str(target).isdigit() else 0
+    return port_number(target) or 0
 
 
 def se_ports(se: Obj) -> tuple[Port, ...]:
     return tuple(
-        Port(int(p.get("number", 0)), int(p.get("targetPort") or p.get("number", 0)), _se_protocol(p))
+        Port(number, port_number(p.get("targetPort")) or number, _se_protocol(p))
         for p in meta.spec(se).get("ports") or ()
+        if (number := port_number(p.get("number"))) is not None
     )
 
 

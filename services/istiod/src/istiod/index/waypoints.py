@@ -152,9 +152,10 @@ def inbound_binding(gateway: Obj | None, gateway_class: Obj | None) -> Applicati
     if not value:
         return None
     protocol, _, port = value.partition("/")
-    if protocol != "PROXY" or (port and not port.isdigit()):
+    number = meta.number(port) if port else 0
+    if protocol != "PROXY" or number is None or number > 65535:
         return None
-    return ApplicationTunnel(APP_TUNNEL_PROXY, int(port) if port else 0)
+    return ApplicationTunnel(APP_TUNNEL_PROXY, number)
 
 
 def canary_requested(
@@ -166,7 +167,8 @@ def canary_requested(
         name = labels.get(USE_CANARY)
         if name:
             text = annos.get(CANARY_WEIGHT, "0")
-            weight = int(text) if text.isdigit() and int(text) <= 100 else 0
+            number = meta.number(text)
+            weight = number if number is not None and number <= 100 else 0
             return WaypointRef(labels.get(USE_CANARY_NAMESPACE) or obj_namespace, name), weight
     return None
 

@@ -8,6 +8,7 @@ global state, so each rule is testable with plain dicts.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -26,7 +27,7 @@ from istiod.index.records import (
     Port,
     Workload,
 )
-from istiod.index.services import MeshContext, k8s_hostname
+from istiod.index.services import MeshContext, k8s_hostname, port_number
 
 Obj = dict[str, Any]
 REDIRECTION = "ambient.istio.io/redirection"
@@ -34,6 +35,9 @@ TUNNEL_LABEL = "networking.istio.io/tunnel"
 CANONICAL_NAME_LABELS = ("service.istio.io/canonical-name", "app.kubernetes.io/name", "app")
 CANONICAL_REVISION_LABELS = ("service.istio.io/canonical-revision", "app.kubernetes.io/version", "version")
 ServicesMap = tuple[tuple[str, tuple[Port, ...]], ...]
+# what a malformed sibling object (a Service or ServiceEntry with fields of the wrong shape) can raise
+MALFORMED = (AttributeError, KeyError, TypeError, ValueError, OverflowError)
+log = logging.getLogger("index")
 
 
 def pod_uid(ctx: MeshContext, namespace: str, name: str) -> str:
@@ -94,10 +98,11 @@ def tunnel(labels: Mapping[str, str], annotations: Mapping[str, str]) -> tuple[i
 
 
 def container_port(pod: Obj, port_name: str) -> int | None:
-    for container in meta.spec(pod).get("containers") or ():
-        for port in container.get("ports") or ():
-            if port.get("name") == port_name:
-                return int(port.get("containerPort", 0))
+    """The TCP container port named ``port_name`` (upstream's FindPortName: TCP only, containers only)."""
+    for container in meta.as_list(meta.spec(pod).get("containers")):
+        for port in meta.as_list(meta.as_map(container).get("ports")):
+            if port.get("name") == port_name and port.get("protocol", "TCP") == "TCP":
+                return port_number(port.get("containerPort"))
     return None
 
 
@@ -105,13 +110,16 @@ def k8s_service_ports(svc: Obj, pod: Obj | None) -> tuple[Port, ...]:
     """Service ports with named targetPorts resolved against ``pod``; a name missing there is omitted."""
     out = []
     for port in meta.spec(svc).get("ports") or ():
-        target = port.get("targetPort", port.get("port", 0))
-        if isinstance(target, int) or str(target).isdigit():
-            out.append(Port(int(port.get("port", 0)), int(target)))
+        number = port_number(port.get("port"))
+        if number is None:
+            continue
+        target = port.get("targetPort", number)
+        if meta.number(target) is not None:
+            out.append(Port(number, port_number(target) or 0))
             continue
         resolved = container_port(pod, str(target)) if pod is not None else None
         if resolved is not None:
-            out.append(Port(int(port.get("port", 0)), resolved))
+            out.append(Port(number, resolved))
     return tuple(out)
 
 
@@ -134,9 +142,11 @@ def se_ports_for(se: Obj, named_targets: Mapping[str, Any]) -> tuple[Port, ...]:
     """ServiceEntry ports for one endpoint: its ``ports[name]`` override, else targetPort, else the number."""
     out = []
     for port in meta.spec(se).get("ports") or ():
-        number = int(port.get("number", 0))
-        target = named_targets.get(str(port.get("name", ""))) or port.get("targetPort") or number
-        out.append(Port(number, int(target)))
+        number = port_number(port.get("number"))
+        if number is None:
+            continue
+        target = named_targets.get(str(port.get("name", ""))) or port.get("targetPort")
+        out.append(Port(number, port_number(target) or number))
     return tuple(out)
 
 
@@ -152,14 +162,28 @@ def services_map(
     """``"<ns>/<hostname>" → ports`` for every selecting Service and ServiceEntry host (§5.2)."""
     out: dict[str, tuple[Port, ...]] = {}
     for svc in k8s_services:
-        if selects(svc, labels):
-            key = f"{meta.namespace(svc)}/{k8s_hostname(meta.name(svc), meta.namespace(svc), ctx)}"
-            out[key] = k8s_service_ports(svc, pod)
+        try:
+            if selects(svc, labels):
+                key = f"{meta.namespace(svc)}/{k8s_hostname(meta.name(svc), meta.namespace(svc), ctx)}"
+                out[key] = k8s_service_ports(svc, pod)
+        except MALFORMED as exc:  # one malformed Service must not take the workload down with it
+            _skip("Service", svc, exc)
     for se in service_entries:
-        if se_selects(se, labels):
-            for host in meta.spec(se).get("hosts") or ():
-                out[f"{meta.namespace(se)}/{host}"] = se_ports_for(se, named_targets or {})
+        try:
+            if se_selects(se, labels):
+                ports = se_ports_for(se, meta.as_map(named_targets))
+                for host in meta.as_list(meta.spec(se).get("hosts")):
+                    out[f"{meta.namespace(se)}/{host}"] = ports
+        except MALFORMED as exc:
+            _skip("ServiceEntry", se, exc)
     return tuple(sorted(out.items()))
+
+
+def _skip(kind: str, obj: Obj, exc: Exception) -> None:
+    key = f"{meta.namespace(obj)}/{meta.name(obj)}"
+    log.debug(
+        "malformed object ignored for a workload", extra={"kv": {"kind": kind, "key": key, "error": str(exc)}}
+    )
 
 
 def pod_workload(

@@ -8,9 +8,11 @@ practice 6). Implements :class:`meshkit.xds.server_core.ResourceSource` for the 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
+from meshkit.logs import kv
 from meshkit.xds.server_core import Resource
 from meshkit.xds.types import ADDRESS_TYPE, AUTHORIZATION_TYPE, content_version
 from meshkit.xds.wire import any_bytes
@@ -21,6 +23,7 @@ from istiod.index.krt import Change, Collection
 from istiod.index.records import Authorization
 
 OnChange = Callable[[str, set[str]], None]
+log = logging.getLogger("xds")
 R = TypeVar("R")
 
 
@@ -66,7 +69,17 @@ class ResourceCache:
                 if table.pop(change.key, None) is not None:
                     changed.add(change.key)
                 continue
-            resource = encode(change.new)
+            try:
+                resource = encode(change.new)
+            except (
+                Exception
+            ):  # e.g. a value out of range for its proto field: this resource alone is withheld
+                log.exception(
+                    "encoding failed; resource withheld", extra=kv(type_url=type_url, name=change.key)
+                )
+                if table.pop(change.key, None) is not None:
+                    changed.add(change.key)
+                continue
             self.encodes += 1
             old = table.get(change.key)
             if old is not None and old.version == resource.version and old.aliases == resource.aliases:
