@@ -6,15 +6,19 @@ installed for the test and removed afterwards)."""
 from __future__ import annotations
 
 import copy
+import json
 import secrets
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from meshtest.e2e import charts
+from meshtest.e2e.mesh import Mesh, exclusive, previous_charts
 from meshtest.e2e.samples import ARGO_CRD, applications, scenario_resources, workloads
-from meshtest.e2e.tools import REPO
+from meshtest.e2e.tools import REPO, chart
 from meshtest.fixtures import kube_cluster  # noqa: F401 - fixture used by name
 from meshtest.kube import KubeCluster
 
@@ -22,6 +26,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.root]
 Obj = dict[str, Any]
 #: Helm adopts existing objects carrying these, so CRDs created here are taken over by a later install
 ADOPT = {"meta.helm.sh/release-name": "ambient", "meta.helm.sh/release-namespace": "istio-system"}
+#: the previous chart release (same commit the e2e suite upgrades from)
+PREVIOUS_CHARTS = "12b2449"
 
 
 @pytest.fixture
@@ -126,3 +132,41 @@ def test_argo_applications_pass_server_validation(kube_cluster: KubeCluster, scr
 
 def test_repo_root_found() -> None:
     assert (REPO / "helm" / "ambient" / "Chart.yaml").is_file()
+
+
+def test_helm_upgrade_from_the_previous_chart(kube_cluster: KubeCluster) -> None:  # noqa: F811
+    """``helm install`` of the previous chart commit, ``helm upgrade`` to this one: the release is deployed at
+    revision 2 and the cluster has this version's objects (component readiness is the e2e suite's job)."""
+    assert kube_cluster.layout is not None
+    with exclusive(kube_cluster.layout.cache, timeout=600):
+        mesh = Mesh(kube_cluster)
+        if mesh.installed():
+            pytest.fail("a mesh release is installed (scripts/demo?): uninstall it before running this test")
+        mesh.adopt_crds()
+        try:
+            with tempfile.TemporaryDirectory(prefix="pk-helm-prev-") as tmp:
+                mesh.helm_install(previous_charts(PREVIOUS_CHARTS, Path(tmp)))
+            mesh.helm_install(chart("ambient"), upgrade=True)
+            history = json.loads(
+                kube_cluster.helm("history", "ambient", "-n", "istio-system", "-o", "json").stdout
+            )
+            assert [h["status"] for h in history] == ["superseded", "deployed"]
+            current = charts.render("ambient")
+            for kind, name in (
+                ("DaemonSet", "ztunnel"),
+                ("DaemonSet", "istio-cni-node"),
+                ("Deployment", "istiod"),
+            ):
+                live = kube_cluster.get(kind.lower(), name, "istio-system")
+                want = charts.one(current, kind, name)["spec"]["template"]["spec"]["containers"][0]["env"]
+                have = live["spec"]["template"]["spec"]["containers"][0]["env"]
+                assert literal(have) == literal(want), f"{kind}/{name} not upgraded"
+            gw_crd = kube_cluster.get("crd", "gateways.gateway.networking.k8s.io")
+            assert "api-approved.kubernetes.io" in gw_crd["metadata"]["annotations"]
+        finally:
+            mesh.uninstall()
+
+
+def literal(env: list[Obj]) -> dict[str, str]:
+    """name → value of the literal entries (the API server adds defaults to fieldRef entries)."""
+    return {e["name"]: e["value"] for e in env if e.get("value")}  # the API server drops empty values
