@@ -8,6 +8,7 @@ Variable names follow upstream ztunnel where one exists (``INPOD_UDS``, ``PACKET
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from meshkit.settings import env, parse_duration
 
@@ -52,11 +53,8 @@ class Settings:
     pod_name: str = env("POD_NAME", "", "This ztunnel pod's name (xDS node id).")
     pod_namespace: str = env("POD_NAMESPACE", "istio-system", "This ztunnel pod's namespace (xDS node id).")
     instance_ip: str = env("INSTANCE_IP", "1.1.1.1", "This ztunnel pod's IP (xDS node id).")
-    grpc_client: str = env(
-        "ZTUNNEL_GRPC",
-        "lite",
-        "xDS/CA client: lite (our h2, ~6 MB less RSS) or grpcio.",
-        parse=lambda v: v.strip(),
+    grpc_client: Literal["lite", "grpcio"] = env(
+        "ZTUNNEL_GRPC", "lite", "xDS/CA client: lite (our h2, ~6 MB less RSS) or grpcio."
     )
     local_xds_path: str = env("LOCAL_XDS_PATH", "", "Static config file (JSON) instead of xDS.")
     workload_wait_s: float = env(
