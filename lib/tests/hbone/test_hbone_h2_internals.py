@@ -54,6 +54,8 @@ def test_settings_we_set_before_initiate_are_sent_and_limits_applied() -> None:
     assert h2c.local_settings.initial_window_size == 4 * 1024 * 1024
     # streams is a dict of H2Stream with the attribute the fast path writes
     assert isinstance(h2c.streams, dict)
+    # h2's output buffer, which the core peeks at before calling data_to_send()
+    assert isinstance(h2c._data_to_send, bytearray)
     # the server advertises 200 concurrent streams, then lifts h2's own (connection-error) enforcement
     c.initiate()
     frame = c.data_to_send()

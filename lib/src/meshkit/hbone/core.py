@@ -16,16 +16,20 @@ HPACK, SETTINGS, WINDOW_UPDATE, PING, RST_STREAM, GOAWAY, stream state):
   frame reaches h2 as a synthesized empty DATA frame, so h2's stream state stays right and h2's windows are
   untouched. Every other frame goes to h2 whole, including DATA on unknown or closed streams, so h2 gives
   the RFC's answer (RST_STREAM or GOAWAY).
-- **Send.** We frame DATA by hand (header and payload in one buffer, so they share a TLS record, §3d) and
-  decrement h2's outbound windows on the connection and the stream, which h2 then raises on WINDOW_UPDATE.
+- **Send.** We frame DATA by hand (header and payload in one buffer, so they share a TLS record, §3d; only
+  payloads of 64 KiB or more that are immutable go out as a separate buffer, uncopied) and decrement h2's
+  outbound windows on the connection and the stream, which h2 then raises on WINDOW_UPDATE.
+- **Errors.** A malformed request, or one past SETTINGS_MAX_CONCURRENT_STREAMS, is a stream error; a graceful
+  GOAWAY (ours or the peer's) lets open streams finish, which h2 alone would not allow.
 
 Invariants: output order is preserved (h2's pending bytes are always taken before we append ours); after a
 connection error the core sends GOAWAY once and ignores further input; a header block (HEADERS without
 END_HEADERS plus CONTINUATIONs) larger than twice the max header list size is ENHANCE_YOUR_CALM.
 
 This touches h2 internals (``outbound_flow_control_window`` on the connection and stream, ``streams``,
-``max_inbound_frame_size``, ``decoder``), so the h2 version is pinned and asserted here and the internals are
-covered by ``lib/tests/hbone/test_hbone_h2_internals.py``.
+``max_inbound_frame_size``, ``decoder``, ``_data_to_send``, ``state_machine.state``,
+``local_settings._settings``), so the h2 version is pinned and asserted here and the internals are covered by
+``lib/tests/hbone/test_hbone_h2_internals.py``.
 """
 
 from __future__ import annotations
@@ -65,10 +69,10 @@ from meshkit.hbone.frames import (
 )
 from meshkit.hbone.settings import HboneSettings
 
+__all__ = ["H2_VERSION", "PREFACE", "FlowControlViolation", "HboneCore", "frame_header"]
+
 #: payloads at least this big, when immutable, are written without being copied behind their frame header
 ZERO_COPY_MIN = 64 * 1024
-
-__all__ = ["H2_VERSION", "PREFACE", "FlowControlViolation", "HboneCore", "frame_header"]
 
 H2_VERSION = "4.4.1"
 if h2.__version__ != H2_VERSION:  # pragma: no cover - guarded by the lock file
@@ -107,8 +111,8 @@ class HboneCore:
         s = settings or HboneSettings()
         self.client_side = client_side
         self.settings = s
-        # The server validates requests itself (_malformed_request) so that a malformed request is the stream
-        # error RFC 9113 §8.1.1 requires; h2 would make it a connection error and kill every tunnel on it.
+        # The server validates requests itself (frames.malformed_request) so that a malformed request is the
+        # stream error RFC 9113 §8.1.1 requires; h2 would make it a connection error, killing every tunnel.
         config = h2.config.H2Configuration(
             client_side=client_side, header_encoding="utf-8", validate_inbound_headers=client_side
         )
