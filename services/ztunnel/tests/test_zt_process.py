@@ -63,3 +63,13 @@ async def test_sigterm_drains_and_exits(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_help_lists_the_settings() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ztunnel", "--help", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+    for var in ("INPOD_UDS", "XDS_ADDRESS", "CA_ADDRESS", "CONNECTION_TERMINATION_DEADLINE", "ZTUNNEL_GRPC"):
+        assert var.encode() in out

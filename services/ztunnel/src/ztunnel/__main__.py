@@ -51,6 +51,21 @@ def main() -> None:
         uvloop.run(main_async())
 
 
+def usage() -> str:
+    from meshkit.identity.caclient import CaClientSettings
+    from meshkit.settings import describe
+
+    from ztunnel.settings import Settings
+
+    rows = describe(Settings) + describe(CaClientSettings)
+    width = max(len(var) for var, _, _ in rows)
+    lines = [f"  {var:<{width}}  {text} (default {default})" for var, default, text in rows]
+    return "usage: python -m ztunnel  (configured by environment variables)\n\n" + "\n".join(lines)
+
+
 if __name__ == "__main__":
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(usage())
+        sys.exit(0)
     _reexec_optimized()
     main()
