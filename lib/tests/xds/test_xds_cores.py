@@ -210,3 +210,53 @@ def test_node_from_env() -> None:
     assert fields["LABELS"].struct_value.fields["a"].string_value == "b"
     assert "OTHER" not in fields
     assert node_from_env({}).id == "ztunnel~1.1.1.1~.~.svc.cluster.local"
+
+
+def test_on_demand_reconnect_resumes_earlier_lookups() -> None:
+    """istiod adds ``initial_resource_versions`` names to a non-wildcard subscription (delta.go): a resumed
+    on-demand client keeps receiving what it looked up before, and a lookup that now fails is released."""
+    source, store = Source(), Store()
+    source.put_workload("w1", ip=b"\x0a\x00\x00\x05")
+    source.put_workload("w2", ip=b"\x0a\x00\x00\x06")
+    client = ClientCore(NODE, store, on_demand=True)
+    server = ServerStream(source)
+    connect(server, client)
+    pump(
+        server, client, [r.encode() for r in server.receive(client.on_demand_request("/0a000005")).responses]
+    )
+    assert set(store.items[ADDRESS_TYPE]) == {"w1"}
+    client.requested.add("/0a0000ff")  # asked for, never answered: resent with version ""
+    # reconnect: w1 changed meanwhile
+    source.put_workload("w1", ip=b"\x0a\x00\x00\x05", name="changed")
+    server = ServerStream(source)
+    (address_req, _) = client.initial_requests()
+    assert dict(address_req.initial_resource_versions)["/0a000005"] == ""
+    got = server.receive(address_req)
+    (resp,) = got.responses
+    parsed = parse_response(resp.encode())
+    assert [r.name for r in parsed.resources] == ["w1"]
+    assert list(parsed.removed_resources) == [
+        "/0a0000ff"
+    ]  # unresolvable: released, the alias that resolved is not
+    assert server.subscribed(ADDRESS_TYPE, "w1")
+    assert not server.subscribed(ADDRESS_TYPE, "w2")
+    # and pushes for it keep coming on the new stream
+    source.put_workload("w1", ip=b"\x0a\x00\x00\x05", name="again")
+    assert server.push(ADDRESS_TYPE, ["w1", "w2"]) is not None
+
+
+def test_unsubscribe_then_resubscribe_sends_again() -> None:
+    source = Source()
+    source.put_workload("w1", ip=b"\x0a\x00\x00\x05")
+    server = ServerStream(source)
+    client = ClientCore(NODE, Store(), on_demand=True)
+    connect(server, client)
+    assert server.receive(client.on_demand_request("w1")).responses
+    from meshproto.envoy.service.discovery.v3 import discovery_pb2
+
+    server.receive(
+        discovery_pb2.DeltaDiscoveryRequest(type_url=ADDRESS_TYPE, resource_names_unsubscribe=["w1"])
+    )
+    assert not server.subscribed(ADDRESS_TYPE, "w1")
+    again = server.receive(client.on_demand_request("w1")).responses
+    assert [r.names for r in again] == [["w1"]]

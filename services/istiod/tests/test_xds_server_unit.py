@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 from istiod.xds.cache import ResourceCache
 from istiod.xds.metrics import XdsMetrics
 from istiod.xds.server import Connection, DiscoveryServer, StreamRefused
@@ -50,3 +51,36 @@ async def test_notify_merges_changes_until_pushed() -> None:
     assert len(view["unacked_nonces"]) == 2  # the initial answer and the push, neither ACKed here
     server.push_now()  # nothing pending: no round
     assert server.push_rounds == 1
+
+
+@pytest.mark.parametrize(
+    ("node_id", "instance_ips", "refused"),
+    [
+        ("ztunnel~10.0.0.9~zt.istio-system~istio-system.svc.cluster.local", None, None),
+        ("waypoint~10.0.0.9~wp.app~app.svc.cluster.local", None, None),
+        (
+            "ztunnel~not-an-ip~zt.istio-system~istio-system.svc.cluster.local",
+            "10.0.0.9",
+            None,
+        ),  # metadata wins
+        ("ztunnel~not-an-ip~zt.istio-system~istio-system.svc.cluster.local", None, "no valid IP"),
+        ("gateway~10.0.0.9~zt.istio-system~istio-system.svc.cluster.local", None, "invalid node type"),
+        ("ztunnel~10.0.0.9~zt.istio-system", None, "4 parts"),
+    ],
+)
+async def test_node_id_checked_as_istiod(node_id: str, instance_ips: str | None, refused: str | None) -> None:
+    server = DiscoveryServer(ResourceCache(), XdsMetrics(new_registry()))
+    conn = Connection("c1", "peer", None, ServerStream(ResourceCache()))
+    req = discovery_pb2.DeltaDiscoveryRequest(type_url=ADDRESS_TYPE)
+    req.node.id = node_id
+    if instance_ips is not None:
+        req.node.metadata.update({"INSTANCE_IPS": instance_ips})
+    if refused is None:
+        server._identify(conn, req)
+        assert conn.node is not None
+        assert str(conn.node) == node_id
+        return
+    with pytest.raises(StreamRefused, match=refused) as info:
+        server._identify(conn, req)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert conn.node is None

@@ -131,6 +131,10 @@ class ServerStream:
             state = self.types[type_url] = _TypeState(wildcard=not req.resource_names_subscribe)
             state.sent.update(req.initial_resource_versions)
         added = self._subscribe(state, req)
+        if out.initial and not state.wildcard:
+            # what the client already holds stays subscribed, as istiod's deltaWatchedResources does: an
+            # on-demand client resumes its earlier lookups this way (names it asked for carry version "")
+            state.names.update(n for n in req.initial_resource_versions if n != WILDCARD)
         if out.initial:
             out.responses.append(self._initial_response(type_url, state))
         elif added:
@@ -152,19 +156,29 @@ class ServerStream:
                 state.wildcard = False  # subscribe ["*"] + unsubscribe ["*"]: nothing, non-wildcard (§3.4)
             else:
                 state.names.discard(name)
+                state.sent.pop(name, None)  # a later re-subscribe must send it again
         return added
 
     def _initial_response(self, type_url: str, state: _TypeState) -> Response:
         names = set(self.source.names(type_url)) if state.wildcard else set()
-        for key in state.names:
-            names.update(r.name for r in self._resolve(type_url, key))
+        resolved: set[str] = set()  # requested keys (names or aliases) that exist
+        for key in list(state.names):
+            found = [r.name for r in self._resolve(type_url, key)]
+            if found:
+                resolved.add(key)
+            names.update(found)
+        if not state.wildcard:
+            state.names.update(names)  # follow the primary names the keys resolved to
         known = dict(state.sent)
         state.sent = {}
         response = self._diff(type_url, state, sorted(names), known)
-        # names the client still holds that no longer exist (§3.5, reconnect)
+        # names the client holds or asked for that no longer exist (§3.5, reconnect)
         response.removed.extend(
-            sorted(n for n in known if n not in names and self.source.get(type_url, n) is None)
-        )
+            sorted(
+                n for n in known
+                if n not in names and n not in resolved and self.source.get(type_url, n) is None
+            )
+        )  # fmt: skip
         return self._record(state, response)
 
     def _resolve(self, type_url: str, key: str) -> list[Resource]:

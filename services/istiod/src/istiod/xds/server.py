@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import logging
 import time
@@ -249,10 +250,12 @@ class DiscoveryServer:
         if not req.HasField("node"):
             raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry a node")
         try:
-            conn.node = NodeId.parse(req.node.id)
+            node = NodeId.parse(req.node.id)
         except InvalidNodeId as exc:
             raise StreamRefused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         fields = req.node.metadata.fields
+        _check_node(node, fields["INSTANCE_IPS"].string_value if "INSTANCE_IPS" in fields else "")
+        conn.node = node
         conn.metadata = {k: fields[k].string_value for k in ("NAME", "NAMESPACE", "NODE_NAME", "CLUSTER_ID")
                          if k in fields}  # fmt: skip
         namespace = conn.metadata.get("NAMESPACE") or conn.node.pod_namespace
@@ -286,6 +289,32 @@ class DiscoveryServer:
 
     def debug_clients(self) -> list[dict[str, Any]]:
         return [c.describe() for c in self.connections.values()]
+
+
+NODE_TYPES = ("sidecar", "router", "waypoint", "ztunnel")
+
+
+def _check_node(node: NodeId, instance_ips: str) -> None:
+    """Refuse what istiod's ParseServiceNodeWithMetadata refuses (§3.3): an unknown proxy type, or no valid
+    IP (metadata ``INSTANCE_IPS`` wins; the id's IP part is only a fallback)."""
+    if node.type not in NODE_TYPES:
+        raise StreamRefused(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"invalid node type {node.type!r} (valid: {', '.join(NODE_TYPES)}) in node id {str(node)!r}",
+        )
+    ips = [ip for ip in instance_ips.split(",") if ip] or ([node.ip] if _valid_ip(node.ip) else [])
+    if not ips:
+        raise StreamRefused(
+            grpc.StatusCode.INVALID_ARGUMENT, "no valid IP address in the node id or metadata"
+        )
+
+
+def _valid_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def grpc_handler(server: DiscoveryServer) -> grpc.GenericRpcHandler[Any, Any]:
