@@ -112,7 +112,10 @@ class InboundProxy:
         s = self.pod.services
         src_addr = (unmap(peer.address[0]), peer.address[1])
         conn = ConnInfo(src_addr[0], peer.identity, target_ip, port)
-        src_wl = s.state.find_workload_by_ip(conn.src_ip) or workload_from_baggage(request.baggage)
+        # through an east-west gateway (x-forwarded-network of another network) the peer IP is the gateway's
+        via_gateway = request.forwarded_network not in (None, s.state.network)
+        by_ip = None if via_gateway else s.state.find_workload_by_ip(conn.src_ip)
+        src_wl = by_ip or workload_from_baggage(request.baggage)
         local = (unmap(peer.local_address[0]), peer.local_address[1])
         endpoints = Endpoints(
             "inbound", src_addr, local, str(request.authority), src_wl, peer.identity, wl, wl.identity,
