@@ -159,3 +159,17 @@ def test_hostname_workload_is_resolved_on_demand() -> None:
     assert plan == Plain(
         ("api.example.com", 8443), s.workloads.by_uid["ext"], s.find_service("default/ext.example.com"), True
     )
+
+
+def test_service_sans_are_expected_too_and_bad_ones_ignored() -> None:
+    s = state()
+    svc = s.find_service("default/svc.default.svc.cluster.local")
+    assert svc is not None
+    sans = ("spiffe://cluster.local/ns/default/sa/extra", "not-a-spiffe-id", "spiffe://broken")
+    s.insert_service(Service(**{**{f: getattr(svc, f) for f in svc.__slots__}, "subject_alt_names": sans}))  # type: ignore[arg-type]
+    plan = plan_outbound(s, src(s), ("10.96.0.1", 80), random.Random(1))
+    assert isinstance(plan, Hbone)
+    assert plan.identities == (
+        Identity("cluster.local", "default", "extra"),
+        Identity("cluster.local", "default", "srv"),
+    )

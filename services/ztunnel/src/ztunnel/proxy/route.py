@@ -8,11 +8,12 @@ loop). Waypoints fail closed: a waypoint we cannot resolve drops the connection.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import random
 from dataclasses import dataclass
 
-from meshkit.identity.spiffe import Identity
+from meshkit.identity.spiffe import Identity, InvalidIdentity
 
 from ztunnel.proxy.context import ILLEGAL_PORTS
 from ztunnel.state.lb import select_endpoint
@@ -113,14 +114,18 @@ def _from_waypoint(src: Workload, wp: Workload) -> bool:
     return src.identity == wp.identity and bool(set(src.addresses) & set(wp.addresses))
 
 
+def _service_sans(svc: Service | None) -> tuple[Identity, ...]:
+    """The service's extra accepted identities (§2.3); SANs that are not SPIFFE identities are ignored."""
+    out = []
+    for san in svc.subject_alt_names if svc is not None else ():
+        with contextlib.suppress(InvalidIdentity):
+            out.append(Identity.parse(san))
+    return tuple(out)
+
+
 def _direct(wl: Workload, ip: str, port: int, svc: Service | None) -> Plan:
     if wl.hbone:
-        sans = (
-            tuple(Identity.parse(s) for s in svc.subject_alt_names if s.startswith("spiffe://"))
-            if svc
-            else ()
-        )
-        return Hbone((ip, 15008), (ip, port), (*sans, wl.identity), wl, svc)
+        return Hbone((ip, 15008), (ip, port), (*_service_sans(svc), wl.identity), wl, svc)
     return Plain((ip, port), wl, svc)
 
 
