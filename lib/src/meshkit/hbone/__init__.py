@@ -53,6 +53,12 @@ Interfaces (stable; other components code against these):
 ``meshkit.hbone.relay``
     ``await relay(tcp_socket, stream) -> RelayResult(sent, received, error)``: fast, callback-driven copy both
     ways with half-close and RST propagation; ``relay_streams(reader, writer, stream)`` for asyncio streams.
+    A stream sink (``HboneStream.set_sink``) gets memoryviews of a reused buffer: copy before handing them to
+    anything that keeps them (uvloop's ``transport.write`` does).
+
+``meshkit.hbone.double.connect_double(pool, outer_key, authority, inner_cert, inner_ids, inner_headers=...)``
+    Double HBONE (behaviour.md §2.9): outer pooled CONNECT to the E/W gateway, then mTLS + CONNECT to the
+    final identities inside it; returns the inner stream. ``StreamTransport``: TLS over an ``HboneStream``.
 
 ``meshkit.hbone.tuning.tune_malloc()``: call once in a service's ``main`` (python-perf.md §3a).
 
