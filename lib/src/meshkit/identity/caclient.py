@@ -171,7 +171,8 @@ class CaClient:
         except OSError as exc:
             raise CaClientError(f"cannot read CA root {self._root_name}: {exc}") from None
         except ChainError as exc:
-            # Never hand gRPC an empty root set: with none it would trust the system roots instead.
+            # Say so plainly rather than fail the handshake opaquely; and never come near gRPC's "no roots
+            # given = trust the system roots" default.
             raise CaClientError(f"CA root {self._root_name} holds no usable certificate: {exc}") from None
         async with self._lock:
             if self._stub is None or roots != self._channel_roots:

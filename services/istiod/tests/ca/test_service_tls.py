@@ -178,7 +178,7 @@ async def test_server_verified_against_root_file_which_is_reread(server: CaServe
 
 
 async def test_empty_root_file_fails_closed(server: CaServer, tmp_path: Path) -> None:
-    """An empty root-cert.pem (ConfigMap not mounted yet) must not make gRPC fall back to system roots."""
+    """An empty root-cert.pem (ConfigMap not mounted yet) is refused with a clear message, never dialled."""
     root_file = tmp_path / "root-cert.pem"
     root_file.write_bytes(b"")
     client = server.client(ZT_A, root=str(root_file))
