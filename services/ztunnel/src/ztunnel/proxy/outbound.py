@@ -58,7 +58,12 @@ class OutboundProxy:
         record = ConnectionRecord(s.metrics, self._endpoints(src, peer, dst, plan))
         record.open()
         with s.drain.track(lambda: reset(sock), name="outbound"):
-            await self._serve(sock, src, peer, plan, record)
+            try:
+                await self._serve(sock, src, peer, plan, record)
+            except Exception as exc:  # a bug must cost one connection, not leak its socket
+                log.exception("outbound connection failed", extra=kv(src=peer, dst=dst))
+                reset(sock)
+                record.close(f"internal error: {exc!r}", "CONNECT")
 
     def _endpoints(self, src: Workload, peer: tuple[str, int], dst: tuple[str, int], plan: Plan) -> Endpoints:
         if isinstance(plan, Hbone):
@@ -157,7 +162,7 @@ class OutboundProxy:
                 source_metadata(src), peer, service_host=plan.service.hostname if plan.service else None
             )
             stream = await self._open(key, plan, headers)
-        except (HboneError, OSError, TimeoutError, CertificateUnavailable) as exc:
+        except (HboneError, OSError, TimeoutError, CertificateUnavailable, LookupError) as exc:
             reset(sock)
             record.close(f"{exc}", "CONNECT")
             return
