@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,10 +30,18 @@ class FakeApi:
         self.watch_versions: list[str] = []
         self.lists = 0
         self.fail_lists = 0
+        self.fail_watches: list[int] = []  # HTTP statuses the next watch requests get, in order
+        self.requests: list[tuple[str, float]] = []  # ("list" | "watch", monotonic time)
         self.watch_opened = asyncio.Event()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if request.query.get("watch") != "true":
+        is_watch = request.query.get("watch") == "true"
+        self.requests.append(("watch" if is_watch else "list", time.monotonic()))
+        if is_watch and self.fail_watches:
+            status = self.fail_watches.pop(0)
+            reason = {410: "Expired"}.get(status, "InternalError")
+            return web.json_response({"kind": "Status", "code": status, "reason": reason}, status=status)
+        if not is_watch:
             if self.fail_lists:
                 self.fail_lists -= 1
                 return web.json_response({"reason": "InternalError"}, status=500)
@@ -182,3 +191,45 @@ async def test_optional_kind_missing_counts_as_synced_empty(api: tuple[FakeApi, 
         async with asyncio.timeout(10):
             await missing.wait_synced()
     assert missing.store == {}
+
+
+async def test_watch_http_410_relists(api: tuple[FakeApi, KubeClient]) -> None:
+    """A 410 answer to the watch request itself (not an ERROR event) also means: relist, no back-off."""
+    fake, client = api
+    fake.objects = {"a": pod("a", 1)}
+    fake.fail_watches = [410]
+    informer = Informer(client, PODS)
+    async with informer:
+        async with asyncio.timeout(10):
+            await fake.watch_opened.wait()
+    assert [kind for kind, _ in fake.requests] == ["list", "watch", "list", "watch"]
+    assert fake.lists == 2
+
+
+async def test_watch_errors_back_off_doubling_and_reset_after_progress(
+    api: tuple[FakeApi, KubeClient],
+) -> None:
+    fake, client = api
+    fake.fail_watches = [500, 500]
+    informer = Informer(client, PODS)
+    rec = Recorder()
+    informer.subscribe(rec)
+    async with informer:
+        async with asyncio.timeout(10):
+            await fake.watch_opened.wait()
+        watches = [t for kind, t in fake.requests if kind == "watch"]
+        assert len(watches) == 3
+        first, second = watches[1] - watches[0], watches[2] - watches[1]
+        assert first >= 0.4  # 0.5 s ± 20 % jitter
+        assert second >= 0.8  # doubled
+        assert fake.lists == 1  # an error that is not 410 resumes from the last version: no relist
+        # the watch now works (an event arrives), then fails: the back-off starts again from 0.5 s
+        await fake.send("ADDED", pod("b", 2))
+        await rec.wait_for(1)
+        fake.watch_opened.clear()
+        failed_at = time.monotonic()
+        await fake.send("ERROR", {"kind": "Status", "code": 500, "reason": "InternalError"})
+        async with asyncio.timeout(10):
+            await fake.watch_opened.wait()
+        assert time.monotonic() - failed_at < 1.5  # not the 2 s the streak would have reached
+    assert fake.watch_versions[-1] == "2"

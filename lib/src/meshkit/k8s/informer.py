@@ -135,6 +135,7 @@ class Informer:
         self.optional = optional  # a missing kind (CRD not installed, 404) counts as synced and empty
         self._version = ""
         self._missing_reported = False
+        self._progressed = False  # the current watch delivered an event (resets the back-off)
 
     # ---- handler API (event loop side) ----
 
@@ -201,22 +202,28 @@ class Informer:
             loop.call_soon_threadsafe(self._apply, item)
 
     def _run(self) -> None:
-        backoff = 0.5
+        initial = min(0.5, self._max_backoff_s)
+        backoff = initial
         version = ""
         while not self._stop.is_set():
             try:
                 if not version:
                     items, version = self.client.list_all(self.resource, self.namespace, **self._query)
                     self._post(_Listed(items))
-                    backoff = 0.5
+                    backoff = initial
                 self._version = version
+                self._progressed = False
                 version = self._watch(version)
+                backoff = initial  # a clean end (server timeout) is no failure
             except Gone:
                 log.info("watch expired; relisting", extra=kv(resource=str(self.resource)))
                 version = ""
+                self._version = ""  # never resume from the expired version, even if the relist fails
             except Exception as exc:  # any other failure: back off, then resume from the last version
                 if self._stop.is_set():
                     return
+                if self._progressed:
+                    backoff = initial  # the watch worked for a while: this is a new failure, not a streak
                 version = self._failed(exc, backoff)
                 self._stop.wait(backoff * random.uniform(0.8, 1.2))
                 backoff = min(backoff * 2, self._max_backoff_s)
@@ -267,6 +274,7 @@ class Informer:
             raise ApiError(code, str(obj.get("reason", "")), str(obj.get("message", "")))
         if kind != "BOOKMARK":
             self._post(_Watched(kind, obj))
+        self._progressed = True
         return resource_version(obj) or version
 
     # ---- loop side ----
