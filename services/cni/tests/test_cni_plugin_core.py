@@ -133,3 +133,25 @@ async def test_run_reports_agent_refusal(tmp_path: Any) -> None:
     out, code = await run_against_agent(tmp_path, handler)
     assert code == 1
     assert "iptables-restore failed" in json.loads(out)["details"]
+
+
+async def test_run_fails_closed_with_a_cni_error_on_a_garbled_answer(tmp_path: Any) -> None:
+    """Whatever the agent says, the runtime gets a CNI error object on stdout, never a traceback."""
+    from aiohttp import web
+
+    async def garbage(_request: web.Request) -> web.Response:
+        return web.Response(text="<html>oops</html>")
+
+    app = web.Application()
+    app.router.add_post("/cmdadd", garbage)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.UnixSite(runner, str(tmp_path / "pluginevent.sock")).start()
+    try:
+        out, code = await asyncio.to_thread(run, env(), conf(cni_agent_run_dir=str(tmp_path)))
+    finally:
+        await runner.cleanup()
+    assert code == 1
+    error = json.loads(out)
+    assert error["code"] == 11
+    assert "something other than JSON" in error["details"]

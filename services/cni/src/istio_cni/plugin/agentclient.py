@@ -46,5 +46,12 @@ def post_add(socket_path: str, event: dict[str, Any], timeout_s: float = 30.0) -
         raise AgentUnavailable(
             f"istio-cni node agent refused the pod: HTTP {response.status}: {body.decode()}"
         )
-    answer: dict[str, Any] = json.loads(body or b"{}")
+    try:
+        answer = json.loads(body or b"{}")
+    except ValueError as exc:
+        raise AgentUnavailable(
+            f"istio-cni node agent answered with something other than JSON: {exc}"
+        ) from exc
+    if not isinstance(answer, dict):
+        raise AgentUnavailable(f"istio-cni node agent answered {answer!r}, not a JSON object")
     return answer
