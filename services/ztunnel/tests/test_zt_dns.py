@@ -142,3 +142,18 @@ async def test_server_answers_udp_and_tcp_on_loopback() -> None:
         await writer.wait_closed()
     finally:
         await server.close()
+
+
+async def test_unforwardable_query_gets_servfail() -> None:
+    from meshkit.sockets import HostSocketFactory
+    from prometheus_client import CollectorRegistry
+    from ztunnel.dns.server import DnsServer
+    from ztunnel.metrics import DnsMetrics
+
+    server = DnsServer(
+        HostSocketFactory(), resolver=DnsResolver(make_state(), "default"), upstreams=[],
+        metrics=DnsMetrics(CollectorRegistry()),
+    )  # fmt: skip
+    raw = await server.answer(dnslib.DNSRecord.question("unknown.example.org", "A").pack(), "udp")
+    assert raw is not None
+    assert dnslib.DNSRecord.parse(raw).header.rcode == dnslib.RCODE.SERVFAIL

@@ -47,6 +47,16 @@ def upstream_resolvers(resolv_conf: str) -> list[str]:
     ]
 
 
+def _servfail(query: bytes) -> bytes | None:
+    """SERVFAIL for a query we could not forward (None when the query itself is unreadable)."""
+    try:
+        reply = dnslib.DNSRecord.parse(query).reply()
+    except Exception:
+        return None
+    reply.header.rcode = dnslib.RCODE.SERVFAIL
+    return bytes(reply.pack())
+
+
 def _qtype(query: bytes) -> str:
     with contextlib.suppress(Exception):
         return str(dnslib.QTYPE.get(dnslib.DNSRecord.parse(query).q.qtype))
@@ -118,7 +128,7 @@ class DnsServer:
         if local is not None:
             return local
         if not self.upstreams:
-            return None
+            return _servfail(query)
         self.metrics.upstream_requests.labels(**labels).inc()
         started = time.monotonic()
         try:
@@ -126,7 +136,7 @@ class DnsServer:
         except (OSError, TimeoutError) as exc:
             self.metrics.upstream_failures.labels(**labels).inc()
             log.debug("upstream DNS failed", extra=kv(error=repr(exc)))
-            return None
+            return _servfail(query)
         self.metrics.upstream_duration.labels(**labels).observe(time.monotonic() - started)
         return reply
 
