@@ -1,4 +1,4 @@
-"""Shared helper for benchmarks: write ``bench/results/<name>.json`` (a flat object of named figures) and print it."""
+"""Shared helper for benchmarks: write ``bench/results/<name>.json`` (flat named figures) and print it."""
 
 from __future__ import annotations
 
