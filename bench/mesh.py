@@ -447,8 +447,14 @@ def spawn(procs: list[subprocess.Popen[str]], argv: list[str], env: dict[str, st
     return p
 
 
-def wait_ready(p: subprocess.Popen[str]) -> None:
+def wait_ready(p: subprocess.Popen[str], timeout_s: float = 60.0) -> None:
+    """Wait (bounded) for the child's READY line; a child that hangs must not hang the benchmark."""
+    import select
+
     assert p.stdout is not None
+    ready, _, _ = select.select([p.stdout], [], [], timeout_s)
+    if not ready:
+        raise RuntimeError(f"child {p.args} not ready after {timeout_s:g}s")
     line = p.stdout.readline()
     if line.strip() != "READY":
         raise RuntimeError(f"child {p.args} did not start: {line!r}")
