@@ -155,3 +155,40 @@ async def test_run_fails_closed_with_a_cni_error_on_a_garbled_answer(tmp_path: A
     error = json.loads(out)
     assert error["code"] == 11
     assert "something other than JSON" in error["details"]
+
+
+async def test_run_turns_unexpected_errors_into_a_cni_error(tmp_path: Any) -> None:
+    """A malformed enablement selector in our conflist entry fails the ADD with a CNI error object (so the
+    runtime logs it and retries), not a traceback. The plugin asks a local stand-in API server over HTTP."""
+    from aiohttp import web
+
+    async def get(request: web.Request) -> web.Response:
+        ns, name = request.match_info["ns"], request.match_info.get("name")
+        body = {"metadata": {"name": name or ns, "namespace": ns}} if name else {"metadata": {"name": ns}}
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", get)
+    app.router.add_get("/api/v1/namespaces/{ns}", get)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {"clusters": [{"cluster": {"server": f"http://127.0.0.1:{port}"}}], "users": [{"user": {}}]}
+        )
+    )
+    bad = [{"podSelector": {"matchExpressions": [{"key": "a", "operator": "Sometimes"}]}}]
+    try:
+        out, code = await asyncio.to_thread(
+            run, env(), conf(kubeconfig=str(kubeconfig), enablement_selectors=bad)
+        )
+    finally:
+        await runner.cleanup()
+    assert code == 1
+    error = json.loads(out)
+    assert error["code"] == 100
+    assert "unknown label selector operator 'Sometimes'" in error["msg"]

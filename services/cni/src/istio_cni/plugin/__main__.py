@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from istio_cni.enrolment import DEFAULT_SELECTORS, should_enrol
 from istio_cni.plugin.agentclient import PLUGIN_EVENT_SOCKET, AgentUnavailable, post_add
 from istio_cni.plugin.core import (
+    ERR_INTERNAL,
     ERR_TRY_AGAIN_LATER,
     CniError,
     CniRequest,
@@ -80,6 +81,10 @@ def run(env: Mapping[str, str], stdin: bytes) -> tuple[bytes, int]:
     except CniError as err:
         _log("error", err.msg, code=err.code, details=err.details)
         return render_error(err, version), 1
+    except Exception as exc:  # fail closed with a CNI error object, never a bare traceback
+        internal = CniError(ERR_INTERNAL, f"istio-cni: unexpected failure: {exc}", type(exc).__name__)
+        _log("error", internal.msg, code=internal.code, details=internal.details)
+        return render_error(internal, version), 1
 
 
 def main() -> None:

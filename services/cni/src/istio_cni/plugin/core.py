@@ -23,6 +23,7 @@ ERR_IO = 5
 ERR_DECODE = 6
 ERR_INVALID_CONFIG = 7
 ERR_TRY_AGAIN_LATER = 11
+ERR_INTERNAL = 100  # plugin-specific (100+): a bug or an unforeseen input; the ADD fails
 
 
 class CniError(Exception):
