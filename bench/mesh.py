@@ -641,7 +641,7 @@ def main() -> None:
                         {},
                     )
                 )
-            figures = uvloop.run(measure(tmp, net, procs))
+            figures = uvloop.run(asyncio.wait_for(measure(tmp, net, procs), 300))  # never hang CI
         finally:
             for p in procs:
                 with contextlib.suppress(OSError):
