@@ -119,6 +119,9 @@ def test_named_target_port_resolution_per_pod() -> None:
     other = pod()
     other["spec"]["containers"] = [{"ports": [{"name": "grpc", "containerPort": 7070}]}]
     assert k8s_service_ports(svc(), other) == (r.Port(9000, 9001),)  # name missing on this pod ⇒ omitted
+    udp = pod()
+    udp["spec"]["containers"] = [{"ports": [{"name": "http", "containerPort": 8080, "protocol": "UDP"}]}]
+    assert k8s_service_ports(svc(), udp) == (r.Port(9000, 9001),)  # FindPortName matches TCP ports only
 
 
 def test_services_map_selects_by_labels_and_service_entries() -> None:

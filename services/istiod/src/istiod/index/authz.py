@@ -70,7 +70,7 @@ class ConvertedPolicy:
 
     authorization: Authorization | None
     status: PolicyStatus | None = None
-    selector: tuple[tuple[str, str], ...] | None = None  # matchLabels for WORKLOAD_SELECTOR scope
+    selector: tuple[tuple[str, str], ...] | None = None  # matchLabels (None: attached to no workload)
 
 
 def string_match(value: str) -> StringMatch:
@@ -262,10 +262,12 @@ def _convert(obj: Obj, root_namespace: str, dry_run_enabled: bool) -> ConvertedP
         if converted is not None:
             rules.append(converted)
     auth = Authorization(name, namespace, scope, action, tuple(rules), dry_run)
-    match_labels = (selector or {}).get("matchLabels") or {}
-    if not isinstance(match_labels, dict):
+    match_labels = (selector or {}).get("matchLabels")
+    if match_labels is not None and not isinstance(match_labels, dict):
         raise TypeError(f"selector.matchLabels must be a map, got {match_labels!r}")
-    labels = tuple(sorted(match_labels.items())) if selector is not None else None
+    # upstream attaches by NewSelector(GetMatchLabels()) and skips a nil map: `selector: {}` is a
+    # WORKLOAD_SELECTOR policy that no workload lists, while `matchLabels: {}` selects them all (§5.7)
+    labels = tuple(sorted(match_labels.items())) if match_labels is not None else None
     return ConvertedPolicy(auth, _http_status(action, rules, http), labels)
 
 
