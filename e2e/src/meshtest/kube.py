@@ -181,7 +181,7 @@ class KubeCluster:
             env = dict(item.split("=", 1) for item in environ.read().decode().split("\0") if "=" in item)
         # the caller's argv, with the container's own environment
         return subprocess.run(
-            ["nsenter", "-t", pid, "-n", "-m", "-u", "--", *argv],
+            ["nsenter", "-t", pid, "-n", "-m", "-u", "-r", "-w", "--", *argv],
             capture_output=True,
             text=True,
             env=env,

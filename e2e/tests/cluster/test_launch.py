@@ -73,3 +73,45 @@ def test_unstartable_command_reports_and_exits_128(tmp_path: Path) -> None:
     )
     assert result.returncode == 128
     assert "cannot start container" in result.stderr
+
+
+def test_private_root_creates_nothing_on_the_host(tmp_path: Path) -> None:
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "file").write_text("v")
+    target = f"/amb-launch-test-{tmp_path.name}/deep/target"
+    script = (
+        f"cat {target}/file; echo; touch /amb-written-{tmp_path.name} && echo WROTE; ls /proc/self/ns/net"
+    )
+    result = launch(
+        tmp_path,
+        {
+            "netns": None,
+            "hostname": "",
+            "workdir": None,
+            "argv": ["sh", "-c", script],
+            "env": {"PATH": "/usr/bin:/bin"},
+            "capabilities": None,
+            "rootfs": str(tmp_path / "rootfs"),
+            "mounts": [{"source": str(volume), "target": target, "read_only": False}],
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["v", "WROTE", "/proc/self/ns/net"]
+    assert not Path(f"/amb-launch-test-{tmp_path.name}").exists()  # the mount point lived in the overlay
+    assert not Path(f"/amb-written-{tmp_path.name}").exists()  # and so did the container's own write
+    assert not list((tmp_path / "rootfs").iterdir())  # the scratch tmpfs went with the mount namespace
+
+
+def test_mount_targets_resolve_symlinks_inside_the_root(tmp_path: Path) -> None:
+    from meshtest.cluster.launch import in_root
+
+    root = tmp_path / "root"
+    (root / "run").mkdir(parents=True)
+    (root / "var").mkdir()
+    (root / "var" / "run").symlink_to("/run")
+    (root / "etc").mkdir()
+    (root / "etc" / "alt").symlink_to("../run/x")
+    assert in_root(str(root), "/var/run/secrets/tokens") == str(root / "run" / "secrets" / "tokens")
+    assert in_root(str(root), "/etc/alt/y") == str(root / "run" / "x" / "y")
+    assert in_root("", "/var/run/a") == "/var/run/a"

@@ -3,8 +3,9 @@ volumes at their mount paths, set the hostname, then exec the container's comman
 ``python -m meshtest.cluster.launch <plan.json>``; after the exec the pid is the container's process.
 
 The new mount namespace is a *slave* of the node's: mounts the host makes later (a new pod's
-``/run/netns/...``)
-still appear inside, which the CNI agent and ztunnel rely on, while the pod's own binds never leak out.
+``/run/netns/...``) still appear inside, which the CNI agent and ztunnel rely on, while the pod's own binds
+never leak out. With a ``rootfs`` scratch dir in the plan, the container gets its own root
+(:func:`make_root`), so no mount point is ever created on the host's filesystem.
 """
 
 from __future__ import annotations
@@ -89,9 +90,68 @@ def setns(path: str) -> None:
         os.close(fd)
 
 
-def mount(source: str | None, target: str, flags: int) -> None:
+def mount(
+    source: str | None, target: str, flags: int, fstype: str | None = None, data: str | None = None
+) -> None:
     src = source.encode() if source else None
-    _check(_libc.mount(src, target.encode(), None, flags, None), f"mount {source} on {target}")
+    kind = fstype.encode() if fstype else None
+    options = data.encode() if data else None
+    _check(_libc.mount(src, target.encode(), kind, flags, options), f"mount {source} on {target}")
+
+
+def in_root(root: str, path: str) -> str:
+    """``path`` as seen from inside ``root``, following symlinks relative to ``root`` (``/var/run`` is often
+    ``-> /run``: resolved on the host it would escape into the host's ``/run``)."""
+    if not root:
+        return path
+    parts = [p for p in path.split("/") if p]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = Path(root, *resolved, part)
+        if candidate.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise OSError(f"too many symlinks resolving {path} in {root}")
+            link = os.readlink(candidate)
+            if link.startswith("/"):
+                resolved = []
+            parts = [p for p in link.split("/") if p and p != "."] + parts
+            continue
+        resolved.append(part)
+    return str(Path(root, *resolved))
+
+
+def _child_mounts_of_root() -> list[str]:
+    """Mount points directly below this namespace's ``/`` (``/proc``, ``/sys``, ``/dev``, ``/run/netns``)."""
+    entries = [line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    root_ids = {fields[0] for fields in entries if fields[4] == "/"}
+    return sorted({fields[4] for fields in entries if fields[1] in root_ids and fields[4] != "/"})
+
+
+def make_root(scratch: str) -> str:
+    """The container's root: an overlay of the host's ``/`` (read through) with a private tmpfs on top, and
+    the host's other mounts bound in. Mount points for volumes are then created in the overlay, never on the
+    host, and writes outside volumes stay private to the container, as with an image's filesystem."""
+    base = Path(scratch)
+    base.mkdir(parents=True, exist_ok=True)
+    mount("tmpfs", scratch, 0, "tmpfs", "mode=0755")
+    for sub in ("upper", "work", "root"):
+        (base / sub).mkdir()
+    root = base / "root"
+    layers = f"lowerdir=/,upperdir={base / 'upper'},workdir={base / 'work'}"
+    mount("overlay", str(root), 0, "overlay", layers)
+    for target in _child_mounts_of_root():
+        inside = root / target.lstrip("/")
+        if target.startswith(scratch) or not inside.is_dir():
+            continue
+        mount(target, str(inside), MS_BIND | MS_REC)  # slaves too: later /run/netns entries still appear
+    return str(root)
 
 
 def bind(source: str, target: str, read_only: bool) -> None:
@@ -114,12 +174,16 @@ def enter(plan: dict[str, object]) -> None:
         setns(netns)
     _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWUTS), "unshare")
     mount(None, "/", MS_REC | MS_SLAVE)
+    scratch = plan.get("rootfs")
+    root = make_root(str(scratch)) if isinstance(scratch, str) else ""
     mounts: list[dict[str, object]] = plan.get("mounts", [])  # type: ignore[assignment]
     for item in mounts:
-        bind(str(item["source"]), str(item["target"]), bool(item.get("read_only")))
+        bind(str(item["source"]), in_root(root, str(item["target"])), bool(item.get("read_only")))
     hostname = str(plan.get("hostname") or "")
     if hostname:
         _check(_libc.sethostname(hostname.encode(), len(hostname.encode())), "sethostname")
+    if root:
+        os.chroot(root)
 
 
 def limit_capabilities(keep: list[str] | None) -> None:

@@ -365,6 +365,7 @@ class PodWorker:
             "env": env,
             "workdir": plan.workdir,
             "capabilities": None if plan.capabilities is None else list(plan.capabilities),
+            "rootfs": str(self.dir / "rootfs" / state.name),
             "mounts": [
                 {"source": m.source, "target": m.target, "read_only": m.read_only} for m in plan.mounts
             ],

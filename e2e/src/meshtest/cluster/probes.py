@@ -41,7 +41,19 @@ async def probe_once(probe: Obj, target: ProbeTarget, http: aiohttp.ClientSessio
         if "exec" in probe:
             if target.pid is None:
                 return False
-            argv = ["nsenter", "-t", str(target.pid), "-n", "-m", "-u", "--", *probe["exec"]["command"]]
+            # -r/-w: the container's own root (chroot) and working directory, not just its mount namespace
+            argv = [
+                "nsenter",
+                "-t",
+                str(target.pid),
+                "-n",
+                "-m",
+                "-u",
+                "-r",
+                "-w",
+                "--",
+                *probe["exec"]["command"],
+            ]
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
             )
