@@ -17,7 +17,7 @@ from ztunnel.proxy.common import connect_app, reset
 from ztunnel.proxy.context import ILLEGAL_PORTS, PodContext
 from ztunnel.proxy.inbound import LiveConnection, recheck_live
 from ztunnel.proxy.tcp_relay import relay_tcp
-from ztunnel.proxy.telemetry import ConnectionRecord, Endpoints
+from ztunnel.proxy.telemetry import ConnectionRecord, Endpoints, connection_failed
 from ztunnel.rbac import ConnInfo, evaluate
 
 __all__ = ["InboundPlaintextProxy"]
@@ -33,14 +33,17 @@ class InboundPlaintextProxy:
     async def handle(self, sock: socket.socket, peer: tuple[str, int]) -> None:
         try:
             dst = original_dst(sock)
-        except OSError:
+        except OSError as exc:
+            connection_failed("inbound", peer, None, f"no original destination: {exc}")
             reset(sock)
             return
         if dst[1] in ILLEGAL_PORTS:
+            connection_failed("inbound", peer, dst, f"illegal destination port {dst[1]}")
             reset(sock)
             return
         wl = await self.pod.fetch_workload()
         if wl is None:
+            connection_failed("inbound", peer, dst, "local workload unknown")
             reset(sock)
             return
         s = self.pod.services

@@ -25,7 +25,7 @@ from ztunnel.proxy.common import reset, source_metadata
 from ztunnel.proxy.context import PodContext
 from ztunnel.proxy.route import Drop, Hbone, Passthrough, Plain, Plan, plan_outbound
 from ztunnel.proxy.tcp_relay import relay_tcp
-from ztunnel.proxy.telemetry import ConnectionRecord, Endpoints
+from ztunnel.proxy.telemetry import ConnectionRecord, Endpoints, connection_failed
 from ztunnel.state.records import Workload
 
 __all__ = ["OutboundProxy"]
@@ -42,15 +42,13 @@ class OutboundProxy:
         try:
             dst = original_dst(sock)
         except OSError as exc:
-            log.warning("no original destination", extra=kv(src=peer, error=str(exc)))
+            connection_failed("outbound", peer, None, f"no original destination: {exc}")
             reset(sock)
             return
         src = await self.pod.fetch_workload()
         if src is None:
-            log.warning(
-                "source workload unknown; dropping",
-                extra=kv(pod=f"{self.pod.info.namespace}/{self.pod.info.name}"),
-            )
+            pod = f"{self.pod.info.namespace}/{self.pod.info.name}"
+            connection_failed("outbound", peer, dst, f"workload of pod {pod} unknown (is istiod reachable?)")
             reset(sock)
             return
         s = self.pod.services

@@ -21,7 +21,7 @@ from prometheus_client import Counter
 from ztunnel.metrics import FAILURE_FLAGS, TRAFFIC_LABELS, ProxyMetrics
 from ztunnel.state.records import Service, Workload
 
-__all__ = ["ConnectionRecord", "Endpoints"]
+__all__ = ["ConnectionRecord", "Endpoints", "connection_failed"]
 
 access_log = logging.getLogger("access")
 
@@ -185,3 +185,18 @@ class ConnectionRecord:
             access_log.error("connection complete", extra=kv(**fields))
         else:
             access_log.info("connection complete", extra=kv(**fields))
+
+
+def connection_failed(direction: str, src: tuple[str, int], dst: tuple[str, int] | None, error: str) -> None:
+    """An early rejection, before there is a connection record (§7.3: WARN "connection failed")."""
+    access_log.warning(
+        "connection failed",
+        extra=kv(
+            **{
+                "src.addr": _addr(src),
+                "dst.addr": _addr(dst) if dst else "-",
+                "direction": direction,
+                "error": error,
+            }
+        ),
+    )
