@@ -78,6 +78,10 @@ def test_tunnel_protocol_only_with_redirection_annotation() -> None:
     w = pod_workload(native, CTX)
     assert w is not None
     assert (w.tunnel_protocol, w.native_tunnel) == (r.TUNNEL_HBONE, True)
+    native["metadata"]["labels"]["networking.istio.io/tunnel"] = "h2c,http"
+    assert pod_workload(native, CTX).native_tunnel is True  # type: ignore[union-attr]
+    native["metadata"]["labels"]["networking.istio.io/tunnel"] = "https"  # a list of names, not a substring
+    assert pod_workload(native, CTX).tunnel_protocol == r.TUNNEL_NONE  # type: ignore[union-attr]
 
 
 def test_host_network_and_trust_domain() -> None:

@@ -135,7 +135,7 @@ def k8s_service(
         name=name, namespace=ns, hostname=k8s_hostname(name, ns, ctx), addresses=vips, ports=ports,
         waypoint=waypoint, load_balancing=load_balancing(svc, namespace),
         ip_families=_ip_families(list(spec.get("ipFamilies") or [])), canonical=True,
-        ingress_use_waypoint=ingress == "true",
+        ingress_use_waypoint=(ingress or "").lower() == "true",  # strings.EqualFold upstream
     )  # fmt: skip
 
 

@@ -90,7 +90,7 @@ def workload_name(pod: Obj) -> str:
 
 def tunnel(labels: Mapping[str, str], annotations: Mapping[str, str]) -> tuple[int, bool]:
     """(tunnel_protocol, native_tunnel): HBONE iff redirection is enabled, or native via the label."""
-    if "http" in labels.get(TUNNEL_LABEL, ""):
+    if "http" in labels.get(TUNNEL_LABEL, "").split(","):  # a comma-separated list (model.SupportsTunnel)
         return TUNNEL_HBONE, True
     if annotations.get(REDIRECTION) == "enabled":
         return TUNNEL_HBONE, False
