@@ -570,9 +570,29 @@ async def test_connection_pool_limits_overflow_with_503(env: Env) -> None:
     first = asyncio.ensure_future(env.client.request(streams[0], get("/pool/1?delay=1")))
     await asyncio.wait_for(env.backends["v1"].arrived("/pool/1"), 10)
     second = asyncio.ensure_future(env.client.request(streams[1], get("/pool/2")))
-    await asyncio.wait_for(env.app.proxy._limits[limited.name].queued.wait(), 10)  # second waits behind first
+    limiter = env.app.proxy.forwarder.limits[limited.name]
+    await asyncio.wait_for(limiter.queued.wait(), 10)  # the second request waits behind the first
     overflow = await env.client.request(streams[2], get("/pool/3"))
     assert overflow.status == 503
     assert b"overflow" in overflow.body
     assert [r.status for r in await asyncio.gather(first, second)] == [200, 200]
     assert env.app.proxy.upstreams.opened == 2  # maxRequestsPerConnection 1: no reuse
+
+
+async def test_mirroring_sends_a_shadow_copy(env: Env) -> None:
+    cfg = config(env.key)
+    cfg.services[0].routes.insert(
+        0,
+        pb.Route(
+            name="mirror",
+            matches=[pb.RouteMatch(path=pb.StringMatch(path_prefix="/mirror"))],
+            backends=[pb.WeightedCluster(cluster=f"inbound-vip|80|v1|{HOST}", weight=1)],
+            mirrors=[pb.Mirror(cluster=f"inbound-vip|80|v2|{HOST}", percent=100)],
+        ),
+    )
+    assert env.app.store.apply(TYPE_URL, [("default/waypoint", cfg)], []) == []
+    stream = await env.client.open(f"{VIP}:80")
+    resp = await env.client.request(stream, get("/mirror/x"))
+    assert resp.header("x-backend") == "v1"
+    await asyncio.wait_for(env.backends["v2"].arrived("/mirror/x"), 10)
+    assert env.backends["v2"].requests[-1].header("host") == "reviews-shadow"

@@ -16,13 +16,12 @@ one access-log record, span end). Local replies go through the same telemetry.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from meshkit.drain import TaskOwner
@@ -36,7 +35,8 @@ from waypoint import records as rec
 from waypoint.authz import AuthzContext, Policy, evaluate
 from waypoint.authz import Decision as AuthzDecision
 from waypoint.config import ConfigStore
-from waypoint.h2c import H2UpstreamPool, grpc_status_for, serve_h2c
+from waypoint.forwarding import Forwarder, Outcome
+from waypoint.h2c import grpc_status_for, serve_h2c
 from waypoint.http1 import (
     CONTINUE,
     BadMessage,
@@ -49,9 +49,7 @@ from waypoint.http1 import (
 )
 from waypoint.jwtauth import JwtFailure, JwtRules
 from waypoint.routing import (
-    Balancer,
     default_route,
-    endpoint_key,
     pick_backend,
     redirect_location,
     rewrite_request,
@@ -66,21 +64,12 @@ from waypoint.telemetry import (
     log_access,
     parse_baggage,
 )
-from waypoint.upstream import StreamOpener, UpstreamError, UpstreamPool, relay_streams
+from waypoint.upstream import StreamOpener, UpstreamError, relay_streams
 
-__all__ = ["DEFAULT_RETRY", "Downstream", "ExtAuthzCheck", "WaypointProxy"]
+__all__ = ["Downstream", "ExtAuthzCheck", "WaypointProxy"]
 
 log = logging.getLogger("waypoint")
 
-#: Istio's default route retry policy (applied when a route has none): 2 retries on connect failure,
-#: refused stream, gRPC unavailable/cancelled, or 503; never the same host twice (previous_hosts).
-DEFAULT_RETRY = rec.RetryPolicy(
-    attempts=2,
-    retry_on=frozenset(
-        {"connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"}
-    ),
-    retriable_status_codes=frozenset({503}),
-)
 H2_PREFACE = b"PRI * HTTP/2.0"
 _METHOD_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -101,20 +90,6 @@ class Downstream:
     @property
     def principal(self) -> str:
         return self.peer.identity.principal
-
-
-@dataclass(slots=True)
-class _Outcome:
-    """What happened to one request, for telemetry."""
-
-    flags: str = "-"
-    details: str = "via_upstream"
-    route: str = ""
-    cluster: rec.Cluster | None = None
-    endpoint: rec.Endpoint | None = None
-    attempts: int = 0
-    error: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 class WaypointProxy:
@@ -138,15 +113,14 @@ class WaypointProxy:
         self.tracing = tracing or Tracing()
         self.identity = identity
         self.rng = rng or random.Random()
-        self.balancer = Balancer(self.rng)
-        self.upstreams = UpstreamPool(opener)
         self._open = opener
         self._ext_authz = ext_authz
         self._sniff_timeout = sniff_timeout_s
         self._owner = owner or TaskOwner("waypoint-proxy")
-        self.h2_upstreams = H2UpstreamPool(opener, lambda coro: self._owner.spawn(coro, name="h2c-upstream"))
+        self.forwarder = Forwarder(opener, self.rng, self._owner)
+        self.balancer = self.forwarder.balancer
+        self.upstreams = self.forwarder.upstreams
         self.active_tunnels = 0
-        self._limits: dict[str, _Limiter] = {}
 
     # -- tunnels ----------------------------------------------------------------------------------------
 
@@ -284,7 +258,7 @@ class WaypointProxy:
     async def process(self, req: Request, down: Downstream) -> Response:
         """Run one request through the L7 pipeline; always returns a response (never raises)."""
         start = time.monotonic()
-        out = _Outcome()
+        out = Outcome()
         request_id = req.header("x-request-id")
         if request_id is None:
             request_id = str(uuid.uuid4())
@@ -305,7 +279,7 @@ class WaypointProxy:
         self._finish(req, resp, down, out, span, start, req_bytes, request_id)
         return resp
 
-    async def _pipeline(self, req: Request, down: Downstream, out: _Outcome) -> Response:
+    async def _pipeline(self, req: Request, down: Downstream, out: Outcome) -> Response:
         snap = self.store.snapshot
         svc = down.service
         denied = await self._authorize(snap, req, down, out)
@@ -338,11 +312,11 @@ class WaypointProxy:
             req.set_headers(backend.request_headers.apply(req.headers))
         out.cluster = cluster
         for mirror, percent in route.mirrors:
-            self._mirror(snap, mirror, percent, req, down)
+            self.forwarder.mirror(snap, mirror, percent, req, down.peer.address[0])
         port = svc.port(down.port)
         if req.http2 and port is not None and port.protocol == "HTTP":
             req.http2 = False  # an HTTP (1.1) port: Istio speaks HTTP/1.1 upstream whatever the client used
-        resp = await self._forward(route, cluster, req, down, out)
+        resp = await self.forwarder.forward(route, cluster, req, down.peer.address[0], out)
         if backend.response_headers:
             resp.headers = backend.response_headers.apply(resp.headers)
         if route.response_headers:
@@ -350,7 +324,7 @@ class WaypointProxy:
         return resp
 
     async def _authorize(
-        self, snap: rec.Snapshot, req: Request, down: Downstream, out: _Outcome
+        self, snap: rec.Snapshot, req: Request, down: Downstream, out: Outcome
     ) -> Response | None:
         jwt_rules = JwtRules(snap.jwt.providers + down.service.jwt.providers)
         principal: str | None = None
@@ -393,7 +367,7 @@ class WaypointProxy:
         return None
 
     async def _custom(
-        self, decision: AuthzDecision, req: Request, down: Downstream, out: _Outcome
+        self, decision: AuthzDecision, req: Request, down: Downstream, out: Outcome
     ) -> Response | None:
         check = self._ext_authz or self._ext_authz_http
         for policy in decision.custom:
@@ -431,7 +405,7 @@ class WaypointProxy:
             resp.status, [(k, v) for k, v in resp.headers if k not in {"content-length"}], resp.body
         )
 
-    async def _local_reply(self, route: rec.Route, req: Request, out: _Outcome) -> Response | None:
+    async def _local_reply(self, route: rec.Route, req: Request, out: Outcome) -> Response | None:
         if route.direct_response is not None:
             out.details = "direct_response"
             status, body = route.direct_response
@@ -451,138 +425,6 @@ class WaypointProxy:
             extra = [("grpc-status", str(fault.abort_grpc_status))] if fault.abort_grpc_status else []
             return simple_response(fault.abort_status or 503, "fault filter abort", extra)
         return None
-
-    async def _forward(
-        self, route: rec.Route, cluster: rec.Cluster, req: Request, down: Downstream, out: _Outcome
-    ) -> Response:
-        if cluster.max_connections:
-            if not await self._admit(cluster):
-                out.flags, out.details = "UO", "upstream_overflow"
-                return simple_response(
-                    503, "upstream connect error or disconnect/reset before headers. reset reason: overflow"
-                )
-            try:
-                return await self._forward_admitted(route, cluster, req, down, out)
-            finally:
-                self._limits[cluster.name].release()
-        return await self._forward_admitted(route, cluster, req, down, out)
-
-    async def _forward_admitted(
-        self, route: rec.Route, cluster: rec.Cluster, req: Request, down: Downstream, out: _Outcome
-    ) -> Response:
-        policy = route.retries if route.retries is not None else DEFAULT_RETRY
-        try:
-            if route.timeout_s > 0:
-                async with asyncio.timeout(route.timeout_s):
-                    return await self._attempts(policy, cluster, req, down, out)
-            return await self._attempts(policy, cluster, req, down, out)
-        except TimeoutError:
-            out.flags, out.details = "UT", "upstream_response_timeout"
-            return simple_response(504, "upstream request timeout")
-
-    async def _admit(self, cluster: rec.Cluster) -> bool:
-        """connectionPool: wait for a free connection slot, or refuse when the pending queue is full."""
-        limiter = self._limits.get(cluster.name)
-        if limiter is None:
-            limiter = self._limits[cluster.name] = _Limiter()
-        return await limiter.acquire(cluster.max_connections, cluster.max_pending_requests)
-
-    async def _attempts(
-        self, policy: rec.RetryPolicy, cluster: rec.Cluster, req: Request, down: Downstream, out: _Outcome
-    ) -> Response:
-        data = b"" if req.http2 else serialize_request(req)
-        tried: set[str] = set()
-        resp: Response | None = None
-        for attempt in range(policy.attempts + 1):
-            ep = self.balancer.pick(cluster, req, down.peer.address[0], tried)
-            if ep is None:
-                out.flags, out.details = "UH", "no_healthy_upstream"
-                return simple_response(503, "no healthy upstream")
-            tried.add(endpoint_key(ep))
-            out.endpoint, out.attempts = ep, attempt + 1
-            try:
-                resp = await self._try(policy, cluster, ep, req, data)
-            except UpstreamError as exc:
-                self.balancer.outcome(cluster, ep, 0)
-                out.flags, out.error = exc.flag, exc.detail
-                if exc.kind == "timeout":
-                    out.details = "upstream_per_try_timeout"
-                    resp = simple_response(504, "upstream request timeout")
-                else:
-                    out.details = "upstream_reset_before_response_started{" + exc.kind + "}"
-                    resp = simple_response(
-                        503,
-                        "upstream connect error or disconnect/reset before headers. "
-                        f"reset reason: {exc.kind}",
-                    )
-                if not _retriable_error(policy, exc) or attempt == policy.attempts:
-                    return resp
-            else:
-                self.balancer.outcome(cluster, ep, resp.status)
-                out.flags, out.details, out.error = "-", "via_upstream", ""
-                if not _retriable_status(policy, resp.status) or attempt == policy.attempts:
-                    return resp
-                out.flags = "URX" if attempt + 1 == policy.attempts else "-"
-            await asyncio.sleep(self.rng.uniform(0, 0.025 * (2**attempt)))  # Envoy's jittered backoff
-        assert resp is not None
-        return resp
-
-    async def _try(
-        self, policy: rec.RetryPolicy, cluster: rec.Cluster, ep: rec.Endpoint, req: Request, data: bytes
-    ) -> Response:
-        head = req.method == "HEAD"
-        self.balancer.started(cluster.name, ep)
-        try:
-            for fresh_retry in (False, True):
-                try:
-                    if policy.per_try_timeout_s > 0:
-                        async with asyncio.timeout(policy.per_try_timeout_s):
-                            return await self._exchange(cluster, ep, req, data, head)
-                    return await self._exchange(cluster, ep, req, data, head)
-                except UpstreamError as exc:
-                    # A stale keep-alive tunnel the backend closed: retry once on a fresh one.
-                    if not (exc.reused and exc.kind == "reset") or fresh_retry:
-                        raise
-                except TimeoutError:
-                    raise UpstreamError("timeout", "per-try timeout") from None
-            raise AssertionError("unreachable")  # pragma: no cover
-        finally:
-            self.balancer.finished(cluster.name, ep)
-
-    async def _exchange(
-        self, cluster: rec.Cluster, ep: rec.Endpoint, req: Request, data: bytes, head: bool
-    ) -> Response:
-        if req.http2 and cluster.tls is None:
-            return await self.h2_upstreams.request(ep.address, ep.port, req)
-        if req.http2:  # TLS origination is HTTP/1.1 only
-            data, req.http2 = serialize_request(req), False
-        return await self.upstreams.exchange(
-            ep.address,
-            ep.port,
-            data,
-            head=head,
-            tls=cluster.tls,
-            sni=cluster.tls_sni,
-            max_requests=cluster.max_requests_per_connection,
-        )
-
-    def _mirror(self, snap: rec.Snapshot, name: str, percent: float, req: Request, down: Downstream) -> None:
-        cluster = snap.clusters.get(name)
-        if cluster is None or self.rng.random() * 100 >= (percent or 100):
-            return
-        ep = self.balancer.pick(cluster, req, down.peer.address[0])
-        if ep is None:
-            return
-        shadow = Request(req.method, req.path, req.query, list(req.headers), req.body)
-        shadow.set_header("host", f"{req.authority.rsplit(':', 1)[0]}-shadow")
-        data = serialize_request(shadow)
-
-        async def send() -> None:
-            with contextlib.suppress(UpstreamError, TimeoutError):
-                async with asyncio.timeout(5.0):
-                    await self.upstreams.exchange(ep.address, ep.port, data)
-
-        self._owner.spawn(send(), name="mirror")
 
     # -- telemetry --------------------------------------------------------------------------------------
 
@@ -634,7 +476,7 @@ class WaypointProxy:
         req: Request,
         resp: Response,
         down: Downstream,
-        out: _Outcome,
+        out: Outcome,
         span: RequestSpan,
         start: float,
         req_bytes: int,
@@ -688,51 +530,11 @@ class WaypointProxy:
         span.end(resp.status, {"upstream_cluster": fields["upstream_cluster"], "response_flags": out.flags})  # type: ignore[dict-item]
 
     def config_changed(self, snap: rec.Snapshot) -> None:
-        """A new config: drop idle upstream tunnels to endpoints it no longer has."""
-        keep = {e.address for c in snap.clusters.values() for e in c.endpoints}
-        keep.update(s.workload.address for s in snap.services if s.workload is not None)
-        self.upstreams.prune(keep)
+        self.forwarder.config_changed(snap)
 
     async def close(self) -> None:
-        self.upstreams.close()
-        self.h2_upstreams.close()
+        self.forwarder.close()
         await self._owner.close()
-
-
-class _Limiter:
-    """In-flight requests of one cluster (connectionPool maxConnections) with a bounded wait queue."""
-
-    def __init__(self) -> None:
-        self.active = 0
-        self.waiters: list[asyncio.Future[None]] = []
-        self.queued = asyncio.Event()  # set whenever a request starts waiting (observability, tests)
-
-    async def acquire(self, limit: int, max_pending: int) -> bool:
-        if self.active < limit and not self.waiters:
-            self.active += 1
-            return True
-        if max_pending and len(self.waiters) >= max_pending:
-            return False
-        waiter = asyncio.get_running_loop().create_future()
-        self.waiters.append(waiter)
-        self.queued.set()
-        try:
-            await waiter  # release() hands its slot over: active is unchanged
-        except asyncio.CancelledError:
-            if waiter in self.waiters:
-                self.waiters.remove(waiter)
-            elif waiter.done() and not waiter.cancelled():
-                self.release()  # the slot was handed to us just as we were cancelled
-            raise
-        return True
-
-    def release(self) -> None:
-        while self.waiters:
-            waiter = self.waiters.pop(0)
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self.active -= 1
 
 
 def _looks_like_http1(first: bytes) -> bool:
@@ -754,23 +556,3 @@ def _replace(req: Request, name: str, value: str) -> None:
 def _strip_token(req: Request, location: str) -> None:
     if location and not location.startswith("?"):
         req.set_headers([(k, v) for k, v in req.headers if k != location])
-
-
-def _retriable_error(policy: rec.RetryPolicy, exc: UpstreamError) -> bool:
-    on = policy.retry_on
-    if "5xx" in on or "gateway-error" in on:
-        return True
-    if exc.kind == "connect-failure":
-        return "connect-failure" in on or "reset" in on
-    if exc.kind == "reset":
-        return "reset" in on
-    return False
-
-
-def _retriable_status(policy: rec.RetryPolicy, status: int) -> bool:
-    on = policy.retry_on
-    if "5xx" in on and status >= 500:
-        return True
-    if "gateway-error" in on and status in (502, 503, 504):
-        return True
-    return "retriable-status-codes" in on and status in policy.retriable_status_codes
