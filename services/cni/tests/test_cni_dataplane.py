@@ -4,6 +4,7 @@ which stay (fail closed). The failure is real: the node's probe ipset does not e
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -134,3 +135,64 @@ async def test_annotation_injection_runs_nothing_and_installs_nothing(make_netns
     assert not marker.exists()
     assert not has_rules(ns)
     assert dataplane.pods == {}
+
+
+class OneNamespace:
+    """``KubeView`` over one pod whose namespace the test labels while the controller runs."""
+
+    def __init__(self, pod: dict[str, Any]) -> None:
+        self.the_pod = pod
+        self.ns: dict[str, Any] = {"metadata": {"name": "demo", "labels": {}}}
+
+    def pod(self, key: str) -> dict[str, Any] | None:
+        return self.the_pod
+
+    def namespace(self, name: str) -> dict[str, Any] | None:
+        return self.ns
+
+    def node_pods(self) -> list[Mapping[str, Any]]:
+        return [self.the_pod]
+
+    async def fetch_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.the_pod
+
+    async def fetch_namespace(self, name: str) -> dict[str, Any] | None:
+        return self.ns
+
+
+async def test_owner_written_redirection_annotation_does_not_skip_rules(make_netns, subnet: str) -> None:  # type: ignore[no-untyped-def]
+    """With AMBIENT_RECONCILE_POD_RULES_ON_STARTUP=false the agent trusts a previous agent's rules, but only
+    during its start-up reconcile: later, a pod that carries the annotation from its own spec (its owner wrote
+    it) and then joins the mesh must still get its rules, or its traffic would bypass ztunnel."""
+    import asyncio
+
+    from istio_cni.controller import PodController
+    from istio_cni.enrolment import DEFAULT_SELECTORS
+
+    ns = make_netns()
+    ns.sh("ip", "link", "add", "cni-d0", "type", "veth", "peer", "name", "cni-d1")
+    ns.sh("ip", "addr", "add", f"{subnet}.7/24", "dev", "cni-d0")
+    the_pod = pod({"ambient.istio.io/redirection": "enabled"})
+    the_pod["status"] = {"phase": "Running", "podIP": f"{subnet}.7"}
+    view = OneNamespace(the_pod)
+    dataplane = MeshDataplane(DataplaneConfig(), Recorder(), CniMetrics(new_registry()))
+    controller = PodController(view, dataplane, DEFAULT_SELECTORS, [], reapply_on_startup=False)
+    controller.resync()
+    worker = asyncio.create_task(controller.run())
+    try:
+        async with asyncio.timeout(10):
+            await controller.idle.wait()  # start-up reconcile done: the pod is not selected yet
+            assert not has_rules(ns)
+            view.ns["metadata"]["labels"] = {"istio.io/dataplane-mode": "ambient"}
+            controller.namespace_changed(view.ns)
+            await controller.idle.wait()
+        assert list(dataplane.pods) == ["u1"]
+        assert has_rules(ns)
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+        if "u1" in dataplane.pods:
+            await dataplane.unenrol("u1", deleted=False)
+        dataplane.close()
+    assert not has_rules(ns)

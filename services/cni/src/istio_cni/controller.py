@@ -63,6 +63,9 @@ class PodController:
         self.reapply_on_startup = reapply_on_startup
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.idle = asyncio.Event()  # set whenever the queue has been drained (tests wait on it)
+        # Until the start-up reconcile has drained, a redirection annotation means a previous agent's rules.
+        # Afterwards it proves nothing (a pod's owner can write it), so rules are always applied.
+        self.starting = True
 
     # ---- event intake (called on the loop by informers) ----
 
@@ -94,6 +97,7 @@ class PodController:
     async def run(self) -> None:
         while True:
             if self.queue.empty():
+                self.starting = False
                 self.idle.set()
             key = await self.queue.get()
             try:
@@ -123,7 +127,9 @@ class PodController:
         if self.wants(pod, namespace):
             if uid not in self.dataplane.pods and pod_ips(pod):
                 # a pod a previous agent enrolled keeps its rules unless we were told to re-apply them
-                inherited = bool(enrolment.annotations_of(pod).get(enrolment.REDIRECTION_ANNOTATION))
+                inherited = self.starting and bool(
+                    enrolment.annotations_of(pod).get(enrolment.REDIRECTION_ANNOTATION)
+                )
                 await self.dataplane.enrol(pod, apply_rules=self.reapply_on_startup or not inherited)
         elif uid in self.dataplane.pods:
             await self.dataplane.unenrol(uid, deleted=False)
