@@ -27,17 +27,11 @@ from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
 
 from istiod.index import meta
 from istiod.index import waypoints as wp
+from istiod.waypoint.clusters import ClusterBuilder, Index, workload_name
 from istiod.waypoint.deployment import CLASS_NAME
 from istiod.waypoint.policy import convert_authorization, convert_request_authn, targets
-from istiod.waypoint.routes import (
-    INVALID,
-    Converted,
-    convert_httproute,
-    convert_tcproute,
-    convert_virtualservice,
-    parse_duration_ms,
-    vs_hosts,
-)
+from istiod.waypoint.routes import Converted, convert_httproute, convert_tcproute
+from istiod.waypoint.virtualservice import convert_virtualservice, vs_hosts
 
 Obj = dict[str, Any]
 
@@ -45,14 +39,6 @@ __all__ = ["BuildResult", "L7Inputs", "StatusUpdate", "build_configs"]
 
 BOUND_CONDITION = "istio.io/WaypointBound"
 XFCC_ANNOTATION = "ambient.istio.io/xfcc-include-client-identity"
-LB = {
-    "ROUND_ROBIN": pb.ROUND_ROBIN,
-    "LEAST_REQUEST": pb.LEAST_REQUEST,
-    "LEAST_CONN": pb.LEAST_REQUEST,
-    "RANDOM": pb.RANDOM,
-    "PASSTHROUGH": pb.PASSTHROUGH,
-    "UNSPECIFIED": pb.LB_DEFAULT,
-}
 PROTOCOLS = {
     "http": pb.HTTP,
     "http2": pb.HTTP2,
@@ -113,203 +99,6 @@ def _protocol(port: Obj) -> int:
     return PROTOCOLS.get(prefix, pb.PROTOCOL_UNSPECIFIED)
 
 
-def _pod_ready(pod: Obj) -> bool:
-    status = pod.get("status") or {}
-    if (pod.get("metadata") or {}).get("deletionTimestamp") or not status.get("podIP"):
-        return False
-    if status.get("phase") in {"Succeeded", "Failed"}:
-        return False
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-
-
-def _target_port(svc_port: Obj, pod: Obj) -> int | None:
-    target = svc_port.get("targetPort", svc_port.get("port"))
-    if isinstance(target, int) or str(target).isdigit():
-        return int(str(target))
-    for c in (pod.get("spec") or {}).get("containers") or []:
-        for p in c.get("ports") or []:
-            if p.get("name") == target:
-                return int(p["containerPort"])
-    return None
-
-
-class _Index:
-    """Lookups over the inputs, built once per build."""
-
-    def __init__(self, inputs: L7Inputs) -> None:
-        self.inputs = inputs
-        self.ns_labels = {meta.name(n): meta.labels(n) for n in inputs.namespaces}
-        self.services = {
-            f"{meta.name(s)}.{meta.namespace(s)}.svc.{inputs.domain_suffix}": s for s in inputs.services
-        }
-        self.pods_by_ns: dict[str, list[Obj]] = defaultdict(list)
-        for pod in inputs.pods:
-            self.pods_by_ns[meta.namespace(pod)].append(pod)
-        self.drs: dict[str, Obj] = {}
-        for dr in sorted(
-            inputs.destinationrules, key=lambda d: str((d.get("metadata") or {}).get("creationTimestamp", ""))
-        ):
-            host = str(meta.spec(dr).get("host", ""))
-            fq = f"{host}.{meta.namespace(dr)}.svc.{inputs.domain_suffix}" if "." not in host else host
-            self.drs.setdefault(fq, dr)  # oldest wins, as upstream merges conflicting rules
-
-
-class _Clusters:
-    """Creates clusters on demand while routes are converted."""
-
-    def __init__(self, index: _Index) -> None:
-        self.index = index
-        self.clusters: dict[str, pb.Cluster] = {}
-
-    def __call__(self, host: str, port: int, subset: str) -> str | None:
-        if host.startswith(INVALID):
-            self.clusters.setdefault(host, pb.Cluster(name=host, hostname=host))
-            return host
-        svc = self.index.services.get(host)
-        if svc is None:
-            return None
-        ports = meta.spec(svc).get("ports") or []
-        svc_port = (
-            next((p for p in ports if int(p.get("port", 0)) == port), None)
-            if port
-            else (ports[0] if ports else None)
-        )
-        if svc_port is None:
-            return None
-        port = int(svc_port["port"])
-        name = f"inbound-vip|{port}|{subset or 'http'}|{host}"
-        if name not in self.clusters:
-            cluster = self._build(name, host, svc, svc_port, subset)
-            if cluster is None:
-                return None
-            self.clusters[name] = cluster
-        return name
-
-    def _lb(self, cluster: pb.Cluster, dr: Obj | None, subset: Obj | None) -> None:
-        policy = _setting(dr, subset, cluster.port, "loadBalancer") or {}
-        if policy.get("simple"):
-            cluster.lb = LB.get(str(policy["simple"]), pb.LB_DEFAULT)
-        ch = policy.get("consistentHash") or {}
-        if ch:
-            cluster.lb = pb.CONSISTENT_HASH
-            if ch.get("httpHeaderName"):
-                cluster.hash.header = str(ch["httpHeaderName"])
-            elif ch.get("httpCookie"):
-                cluster.hash.cookie = str(ch["httpCookie"].get("name", ""))
-            elif ch.get("useSourceIp"):
-                cluster.hash.source_ip = True
-            elif ch.get("httpQueryParameterName"):
-                cluster.hash.query_param = str(ch["httpQueryParameterName"])
-
-    def _build(self, name: str, host: str, svc: Obj, svc_port: Obj, subset: str) -> pb.Cluster | None:
-        dr = self.index.drs.get(host)
-        subset_obj = None
-        if subset:
-            subset_obj = next(
-                (s for s in meta.spec(dr).get("subsets") or [] if s.get("name") == subset), None
-            )
-            if subset_obj is None:
-                return None
-        cluster = pb.Cluster(name=name, hostname=host, port=int(svc_port["port"]), subset=subset)
-        self._lb(cluster, dr, subset_obj)
-        _outlier(cluster, dr, subset_obj)
-        _client_tls(cluster, dr, subset_obj)
-        _connection_pool(cluster, dr, subset_obj)
-        selector = meta.spec(svc).get("selector") or {}
-        wanted = {**selector, **((subset_obj or {}).get("labels") or {})}
-        for pod in self.index.pods_by_ns.get(meta.namespace(svc), []):
-            if not selector or not meta.matches_labels(wanted, meta.labels(pod)) or not _pod_ready(pod):
-                continue
-            target = _target_port(svc_port, pod)
-            if target is None:
-                continue
-            labels = meta.labels(pod)
-            sa = (pod.get("spec") or {}).get("serviceAccountName") or "default"
-            cluster.endpoints.append(
-                pb.Endpoint(
-                    address=str(pod["status"]["podIP"]),
-                    port=target,
-                    weight=1,
-                    healthy=True,
-                    workload=_workload_name(pod),
-                    namespace=meta.namespace(pod),
-                    identity=f"spiffe://{self.index.inputs.trust_domain}/ns/{meta.namespace(pod)}/sa/{sa}",
-                    canonical_name=labels.get("service.istio.io/canonical-name")
-                    or labels.get("app")
-                    or _workload_name(pod),
-                    canonical_revision=labels.get("service.istio.io/canonical-revision")
-                    or labels.get("version")
-                    or "latest",
-                    cluster_id=self.index.inputs.cluster_id,
-                )
-            )
-        return cluster
-
-
-def _setting(dr: Obj | None, subset: Obj | None, port: int, key: str) -> Any:
-    """One DestinationRule traffic-policy field: subset over top level, and inside each a matching
-    ``portLevelSettings`` entry over the policy itself (Istio's precedence)."""
-    for policy in ((subset or {}).get("trafficPolicy") or {}, meta.spec(dr).get("trafficPolicy") or {}):
-        for level in policy.get("portLevelSettings") or []:
-            if int((level.get("port") or {}).get("number") or 0) == port and level.get(key):
-                return level[key]
-        if policy.get(key):
-            return policy[key]
-    return None
-
-
-def _outlier(cluster: pb.Cluster, dr: Obj | None, subset: Obj | None) -> None:
-    """DestinationRule ``outlierDetection`` (subset over top level); Istio's defaults for unset fields."""
-    od = _setting(dr, subset, cluster.port, "outlierDetection")
-    if not od:
-        return
-    five = od.get("consecutive5xxErrors", od.get("consecutiveErrors", 5))
-    cluster.outlier.CopyFrom(
-        pb.OutlierDetection(
-            consecutive_5xx=int(five or 0),
-            consecutive_gateway_errors=int(od.get("consecutiveGatewayErrors") or 0),
-            base_ejection_ms=parse_duration_ms(od.get("baseEjectionTime")) or 30_000,
-            max_ejection_percent=int(od.get("maxEjectionPercent") or 10),
-        )
-    )
-
-
-def _connection_pool(cluster: pb.Cluster, dr: Obj | None, subset: Obj | None) -> None:
-    """DestinationRule ``connectionPool``: tcp.maxConnections, http.http1MaxPendingRequests,
-    http.maxRequestsPerConnection (the HTTP/1.1 pool the waypoint keeps per cluster)."""
-    pool = _setting(dr, subset, cluster.port, "connectionPool") or {}
-    tcp, http = pool.get("tcp") or {}, pool.get("http") or {}
-    cluster.max_connections = int(tcp.get("maxConnections") or 0)
-    cluster.max_pending_requests = int(http.get("http1MaxPendingRequests") or 0)
-    cluster.max_requests_per_connection = int(http.get("maxRequestsPerConnection") or 0)
-
-
-def _client_tls(cluster: pb.Cluster, dr: Obj | None, subset: Obj | None) -> None:
-    """DestinationRule ``tls``: SIMPLE originates TLS to the app (MUTUAL is not supported; ISTIO_MUTUAL and
-    DISABLE are no-ops in ambient, where HBONE already is mTLS)."""
-    tls = _setting(dr, subset, cluster.port, "tls")
-    if not tls or tls.get("mode") != "SIMPLE":
-        return
-    ca = str(tls.get("caCertificates") or "")
-    cluster.tls.CopyFrom(
-        pb.ClientTls(
-            sni=str(tls.get("sni") or ""),
-            ca_certificates=ca if ca.startswith("-----BEGIN") else "",  # a file path means nothing to us
-            insecure_skip_verify=bool(tls.get("insecureSkipVerify", False)),
-        )
-    )
-
-
-def _workload_name(pod: Obj) -> str:
-    owners = (pod.get("metadata") or {}).get("ownerReferences") or []
-    name = meta.name(pod)
-    if owners and owners[0].get("kind") == "ReplicaSet":
-        return str(owners[0]["name"]).rsplit("-", 1)[0]
-    if owners:
-        return str(owners[0]["name"])
-    return name
-
-
 def _admits(gw: Obj, namespace: str, ns_labels: Mapping[str, str]) -> bool:
     listener = wp._hbone_listener(gw)  # the index's reading of the HBONE listener (same rules, §5.4)
     routes = (listener.get("allowedRoutes") or {}).get("namespaces") or {}
@@ -348,7 +137,7 @@ def _gen(obj: Obj) -> int:
 class _Builder:
     def __init__(self, inputs: L7Inputs) -> None:
         self.inputs = inputs
-        self.index = _Index(inputs)
+        self.index = Index(inputs)
         self.result = BuildResult()
         self.waypoints = {
             f"{meta.namespace(g)}/{meta.name(g)}": g
@@ -357,7 +146,7 @@ class _Builder:
         }
         self.bound: dict[str, list[Obj]] = defaultdict(list)
         self.bound_pods: dict[str, list[Obj]] = defaultdict(list)
-        self.cluster_sets: dict[str, _Clusters] = {}
+        self.cluster_sets: dict[str, ClusterBuilder] = {}
 
     def bind(self) -> None:
         for svc in self.inputs.services:
@@ -413,12 +202,12 @@ class _Builder:
             address=ips[0],
             weight=1,
             healthy=True,
-            workload=_workload_name(pod),
+            workload=workload_name(pod),
             namespace=ns,
             identity=f"spiffe://{self.inputs.trust_domain}/ns/{ns}/sa/{sa}",
             canonical_name=labels.get("service.istio.io/canonical-name")
             or labels.get("app")
-            or _workload_name(pod),
+            or workload_name(pod),
             canonical_revision=labels.get("service.istio.io/canonical-revision")
             or labels.get("version")
             or "latest",
@@ -438,7 +227,7 @@ class _Builder:
             StatusUpdate("Service", meta.namespace(svc), meta.name(svc), {"conditions": [cond]})
         )
 
-    def service_config(self, svc: Obj, clusters: _Clusters) -> pb.Service:
+    def service_config(self, svc: Obj, clusters: ClusterBuilder) -> pb.Service:
         host = f"{meta.name(svc)}.{meta.namespace(svc)}.svc.{self.inputs.domain_suffix}"
         spec = meta.spec(svc)
         out = pb.Service(
@@ -585,7 +374,7 @@ class _Builder:
     def build(self) -> BuildResult:
         self.bind()
         for key, gw in sorted(self.waypoints.items()):
-            clusters = _Clusters(self.index)
+            clusters = ClusterBuilder(self.index)
             cfg = pb.WaypointConfig(
                 name=meta.name(gw),
                 namespace=meta.namespace(gw),
