@@ -28,7 +28,7 @@ from aiohttp import web
 from meshkit import logs
 
 from meshtest.cluster.cni import CniRunner
-from meshtest.cluster.config import K8S_VERSION, ClusterLayout, NodeSpec
+from meshtest.cluster.config import K8S_VERSION, ClusterLayout, NodeSpec, node_capacity
 from meshtest.cluster.kubeapi import ApiError, AsyncKube, retrying, ssl_context
 from meshtest.cluster.pods import NodeContext, PodWorker
 from meshtest.cluster.podstatus import now
@@ -67,8 +67,8 @@ def node_object(node: NodeSpec) -> Obj:
 
 def node_status(node: NodeSpec, since: str) -> Obj:
     """The Node status heartbeat; ``since`` (agent start) is every condition's lastTransitionTime."""
-    cpu = str(os.cpu_count() or 1)
-    memory = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 1024}Ki"
+    cpus, memory_bytes = node_capacity()
+    cpu, memory = str(cpus), f"{memory_bytes // 1024}Ki"
     resources = {"cpu": cpu, "memory": memory, "pods": "110", "ephemeral-storage": "100Gi"}
     stamp = now()
 

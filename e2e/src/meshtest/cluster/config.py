@@ -35,6 +35,13 @@ INSTANCE_ENV = "AMBIENT_CLUSTER_INSTANCE"
 MAX_WORKERS = 15
 
 
+def node_capacity() -> tuple[int, int]:
+    """(CPUs, memory bytes) each node advertises. Nodes share one machine, so like kind nodes each offers the
+    whole of it, with CPUs rounded up to 16 so the mesh's CPU requests never make a small VM unschedulable."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(os.cpu_count() or 1, 16), memory
+
+
 def instance_prefix(instance: int) -> str:
     """Name prefix of an instance's netns and links: ``amb-`` for instance 0, ``amb-<n>-`` otherwise."""
     return PREFIX if instance == 0 else f"{PREFIX}{instance}-"

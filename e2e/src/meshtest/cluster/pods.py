@@ -26,7 +26,7 @@ import aiohttp
 
 from meshtest.cluster import podplan, probes, volumes
 from meshtest.cluster.cni import CniRunner, pod_args, result_ips
-from meshtest.cluster.config import DNS_SVC_IP, RUN_MARKER_ENV, NodeSpec, pod_netns_name
+from meshtest.cluster.config import DNS_SVC_IP, RUN_MARKER_ENV, NodeSpec, node_capacity, pod_netns_name
 from meshtest.cluster.kubeapi import ApiError, AsyncKube
 from meshtest.cluster.podstatus import ContainerState, PodProgress, now, pod_status
 
@@ -254,8 +254,7 @@ class PodWorker:
                 continue
             self.sources.tokens[key] = await self._token(audience, expiry)
             self.token_times[key] = time.monotonic()
-        self.sources.node_cpu = os.cpu_count() or 1
-        self.sources.node_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        self.sources.node_cpu, self.sources.node_memory = node_capacity()
 
     async def _token(self, audience: str, expiry: int) -> str:
         sa = self.pod["spec"].get("serviceAccountName") or "default"
