@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from google.protobuf import json_format
-
 from meshkit.hbone.testing import TestCA
 from meshkit.identity.spiffe import Identity
 from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
