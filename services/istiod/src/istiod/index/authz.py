@@ -113,9 +113,12 @@ def ip_matches(values: Sequence[str] | None) -> tuple[IpMatch, ...]:
         text = str(value)
         try:
             if "/" in text:
+                addr_text, _, bits = text.partition("/")
+                if "%" in addr_text or meta.number(bits) is None:
+                    continue  # netip.ParsePrefix: no zone, decimal bits only (no "/255.0.0.0" netmask form)
                 net = ipaddress.ip_network(text, strict=False)
                 # the prefix's own address is kept as written, like netip.ParsePrefix(...).Addr()
-                addr = ipaddress.ip_address(text.split("/", 1)[0])
+                addr = ipaddress.ip_address(addr_text)
                 out.append(IpMatch(addr.packed, net.prefixlen))
             else:
                 addr = ipaddress.ip_address(text)
