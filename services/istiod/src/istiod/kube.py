@@ -30,7 +30,9 @@ KINDS: dict[str, tuple[r.Resource, bool]] = {
 
 
 def _slim(obj: Obj) -> Obj:
-    (obj.get("metadata") or {}).pop("managedFields", None)
+    metadata = obj.get("metadata")
+    if isinstance(metadata, dict):  # anything else is left for the derivations to refuse, alone
+        metadata.pop("managedFields", None)
     return obj
 
 
