@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections import Counter
@@ -475,9 +476,21 @@ async def test_unreachable_endpoint_is_503_with_details_in_the_access_log(
 ) -> None:
     cfg = config(env.key)
     dead = f"inbound-vip|80|dead|{HOST}"
-    cfg.clusters.append(pb.Cluster(name=dead, hostname=HOST, port=80, endpoints=[
-        pb.Endpoint(address="10.79.1.99", port=8080, healthy=True, identity=f"spiffe://{TD}/ns/default/sa/reviews")
-    ]))  # fmt: skip
+    cfg.clusters.append(
+        pb.Cluster(
+            name=dead,
+            hostname=HOST,
+            port=80,
+            endpoints=[
+                pb.Endpoint(
+                    address="10.79.1.99",
+                    port=8080,
+                    healthy=True,
+                    identity=f"spiffe://{TD}/ns/default/sa/reviews",
+                )
+            ],
+        )
+    )
     cfg.services[0].routes.insert(
         0,
         pb.Route(
@@ -596,3 +609,18 @@ async def test_mirroring_sends_a_shadow_copy(env: Env) -> None:
     assert resp.header("x-backend") == "v1"
     await asyncio.wait_for(env.backends["v2"].arrived("/mirror/x"), 10)
     assert env.backends["v2"].requests[-1].header("host") == "reviews-shadow"
+
+
+async def test_jwt_payload_is_forwarded_in_a_header_when_asked(env: Env) -> None:
+    cfg = config(env.key)
+    cfg.services[0].jwt.providers[0].output_payload_to_header = "x-jwt-payload"
+    assert env.app.store.apply(TYPE_URL, [("default/waypoint", cfg)], []) == []
+    token = jwt.encode(
+        {"iss": ISS, "sub": "sub-1", "exp": int(time.time()) + 60}, env.key, "RS256", headers={"kid": "k1"}
+    )
+    stream = await env.client.open(f"{VIP}:80")
+    ok = await env.client.request(stream, get("/jwt", headers=[("authorization", f"Bearer {token}")]))
+    assert ok.status == 200
+    payload = env.backends["v1"].requests[-1].header("x-jwt-payload") or ""
+    decoded = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert decoded["sub"] == "sub-1"

@@ -16,6 +16,8 @@ one access-log record, span end). Local replies go through the same telemetry.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import random
 import time
@@ -336,7 +338,11 @@ class WaypointProxy:
                 out.flags, out.details = "-", "jwt_authn_access_denied"
                 return simple_response(401, str(exc))
             principal, claims = result.principal, result.claims
-            if result.provider is not None and not result.provider.forward_original_token:
+            provider = result.provider
+            if provider is not None and provider.output_payload_to_header:
+                payload = base64.urlsafe_b64encode(json.dumps(dict(claims)).encode()).rstrip(b"=").decode()
+                req.set_header(provider.output_payload_to_header.lower(), payload)
+            if provider is not None and not provider.forward_original_token:
                 _strip_token(req, result.location)
         policies = snap.policies + down.service.policies
         if not policies:
