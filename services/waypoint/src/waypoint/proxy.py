@@ -360,6 +360,8 @@ class WaypointProxy:
             claims,
         )
         decision = evaluate(policies, ctx)
+        if decision.audited:  # AUDIT policies only mark the request in the access log
+            out.extra["audit_policies"] = ",".join(decision.audited)
         if decision.custom:
             denied = await self._custom(decision, req, down, out)
             if denied is not None:
@@ -530,6 +532,7 @@ class WaypointProxy:
             "x_request_id": request_id,
             "trace_id": span.trace_id,
         }
+        fields.update(out.extra)
         if out.error:
             fields["error"] = out.error
         log_access(fields, error=bool(out.error) and resp.status >= 500)
