@@ -297,10 +297,11 @@ async def _measure(cert_dir: Path, waypoint_pid: int, port: int) -> dict[str, fl
 
 
 def main() -> None:
+    import uvloop
     from _results import write_results
 
     if len(sys.argv) > 2 and sys.argv[1] == "--dest":
-        asyncio.run(_dest(Path(sys.argv[2])))
+        uvloop.run(_dest(Path(sys.argv[2])))
         return
     with tempfile.TemporaryDirectory(prefix="wp-bench-") as tmpdir:
         tmp = Path(tmpdir)
@@ -327,7 +328,7 @@ def main() -> None:
             wp = _spawn([sys.executable, "-m", "waypoint"], wp_env)
             procs.append(wp)
             port = _READY_PORTS[wp.pid]
-            figures = asyncio.run(_measure(tmp, wp.pid, port))
+            figures = uvloop.run(_measure(tmp, wp.pid, port))
         finally:
             for p in procs:
                 p.terminate()

@@ -13,6 +13,7 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import uvloop
 from meshkit import logs
 from meshkit.drain import install_sigterm
 from meshkit.identity.caclient import CaClient, CaClientConfig, CaClientSettings
@@ -59,10 +60,13 @@ async def main_async() -> None:
 
 
 def main() -> None:
-    # asyncio, not uvloop, for now: meshkit.hbone.connection asserts an asyncio.Transport, which uvloop's
-    # SSL transport is not (reported; switch back when HBONE accepts it).
+    # uvloop: cheaper socket and TLS plumbing per request (python-perf.md §3i); WAYPOINT_EVENT_LOOP=asyncio
+    # falls back to the standard loop.
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main_async())
+        if os.environ.get("WAYPOINT_EVENT_LOOP", "uvloop") == "asyncio":
+            asyncio.run(main_async())
+        else:
+            uvloop.run(main_async())
 
 
 if __name__ == "__main__":
