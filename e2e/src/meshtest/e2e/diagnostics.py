@@ -20,8 +20,12 @@ COMPONENTS = (
 
 def collect(kube: KubeCluster, namespaces: Sequence[str], mesh_namespace: str = "istio-system") -> str:
     parts = []
+    columns = ("NAME:.metadata.name,NODE:.spec.nodeName,IP:.status.podIP,"
+               "REDIRECTION:.metadata.annotations.ambient\\.istio\\.io/redirection")
     for ns in (*namespaces, mesh_namespace):
         try:
+            table = kube.kubectl("get", "pods", "-n", ns, "-o", f"custom-columns={columns}", check=False)
+            parts.append(f"===== pods of {ns}\n{table.stdout}")
             parts.append(f"===== namespace {ns}\n{kube.dump(ns)}")
         except Exception as err:  # a dump must never hide the test's own failure
             parts.append(f"===== namespace {ns}: dump failed: {err}")
