@@ -27,6 +27,7 @@ def ip(text: str) -> bytes:
 def pod(name: str = "web-5d8f-abcde", ns: str = "app", **kw: Any) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "metadata": {"name": name, "namespace": ns, "labels": {"app": "web", "pod-template-hash": "5d8f"},
+                     "generateName": "web-5d8f-",
                      "annotations": {}, "ownerReferences": [{"kind": "ReplicaSet", "name": "web-5d8f",
                                                              "controller": True}]},
         "spec": {"nodeName": "node1", "serviceAccountName": "web-sa",
@@ -108,6 +109,14 @@ def test_workload_name_from_owners() -> None:
     bare = pod()
     bare["metadata"]["ownerReferences"] = []
     assert workload_name(bare) == "web-5d8f-abcde"
+    not_controller = pod()
+    not_controller["metadata"]["ownerReferences"][0]["controller"] = False
+    assert workload_name(not_controller) == "web-5d8f-abcde"  # only a controller owner names the workload
+    named = pod()
+    del named["metadata"]["generateName"]  # a pod whose name was not generated is its own workload
+    assert workload_name(named) == "web-5d8f-abcde"
+    job["metadata"]["ownerReferences"][0]["name"] = "migrate-1234"  # not a CronJob's timestamp suffix
+    assert workload_name(job) == "migrate-1234"
 
 
 def svc(name: str = "web", ns: str = "app", **spec: Any) -> dict[str, Any]:

@@ -71,9 +71,14 @@ def canonical(labels: Mapping[str, str], workload_name: str) -> tuple[str, str]:
 
 
 def workload_name(pod: Obj) -> str:
-    """The owning workload's name: Deployment for a ReplicaSet, CronJob for a scheduled Job, else owner."""
-    owners = (pod.get("metadata") or {}).get("ownerReferences") or ()
-    owner = next((o for o in owners if o.get("controller")), owners[0] if owners else None)
+    """The owning workload's name, as upstream's GetDeployMetaFromPod: only for a pod with a generated name
+    and a *controller* owner; Deployment for a ReplicaSet carrying the pod-template-hash, CronJob for a Job
+    named ``<cronjob>-<8 to 10 digits>``, else the owner; otherwise the pod's own name."""
+    metadata = meta.as_map(pod.get("metadata"))
+    if not metadata.get("generateName"):
+        return meta.name(pod)
+    owners = [meta.as_map(o) for o in meta.as_list(metadata.get("ownerReferences"))]
+    owner = next((o for o in owners if o.get("controller") is True), None)
     if owner is None:
         return meta.name(pod)
     name, kind = str(owner.get("name", "")), owner.get("kind")
@@ -83,7 +88,7 @@ def workload_name(pod: Obj) -> str:
             return name[: -len(template_hash) - 1]
     if kind == "Job":
         base, _, suffix = name.rpartition("-")
-        if base and suffix.isdigit():
+        if base and suffix.isascii() and suffix.isdigit() and 8 <= len(suffix) <= 10:
             return base  # a CronJob's Job is named <cronjob>-<scheduled time>
     return name
 
