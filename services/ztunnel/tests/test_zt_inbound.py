@@ -185,3 +185,63 @@ async def test_sandwiched_waypoint_accepts_its_targets() -> None:
     decision = await proxy.handle(peer(), connect("10.96.0.8:80"))  # type: ignore[arg-type]
     assert isinstance(decision, Reject)
     assert decision.status == 400
+
+
+def _with_tunnel(state: State, tunnel: tuple[str, int]) -> None:
+    wl = state.workloads.by_uid["app"]
+    fields = {f: getattr(wl, f) for f in wl.__slots__}
+    state.insert_workload(Workload(**{**fields, "application_tunnel": tunnel}))  # type: ignore[arg-type]
+
+
+async def _accepts(server: socket.socket) -> bool:
+    try:
+        conn, _ = await asyncio.wait_for(asyncio.get_running_loop().sock_accept(server), 0.5)
+    except TimeoutError:
+        return False
+    conn.close()
+    return True
+
+
+async def test_foreign_authority_is_never_dialled() -> None:
+    """A pod with an application tunnel (or a sandwiched waypoint) accepts an authority that is not its own
+    IP, but the connection still goes to the pod's own IP (the HBONE destination): a peer must not be able to
+    make ztunnel dial other addresses from inside the pod (§2.7: the authority only picks the port)."""
+    foreign = socket.create_server(("127.0.0.2", 0))
+    port = foreign.getsockname()[1]
+    local = socket.create_server(("127.0.0.1", port))
+    for s in (foreign, local):
+        s.setblocking(False)
+    proxy, state = make(port)
+    _with_tunnel(state, ("NONE", 0))
+    try:
+        decision = await proxy.handle(peer(), connect(f"127.0.0.2:{port}"))  # type: ignore[arg-type]
+        assert isinstance(decision, Forward)
+        sock = await decision.connect()
+        sock.close()
+        assert await _accepts(local)
+        assert not await _accepts(foreign)
+    finally:
+        foreign.close()
+        local.close()
+
+
+async def test_proxy_header_names_the_authority() -> None:
+    """The PROXY header's destination is what the peer asked for (the authority), not the pod's address."""
+    tunnel = socket.create_server(("127.0.0.1", 0))
+    tunnel.setblocking(False)
+    proxy, state = make(8080)
+    _with_tunnel(state, ("PROXY", tunnel.getsockname()[1]))
+    loop = asyncio.get_running_loop()
+    try:
+        decision = await proxy.handle(peer(), connect("10.1.2.3:9090"))  # type: ignore[arg-type]
+        assert isinstance(decision, Forward)
+        sock = await decision.connect()
+        accepted, _ = await asyncio.wait_for(loop.sock_accept(tunnel), 5)
+        accepted.setblocking(False)
+        data = await asyncio.wait_for(loop.sock_recv(accepted, 4096), 5)
+        assert data[16 + 4 : 16 + 8] == bytes([10, 1, 2, 3])
+        assert int.from_bytes(data[16 + 10 : 16 + 12], "big") == 9090
+        accepted.close()
+        sock.close()
+    finally:
+        tunnel.close()

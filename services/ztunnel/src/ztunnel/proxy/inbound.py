@@ -108,7 +108,7 @@ class InboundProxy:
         target = self._target(peer, request, wl)
         if isinstance(target, Reject):
             return target
-        (target_ip, port), svc = target
+        (target_ip, port), svc, tunnel_dst = target
         s = self.pod.services
         src_addr = (unmap(peer.address[0]), peer.address[1])
         conn = ConnInfo(src_addr[0], peer.identity, target_ip, port)
@@ -129,27 +129,42 @@ class InboundProxy:
             return Reject(401, decision.reason)
         live = LiveConnection(conn, wl, None, ConnectionRecord(s.metrics, endpoints))
         live.record.open()
-        return self._forward(peer, request, wl, live, src_addr)
+        return self._forward(peer, request, wl, live, src=src_addr, tunnel_dst=tunnel_dst)
 
     def _target(
         self, peer: InboundPeer, request: ConnectRequest, wl: Workload
-    ) -> tuple[tuple[str, int], Service | None] | Reject:
-        """Where the CONNECT goes in this pod: (ip, target port) and the service when hostname-addressed."""
+    ) -> tuple[tuple[str, int], Service | None, tuple[str, int]] | Reject:
+        """Where the CONNECT goes in this pod: (this pod's IP, target port), the service when addressed by
+        hostname, and the address an application tunnel is told about (the authority; a VIP for a hostname).
+
+        The dialled IP is always the TCP destination of the HBONE connection (the pod itself): the authority
+        only chooses the port. Even where a foreign authority IP is accepted (application tunnel, sandwiched
+        waypoint) it is never dialled, so a peer cannot make this pod connect elsewhere (§2.7).
+        """
         auth = request.authority
         local_ip = unmap(peer.local_address[0])
         if auth.is_ip:
-            if auth.host != local_ip and auth.host not in wl.addresses and not self._may_proxy(wl, auth.host):
+            if auth.host != local_ip and not self._may_proxy(wl, auth.host):
                 return Reject(400, f"authority {auth} is not this pod")
-            target, svc = (auth.host, auth.port), None
+            port, svc, tunnel_dst = auth.port, None, (auth.host, auth.port)
         else:  # hostname form (gateways): service port -> this pod's target port
             svc = self.pod.services.state.find_services_by_hostname(auth.host, wl.namespace)
             port = self._target_port(wl, svc, auth.port) if svc is not None else 0
-            if not port:
+            if not port or svc is None:
                 return Reject(503, f"no upstream for {auth} on this pod")
-            target = (local_ip, port)
-        if target[1] in ILLEGAL_PORTS:
-            return Reject(503, f"illegal target port {target[1]}")
-        return target, svc
+            vip = self._tunnel_vip(svc)
+            if vip is None and wl.application_tunnel is not None:
+                return Reject(503, f"no IP for service {auth.host} to put in the tunnel header")
+            tunnel_dst = (vip or local_ip, auth.port)
+        if port in ILLEGAL_PORTS:
+            return Reject(503, f"illegal target port {port}")
+        return (local_ip, port), svc, tunnel_dst
+
+    def _tunnel_vip(self, svc: Service) -> str | None:
+        """The VIP of ``svc`` on our network, IPv4 preferred (PROXY headers carry no hostname)."""
+        network = self.pod.services.state.network
+        ours = [ip for net, ip in svc.vips if net == network]
+        return next((ip for ip in ours if ":" not in ip), ours[0] if ours else None)
 
     def _forward(
         self,
@@ -157,7 +172,9 @@ class InboundProxy:
         request: ConnectRequest,
         wl: Workload,
         live: LiveConnection,
+        *,
         src: tuple[str, int],
+        tunnel_dst: tuple[str, int],
     ) -> Forward:
         """Dial the app from inside the pod (original source kept, or through its PROXY app tunnel)."""
         s = self.pod.services
@@ -165,10 +182,13 @@ class InboundProxy:
         src_ip = live.conn.src_ip if s.spoof_source else None
         prefix = b""
         tunnel = wl.application_tunnel
-        if tunnel is not None and tunnel[0] == "PROXY" and tunnel[1]:
+        if tunnel is not None:
+            dst = (dst[0], tunnel[1] or dst[1])  # the tunnel's own port, if it has one
+        if tunnel is not None and tunnel[0] == "PROXY":
             # the app's tunnel port on the pod's loopback; the PROXY header carries who is really calling
-            prefix = proxy_protocol.header(src, dst, peer.identity.uri)
-            dst, src_ip = ("127.0.0.1", tunnel[1]), None
+            # and what they asked for (the authority)
+            prefix = proxy_protocol.header(src, tunnel_dst, peer.identity.uri)
+            dst, src_ip = ("::1" if ":" in dst[0] else "127.0.0.1", dst[1]), None
         meter = self._meter(peer, request, live)
 
         async def connect() -> socket.socket:
