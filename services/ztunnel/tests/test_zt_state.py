@@ -155,3 +155,47 @@ async def test_fetch_pod_workload_waits_for_arrival() -> None:
 async def test_fetch_times_out() -> None:
     state = State()
     assert await state.fetch_pod_workload("p", "default", "sa", "n", 0.01) is None
+
+
+def test_a_workload_entry_cannot_take_over_a_pod_ip() -> None:
+    """Two workloads on one IP: the pod wins whatever the order (a user-written WorkloadEntry must not
+    redirect or downgrade traffic to a pod), and removing one claimant leaves the other findable."""
+    pod = Workload("Kubernetes//Pod/default/web", "web", "default", ("10.77.0.9",), tunnel_protocol="HBONE")
+    entry_uid = "Kubernetes/networking.istio.io/WorkloadEntry/default/fake"
+    entry = Workload(entry_uid, "fake", "default", ("10.77.0.9",))
+    for first, second in ((pod, entry), (entry, pod)):
+        state = State()
+        state.insert_workload(first)
+        state.insert_workload(second)
+        assert state.find_workload_by_ip("10.77.0.9") == pod
+        state.insert_workload(entry)  # an update of the entry changes nothing
+        assert state.find_workload_by_ip("10.77.0.9") == pod
+        state.apply_addresses([], [pod.uid])
+        assert state.find_workload_by_ip("10.77.0.9") == entry
+        state.insert_workload(pod)
+        state.apply_addresses([], [entry.uid])
+        assert state.find_workload_by_ip("10.77.0.9") == pod
+
+
+def test_reused_pod_ip_survives_the_old_pods_removal() -> None:
+    """A new pod gets the IP of a pod that is going away; the old one's last update and removal must not
+    hide the new one (its traffic would leave as plaintext passthrough)."""
+    old = Workload("Kubernetes//Pod/default/a", "a", "default", ("10.77.0.8",), tunnel_protocol="HBONE")
+    new = Workload("Kubernetes//Pod/default/b", "b", "default", ("10.77.0.8",), tunnel_protocol="HBONE")
+    state = State()
+    state.insert_workload(old)
+    state.insert_workload(new)
+    state.insert_workload(old)  # the terminating pod's status update
+    state.apply_addresses([], [old.uid])
+    assert state.find_workload_by_ip("10.77.0.8") == new
+
+
+def test_host_network_workloads_are_not_found_by_ip() -> None:
+    """HostNetwork pods carry their node's IP: traffic to a node IP is not traffic to that pod (upstream)."""
+    state = State()
+    agent = "Kubernetes//Pod/kube-system/agent"
+    node_ip = ("172.18.0.3",)
+    state.insert_workload(Workload(agent, "agent", "kube-system", node_ip, network_mode="HostNetwork"))
+    assert state.find_workload_by_ip("172.18.0.3") is None
+    state.apply_addresses([], [agent])
+    assert not state.workloads.by_addr

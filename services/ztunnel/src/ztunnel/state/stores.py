@@ -15,11 +15,18 @@ __all__ = ["PolicyStore", "ServiceStore", "WorkloadStore"]
 
 
 class WorkloadStore:
-    """Workloads by uid, by (network, ip), and by (name, namespace, service account) for ZDS matching."""
+    """Workloads by uid, by (network, ip), and by (name, namespace, service account) for ZDS matching.
+
+    Several workloads may claim one address (a pod and a WorkloadEntry, or a pod that is going away and the
+    new pod that got its IP): the address index keeps all of them and a lookup prefers a pod, then a
+    captured (HBONE) workload, then the latest, as upstream does, so a WorkloadEntry cannot take over a pod's
+    IP and the removal of one claimant never hides the others. HostNetwork workloads share their node's IP
+    and are not indexed by address at all.
+    """
 
     def __init__(self) -> None:
         self.by_uid: dict[str, Workload] = {}
-        self.by_addr: dict[NetworkAddress, str] = {}
+        self.by_addr: dict[NetworkAddress, list[str]] = {}
         self.by_pod: dict[tuple[str, str, str], set[str]] = defaultdict(set)
 
     def __len__(self) -> int:
@@ -28,8 +35,9 @@ class WorkloadStore:
     def insert(self, wl: Workload) -> Workload | None:
         old = self.remove(wl.uid)
         self.by_uid[wl.uid] = wl
-        for ip in wl.addresses:
-            self.by_addr[(wl.network, ip)] = wl.uid
+        if wl.network_mode != "HostNetwork":
+            for ip in wl.addresses:
+                self.by_addr.setdefault((wl.network, ip), []).append(wl.uid)
         self.by_pod[(wl.name, wl.namespace, wl.service_account)].add(wl.uid)
         return old
 
@@ -38,8 +46,11 @@ class WorkloadStore:
         if old is None:
             return None
         for ip in old.addresses:
-            if self.by_addr.get((old.network, ip)) == uid:
-                del self.by_addr[(old.network, ip)]
+            uids = self.by_addr.get((old.network, ip))
+            if uids is not None and uid in uids:
+                uids.remove(uid)
+                if not uids:
+                    del self.by_addr[(old.network, ip)]
         key = (old.name, old.namespace, old.service_account)
         self.by_pod[key].discard(uid)
         if not self.by_pod[key]:
@@ -47,8 +58,20 @@ class WorkloadStore:
         return old
 
     def find_by_addr(self, network: str, ip: str) -> Workload | None:
-        uid = self.by_addr.get((network, ip))
-        return None if uid is None else self.by_uid.get(uid)
+        uids = self.by_addr.get((network, ip))
+        if not uids:
+            return None
+        best: Workload | None = None
+        for uid in uids:  # later claimants win ties
+            wl = self.by_uid[uid]
+            if best is None or _addr_rank(wl) >= _addr_rank(best):
+                best = wl
+        return best
+
+
+def _addr_rank(wl: Workload) -> tuple[bool, bool]:
+    """Pods first (their IPs are assigned by the cluster, not written by users), then captured workloads."""
+    return "//Pod/" in wl.uid, wl.hbone
 
 
 class ServiceStore:
