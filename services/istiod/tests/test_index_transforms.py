@@ -99,6 +99,8 @@ def test_canonical_labels_precedence() -> None:
     w = pod_workload(p, CTX)
     assert w is not None
     assert (w.canonical_name, w.canonical_revision) == ("canon", "v2")
+    p["metadata"]["labels"]["service.istio.io/canonical-revision"] = ""  # present wins, even when empty
+    assert pod_workload(p, CTX).canonical_revision == ""  # type: ignore[union-attr]
 
 
 def test_workload_name_from_owners() -> None:

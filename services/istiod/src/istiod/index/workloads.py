@@ -62,7 +62,8 @@ def is_ready(pod: Obj) -> bool:
 
 
 def _first_label(labels: Mapping[str, str], keys: Sequence[str], default: str) -> str:
-    return next((labels[k] for k in keys if labels.get(k)), default)
+    # the first label present wins, even with an empty value (upstream lookupLabelValue)
+    return next((labels[k] for k in keys if k in labels), default)
 
 
 def canonical(labels: Mapping[str, str], workload_name: str) -> tuple[str, str]:
