@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -169,9 +170,18 @@ def test_client_image_runs_to_completion_with_logs(kube_cluster: KubeCluster, ku
     replies = parse_responses(kube_cluster.pod_log(ns, "once", "client"))
     assert len(replies) == 3
     assert {r.ip for r in replies} == {pod["status"]["podIP"]}
-    assert (
-        "StatusCode=200" in kube_cluster.kubectl("logs", "-n", ns, "once").stdout
-    )  # via the agent's kubelet API
+    # `kubectl logs` goes through the API server to the node agent's kubelet endpoint
+    assert "StatusCode=200" in kube_cluster.kubectl("logs", "-n", ns, "once").stdout
+    (server,) = kube_cluster.get("pods", namespace=ns, selector="app=echo")["items"]
+    kubectl = str(kube_cluster.layout.binary("kubectl")) if kube_cluster.layout else "kubectl"
+    argv = [kubectl, "logs", "-f", "-n", ns, server["metadata"]["name"]]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=kube_cluster.env) as follow:
+        try:  # `-f` streams: the first line arrives and the command keeps running
+            assert follow.stdout is not None
+            assert "listening" in follow.stdout.readline()
+            assert follow.poll() is None, "still following"
+        finally:
+            follow.kill()
 
 
 def test_token_request_and_review(kube_cluster: KubeCluster, kube_namespace: str) -> None:

@@ -272,7 +272,7 @@ class NodeAgent:
         app = web.Application()
         app.router.add_get("/healthz", _healthz)
         app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", self._container_logs)
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         pki = self.layout.pki
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki / "ca.crt"))
@@ -298,7 +298,48 @@ class NodeAgent:
         tail = request.query.get("tailLines")
         if tail:
             data = b"".join(data.splitlines(keepends=True)[-int(tail) :])
-        return web.Response(body=data, content_type="text/plain")
+        if request.query.get("follow") not in ("true", "1"):
+            return web.Response(body=data, content_type="text/plain")
+        return await self._follow(request, path, data)
+
+    async def _follow(self, request: web.Request, path: Path, first: bytes) -> web.StreamResponse:
+        """``kubectl logs -f``: stream the file as it grows, until the client goes away or the container is
+        replaced by a newer instance (a restart writes a new file)."""
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(request)
+        await response.write(first)
+        offset = len(first) if not request.query.get("tailLines") else _size(path)
+        while not self.stopping.is_set():
+            await asyncio.sleep(0.2)
+            if request.transport is None or request.transport.is_closing():
+                break  # the client (the API server's proxy for kubectl) went away
+            offset, chunk = _read_from(path, offset)
+            if chunk:
+                await response.write(chunk)
+            newest = find_log(self.layout.node_dir(self.node.name), *self._log_key(path))
+            if newest is not None and newest != path:
+                break
+        await response.write_eof()
+        return response
+
+    @staticmethod
+    def _log_key(path: Path) -> tuple[str, str, str]:
+        namespace, pod, _uid = path.parents[1].name.split("_", 2)
+        return namespace, pod, path.name.rsplit(".", 2)[0]
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _read_from(path: Path, offset: int) -> tuple[int, bytes]:
+    """New bytes of a growing log file after ``offset`` (small local reads: fine on the loop)."""
+    size = _size(path)
+    if size <= offset:
+        return offset, b""
+    with open(path, "rb") as log_file:
+        log_file.seek(offset)
+        return size, log_file.read(size - offset)
 
 
 async def _healthz(_request: web.Request) -> web.StreamResponse:
