@@ -20,8 +20,10 @@ COMPONENTS = (
 
 def collect(kube: KubeCluster, namespaces: Sequence[str], mesh_namespace: str = "istio-system") -> str:
     parts = []
-    columns = ("NAME:.metadata.name,NODE:.spec.nodeName,IP:.status.podIP,"
-               "REDIRECTION:.metadata.annotations.ambient\\.istio\\.io/redirection")
+    columns = (
+        "NAME:.metadata.name,NODE:.spec.nodeName,IP:.status.podIP,"
+        "REDIRECTION:.metadata.annotations.ambient\\.istio\\.io/redirection"
+    )
     for ns in (*namespaces, mesh_namespace):
         try:
             table = kube.kubectl("get", "pods", "-n", ns, "-o", f"custom-columns={columns}", check=False)
