@@ -624,3 +624,25 @@ async def test_jwt_payload_is_forwarded_in_a_header_when_asked(env: Env) -> None
     payload = env.backends["v1"].requests[-1].header("x-jwt-payload") or ""
     decoded = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     assert decoded["sub"] == "sub-1"
+
+
+async def test_websocket_upgrade_relays_raw_bytes_after_101(env: Env) -> None:
+    stream = await env.client.open(f"{VIP}:80")
+    stream.write(
+        b"GET /ws HTTP/1.1\r\nhost: reviews\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\nPING1"
+    )
+    got = b""
+    while b"echo:PING1" not in got:
+        chunk = await asyncio.wait_for(stream.read(), 10)
+        assert chunk, got
+        got += chunk
+    assert got.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert b"upgrade: websocket" in got
+    assert b"hello;" in got
+    stream.write(b"PING2")
+    assert await asyncio.wait_for(stream.read(), 10) == b"echo:PING2"
+    stream.write_eof()
+    assert await asyncio.wait_for(stream.read(), 10) == b""
+    req = env.backends["v1"].requests[-1]
+    assert req.header("upgrade") == "websocket"
+    assert req.header("x-request-id")  # it went through the L7 pipeline

@@ -100,6 +100,17 @@ class Backend:
             for req in parser.feed(data):
                 self.requests.append(req)
                 self._seen.setdefault(req.path, asyncio.Event()).set()
+                if req.upgrade:  # a WebSocket-style upgrade: 101, a greeting, then echo raw bytes
+                    stream.write(
+                        b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\n"
+                        b"upgrade: websocket\r\n\r\nhello;"
+                    )
+                    if parser.leftover:
+                        stream.write(b"echo:" + parser.leftover)
+                    while chunk := await stream.read():
+                        stream.write(b"echo:" + chunk)
+                    stream.write_eof()
+                    return
                 if "delay" in req.query:
                     await asyncio.sleep(2)
                 if self.name == "authz":  # an ext_authz server: allow only with x-allow: yes

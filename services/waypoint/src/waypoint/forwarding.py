@@ -22,10 +22,11 @@ import random
 from dataclasses import dataclass, field
 
 from meshkit.drain import TaskOwner
+from meshkit.hbone.errors import HboneError
 
 from waypoint import records as rec
 from waypoint.h2c import H2UpstreamPool
-from waypoint.http1 import Request, Response, serialize_request, simple_response
+from waypoint.http1 import BadMessage, Request, Response, ResponseParser, serialize_request, simple_response
 from waypoint.routing import Balancer, endpoint_key
 from waypoint.upstream import StreamOpener, UpstreamError, UpstreamPool
 
@@ -62,6 +63,7 @@ class Forwarder:
 
     def __init__(self, opener: StreamOpener, rng: random.Random, owner: TaskOwner) -> None:
         self.rng = rng
+        self._open = opener
         self.balancer = Balancer(rng)
         self.upstreams = UpstreamPool(opener)
         self._owner = owner
@@ -201,6 +203,37 @@ class Forwarder:
                     await self.upstreams.exchange(ep.address, ep.port, data)
 
         self._owner.spawn(send(), name="mirror")
+
+    async def upgrade(self, cluster: rec.Cluster, req: Request, source_ip: str, out: Outcome) -> Response:
+        """An HTTP/1.1 Upgrade (WebSocket): a dedicated tunnel, no retries; a 101 carries the tunnel along."""
+        ep = self.balancer.pick(cluster, req, source_ip)
+        if ep is None:
+            out.flags, out.details = "UH", "no_healthy_upstream"
+            return simple_response(503, "no healthy upstream")
+        out.endpoint, out.attempts = ep, 1
+        try:
+            stream = await self._open(ep.address, ep.port)
+        except Exception as exc:
+            out.flags, out.error = "UF", str(exc)
+            return simple_response(503, "upstream connect error or disconnect/reset before headers")
+        parser = ResponseParser()
+        done: list[Response] = []
+        try:
+            stream.write(serialize_request(req))
+            while not done and (data := await stream.read()):
+                done = parser.feed(data)
+        except (HboneError, BadMessage) as exc:
+            out.error = str(exc)
+        if not done:
+            stream.abort()
+            out.flags, out.error = "UC", out.error or "upstream closed before answering the upgrade"
+            return simple_response(503, "upstream connect error or disconnect/reset before headers")
+        resp = done[0]
+        if resp.status == 101:
+            resp.upgraded = (stream, parser.leftover)
+        else:
+            stream.abort()
+        return resp
 
     def config_changed(self, snap: rec.Snapshot) -> None:
         """A new config: drop idle upstream tunnels to endpoints it no longer has."""

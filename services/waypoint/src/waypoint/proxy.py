@@ -189,6 +189,11 @@ class WaypointProxy:
                 return
             for req in requests:
                 resp = await self.process(req, down)
+                if resp.upgraded is not None:  # 101: from now on raw bytes both ways
+                    upstream, early = resp.upgraded
+                    stream.write(serialize_response(resp) + early)
+                    await relay_streams(stream, upstream, parser.leftover)
+                    return
                 keep = req.keep_alive and resp.keep_alive
                 stream.write(serialize_response(resp, keep_alive=keep, head=req.method == "HEAD"))
                 if not keep:
@@ -318,7 +323,10 @@ class WaypointProxy:
         port = svc.port(down.port)
         if req.http2 and port is not None and port.protocol == "HTTP":
             req.http2 = False  # an HTTP (1.1) port: Istio speaks HTTP/1.1 upstream whatever the client used
-        resp = await self.forwarder.forward(route, cluster, req, down.peer.address[0], out)
+        if req.upgrade:
+            resp = await self.forwarder.upgrade(cluster, req, down.peer.address[0], out)
+        else:
+            resp = await self.forwarder.forward(route, cluster, req, down.peer.address[0], out)
         if backend.response_headers:
             resp.headers = backend.response_headers.apply(resp.headers)
         if route.response_headers:
