@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import threading
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from meshkit.hbone import tls
@@ -154,32 +158,237 @@ async def test_server_requires_a_client_certificate(
         await server.close()
 
 
+def _handshake(
+    server_ctx: ssl.SSLContext,
+    client_ctx: ssl.SSLContext,
+    on_server: Callable[[ssl.SSLSocket], object],
+    on_client: Callable[[ssl.SSLSocket], object],
+) -> tuple[object, object]:
+    """A real TLS handshake over a socket pair; returns what each callback returned (or raised)."""
+    a, b = socket.socketpair()
+    a.settimeout(10)
+    b.settimeout(10)
+    results: dict[str, object] = {}
+
+    def call(side: str, fn: Callable[[ssl.SSLSocket], object], sock: ssl.SSLSocket) -> None:
+        try:
+            results[side] = fn(sock)
+        except Exception as exc:
+            results[side] = exc
+
+    def run_server() -> None:
+        try:
+            with server_ctx.wrap_socket(a, server_side=True) as ss:
+                call("server", on_server, ss)
+                ss.sendall(b"!")  # after any NewSessionTicket: the client reads past them
+        except (ssl.SSLError, OSError) as exc:
+            results.setdefault("server", exc)
+
+    thread = threading.Thread(target=run_server)
+    thread.start()
+    try:
+        with client_ctx.wrap_socket(b, server_hostname=None) as cs:
+            assert cs.recv(1) == b"!"
+            call("client", on_client, cs)
+    finally:
+        thread.join(10)
+    return results["server"], results["client"]
+
+
+def _verify_server(ca: TestCA, server: WorkloadCertificate, expected: list[Identity]) -> object:
+    client = ca.issue(CLIENT_ID)
+    _, outcome = _handshake(
+        tls.server_context(server),
+        tls.client_context(client),
+        lambda _ss: None,
+        lambda cs: tls.verify_server_identity(cs, expected),
+    )
+    return outcome
+
+
+def _verify_client(ca: TestCA, client: WorkloadCertificate) -> object:
+    outcome, _ = _handshake(
+        tls.server_context(ca.issue(SERVER_ID)),
+        tls.client_context(client),
+        lambda ss: tls.verify_client_identity(ss, "cluster.local"),
+        lambda _cs: None,
+    )
+    return outcome
+
+
 def test_peer_identity_is_the_first_spiffe_san(ca: TestCA) -> None:
     cert = ca.issue(
         uris=["https://example.com/x", "spiffe://cluster.local/ns/a/sa/first", "spiffe://td/ns/b/sa/c"]
     )
-    ids = _handshake_ids(ca, cert)
-    assert ids == Identity("cluster.local", "a", "first")
+    assert _verify_client(ca, cert) == Identity("cluster.local", "a", "first")
 
 
-def _handshake_ids(ca: TestCA, client: WorkloadCertificate) -> Identity:
-    import socket
-    import threading
+def test_client_accepts_a_server_when_any_of_its_spiffe_sans_is_expected(ca: TestCA) -> None:
+    # upstream's verifier: at least one URI SAN equals an expected identity; the others do not matter
+    two = ca.issue(uris=["spiffe://cluster.local/ns/x/sa/other", SERVER_ID.uri])
+    assert _verify_server(ca, two, [SERVER_ID]) == SERVER_ID
+    # the same certificate does not pass for an identity it does not carry
+    outcome = _verify_server(ca, two, [Identity("cluster.local", "ns1", "third")])
+    assert isinstance(outcome, IdentityError)
 
-    server_ctx = tls.server_context(ca.issue(SERVER_ID))
-    client_ctx = tls.client_context(client)
-    a, b = socket.socketpair()
-    result: list[Identity] = []
 
-    def run_server() -> None:
-        with server_ctx.wrap_socket(a, server_side=True) as ss:
-            result.append(tls.peer_identity(ss))
+@pytest.mark.parametrize(
+    ("uris", "dns"),
+    [
+        ([], []),  # no SAN at all
+        ([], ["server.ns1.svc.cluster.local"]),  # a DNS SAN only
+        (["https://server.ns1/sa/server"], []),  # a URI that is not SPIFFE
+        (["spiffe://cluster.local/ns1/server"], []),  # SPIFFE, but not Istio's five segments
+        (["spiffe://other.domain/ns/ns1/sa/server"], []),  # same names, another trust domain
+    ],
+)
+def test_client_rejects_a_server_without_the_expected_spiffe_san(
+    ca: TestCA, uris: list[str], dns: list[str]
+) -> None:
+    server = ca.issue(SERVER_ID, uris=uris, dns=dns)
+    assert isinstance(_verify_server(ca, server, [SERVER_ID]), IdentityError)
+    assert isinstance(_verify_server(ca, ca.issue(SERVER_ID), []), IdentityError)  # nothing expected
 
-    thread = threading.Thread(target=run_server)
-    thread.start()
-    with client_ctx.wrap_socket(b, server_hostname=None) as cs:
-        assert cs.selected_alpn_protocol() == "h2"
-        assert cs.version() == "TLSv1.3"
-        tls.verify_server_identity(cs, [SERVER_ID])
-    thread.join(10)
-    return result[0]
+
+@pytest.mark.parametrize(
+    ("uris", "dns"),
+    [([], []), ([], ["client.ns2"]), (["https://client.ns2"], []), (["spiffe://other.domain/ns/a/sa/b"], [])],
+)
+def test_server_rejects_a_client_without_a_spiffe_san_in_its_trust_domain(
+    ca: TestCA, uris: list[str], dns: list[str]
+) -> None:
+    outcome = _verify_client(ca, ca.issue(CLIENT_ID, uris=uris, dns=dns))
+    assert isinstance(outcome, IdentityError)
+    # any SPIFFE SAN in our trust domain lets it in (upstream: any); the identity is still the first one
+    mixed = ca.issue(uris=["spiffe://other.domain/ns/a/sa/b", CLIENT_ID.uri])
+    assert _verify_client(ca, mixed) == Identity("other.domain", "a", "b")
+
+
+def test_server_sends_no_session_tickets(ca: TestCA) -> None:
+    server, client = ca.issue(SERVER_ID), ca.issue(CLIENT_ID)
+    ticketing = tls.client_context(client)
+    ticketing.options &= ~ssl.OP_NO_TICKET  # a client that would take tickets
+
+    def has_ticket(cs: ssl.SSLSocket) -> bool:
+        return cs.session is not None and cs.session.has_ticket
+
+    control = tls.server_context(server)
+    control.num_tickets = 2
+    assert _handshake(control, ticketing, lambda _ss: None, has_ticket)[1] is True  # the probe works
+    assert _handshake(tls.server_context(server), ticketing, lambda _ss: None, has_ticket)[1] is False
+    assert tls.client_context(client).options & ssl.OP_NO_TICKET
+
+
+async def test_client_sends_no_sni(
+    server_cert: WorkloadCertificate, client_cert: WorkloadCertificate, echo: EchoServer
+) -> None:
+    server = HboneServer(listen(), lambda: server_cert, forward_to(echo.port))
+    names: list[str | None] = []
+    pick = server._pick_context
+
+    def recording(sslobj: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+        names.append(name)
+        pick(sslobj, name, ctx)
+
+    server._pick_context = recording  # type: ignore[method-assign,assignment]  # read when the context is built
+    await server.start()
+    pool = _pool(client_cert)
+    try:
+        stream = await pool.connect(
+            PoolKey.of(CLIENT_ID, "127.0.0.1", [SERVER_ID], server.address), "1.1.1.1:1"
+        )
+        stream.abort()
+        assert names == [None]
+    finally:
+        await pool.close()
+        await server.close()
+
+
+async def _s_server(
+    cert: WorkloadCertificate, tmp: Path, suite: str
+) -> tuple[asyncio.subprocess.Process, int]:
+    (tmp / "c.pem").write_bytes(cert.chain_pem)
+    (tmp / "k.pem").write_bytes(cert.private_key_pem)
+    # s_server stops at EOF on its stdin: the pipe stays open until the test kills it
+    proc = await asyncio.create_subprocess_exec(
+        "openssl", "s_server", "-accept", "127.0.0.1:0",
+        "-cert", str(tmp / "c.pem"), "-key", str(tmp / "k.pem"),
+        "-tls1_3", "-ciphersuites", suite, "-alpn", "h2", "-naccept", "1",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    async with asyncio.timeout(20):
+        while not (line := await proc.stdout.readline()).startswith(b"ACCEPT"):
+            assert line, "openssl s_server did not start"
+    return proc, int(line.rsplit(b":", 1)[1])
+
+
+@pytest.mark.parametrize(
+    ("suite", "ok"), [("TLS_CHACHA20_POLY1305_SHA256", False), ("TLS_AES_128_GCM_SHA256", True)]
+)
+async def test_client_offers_only_aes_gcm(
+    server_cert: WorkloadCertificate, client_cert: WorkloadCertificate, tmp_path: Path, suite: str, ok: bool
+) -> None:
+    proc, port = await _s_server(server_cert, tmp_path, suite)
+    try:
+        ctx = tls.client_context(client_cert)
+        if ok:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="")
+            assert writer.get_extra_info("ssl_object").cipher()[0] == suite
+            writer.close()
+        else:
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="")
+            assert proc.stdout is not None
+            said = await asyncio.wait_for(proc.stdout.read(), 20)
+            assert b"no shared cipher" in said, said
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.communicate()
+
+
+class _NoopLibssl:
+    """Stands in for libssl: finds the options right, 'succeeds' at setting suites and changes nothing."""
+
+    def __init__(self, options: int) -> None:
+        self.options = options
+
+    def SSL_CTX_get_options(self, _pointer: int) -> int:
+        return self.options
+
+    def SSL_CTX_set_ciphersuites(self, _pointer: int, _suites: bytes) -> int:
+        return 1
+
+
+def test_suite_restriction_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # libssl said yes but nothing changed: the check on get_ciphers() raises
+    monkeypatch.setattr(tls, "_LIBSSL", _NoopLibssl(int(fresh.options)))
+    with pytest.raises(RuntimeError, match="not restricted"):
+        tls._restrict_tls13_suites(fresh)
+    # a pointer that is not this context's SSL_CTX is never written through
+    monkeypatch.setattr(tls, "_LIBSSL", _NoopLibssl(int(fresh.options) ^ 1))
+    with pytest.raises(RuntimeError, match="not its own"):
+        tls._restrict_tls13_suites(fresh)
+    monkeypatch.undo()
+    tls._restrict_tls13_suites(fresh)  # the real libssl restricts it
+    assert {c["name"] for c in fresh.get_ciphers() if c["protocol"] == "TLSv1.3"} == set(tls.TLS13_SUITES)
+
+
+def test_negotiated_parameters_are_checked_per_connection(ca: TestCA) -> None:
+    server, client = ca.issue(SERVER_ID), ca.issue(CLIENT_ID)
+    _, outcome = _handshake(
+        tls.server_context(server), tls.client_context(client), lambda _ss: None, tls.check_negotiated
+    )
+    assert outcome is None
+
+    class Chacha:
+        def version(self) -> str:
+            return "TLSv1.3"
+
+        def cipher(self) -> tuple[str, str, int]:
+            return ("TLS_CHACHA20_POLY1305_SHA256", "TLSv1.3", 256)
+
+    with pytest.raises(IdentityError, match="CHACHA20"):
+        tls.check_negotiated(Chacha())  # type: ignore[arg-type]

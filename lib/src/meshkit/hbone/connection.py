@@ -25,6 +25,7 @@ from typing import Any, cast
 import h2.exceptions
 
 from meshkit.hbone import events as ev
+from meshkit.hbone import tls
 from meshkit.hbone.core import HboneCore
 from meshkit.hbone.errors import ConnectionClosed, HboneError, StreamReset
 from meshkit.hbone.settings import HboneSettings
@@ -129,6 +130,7 @@ class HboneConnection(asyncio.BufferedProtocol):
             raise HboneError("HBONE needs TLS")
         if sslobj.selected_alpn_protocol() != "h2":
             raise HboneError(f"peer did not negotiate ALPN h2 ({sslobj.selected_alpn_protocol()})")
+        tls.check_negotiated(sslobj)
         return verify(sslobj)
 
     def get_buffer(self, sizehint: int) -> memoryview:

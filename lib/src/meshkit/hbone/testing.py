@@ -60,13 +60,23 @@ class TestCA:
         identity: Identity | None = None,
         *,
         uris: Sequence[str] | None = None,
+        dns: Sequence[str] = (),
         ttl: dt.timedelta = dt.timedelta(hours=24),
         extra_roots_pem: bytes = b"",
     ) -> WorkloadCertificate:
-        """A leaf for ``identity`` (or with exactly the URI SANs ``uris``), valid from an hour ago."""
-        if identity is None and not uris:
-            raise ValueError("give an identity or uris")
-        sans = list(uris) if uris is not None else [identity.uri]  # type: ignore[union-attr]
+        """A leaf for ``identity``, valid from an hour ago.
+
+        ``uris`` replaces the URI SANs (``[]``: none) and ``dns`` adds DNS SANs, to build odd certificates;
+        the record's ``identity`` is then ``identity`` if given, else the first SPIFFE URI.
+        """
+        if uris is None:
+            uris = [identity.uri] if identity is not None else []
+        if identity is None:
+            identity = next((Identity.parse(u) for u in uris if u.startswith("spiffe://")), None)
+            if identity is None:
+                raise ValueError("give an identity, or uris with a SPIFFE one")
+        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
+        sans += [x509.DNSName(d) for d in dns]
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         not_before = now - dt.timedelta(hours=1)
@@ -79,9 +89,6 @@ class TestCA:
             .serial_number(serial)
             .not_valid_before(not_before)
             .not_valid_after(now + ttl)
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in sans]), True
-            )
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
@@ -90,14 +97,17 @@ class TestCA:
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                 False,
             )
-            .sign(self._key, hashes.SHA256())
         )
+        if sans:
+            # critical: the subject is empty (RFC 5280 §4.2.1.6)
+            leaf = leaf.add_extension(x509.SubjectAlternativeName(sans), True)
+        signed = leaf.sign(self._key, hashes.SHA256())
         key_pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         return WorkloadCertificate(
-            identity=identity or Identity.parse(next(u for u in sans if u.startswith("spiffe://"))),
-            chain_pem=_pem(leaf),
+            identity=identity,
+            chain_pem=_pem(signed),
             private_key_pem=key_pem,
             roots_pem=self.roots_pem + extra_roots_pem,
             not_before=not_before,

@@ -9,9 +9,19 @@ chain against the mesh roots (``roots_pem``); hostnames are never checked, ident
 - the server requires a client certificate with a SPIFFE URI SAN in its own trust domain, and takes the
   first SPIFFE URI SAN as the peer identity (:func:`verify_client_identity`, :func:`peer_identity`).
 
-Python's ``ssl`` cannot restrict TLS 1.3 suites, so :func:`_restrict_tls13_suites` calls OpenSSL's
-``SSL_CTX_set_ciphersuites`` through ctypes on the context's ``SSL_CTX`` and then checks that it took effect
-(``get_ciphers()``); if it cannot, it raises rather than silently offering ChaCha20.
+Restricting the TLS 1.3 suites. Python 3.11's ``ssl`` has no API for it (``set_ciphers`` only covers TLS 1.2
+and older), so :func:`_restrict_tls13_suites` calls OpenSSL's ``SSL_CTX_set_ciphersuites`` through ctypes, and
+fails closed at every step: the function is looked up through the ``_ssl`` extension's own handle (so it is
+the libssl that ``_ssl`` is linked against, never another copy mapped into the process); the ``SSL_CTX``
+pointer read from the context object is checked to be this context's (``SSL_CTX_get_options`` must equal
+``ctx.options``) before it is written to; and ``get_ciphers()`` must afterwards list exactly our two suites.
+Any failure raises, so no context offering ChaCha20 is ever built. Each connection also checks the negotiated
+version and suite before it speaks HTTP/2 (:func:`check_negotiated`).
+
+Rejected alternative: an ``OPENSSL_CONF`` file with ``Ciphersuites``. It is process-wide (every TLS client
+in the process, e.g. the Kubernetes client, would be restricted too), it must be in the environment before
+the interpreter loads OpenSSL, a missing or unreadable file silently leaves the defaults on, and the result
+can only be checked the same way (``get_ciphers()``). The ctypes path is per context and verified.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ __all__ = [
     "ALPN",
     "TLS13_SUITES",
     "ContextCache",
+    "check_negotiated",
     "client_context",
     "peer_identity",
     "server_context",
@@ -48,34 +59,60 @@ TLS13_SUITES = ("TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256")
 
 
 def _libssl() -> Any:
-    """The libssl the ``_ssl`` extension is linked against (found in our own memory map, never a guess)."""
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            path = line.rsplit(" ", 1)[-1].strip()
-            if "/libssl" in path and ".so" in path:
-                lib = ctypes.CDLL(path)
-                lib.SSL_CTX_set_ciphersuites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-                lib.SSL_CTX_set_ciphersuites.restype = ctypes.c_int
-                return lib
-    raise RuntimeError("libssl is not mapped into this process; cannot restrict TLS 1.3 suites")
+    """The libssl ``_ssl`` uses: dlsym on the ``_ssl`` module's handle searches it and its dependencies."""
+    import _ssl
+
+    try:
+        lib = ctypes.CDLL(_ssl.__file__)
+        set_suites, get_options = lib.SSL_CTX_set_ciphersuites, lib.SSL_CTX_get_options
+    except (OSError, AttributeError) as exc:
+        raise RuntimeError(f"cannot reach OpenSSL through {_ssl.__file__}: {exc}") from exc
+    set_suites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    set_suites.restype = ctypes.c_int
+    get_options.argtypes = [ctypes.c_void_p]
+    get_options.restype = ctypes.c_uint64
+    return lib
 
 
 _LIBSSL: Any = None
 
 
+def _ssl_ctx_pointer(ctx: ssl.SSLContext) -> int:
+    # CPython's PySSLContext is PyObject_HEAD (refcount, type: two pointers in a release build) followed by
+    # the SSL_CTX pointer; the caller checks the pointer before writing through it.
+    if sys.implementation.name != "cpython" or hasattr(sys, "gettotalrefcount"):
+        raise RuntimeError("restricting TLS 1.3 suites needs a release build of CPython")
+    pointer = ctypes.c_void_p.from_address(id(ctx) + 2 * ctypes.sizeof(ctypes.c_void_p)).value
+    if not pointer:
+        raise RuntimeError("SSLContext holds no SSL_CTX")
+    return pointer
+
+
 def _restrict_tls13_suites(ctx: ssl.SSLContext) -> None:
+    """Offer only :data:`TLS13_SUITES` on ``ctx``, or raise (never leaves other suites on silently)."""
     global _LIBSSL
     if _LIBSSL is None:
         _LIBSSL = _libssl()
-    # CPython's PySSLContext starts with PyObject_HEAD followed by the SSL_CTX pointer.
-    if sys.implementation.name != "cpython" or hasattr(sys, "gettotalrefcount"):
-        raise RuntimeError("restricting TLS 1.3 suites needs a release CPython")
-    ssl_ctx = ctypes.c_void_p.from_address(id(ctx) + 2 * ctypes.sizeof(ctypes.c_void_p)).value
-    if not ssl_ctx or _LIBSSL.SSL_CTX_set_ciphersuites(ssl_ctx, ":".join(TLS13_SUITES).encode()) != 1:
+    pointer = _ssl_ctx_pointer(ctx)
+    if _LIBSSL.SSL_CTX_get_options(pointer) != int(ctx.options):
+        raise RuntimeError(
+            "the SSL_CTX found in the SSLContext is not its own; TLS 1.3 suites not restricted"
+        )
+    if _LIBSSL.SSL_CTX_set_ciphersuites(pointer, ":".join(TLS13_SUITES).encode()) != 1:
         raise RuntimeError("SSL_CTX_set_ciphersuites failed")
     offered = {c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.3"}
     if offered != set(TLS13_SUITES):
         raise RuntimeError(f"TLS 1.3 suites not restricted: {sorted(offered)}")
+
+
+def check_negotiated(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> None:
+    """Raise :class:`IdentityError` unless the handshake settled on TLS 1.3 with one of our AES-GCM suites.
+
+    Belt and braces over the context settings: a connection that got anything else is never used.
+    """
+    version, cipher = ssl_object.version(), (ssl_object.cipher() or ("",))[0]
+    if version != "TLSv1.3" or cipher not in TLS13_SUITES:
+        raise IdentityError(f"negotiated {version} {cipher}, want TLSv1.3 with {' or '.join(TLS13_SUITES)}")
 
 
 def _load_chain(ctx: ssl.SSLContext, cert: WorkloadCertificate) -> None:
@@ -154,7 +191,9 @@ def verify_server_identity(
 ) -> Identity:
     """Raise :class:`IdentityError` unless a SPIFFE SAN of the server equals one of ``expected`` (§2.3).
 
-    Returns the matching identity.
+    As upstream's verifier: the leaf passes when *at least one* of its URI SANs that parses as a SPIFFE
+    identity is in ``expected`` (other URI SANs do not matter); a leaf with no SAN, only DNS/IP SANs or only
+    non-SPIFFE URIs never passes, nor does anything when ``expected`` is empty. Returns the matching identity.
     """
     ids = spiffe_sans(ssl_object)
     for identity in ids:
