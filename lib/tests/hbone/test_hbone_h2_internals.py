@@ -15,7 +15,7 @@ def test_h2_version_is_pinned() -> None:
 
 
 def test_data_frame_repr_does_not_hexlify_the_payload() -> None:
-    assert core._data_body_repr is hyperframe.frame.DataFrame._body_repr  # type: ignore[comparison-overlap]
+    assert core._data_body_repr is hyperframe.frame.DataFrame._body_repr
     frame = hyperframe.frame.DataFrame(1, data=b"\xab" * 100_000)
     text = repr(frame)
     assert "<100000 bytes>" in text

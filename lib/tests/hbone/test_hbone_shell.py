@@ -13,6 +13,7 @@ from collections.abc import Callable
 import pytest
 from meshkit.hbone.errors import ConnectFailed, HboneError, StreamReset
 from meshkit.hbone.pool import ConnectionPool, PoolKey
+from meshkit.hbone.relay import RelayResult
 from meshkit.hbone.request import ConnectRequest, SourceMetadata, connect_headers
 from meshkit.hbone.server import Accept, Decision, Forward, HboneServer, InboundPeer, Reject
 from meshkit.hbone.settings import HboneSettings
@@ -232,7 +233,9 @@ async def test_client_abort_resets_upstream(
             lambda: any(s.bytes_received for c in server.connections for s in c.streams.values())
         )
         stream.abort()
-        first, rest = await asyncio.wait_for(upstream.done, 10)  # type: ignore[misc]
+        outcome = await asyncio.wait_for(upstream.done, 10)
+        assert isinstance(outcome, tuple)
+        first, rest = outcome
         assert first == b"hello"
         assert isinstance(rest, ConnectionResetError)  # RST, not a clean FIN
     finally:
@@ -332,7 +335,7 @@ async def test_accept_decision_hands_the_stream_to_the_caller(
 async def test_forward_on_done_reports_bytes(
     echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
 ) -> None:
-    results = []
+    results: list[RelayResult] = []
     inner = forward_to(echo.port)
 
     async def handler(peer: InboundPeer, request: ConnectRequest) -> Decision:
@@ -709,6 +712,42 @@ async def test_many_streams_on_one_connection_leave_no_state_behind(
         assert len(conn.core._h2.streams) < 10
         assert server_conn.core.open_inbound_streams == 0
         assert len(server_conn.core._h2.streams) < 10
+    finally:
+        await pool.close()
+        await server.close()
+
+
+async def test_streams_reset_with_unread_data_give_the_connection_window_back(
+    server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    chunk = 2 * 1024 * 1024  # eight unread chunks would fill the 16 MiB connection window for good
+
+    async def serve(stream: HboneStream) -> None:
+        with contextlib.suppress(HboneError):
+            await stream.send(b"u" * chunk)
+            await stream.wait_closed()
+
+    async def handler(_peer: InboundPeer, _request: ConnectRequest) -> Decision:
+        return Accept(serve)
+
+    server = await _server_with(handler, server_cert)
+    pool = ConnectionPool(lambda _i: client_cert)
+    try:
+        for _ in range(12):
+            stream = await pool.connect(make_key(server), "10.0.0.1:80")
+            await wait_until(lambda: len(stream._rbuf) == chunk)  # noqa: B023 - awaited in this iteration
+            stream.abort()  # the client never reads what it was sent
+        assert pool.connections_opened == 1
+        # and a reset that arrives after the data leaves it readable, while its window is released
+        stream = await pool.connect(make_key(server), "10.0.0.1:80")
+        await wait_until(lambda: len(stream._rbuf) == chunk)
+        (server_stream,) = [s for c in server.connections for s in c.streams.values()]
+        server_stream.abort()
+        await wait_until(lambda: stream.error is not None)
+        assert len(await stream.readexactly(chunk)) == chunk
+        with pytest.raises(StreamReset):
+            await stream.read()
+        assert stream.conn.core._conn_unacked < stream.conn.settings.connection_window // 2
     finally:
         await pool.close()
         await server.close()

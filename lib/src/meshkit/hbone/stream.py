@@ -106,6 +106,7 @@ class HboneStream:
         self._sink: StreamSink | None = None
         self._acks_paused = False
         self._unacked = 0
+        self._window_released = False  # after a failure: unread bytes no longer hold connection window
         self.pending = SendQueue()
         settings = conn.settings
         # behaviour.md §2.5: the client buffers up to a stream window, the server 400 KiB
@@ -187,6 +188,8 @@ class HboneStream:
             self.conn._acknowledge(self.stream_id, n)
 
     def _ack(self, n: int) -> None:
+        if self._window_released:
+            return
         if self._acks_paused:
             self._unacked += n
         else:
@@ -232,7 +235,8 @@ class HboneStream:
         else:
             data = bytes(self._rbuf[:n])
             del self._rbuf[:n]
-        self.conn._acknowledge(self.stream_id, len(data))
+        if not self._window_released:
+            self.conn._acknowledge(self.stream_id, len(data))
         return data
 
     async def readexactly(self, n: int) -> bytes:
@@ -325,6 +329,14 @@ class HboneStream:
             return
         self._error = exc
         self.pending.clear()
+        # Bytes received but not yet consumed hold connection window. No more can arrive on this stream, so
+        # give the window back now (they stay readable): else every stream reset with unread data would
+        # shrink the pooled connection's window for good, until its peer stalls.
+        unconsumed = len(self._rbuf) + self._unacked
+        self._unacked = 0
+        self._window_released = True
+        if unconsumed:
+            self.conn._acknowledge(self.stream_id, unconsumed)
         if self._response is not None and not self._response.done():
             self._response.set_exception(exc)
         if self._sink is not None:
