@@ -244,6 +244,7 @@ class Cluster:
                 pid = procs.pid_of(layout.pids, pidfile.stem)
                 components[pidfile.stem] = bool(pid and procs.alive(pid))
         result: dict[str, object] = {
+            "instance": layout.instance,
             "kubeconfig": str(layout.kubeconfig),
             "api": layout.api_url,
             "healthy": self.healthy(),
