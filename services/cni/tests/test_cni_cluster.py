@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,12 +22,38 @@ from istio_cni.netnsfind import find_named_netns, find_netns_path
 from istio_cni.settings import Settings
 from meshkit.settings import load
 from meshkit.zds import WorkloadAdded, ZdsClientConnection, ZdsClosed
+from meshtest.e2e.mesh import exclusive
 from meshtest.fixtures import kube_cluster, kube_namespace  # noqa: F401 - fixtures used by name
 from meshtest.kube import KubeCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.root]
 IMAGE = "localhost:5000/app:istio-testing"
 REDIRECTION = "ambient.istio.io/redirection"
+
+
+def cni_daemonsets(kc: KubeCluster) -> list[object]:
+    """istio-cni DaemonSets in any namespace (``kc.get`` without a namespace looks in ``default`` only)."""
+    out = kc.kubectl("get", "daemonsets", "-A", "-l", "k8s-app=istio-cni-node", "-o", "json").stdout
+    items: list[object] = json.loads(out)["items"]
+    return items
+
+
+@pytest.fixture
+def no_mesh_session(kube_cluster: KubeCluster) -> Iterator[None]:  # noqa: F811
+    """Hold the machine-wide mesh lock: an e2e session installs and removes the ambient chart (with its
+    istio-cni DaemonSet) on this shared cluster, and that agent and ours would rewrite each other's CNI
+    config. Under the lock, the DaemonSet check in each test is reliable."""
+    if kube_cluster.layout is None:
+        pytest.skip("needs the local cluster (node network namespaces)")
+    if cni_daemonsets(kube_cluster):  # e.g. this very session installed the mesh: do not wait for its lock
+        pytest.skip("an istio-cni DaemonSet already runs in this cluster; this test runs its own agent")
+    lock = contextlib.ExitStack()
+    try:
+        lock.enter_context(exclusive(kube_cluster.layout.cache, timeout=120))
+    except TimeoutError:
+        pytest.skip("an e2e session holds the mesh lock on the shared cluster")
+    with lock:
+        yield
 
 
 async def ack_everything(path: str) -> None:
@@ -58,12 +86,12 @@ async def test_label_running_pod_enrols_and_unlabel_cleans(
     kube_cluster: KubeCluster,  # noqa: F811
     kube_namespace: str,  # noqa: F811
     tmp_path: Path,
+    no_mesh_session: None,
 ) -> None:
     kc, ns = kube_cluster, kube_namespace
     if kc.layout is None:
         pytest.skip("needs the local cluster (node network namespaces)")
-    daemonsets = (await asyncio.to_thread(kc.get, "daemonsets", "", None, "k8s-app=istio-cni-node"))["items"]
-    if daemonsets:  # two agents on one node would undo each other's work
+    if await asyncio.to_thread(cni_daemonsets, kc):  # two agents on one node would undo each other's work
         pytest.skip("an istio-cni DaemonSet already runs in this cluster; this test runs its own agent")
     pod = {
         "apiVersion": "v1",
@@ -122,14 +150,14 @@ async def test_new_pod_is_redirected_before_its_init_container(
     kube_cluster: KubeCluster,  # noqa: F811
     kube_namespace: str,  # noqa: F811
     tmp_path: Path,
+    no_mesh_session: None,
 ) -> None:
     """The agent chains its plugin into a worker node's CNI config; a pod created in an ambient namespace on
     that node gets its rules during CNI ADD: its init container already sees them."""
     kc, ns = kube_cluster, kube_namespace
     if kc.layout is None:
         pytest.skip("needs the local cluster (node network namespaces)")
-    daemonsets = (await asyncio.to_thread(kc.get, "daemonsets", "", None, "k8s-app=istio-cni-node"))["items"]
-    if daemonsets:
+    if await asyncio.to_thread(cni_daemonsets, kc):
         pytest.skip("an istio-cni DaemonSet already runs in this cluster; this test runs its own agent")
     node = next(n for n in kc.layout.nodes if not n.control_plane)
     root = kc.layout.node_root(node.name)
