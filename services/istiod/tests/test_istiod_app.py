@@ -250,6 +250,11 @@ async def test_ca_serving_certificate_on_the_xds_port(fake_api: tuple[FakeApi, K
                 await app.server.refused.wait()
                 await xds.ended.wait()
         assert not xds.synced.is_set()
-        assert xds.last_error.startswith("UNAUTHENTICATED")
+        # refused by the JWT authenticator (not by TLS): counted as an auth failure on the server
+        assert (app.registry.get_sample_value("pilot_xds_auth_failures_total") or 0) >= 1
+        # the client usually sees the UNAUTHENTICATED status; when its write of the initial request races the
+        # server's abort, grpc-python replaces the status with INTERNAL "Internal error from Core" (a client
+        # library quirk, measured at ~25 % of attempts), so either is the refusal
+        assert xds.last_error.startswith(("UNAUTHENTICATED", "INTERNAL: Internal error from Core"))
     finally:
         await app.shutdown()
