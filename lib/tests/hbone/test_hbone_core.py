@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from meshkit.hbone import events as ev
 from meshkit.hbone.core import FlowControlViolation, HboneCore, frame_header
 from meshkit.hbone.errors import HboneError
+from meshkit.hbone.request import BadRequest, parse_request
 from meshkit.hbone.settings import MIB, HboneSettings
 
 
@@ -457,7 +458,16 @@ def test_graceful_goaway_lets_open_streams_finish_and_refuses_new_ones() -> None
     "headers",
     [
         [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), (":path", "/")],  # nghttp's CONNECT
-        [(":method", "CONNECT")],
+        [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), (":scheme", "https")],
+        [(":method", "CONNECT"), (":authority", "")],
+        [(":authority", "10.0.0.1:80")],
+        [
+            (":method", "CONNECT"),
+            (":protocol", "websocket"),
+            (":scheme", "https"),
+            (":path", "/"),
+            (":authority", "10.0.0.1:80"),
+        ],  # extended CONNECT: never enabled
         [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), (":authority", "10.0.0.2:80")],
         [(":method", "CONNECT"), ("x-a", "1"), (":authority", "10.0.0.1:80")],
         [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), (":status", "200")],
@@ -480,3 +490,13 @@ def test_malformed_request_is_a_stream_error_only(headers: list[tuple[str, str]]
     pair.client.send_data(good, b"still fine")
     pair.pump()
     assert pair.received[("server", good)] == b"still fine"
+
+
+def test_connect_without_authority_reaches_the_handler_for_a_400() -> None:
+    # upstream's HTTP/2 layer passes it on and ztunnel answers 400 (behaviour.md §2.7), not RST_STREAM
+    pair = Pair()
+    block = pair.client._h2.encoder.encode([(":method", "CONNECT")])
+    events = pair.server.receive_data(frame_header(len(block), 0x1, 0x4, 1) + block)
+    (request,) = [e for e in events if isinstance(e, ev.RequestReceived)]
+    with pytest.raises(BadRequest, match="missing"):
+        parse_request(request.stream_id, request.headers)

@@ -36,7 +36,9 @@ Interfaces (stable; other components code against these):
     ``await start()`` / ``await close(grace_s)``. ``sock`` is a listening socket (from a SocketFactory);
     ``certificate()`` returns the current server ``WorkloadCertificate`` (rotation-aware); ``handler(peer:
     InboundPeer, request: ConnectRequest) -> Reject(status) | Forward(connect, response_headers, on_done) |
-    Accept(serve, response_headers)``. Bad method/authority → 400 before the handler; handler raising → 503;
+    Accept(serve, response_headers)``. Malformed HTTP/2 requests (``:scheme``/``:path`` on CONNECT,
+    ``:protocol``, an empty ``:authority``) → RST_STREAM(PROTOCOL_ERROR) as upstream's h2; a method other than
+    CONNECT or a missing/unparsable authority → 400 before the handler; handler raising → 503;
     ``Forward.connect()`` failing or timing out → 503; else 200 and relay.
 
 ``meshkit.hbone.pool.ConnectionPool(certificate, connector, settings)``

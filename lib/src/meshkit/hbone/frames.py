@@ -58,9 +58,14 @@ def malformed_request(headers: Sequence[tuple[str, str]]) -> str | None:
     method = pseudo.get(":method")
     if not method:
         return "no :method"
-    if method == "CONNECT" and ":protocol" not in pseudo:
-        if not pseudo.get(":authority") or ":scheme" in pseudo or ":path" in pseudo:
-            return "CONNECT needs :authority and no :scheme or :path"
+    if ":protocol" in pseudo:
+        # extended CONNECT (RFC 8441) needs SETTINGS_ENABLE_CONNECT_PROTOCOL, which we never send
+        return "extended CONNECT (:protocol) is not enabled"
+    if method == "CONNECT":
+        # A missing :authority is not malformed here: upstream's HTTP/2 layer passes such a request on and
+        # ztunnel answers 400 when it cannot parse the authority (behaviour.md §2.7); an empty one is.
+        if pseudo.get(":authority") == "" or ":scheme" in pseudo or ":path" in pseudo:
+            return "CONNECT needs a non-empty :authority and no :scheme or :path"
         return None
     if not pseudo.get(":scheme") or not pseudo.get(":path"):
         return "missing :scheme or :path"

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 MAX_AUTHORITY = 512  # longer than any DNS name plus a port; longer ones are a bad request
-_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9\-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9\-]{0,62}))*\.?$")
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9\-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9\-]{0,62}))*\.?")
 _FORWARDED_HOST = re.compile(r'(?:^|;)\s*host="?([^";,]+)"?', re.IGNORECASE)
 
 
@@ -59,25 +59,32 @@ def format_authority(host: str, port: int) -> str:
 
 
 def parse_authority(text: str) -> Authority:
-    """Parse ``IP:port``, ``[IPv6]:port``, else ``host:port``; raise :class:`BadRequest`."""
+    """Parse ``IP:port``, ``[IPv6]:port``, else ``host:port``; raise :class:`BadRequest`.
+
+    Strict where a lenient parse could mislead the checks that follow: the port is 1-65535 in ASCII digits,
+    brackets hold an IPv6 address and nothing else, no IPv6 zone (``%eth0``), a hostname is DNS letters,
+    digits, hyphens and dots.
+    """
     if not text or len(text) > MAX_AUTHORITY:
         raise BadRequest("missing or oversized :authority")
-    if text.startswith("["):
+    bracketed = text.startswith("[")
+    if bracketed:
         host, sep, port_text = text[1:].partition("]:")
-        if not sep:
-            raise BadRequest(f"bad :authority {text!r}")
     else:
         host, sep, port_text = text.rpartition(":")
-        if not sep or ":" in host:
-            raise BadRequest(f"bad :authority {text!r}")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        sep = "" if ":" in host else sep
+    if not sep:
+        raise BadRequest(f"bad :authority {text!r}")
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise BadRequest(f"bad port in :authority {text!r}")
     try:
-        ip = ipaddress.ip_address(host)
+        ip = ipaddress.IPv6Address(host) if bracketed else ipaddress.IPv4Address(host)
     except ValueError:
-        if text.startswith("[") or not _HOST.match(host):
+        if bracketed or not _HOST.fullmatch(host):
             raise BadRequest(f"bad host in :authority {text!r}") from None
         return Authority(host.lower(), int(port_text), is_ip=False)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+        raise BadRequest(f"IPv6 zone in :authority {text!r}")
     return Authority(str(ip), int(port_text), is_ip=True)
 
 
