@@ -110,6 +110,11 @@ def convert_peer_authentication(
         return None
     top = mode(spec.get("mtls"))
     ns_mode, root_mode = _mode_of(namespace_pa), _mode_of(root_pa)
+    # A STRICT port needs no group of its own when a parent already enforces STRICT. Upstream's Go condition
+    # (authorization.go) reads `A || (B && C || D && E && F)`, which by && / || precedence also skips the
+    # port for a PERMISSIVE/DISABLE workload under a STRICT mesh, leaving that port unenforced. We apply the
+    # evident intent (UNSET guards both inherited cases), as §5.6 states it: PERMISSIVE + port STRICT ⇒ one
+    # group per strict port.
     parent_strict = top == STRICT or (
         top == UNSET
         and (
