@@ -122,6 +122,11 @@ def convert_peer_authentication(
             or ((namespace_pa is None or ns_mode == UNSET) and root_pa is not None and root_mode == STRICT)
         )
     )
+    # the mode an UNSET workload inherits: the namespace's unless it is UNSET too, then the mesh's. Upstream
+    # tests `nsCfg != nil && !strict(ns)` here, so a UNSET namespace PA under a STRICT mesh drops the PERMISSIVE
+    # port *and* (effective_keys) the static strict key: the whole workload fails open. §5.6 states the rule
+    # by the effective ns/mesh mode, which we follow.
+    inherited_strict = (ns_mode == STRICT) if ns_mode != UNSET else (root_mode == STRICT)
     clauses: list[Clause] = []
     if top == STRICT:
         clauses.append(Clause((Match(not_principals=(PRESENCE,)),)))
@@ -136,12 +141,8 @@ def convert_peer_authentication(
         elif _lax(port_mode):
             if _lax(top):
                 continue
-            if top == UNSET and (
-                (namespace_pa is not None and ns_mode != STRICT)
-                or (namespace_pa is None and root_pa is not None and root_mode != STRICT)
-                or (namespace_pa is None and root_pa is None)
-            ):
-                continue
+            if top == UNSET and not inherited_strict:
+                continue  # nothing STRICT to make an exception from
             found_lax = True
             # deny when the port is NOT this one (the exemption); one group AND-s these clauses (§5.6)
             clauses.append(Clause((Match(not_destination_ports=(port,)),)))
