@@ -123,9 +123,9 @@ def convert_peer_authentication(
         )
     )
     # the mode an UNSET workload inherits: the namespace's unless it is UNSET too, then the mesh's. Upstream
-    # tests `nsCfg != nil && !strict(ns)` here, so a UNSET namespace PA under a STRICT mesh drops the PERMISSIVE
-    # port *and* (effective_keys) the static strict key: the whole workload fails open. §5.6 states the rule
-    # by the effective ns/mesh mode, which we follow.
+    # tests `nsCfg != nil && !strict(ns)` here, so a UNSET namespace PA under a STRICT mesh drops the
+    # PERMISSIVE port *and* (effective_keys) the static strict key: the whole workload fails open. §5.6
+    # states the rule by the effective ns/mesh mode, which we follow.
     inherited_strict = (ns_mode == STRICT) if ns_mode != UNSET else (root_mode == STRICT)
     clauses: list[Clause] = []
     if top == STRICT:
