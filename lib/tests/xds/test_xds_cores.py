@@ -192,6 +192,8 @@ def test_node_id_round_trip() -> None:
         "istio-system",
     )
     assert str(node) == "ztunnel~10.0.0.9~ztunnel-abc.istio-system~istio-system.svc.cluster.local"
+    dotted = NodeId.parse("ztunnel~10.0.0.9~zt.v1.istio-system~istio-system.svc.cluster.local")
+    assert (dotted.pod_name, dotted.pod_namespace) == ("zt.v1", "istio-system")  # names may hold dots
 
 
 def test_node_from_env() -> None:

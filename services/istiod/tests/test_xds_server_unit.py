@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import grpc
 import pytest
 from istiod.xds.cache import ResourceCache
@@ -84,3 +86,34 @@ async def test_node_id_checked_as_istiod(node_id: str, instance_ips: str | None,
         server._identify(conn, req)
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert conn.node is None
+
+
+@dataclass(frozen=True)
+class _Caller:
+    service_account_namespace: str
+
+
+@pytest.mark.parametrize(
+    ("node_id", "metadata_ns", "caller_ns", "accepted"),
+    [
+        ("ztunnel~10.0.0.9~zt.v1.app~app.svc.cluster.local", None, "app", True),  # ns from the DNS domain
+        ("ztunnel~10.0.0.9~zt.v1.app~app.svc.cluster.local", None, "v1", False),  # not from the dotted pod id
+        ("ztunnel~10.0.0.9~zt.app~app.svc.cluster.local", "other", "app", False),  # metadata NAMESPACE wins
+        ("ztunnel~10.0.0.9~zt.app~app.svc.cluster.local", "other", "other", True),
+    ],
+)
+def test_identity_check_uses_the_proxy_config_namespace(
+    node_id: str, metadata_ns: str | None, caller_ns: str, accepted: bool
+) -> None:
+    server = DiscoveryServer(ResourceCache(), XdsMetrics(new_registry()))
+    conn = Connection("c1", "peer", _Caller(caller_ns), ServerStream(ResourceCache()))
+    req = discovery_pb2.DeltaDiscoveryRequest(type_url=ADDRESS_TYPE)
+    req.node.id = node_id
+    if metadata_ns is not None:
+        req.node.metadata.update({"NAMESPACE": metadata_ns})
+    if accepted:
+        server._identify(conn, req)
+        return
+    with pytest.raises(StreamRefused) as info:
+        server._identify(conn, req)
+    assert info.value.code == grpc.StatusCode.PERMISSION_DENIED

@@ -41,7 +41,7 @@ class NodeId:
         proxy_type, ip, proxy_id, domain = parts
         if not proxy_type:
             raise InvalidNodeId(f"node id {text!r} has an empty proxy type")
-        name, _, namespace = proxy_id.partition(".")
+        name, _, namespace = proxy_id.rpartition(".")  # a pod name may hold dots; a namespace never does
         return cls(proxy_type, ip, name, namespace, domain)
 
     @classmethod

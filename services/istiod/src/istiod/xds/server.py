@@ -258,7 +258,9 @@ class DiscoveryServer:
         conn.node = node
         conn.metadata = {k: fields[k].string_value for k in ("NAME", "NAMESPACE", "NODE_NAME", "CLUSTER_ID")
                          if k in fields}  # fmt: skip
-        namespace = conn.metadata.get("NAMESPACE") or conn.node.pod_namespace
+        # GetProxyConfigNamespace: metadata NAMESPACE, else the first label of the DNS domain (§3.3)
+        domain = conn.node.domain.split(".")
+        namespace = conn.metadata.get("NAMESPACE") or (domain[0] if len(domain) > 1 else "")
         caller_ns = getattr(conn.caller, "service_account_namespace", None)
         if self.identity_check and caller_ns is not None and caller_ns != namespace:
             # §3.3 XDS identity check: the token's namespace must be the proxy's namespace
