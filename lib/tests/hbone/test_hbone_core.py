@@ -500,3 +500,58 @@ def test_connect_without_authority_reaches_the_handler_for_a_400() -> None:
     (request,) = [e for e in events if isinstance(e, ev.RequestReceived)]
     with pytest.raises(BadRequest, match="missing"):
         parse_request(request.stream_id, request.headers)
+
+
+def _raw_data(core: HboneCore, sid: int, total: int, frame: int = MIB) -> list[ev.Event]:
+    """Send ``total`` bytes of DATA on ``sid`` straight to ``core``, ignoring any window (a rogue peer)."""
+    events: list[ev.Event] = []
+    while total > 0 and not core.closed:
+        n = min(frame, total)
+        events += core.receive_data(frame_header(n, 0, 0, sid) + bytes(n))
+        total -= n
+    return events
+
+
+def _goaway_code(core: HboneCore) -> int | None:
+    out = core.data_to_send()
+    off = 0
+    while off + 9 <= len(out):
+        hi, lo, ftype, _flags, _sid = struct.unpack_from(">BHBBL", out, off)
+        if ftype == 0x7:
+            return int(struct.unpack(">L", out[off + 13 : off + 17])[0])
+        off += 9 + (hi << 16 | lo)
+    return None
+
+
+def test_peer_overrunning_the_stream_window_we_advertised_is_a_flow_control_error() -> None:
+    pair = Pair()
+    sid = pair.open()
+    # exactly the 4 MiB stream window is fine while nothing is consumed...
+    events = _raw_data(pair.server, sid, 4 * MIB)
+    assert sum(len(e.data) for e in events if isinstance(e, ev.DataReceived)) == 4 * MIB
+    assert _goaway_code(pair.server) is None
+    # ...one byte more is not
+    events = _raw_data(pair.server, sid, 1)
+    assert not any(isinstance(e, ev.DataReceived) for e in events)
+    assert _goaway_code(pair.server) == ErrorCodes.FLOW_CONTROL_ERROR
+
+
+def test_consumed_bytes_reopen_exactly_what_was_consumed() -> None:
+    pair = Pair()
+    sid = pair.open()
+    _raw_data(pair.server, sid, 4 * MIB)
+    pair.server.acknowledge(sid, 2 * MIB)  # the reader consumed half: a WINDOW_UPDATE of 2 MiB each level
+    _raw_data(pair.server, sid, 2 * MIB)
+    assert _goaway_code(pair.server) is None
+    _raw_data(pair.server, sid, 1)
+    assert _goaway_code(pair.server) == ErrorCodes.FLOW_CONTROL_ERROR
+
+
+def test_peer_overrunning_the_connection_window_is_a_flow_control_error() -> None:
+    pair = Pair()
+    streams = [pair.open() for _ in range(5)]
+    for sid in streams[:4]:
+        _raw_data(pair.server, sid, 4 * MIB)  # 16 MiB: the whole connection window, nothing consumed
+    assert _goaway_code(pair.server) is None
+    _raw_data(pair.server, streams[4], 1)  # its own stream window is untouched, the connection's is not
+    assert _goaway_code(pair.server) == ErrorCodes.FLOW_CONTROL_ERROR

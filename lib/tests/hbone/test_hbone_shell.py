@@ -269,16 +269,21 @@ async def test_upstream_reset_resets_the_stream(
 async def test_slow_reader_does_not_grow_memory(
     server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
 ) -> None:
+    """A client that stops reading holds one stream window; the server holds one send buffer; no more."""
     total = 64 * 1024 * 1024
     written = 0
+    upstream_blocked = False
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
-        nonlocal written
+        nonlocal written, upstream_blocked
         block = b"s" * 65536
         while written < total:
             writer.write(block)
             written += len(block)
+            # drain() will wait: everything between us and the client is full (for now)
+            upstream_blocked = writer.transport.get_write_buffer_size() > 65536
             await writer.drain()
+            upstream_blocked = False
         writer.write_eof()
         return written
 
@@ -286,22 +291,33 @@ async def test_slow_reader_does_not_grow_memory(
     settings = HboneSettings()
     server, pool, stream = await _tunnel(upstream, server_cert, client_cert)
     try:
-        # the client does not read: its buffer fills to exactly one stream window and stops there
-        await wait_until(lambda: len(stream._rbuf) >= settings.stream_window)
-        stalled_at = written
-        for _ in range(20):
-            await asyncio.sleep(0.01)  # let the upstream try to push more
+        (server_stream,) = [s for c in server.connections for s in c.streams.values()]
+        # The client does not read. The pipeline is full once its buffer holds a whole stream window (no
+        # WINDOW_UPDATE goes out for unread bytes), the server's relay stopped reading its upstream (send
+        # buffer over the limit) and the upstream itself is blocked writing. An implementation that buffered
+        # without bound would never get here: the client's buffer would pass the window.
+        await wait_until(
+            lambda: (
+                len(stream._rbuf) >= settings.stream_window
+                and not server_stream.write_ready
+                and upstream_blocked
+            ),
+            limit_s=20,
+        )
         assert len(stream._rbuf) == settings.stream_window
-        server_streams = [s for c in server.connections for s in c.streams.values()]
-        assert all(len(s.pending) <= settings.max_send_buffer + 65536 for s in server_streams)
-        # what the upstream managed to write is bounded by windows + socket buffers, not by the 64 MiB
-        assert written - stalled_at <= 4 * 1024 * 1024
+        assert stream.conn.core._conn_unacked == 0  # nothing acknowledged: no window was reopened
+        # the server side buffers its send limit plus at most one relay read (64 KiB)
+        assert len(server_stream.pending) <= settings.max_send_buffer + 65536
+        # so what the upstream got rid of is windows + buffers + kernel socket buffers, not the 64 MiB
         assert written < 24 * 1024 * 1024
-        received = len(stream._rbuf)
+        assert not upstream.done.done()
+        # reading drains it all, in order and complete
+        received = bytearray()
         while chunk := await stream.read():
-            received += len(chunk) if received >= settings.stream_window else 0
+            received += chunk
+        assert len(received) == total == stream.bytes_received
+        assert received.count(b"s") == total
         assert await asyncio.wait_for(upstream.done, 30) == total
-        assert stream.bytes_received == total
     finally:
         await pool.close()
         await server.close()
@@ -645,16 +661,25 @@ async def test_slow_upstream_pushes_back_to_the_client_through_the_relay(
 
     producer = asyncio.ensure_future(produce())
     try:
-        # the producer stalls: the relay stops reopening the window once the upstream socket is full
-        last = -1
-        async with asyncio.timeout(20):
-            while sent != last:  # "stopped growing" has no event to wait for
-                last = sent
-                await asyncio.sleep(0.25)
-        assert not stream.write_ready
-        assert sent < 24 * 1024 * 1024  # window + send buffer + kernel socket buffers, far below 48 MiB
         (server_stream,) = [s for c in server.connections for s in c.streams.values()]
-        assert server_stream._acks_paused or len(server_stream._rbuf) <= settings.stream_window
+        # The relay's TCP side toward the silent upstream congests, so it stops reopening the HBONE window;
+        # the client's send window runs dry and its send buffer fills: the producer waits in drain().
+        await wait_until(
+            lambda: (
+                server_stream._acks_paused
+                and stream.conn.core.send_window(stream.stream_id) == 0
+                and not stream.write_ready
+            ),
+            limit_s=20,
+        )
+        assert len(stream.pending) < settings.client_max_send_buffer + 65536  # one write past the limit
+        # the server holds what one stream window let through, in the relay's TCP transport
+        relay_side = server_stream._sink
+        assert relay_side is not None
+        buffered = relay_side._transport.get_write_buffer_size()
+        assert buffered <= settings.stream_window + 65536
+        assert sent < 24 * 1024 * 1024  # window + send buffer + kernel socket buffers, far below 48 MiB
+        assert not producer.done()
         release.set()
         await asyncio.wait_for(producer, 30)
         assert await asyncio.wait_for(upstream.done, 30) == total
