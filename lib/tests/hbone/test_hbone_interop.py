@@ -28,16 +28,38 @@ from .conftest import SERVER_ID, EchoServer, forward_to, listen
 HERE = Path(__file__).resolve().parent
 
 
+# where scripts/setup installs Go (the e2e cluster recipe needs it too)
+GO_ROOT_BIN = Path("/usr/local/go/bin/go")
+
+
 @pytest.fixture(scope="module")
 def go_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    go = shutil.which("go") or "/usr/local/go/bin/go"
+    """Build the Go client: standard library only, so no module download and no toolchain switch."""
+    go = shutil.which("go") or (str(GO_ROOT_BIN) if GO_ROOT_BIN.exists() else None)
+    if go is None:
+        pytest.fail(
+            f"Go is missing: the HBONE interop test builds interop/h2connect.go with it; install Go at "
+            f"{GO_ROOT_BIN.parent.parent} (scripts/setup does) or put `go` on PATH",
+            pytrace=False,
+        )
     out = tmp_path_factory.mktemp("go") / "h2connect"
-    subprocess.run(
+    env = {
+        **os.environ,
+        "CGO_ENABLED": "0",
+        "GOTOOLCHAIN": "local",  # never download another toolchain
+        "GOFLAGS": "-mod=mod",
+        "GOPROXY": "off",  # stdlib only: any module fetch is a bug, and must fail rather than hit the network
+    }
+    built = subprocess.run(
         [go, "build", "-o", str(out), str(HERE / "interop" / "h2connect.go")],
-        check=True,
+        capture_output=True,
+        text=True,
         timeout=280,
-        env={**os.environ, "CGO_ENABLED": "0"},
+        env=env,
+        check=False,
     )
+    if built.returncode != 0:
+        pytest.fail(f"`go build` of the interop client failed ({go}):\n{built.stderr}", pytrace=False)
     return out
 
 
@@ -73,17 +95,28 @@ async def run(*cmd: str, stdin: bytes = b"", limit_s: float = 60) -> tuple[int, 
     return proc.returncode or 0, out, err.decode(errors="replace")
 
 
+async def go_connect(
+    go_client: Path,
+    server: HboneServer,
+    pem: dict[str, Path],
+    authority: str,
+    expected: str,
+    *,
+    stdin: bytes = b"",
+) -> tuple[int, bytes, str]:
+    host, port = server.address
+    files = (str(pem["cert"]), str(pem["key"]), str(pem["roots"]))
+    return await run(str(go_client), f"{host}:{port}", authority, *files, expected, stdin=stdin)
+
+
 @pytest.mark.slow
 async def test_go_http2_client_tunnels_through_our_server(
     go_client: Path, server: HboneServer, pem_files: dict[str, Path]
 ) -> None:
     payload = os.urandom(3 * 1024 * 1024 + 5)  # several windows' worth of DATA frames, then END_STREAM
-    host, port = server.address
-    code, out, err = await run(
-        str(go_client), f"{host}:{port}", "10.0.0.1:80",
-        str(pem_files["cert"]), str(pem_files["key"]), str(pem_files["roots"]), SERVER_ID.uri,
-        stdin=payload,
-    )  # fmt: skip
+    code, out, err = await go_connect(
+        go_client, server, pem_files, "10.0.0.1:80", SERVER_ID.uri, stdin=payload
+    )
     assert code == 0, err
     assert "status 200 proto HTTP/2.0" in err
     assert out == payload  # echoed, and our END_STREAM ended Go's response body
@@ -93,11 +126,7 @@ async def test_go_http2_client_tunnels_through_our_server(
 async def test_go_http2_client_gets_401_when_denied(
     go_client: Path, server: HboneServer, pem_files: dict[str, Path]
 ) -> None:
-    host, port = server.address
-    code, _out, err = await run(
-        str(go_client), f"{host}:{port}", "10.0.0.1:401",
-        str(pem_files["cert"]), str(pem_files["key"]), str(pem_files["roots"]), SERVER_ID.uri,
-    )  # fmt: skip
+    code, _out, err = await go_connect(go_client, server, pem_files, "10.0.0.1:401", SERVER_ID.uri)
     assert code == 3, err
     assert "status 401" in err
 
@@ -106,14 +135,10 @@ async def test_go_http2_client_gets_401_when_denied(
 async def test_go_http2_client_rejects_an_unexpected_server_identity(
     go_client: Path, server: HboneServer, pem_files: dict[str, Path]
 ) -> None:
-    host, port = server.address
-    code, _out, err = await run(
-        str(go_client), f"{host}:{port}", "10.0.0.1:80",
-        str(pem_files["cert"]), str(pem_files["key"]), str(pem_files["roots"]),
-        "spiffe://cluster.local/ns/other/sa/other",
-    )  # fmt: skip
+    other = "spiffe://cluster.local/ns/other/sa/other"
+    code, _out, err = await go_connect(go_client, server, pem_files, "10.0.0.1:80", other)
     assert code == 1
-    assert "is not spiffe://cluster.local/ns/other/sa/other" in err
+    assert f"is not {other}" in err
 
 
 async def test_nghttp_get_is_answered_400(server: HboneServer, pem_files: dict[str, Path]) -> None:
