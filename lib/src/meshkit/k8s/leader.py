@@ -3,7 +3,10 @@
 One :class:`LeaderElector` per lease: it tries to acquire (create, or take over an expired lease) every
 ``retry_s``, renews every ``retry_s`` while leading, and gives up leadership when it cannot renew within
 ``renew_deadline_s``. Writes use the Lease's resourceVersion (optimistic concurrency), so two replicas can
-never both believe they hold it for longer than the lease duration. ``leading`` is an :class:`asyncio.Event`;
+never both believe they hold it for longer than the lease duration. Expiry is judged, as client-go does,
+by how long *this* replica has seen the same record unchanged on its own monotonic clock, never by
+comparing the holder's ``renewTime`` with the local wall clock: clock skew between nodes cannot make a
+replica take a lease that is still being renewed. ``leading`` is an :class:`asyncio.Event`;
 ``on_started`` / ``on_stopped`` callbacks let a controller start and stop its writers.
 """
 
@@ -12,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
+from typing import Any
 
 from meshkit.k8s.client import ApiError, Conflict, KubeClient, NotFound
 from meshkit.k8s.resources import LEASES, Obj
@@ -53,6 +58,7 @@ class LeaderElector:
         retry_s: float = 2.0,
         on_started: Callable[[], None] | None = None,
         on_stopped: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.namespace = namespace
@@ -65,6 +71,9 @@ class LeaderElector:
         self.on_stopped = on_stopped
         self.leading = asyncio.Event()
         self._last_renew: dt.datetime | None = None
+        self._clock = clock
+        self._observed: tuple[Any, ...] | None = None  # the lease record as last seen
+        self._observed_at = 0.0  # local monotonic time it was first seen as it is
 
     async def run(self) -> None:
         """Campaign and renew until cancelled; releases nothing on exit (the lease simply expires)."""
@@ -108,29 +117,40 @@ class LeaderElector:
             lease = self.client.get(LEASES, self.name, self.namespace)
         except NotFound:
             meta = {"name": self.name, "namespace": self.namespace}
-            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
-                    "spec": self._spec(_now(), 0)}  # fmt: skip
+            spec = self._spec(_now(), 0)
+            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": spec}
             try:
                 self.client.create(LEASES, body, self.namespace)
-                return True
             except (Conflict, ApiError):
                 return False
+            self._observe(spec)
+            return True
         except Exception as exc:
             log.warning("lease read failed", extra=kv(lease=self.name, error=str(exc)))
             return False
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
-        renewed = _parse(spec.get("renewTime")) or _parse(spec.get("acquireTime"))
         duration = float(spec.get("leaseDurationSeconds") or self.lease_duration_s)
-        held_by_other = holder and holder != self.identity
-        if held_by_other and renewed is not None and (_now() - renewed).total_seconds() < duration:
-            return False
+        now = self._observe(spec)
+        if holder and holder != self.identity and now - self._observed_at < duration:
+            return False  # another holder, renewed (as far as we can tell) within the lease duration
         transitions = int(spec.get("leaseTransitions") or 0) + (1 if holder != self.identity else 0)
         acquire = _parse(spec.get("acquireTime")) if holder == self.identity else None
         lease["spec"] = self._spec(acquire or _now(), transitions)
         try:
             self.client.replace(LEASES, lease, self.namespace)
-            return True
         except Exception as exc:
             log.info("lease update lost", extra=kv(lease=self.name, error=str(exc)))
             return False
+        self._observe(lease["spec"])
+        return True
+
+    def _observe(self, spec: Obj) -> float:
+        """Note the record; returns the local time. ``_observed_at`` moves only when the record changed."""
+        record = tuple(
+            spec.get(k) for k in ("holderIdentity", "renewTime", "acquireTime", "leaseTransitions")
+        )
+        now = self._clock()
+        if record != self._observed:
+            self._observed, self._observed_at = record, now
+        return now
