@@ -260,6 +260,12 @@ def test_waypoint_requires_status_address_and_prefers_hostname() -> None:
     )
     assert by_ip is not None
     assert by_ip.address == r.GatewayAddress(address=r.NetworkAddress("n", ip("10.0.0.9")))
+    odd = [{"type": "Hostname", "value": ""}, {"type": "IPAddress", "value": "bogus"},
+           {"type": "IPAddress", "value": "10.0.0.8"}]  # fmt: skip
+    first_usable = wp.waypoint_from_gateway(gateway(addresses=odd), None, "n")
+    assert first_usable is not None
+    assert first_usable.address == r.GatewayAddress(address=r.NetworkAddress("n", ip("10.0.0.8")))
+    assert wp.waypoint_from_gateway(gateway(addresses=odd[:2]), None, "n") is None  # no usable destination
     cls = {"metadata": {"labels": {"istio.io/waypoint-for": "all"}}}
     assert wp.waypoint_from_gateway(gateway(), cls, "").traffic_type == "all"  # type: ignore[union-attr]
     own = gateway(labels={"istio.io/waypoint-for": "workload"})

@@ -82,22 +82,28 @@ def waypoint_from_gateway(gateway: Obj, gateway_class: Obj | None, network: str)
     addresses = ((gateway.get("status") or {}).get("addresses")) or []
     if not addresses:
         return None  # not ready: no waypoint (§5.4)
-    hostnames = [a for a in addresses if a.get("type") == "Hostname"]
     ns = meta.namespace(gateway)
+    hostnames = [str(a["value"]) for a in addresses if a.get("type") == "Hostname" and a.get("value")]
     if hostnames:
-        address = GatewayAddress(hostname_namespace=ns, hostname=str(hostnames[0].get("value", "")))
+        address = GatewayAddress(hostname_namespace=ns, hostname=hostnames[0])
     else:
-        try:
-            ip = ipaddress.ip_address(str(addresses[0].get("value", "")))
-        except ValueError:
-            return None
-        address = GatewayAddress(address=NetworkAddress(network, ip.packed))
+        ips = [ip for ip in (_ip(a.get("value")) for a in addresses if a.get("type") != "Hostname") if ip]
+        if not ips:
+            return None  # nothing ztunnel could dial: no waypoint (a GatewayAddress needs a destination)
+        address = GatewayAddress(address=NetworkAddress(network, ips[0]))
     routes = ((_hbone_listener(gateway).get("allowedRoutes") or {}).get("namespaces")) or {}
     selector = (routes.get("selector") or {}).get("matchLabels") or {}
     return Waypoint(
         ns, meta.name(gateway), traffic_type(gateway, gateway_class), address,
         str(routes.get("from") or "Same"), tuple(sorted(selector.items())),
     )  # fmt: skip
+
+
+def _ip(value: Any) -> bytes | None:
+    try:
+        return ipaddress.ip_address(str(value)).packed
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
