@@ -776,3 +776,39 @@ async def test_streams_reset_with_unread_data_give_the_connection_window_back(
     finally:
         await pool.close()
         await server.close()
+
+
+async def test_keepalive_goes_on_while_a_connection_drains(
+    echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    # h2 alone refuses to send PING once a GOAWAY went either way ("SEND_PING in state CLOSED"); a graceful
+    # drain keeps the connection open for its streams, so keepalive must keep working on both sides.
+    settings = HboneSettings(keepalive_interval=0.02, keepalive_timeout=5)
+    server = HboneServer(listen(), lambda: server_cert, forward_to(echo.port), settings)
+    await server.start()
+    pool = ConnectionPool(lambda _i: client_cert, settings=settings)
+    try:
+        stream = await pool.connect(make_key(server), "10.0.0.1:80")
+        (server_conn,) = server.connections
+        server_conn.goaway()
+        await wait_until(lambda: stream.conn.core.goaway_received)
+        pings = {"client": 0, "server": 0}
+        for side, conn in (("client", stream.conn), ("server", server_conn)):
+            original = conn._send_ping
+
+            def counting(side: str = side, original: Callable[[], None] = original) -> None:
+                pings[side] += 1
+                original()
+
+            conn._send_ping = counting  # type: ignore[method-assign]
+        # each PING is sent only after the previous one was answered
+        await wait_until(lambda: min(pings.values()) >= 3)
+        assert not stream.conn.closed
+        assert not server_conn.closed
+        await stream.send(b"alive")
+        assert await stream.readexactly(5) == b"alive"
+        stream.write_eof()
+        assert await stream.read() == b""
+    finally:
+        await pool.close()
+        await server.close()
