@@ -131,6 +131,32 @@ async def test_upstream_connect_failure_is_503(
         await server.close()
 
 
+async def test_a_failing_connect_or_serve_never_leaves_the_client_hanging(
+    server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    async def broken_connect() -> socket.socket:
+        raise LookupError("no certificate for the pod")  # not an OSError: a caller's bug or a lookup miss
+
+    async def broken_serve(stream: HboneStream) -> None:
+        raise RuntimeError("boom")
+
+    async def handler(_peer: InboundPeer, request: ConnectRequest) -> Decision:
+        return Forward(broken_connect) if request.authority.port == 1 else Accept(broken_serve)
+
+    server = await _server_with(handler, server_cert)
+    pool = ConnectionPool(lambda _i: client_cert)
+    try:
+        with pytest.raises(ConnectFailed) as info:
+            await pool.connect(make_key(server), "10.0.0.1:1")
+        assert info.value.status == 503
+        stream = await pool.connect(make_key(server), "10.0.0.1:2")  # 200, then the serve crashes
+        with pytest.raises(StreamReset):
+            await asyncio.wait_for(stream.read(), 10)
+    finally:
+        await pool.close()
+        await server.close()
+
+
 class Upstream:
     """A TCP upstream whose behaviour each test scripts through ``script(reader, writer)``."""
 

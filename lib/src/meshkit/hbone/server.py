@@ -10,10 +10,11 @@ validates method and ``:authority`` (400 otherwise), then awaits ``handler(peer,
   ``on_done(RelayResult)`` for telemetry;
 - :class:`Accept` → 200, then ``serve(stream)`` owns the stream (the waypoint terminates tunnels this way).
 
-A handler that raises gets 503. The client certificate must chain to the roots and carry a SPIFFE SAN in our
-trust domain, or the TLS connection is dropped before any stream. A rotated server certificate is picked up by
-the next handshake (the context is swapped in the handshake's servername callback, which OpenSSL runs
-whether or not the client sent SNI).
+A handler (or a ``Forward.connect``) that raises gets 503; an ``Accept.serve`` that raises resets its
+stream. The client certificate must chain to the roots and carry a SPIFFE SAN in our trust domain, or the TLS
+connection is dropped before any stream. A rotated server certificate is picked up by the next handshake
+(the context is swapped in the handshake's servername callback, which OpenSSL runs whether or not the client
+sent SNI).
 """
 
 from __future__ import annotations
@@ -160,7 +161,11 @@ class HboneServer:
             conn.respond(stream, decision.status)
         elif isinstance(decision, Accept):
             conn.respond(stream, 200, list(decision.response_headers))
-            await decision.serve(stream)
+            try:
+                await decision.serve(stream)
+            except Exception:
+                log.exception("HBONE stream handler failed", extra=kv(peer=peer.address))
+                stream.abort()  # never leave the client waiting on a stream nobody serves
         else:
             await self._forward(decision, stream)
 
@@ -168,7 +173,7 @@ class HboneServer:
         conn = stream.conn
         try:
             sock = await asyncio.wait_for(decision.connect(), self.settings.upstream_connect_timeout)
-        except (OSError, TimeoutError) as exc:
+        except Exception as exc:  # OSError, timeout, or a bug in connect(): the client gets its 503 anyway
             log.info("HBONE upstream connect failed", extra=kv(peer=conn.peer_address, error=repr(exc)))
             conn.respond(stream, 503)
             if decision.on_done is not None:
