@@ -31,6 +31,7 @@ from meshkit.hbone.stream import HboneStream
 from meshkit.identity.certs import WorkloadCertificate
 from meshkit.identity.spiffe import Identity
 from meshkit.logs import kv
+from meshkit.sockets import HostSocketFactory, open_tcp
 
 __all__ = ["CertProvider", "ConnectionPool", "Connector", "PoolKey", "host_connector"]
 
@@ -59,18 +60,10 @@ CertProvider = Callable[[Identity], WorkloadCertificate]
 
 def host_connector() -> Connector:
     """Dial ``key.dst`` from the host network namespace (tests, benchmarks)."""
+    factory = HostSocketFactory()
 
     async def connect(key: PoolKey) -> socket.socket:
-        host, port = key.dst
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        try:
-            await asyncio.get_running_loop().sock_connect(sock, (host, port))
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        return await open_tcp(factory, *key.dst)
 
     return connect
 
