@@ -23,12 +23,12 @@ class Demo:
     ratio: float = env("MK_RATIO", 0.5, "A ratio.")
     enabled: bool = env("MK_ENABLED", True, "Feature switch.")
     debounce: float = env("MK_DEBOUNCE", 0.1, "Push debounce.", parse=parse_duration)
-    names: list[str] = env("MK_NAMES", ["a"], "Names.")  # noqa: RUF009 - env() returns a field
-    cert_dir: Path = env("MK_CERT_DIR", Path("/var/run/secrets"), "Certificates.")  # noqa: RUF009
+    names: list[str] = env("MK_NAMES", ["a"], "Names.")
+    cert_dir: Path = env("MK_CERT_DIR", Path("/var/run/secrets"), "Certificates.")
     cluster: str | None = env("MK_CLUSTER", None, "Cluster id, unset for none.")
     retries: int | None = env("MK_RETRIES", None, "Retry limit.")
     log_format: Literal["plain", "json"] = env("MK_LOG_FORMAT", "plain", "Log format.")
-    mode: Mode = env("MK_MODE", Mode.SHARED, "Proxy mode.")  # noqa: RUF009
+    mode: Mode = env("MK_MODE", Mode.SHARED, "Proxy mode.")
     not_from_env: int = 7
     extra: dict[str, str] = field(default_factory=dict)
 
