@@ -33,7 +33,9 @@ Interfaces (stable; other components code against these):
     ``new_traceparent``.
 
 ``meshkit.hbone.server.HboneServer(sock, certificate, handler, settings)``
-    ``await start()`` / ``await close(grace_s)``. ``sock`` is a listening socket (from a SocketFactory);
+    ``await start()``, ``stop_accepting()``, ``await close(grace_s)`` (graceful drain: GOAWAY, open streams
+    finish, each connection closes with its last stream; what is left at ``grace_s`` is aborted).
+    ``sock`` is a listening socket (from a SocketFactory);
     ``certificate()`` returns the current server ``WorkloadCertificate`` (rotation-aware); ``handler(peer:
     InboundPeer, request: ConnectRequest) -> Reject(status) | Forward(connect, response_headers, on_done) |
     Accept(serve, response_headers)``. Malformed HTTP/2 requests (``:scheme``/``:path`` on CONNECT,

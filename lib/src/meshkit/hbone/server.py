@@ -187,10 +187,15 @@ class HboneServer:
         if decision.on_done is not None:
             decision.on_done(result)
 
-    async def close(self, grace_s: float = 0.0) -> None:
-        """Stop accepting, send GOAWAY, wait up to ``grace_s`` for streams, then close everything."""
+    def stop_accepting(self) -> None:
+        """Close the listening socket; connections already accepted go on."""
         if self._server is not None:
             self._server.close()
+
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Drain: stop accepting, GOAWAY on every connection (open streams finish, each connection closes with
+        its last stream), wait up to ``grace_s`` for that, then close what is left."""
+        self.stop_accepting()
         for conn in list(self.connections):
             conn.goaway()
         if grace_s > 0 and self.connections:
