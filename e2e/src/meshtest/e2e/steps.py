@@ -31,8 +31,27 @@ def deploy(
     return [PodRef.of(p) for p in kube.ready_pods(namespace, selector, count, timeout)]
 
 
-def pod(kube: KubeCluster, namespace: str, selector: str, timeout: float = 120) -> PodRef:
-    return PodRef.of(kube.ready_pods(namespace, selector, 1, timeout)[0])
+def pod(kube: KubeCluster, namespace: str, selector: str, timeout: float = 60) -> PodRef:
+    """The ready pod matching ``selector``; on timeout the error says why not (waiting reason, Events)."""
+    try:
+        return PodRef.of(kube.ready_pods(namespace, selector, 1, timeout)[0])
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{why_not_ready(kube, namespace, selector)}") from None
+
+
+def why_not_ready(kube: KubeCluster, namespace: str, selector: str) -> str:
+    lines = []
+    for item in kube.get("pods", namespace=namespace, selector=selector)["items"]:
+        name = item["metadata"]["name"]
+        waiting = [
+            c.get("state", {}).get("waiting", {}) for c in item.get("status", {}).get("containerStatuses", [])
+        ]
+        lines.append(f"pod {name}: phase {item.get('status', {}).get('phase')}, waiting {waiting}")
+        events = kube.get("events", namespace=namespace)["items"]
+        for event in events:
+            if event.get("involvedObject", {}).get("name") == name and event.get("type") == "Warning":
+                lines.append(f"  {event.get('reason')}: {str(event.get('message'))[:400]}")
+    return "\n".join(lines) or f"no pod matches {selector}"
 
 
 def redirection(kube: KubeCluster, ref: PodRef) -> str:
