@@ -7,7 +7,9 @@ transports differ (no asyncio base classes, their own SSL layer, pseudo-sockets)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -94,6 +96,14 @@ class EchoServer:
 
 
 Handler = Callable[[InboundPeer, ConnectRequest], Awaitable[Decision]]
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    """Close and wait until the transport is really closed: one left for the loop's teardown is garbage
+    collected later with a ResourceWarning (an error under this suite's warning filter)."""
+    writer.close()
+    with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+        await asyncio.wait_for(writer.wait_closed(), 10)
 
 
 async def wait_until(cond: Callable[[], bool], limit_s: float = 10.0) -> None:

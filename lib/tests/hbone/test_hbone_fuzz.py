@@ -23,7 +23,7 @@ from meshkit.hbone.server import HboneServer
 from meshkit.hbone.settings import MIB
 from meshkit.identity.certs import WorkloadCertificate
 
-from .conftest import EchoServer, forward_to, listen, wait_until
+from .conftest import EchoServer, close_writer, forward_to, listen, wait_until
 
 CLIENT_SETTINGS = frame_header(0, 0x4, 0, 0)
 
@@ -219,7 +219,7 @@ async def test_garbage_over_real_tls_never_crashes_or_leaks(
             writer.write(junk)
             with contextlib.suppress(ssl.SSLError, ConnectionError):
                 await asyncio.wait_for(reader.read(65536), 5)
-            writer.close()
+            await close_writer(writer)
         # every connection the server saw is eventually closed, no task is left behind
         await wait_until(lambda: not any(c.streams for c in server.connections))
     finally:

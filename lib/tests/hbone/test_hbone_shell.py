@@ -22,7 +22,17 @@ from meshkit.hbone.testing import TestCA
 from meshkit.identity.certs import WorkloadCertificate
 from meshkit.identity.spiffe import Identity
 
-from .conftest import CLIENT_ID, SERVER_ID, EchoServer, Mesh, forward_to, listen, make_key, wait_until
+from .conftest import (
+    CLIENT_ID,
+    SERVER_ID,
+    EchoServer,
+    Mesh,
+    close_writer,
+    forward_to,
+    listen,
+    make_key,
+    wait_until,
+)
 
 
 async def test_echo_round_trip_and_integrity(mesh: Mesh) -> None:
@@ -629,7 +639,7 @@ async def test_relay_streams_variant_copies_both_ways_with_half_close(mesh: Mesh
         writer.write(b"via streams")
         writer.write_eof()
         assert await asyncio.wait_for(reader.read(), 10) == b"via streams"
-        writer.close()
+        await close_writer(writer)
         await wait_until(lambda: bool(results))
         assert results[0].sent == results[0].received == len(b"via streams")
         assert results[0].error is None

@@ -18,7 +18,7 @@ from meshkit.hbone.testing import TestCA
 from meshkit.identity.certs import WorkloadCertificate
 from meshkit.identity.spiffe import Identity
 
-from .conftest import CLIENT_ID, SERVER_ID, EchoServer, forward_to, listen
+from .conftest import CLIENT_ID, SERVER_ID, EchoServer, close_writer, forward_to, listen
 
 
 def test_contexts_are_tls13_gcm_h2(
@@ -152,7 +152,7 @@ async def test_server_requires_a_client_certificate(
         except (ssl.SSLError, ConnectionResetError):
             data = b""
         assert data == b""
-        writer.close()
+        await close_writer(writer)
         assert not any(c.peer_identity for c in server.connections)
     finally:
         await server.close()
@@ -335,7 +335,7 @@ async def test_client_offers_only_aes_gcm(
         if ok:
             _reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="")
             assert writer.get_extra_info("ssl_object").cipher()[0] == suite
-            writer.close()
+            await close_writer(writer)
         else:
             with pytest.raises((ssl.SSLError, ConnectionError)):
                 await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="")
