@@ -135,6 +135,31 @@ def forward_to(port: int, seen: list[tuple[InboundPeer, ConnectRequest]] | None 
     return handler
 
 
+@contextlib.asynccontextmanager
+async def serving(
+    handler: Handler,
+    server_cert: WorkloadCertificate,
+    client_certs: WorkloadCertificate | dict[Identity, WorkloadCertificate],
+    *,
+    server_settings: HboneSettings | None = None,
+    pool_settings: HboneSettings | None = None,
+) -> AsyncIterator[tuple[HboneServer, ConnectionPool]]:
+    """A running server with ``handler`` and a pool presenting ``client_certs`` (one, or per identity)."""
+    server = HboneServer(listen(), lambda: server_cert, handler, server_settings)
+    await server.start()
+    certs = client_certs
+
+    def certificate(identity: Identity) -> WorkloadCertificate:
+        return certs if isinstance(certs, WorkloadCertificate) else certs[identity]
+
+    pool = ConnectionPool(certificate, settings=pool_settings)
+    try:
+        yield server, pool
+    finally:
+        await pool.close()
+        await server.close()
+
+
 @dataclass
 class Mesh:
     """A server and a pool that trusts it, on loopback."""

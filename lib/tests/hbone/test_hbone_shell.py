@@ -31,6 +31,7 @@ from .conftest import (
     forward_to,
     listen,
     make_key,
+    serving,
     wait_until,
 )
 
@@ -109,18 +110,13 @@ async def test_policy_deny_is_401_and_handler_crash_is_503(
             return Reject(401, "denied by policy")
         raise RuntimeError("boom")
 
-    server = await _server_with(handler, server_cert)
-    pool = ConnectionPool(lambda _i: client_cert)
-    try:
+    async with serving(handler, server_cert, client_cert) as (server, pool):
         with pytest.raises(ConnectFailed, match="http status: 401") as info:
             await pool.connect(make_key(server), "10.0.0.1:1")
         assert info.value.status == 401
         with pytest.raises(ConnectFailed) as info:
             await pool.connect(make_key(server), "10.0.0.1:2")
         assert info.value.status == 503
-    finally:
-        await pool.close()
-        await server.close()
 
 
 async def test_upstream_connect_failure_is_503(
@@ -130,15 +126,10 @@ async def test_upstream_connect_failure_is_503(
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()  # nothing listens there now
-    server = await _server_with(forward_to(port), server_cert)
-    pool = ConnectionPool(lambda _i: client_cert)
-    try:
+    async with serving(forward_to(port), server_cert, client_cert) as (server, pool):
         with pytest.raises(ConnectFailed) as info:
             await pool.connect(make_key(server), "10.0.0.1:80")
         assert info.value.status == 503
-    finally:
-        await pool.close()
-        await server.close()
 
 
 async def test_a_failing_connect_or_serve_never_leaves_the_client_hanging(
@@ -153,18 +144,13 @@ async def test_a_failing_connect_or_serve_never_leaves_the_client_hanging(
     async def handler(_peer: InboundPeer, request: ConnectRequest) -> Decision:
         return Forward(broken_connect) if request.authority.port == 1 else Accept(broken_serve)
 
-    server = await _server_with(handler, server_cert)
-    pool = ConnectionPool(lambda _i: client_cert)
-    try:
+    async with serving(handler, server_cert, client_cert) as (server, pool):
         with pytest.raises(ConnectFailed) as info:
             await pool.connect(make_key(server), "10.0.0.1:1")
         assert info.value.status == 503
         stream = await pool.connect(make_key(server), "10.0.0.1:2")  # 200, then the serve crashes
         with pytest.raises(StreamReset):
             await asyncio.wait_for(stream.read(), 10)
-    finally:
-        await pool.close()
-        await server.close()
 
 
 class Upstream:
@@ -371,17 +357,12 @@ async def test_accept_decision_hands_the_stream_to_the_caller(
     async def handler(_peer: InboundPeer, _request: ConnectRequest) -> Decision:
         return Accept(serve, (("baggage", "k8s.pod.name=waypoint"),))
 
-    server = await _server_with(handler, server_cert)
-    pool = ConnectionPool(lambda _i: client_cert)
-    try:
+    async with serving(handler, server_cert, client_cert) as (server, pool):
         stream = await pool.connect(make_key(server), "10.0.0.1:80")
         assert ("baggage", "k8s.pod.name=waypoint") in stream.response_headers
         await stream.send(b"shout")
         assert await stream.readexactly(5) == b"SHOUT"
         assert await stream.read() == b""
-    finally:
-        await pool.close()
-        await server.close()
 
 
 async def test_forward_on_done_reports_bytes(
@@ -395,9 +376,7 @@ async def test_forward_on_done_reports_bytes(
         assert isinstance(decision, Forward)
         return Forward(decision.connect, on_done=results.append)
 
-    server = await _server_with(handler, server_cert)
-    pool = ConnectionPool(lambda _i: client_cert)
-    try:
+    async with serving(handler, server_cert, client_cert) as (server, pool):
         stream = await pool.connect(make_key(server), "10.0.0.1:80")
         await stream.send(b"x" * 1000)
         stream.write_eof()
@@ -407,27 +386,20 @@ async def test_forward_on_done_reports_bytes(
         assert results[0].sent == 1000
         assert results[0].received == 1000
         assert results[0].error is None
-    finally:
-        await pool.close()
-        await server.close()
 
 
 # -- pool ------------------------------------------------------------------------------------------------
 
 
-def _pool_mesh(
-    server: HboneServer, certs: dict[Identity, WorkloadCertificate], **kw: object
-) -> ConnectionPool:
-    return ConnectionPool(lambda ident: certs[ident], settings=HboneSettings(**kw))  # type: ignore[arg-type]
-
-
 async def test_pool_reuses_then_opens_new_after_stream_limit(
     echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
 ) -> None:
-    server = await _server_with(forward_to(echo.port), server_cert)
-    pool = _pool_mesh(server, {CLIENT_ID: client_cert}, pool_max_streams_per_connection=3)
-    key = make_key(server)
-    try:
+    settings = HboneSettings(pool_max_streams_per_connection=3)
+    async with serving(forward_to(echo.port), server_cert, client_cert, pool_settings=settings) as (
+        server,
+        pool,
+    ):
+        key = make_key(server)
         streams = [await pool.connect(key, "10.0.0.1:80") for _ in range(7)]
         conns = {s.conn for s in streams}
         assert len(conns) == 3  # 3 + 3 + 1
@@ -439,63 +411,53 @@ async def test_pool_reuses_then_opens_new_after_stream_limit(
         again = await pool.connect(key, "10.0.0.1:80")
         assert pool.connections_opened == 3
         again.abort()
-    finally:
-        await pool.close()
-        await server.close()
 
 
 async def test_pool_counts_streams_over_the_connection_life(
     echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
 ) -> None:
-    server = await _server_with(forward_to(echo.port), server_cert)
-    pool = _pool_mesh(server, {CLIENT_ID: client_cert}, pool_max_streams_per_connection=2)
-    key = make_key(server)
-    try:
+    settings = HboneSettings(pool_max_streams_per_connection=2)
+    async with serving(forward_to(echo.port), server_cert, client_cert, pool_settings=settings) as (
+        server,
+        pool,
+    ):
+        key = make_key(server)
         for _ in range(5):
             stream = await pool.connect(key, "10.0.0.1:80")
             stream.abort()
         assert pool.connections_opened == 3
-    finally:
-        await pool.close()
-        await server.close()
 
 
 async def test_pool_respects_peer_max_concurrent_streams(
     echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
 ) -> None:
-    server = HboneServer(
-        listen(), lambda: server_cert, forward_to(echo.port), HboneSettings(server_max_concurrent_streams=2)
-    )
-    await server.start()
-    pool = _pool_mesh(server, {CLIENT_ID: client_cert})
-    try:
+    settings = HboneSettings(server_max_concurrent_streams=2)
+    async with serving(forward_to(echo.port), server_cert, client_cert, server_settings=settings) as (
+        server,
+        pool,
+    ):
         first = await pool.connect(make_key(server), "10.0.0.1:80")
         await wait_until(lambda: first.conn.core.peer_max_concurrent_streams == 2)
         streams = [first] + [await pool.connect(make_key(server), "10.0.0.1:80") for _ in range(4)]
         assert len({s.conn for s in streams}) == 3
         for s in streams:
             s.abort()
-    finally:
-        await pool.close()
-        await server.close()
 
 
 async def test_pool_keys_separate_connections(
     echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
 ) -> None:
-    server = await _server_with(forward_to(echo.port), server_cert)
     other = Identity("cluster.local", "ns2", "other")
-    pool = _pool_mesh(server, {CLIENT_ID: client_cert, other: client_cert})
-    try:
+    async with serving(forward_to(echo.port), server_cert, {CLIENT_ID: client_cert, other: client_cert}) as (
+        server,
+        pool,
+    ):
         a = await pool.connect(make_key(server), "10.0.0.1:80")
         b = await pool.connect(PoolKey.of(other, "127.0.0.1", [SERVER_ID], server.address), "10.0.0.1:80")
         c = await pool.connect(PoolKey.of(CLIENT_ID, "127.0.0.2", [SERVER_ID], server.address), "10.0.0.1:80")
         assert len({a.conn, b.conn, c.conn}) == 3
         for s in (a, b, c):
             s.abort()
-    finally:
-        await pool.close()
-        await server.close()
 
 
 async def test_pool_concurrent_opens_share_one_dial(mesh: Mesh) -> None:
@@ -509,17 +471,17 @@ async def test_pool_concurrent_opens_share_one_dial(mesh: Mesh) -> None:
 async def test_pool_releases_idle_connections(
     echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
 ) -> None:
-    server = await _server_with(forward_to(echo.port), server_cert)
-    pool = _pool_mesh(server, {CLIENT_ID: client_cert}, pool_unused_release_timeout=0.2)
-    try:
+    async with serving(
+        forward_to(echo.port),
+        server_cert,
+        {CLIENT_ID: client_cert},
+        pool_settings=HboneSettings(pool_unused_release_timeout=0.2),
+    ) as (server, pool):
         stream = await pool.connect(make_key(server), "10.0.0.1:80")
         assert pool.connection_count() == 1
         stream.abort()
         await wait_until(lambda: pool.connection_count() == 0)
         await wait_until(lambda: not server.connections)
-    finally:
-        await pool.close()
-        await server.close()
 
 
 async def test_pool_does_not_hand_out_a_failed_connection(mesh: Mesh) -> None:
@@ -596,9 +558,12 @@ async def test_server_certificate_rotation_applies_to_new_handshakes(
 async def test_keepalive_pings_are_answered_and_a_silent_peer_is_dropped(
     echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
 ) -> None:
-    server = await _server_with(forward_to(echo.port), server_cert)
-    pool = _pool_mesh(server, {CLIENT_ID: client_cert}, keepalive_interval=0.05, keepalive_timeout=0.3)
-    try:
+    async with serving(
+        forward_to(echo.port),
+        server_cert,
+        {CLIENT_ID: client_cert},
+        pool_settings=HboneSettings(keepalive_interval=0.05, keepalive_timeout=0.3),
+    ) as (server, pool):
         stream = await pool.connect(make_key(server), "10.0.0.1:80")
         conn = stream.conn
         pings = 0
@@ -619,9 +584,6 @@ async def test_keepalive_pings_are_answered_and_a_silent_peer_is_dropped(
         with pytest.raises(Exception, match="closed"):
             await asyncio.wait_for(stream.read(), 10)
         assert conn.closed
-    finally:
-        await pool.close()
-        await server.close()
 
 
 async def test_relay_streams_variant_copies_both_ways_with_half_close(mesh: Mesh) -> None:
@@ -745,9 +707,12 @@ async def test_pool_waiters_survive_a_cancelled_dial(mesh: Mesh) -> None:
 async def test_many_streams_on_one_connection_leave_no_state_behind(
     echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
 ) -> None:
-    server = await _server_with(forward_to(echo.port), server_cert)
-    pool = _pool_mesh(server, {CLIENT_ID: client_cert}, pool_max_streams_per_connection=10_000)
-    try:
+    async with serving(
+        forward_to(echo.port),
+        server_cert,
+        {CLIENT_ID: client_cert},
+        pool_settings=HboneSettings(pool_max_streams_per_connection=10_000),
+    ) as (server, pool):
         conn = None
         for i in range(300):
             stream = await pool.connect(make_key(server), "10.0.0.1:80")
@@ -773,9 +738,6 @@ async def test_many_streams_on_one_connection_leave_no_state_behind(
         assert len(conn.core._h2.streams) < 10
         assert server_conn.core.open_inbound_streams == 0
         assert len(server_conn.core._h2.streams) < 10
-    finally:
-        await pool.close()
-        await server.close()
 
 
 async def test_streams_reset_with_unread_data_give_the_connection_window_back(
@@ -791,9 +753,7 @@ async def test_streams_reset_with_unread_data_give_the_connection_window_back(
     async def handler(_peer: InboundPeer, _request: ConnectRequest) -> Decision:
         return Accept(serve)
 
-    server = await _server_with(handler, server_cert)
-    pool = ConnectionPool(lambda _i: client_cert)
-    try:
+    async with serving(handler, server_cert, client_cert) as (server, pool):
         for _ in range(12):
             stream = await pool.connect(make_key(server), "10.0.0.1:80")
             await wait_until(lambda: len(stream._rbuf) == chunk)  # noqa: B023 - awaited in this iteration
@@ -809,9 +769,6 @@ async def test_streams_reset_with_unread_data_give_the_connection_window_back(
         with pytest.raises(StreamReset):
             await stream.read()
         assert stream.conn.core._conn_unacked < stream.conn.settings.connection_window // 2
-    finally:
-        await pool.close()
-        await server.close()
 
 
 async def test_keepalive_goes_on_while_a_connection_drains(

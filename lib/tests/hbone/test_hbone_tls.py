@@ -18,7 +18,7 @@ from meshkit.hbone.testing import TestCA
 from meshkit.identity.certs import WorkloadCertificate
 from meshkit.identity.spiffe import Identity
 
-from .conftest import CLIENT_ID, SERVER_ID, EchoServer, close_writer, forward_to, listen
+from .conftest import CLIENT_ID, SERVER_ID, EchoServer, close_writer, forward_to, listen, serving
 
 
 def test_contexts_are_tls13_gcm_h2(
@@ -71,9 +71,7 @@ def _pool(cert: WorkloadCertificate) -> ConnectionPool:
 async def test_client_rejects_unexpected_server_identity(
     server_cert: WorkloadCertificate, client_cert: WorkloadCertificate, echo: EchoServer
 ) -> None:
-    server = await _serve(server_cert, echo)
-    pool = _pool(client_cert)
-    try:
+    async with serving(forward_to(echo.port), server_cert, client_cert) as (server, pool):
         wrong = Identity("cluster.local", "ns1", "someone-else")
         with pytest.raises(IdentityError, match="not one of the expected"):
             await pool.connect(PoolKey.of(CLIENT_ID, "127.0.0.1", [wrong], server.address), "10.0.0.1:80")
@@ -82,9 +80,6 @@ async def test_client_rejects_unexpected_server_identity(
         ok = PoolKey.of(CLIENT_ID, "127.0.0.1", [wrong, SERVER_ID], server.address)
         stream = await pool.connect(ok, "10.0.0.1:80")
         stream.abort()
-    finally:
-        await pool.close()
-        await server.close()
 
 
 async def test_server_rejects_client_from_foreign_root(
@@ -93,46 +88,33 @@ async def test_server_rejects_client_from_foreign_root(
     foreign = TestCA(name="foreign root")
     # the client trusts our root (so it would accept the server) but presents a foreign-issued cert
     client = foreign.issue(CLIENT_ID, extra_roots_pem=server_cert.roots_pem)
-    server = await _serve(server_cert, echo)
-    pool = _pool(client)
-    try:
+    async with serving(forward_to(echo.port), server_cert, client) as (server, pool):
         key = PoolKey.of(CLIENT_ID, "127.0.0.1", [SERVER_ID], server.address)
         with pytest.raises((ConnectFailed, IdentityError)):
             await pool.connect(key, "1.1.1.1:1")
         assert not server.connections  # the failed handshake left nothing behind
-    finally:
-        await pool.close()
-        await server.close()
 
 
 async def test_client_rejects_server_from_foreign_root(
     client_cert: WorkloadCertificate, echo: EchoServer
 ) -> None:
     foreign = TestCA(name="foreign root")
-    server = await _serve(foreign.issue(SERVER_ID, extra_roots_pem=client_cert.roots_pem), echo)
-    pool = _pool(client_cert)
-    try:
+    async with serving(
+        forward_to(echo.port), foreign.issue(SERVER_ID, extra_roots_pem=client_cert.roots_pem), client_cert
+    ) as (server, pool):
         with pytest.raises(ConnectFailed, match="TLS handshake"):
             await pool.connect(PoolKey.of(CLIENT_ID, "127.0.0.1", [SERVER_ID], server.address), "1.1.1.1:1")
-    finally:
-        await pool.close()
-        await server.close()
 
 
 async def test_server_rejects_client_of_another_trust_domain(
     ca: TestCA, server_cert: WorkloadCertificate, echo: EchoServer
 ) -> None:
     client = ca.issue(uris=["spiffe://other.domain/ns/a/sa/b"])
-    server = await _serve(server_cert, echo)
-    pool = _pool(client)
-    try:
+    async with serving(forward_to(echo.port), server_cert, client) as (server, pool):
         with pytest.raises((ConnectFailed, IdentityError)):
             await pool.connect(
                 PoolKey.of(client.identity, "127.0.0.1", [SERVER_ID], server.address), "1.1.1.1:1"
             )
-    finally:
-        await pool.close()
-        await server.close()
 
 
 async def test_server_requires_a_client_certificate(
