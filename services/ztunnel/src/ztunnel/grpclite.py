@@ -20,6 +20,7 @@ import contextlib
 import ssl
 import struct
 from collections.abc import Sequence
+from typing import cast
 
 import h2.config
 import h2.connection
@@ -135,8 +136,9 @@ class Channel(asyncio.Protocol):
 
     # -- transport callbacks ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a cast, not an isinstance check: uvloop's transports (python -m ztunnel runs on uvloop) are not
+        # asyncio.Transport subclasses, so such an assert fails whenever asserts are on
+        self.transport = cast(asyncio.Transport, transport)
         self.h2.local_settings = h2.settings.Settings(
             client=True,
             initial_values={

@@ -14,6 +14,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 __all__ = ["TcpRelayResult", "relay_tcp"]
 
@@ -50,11 +51,14 @@ class _Side(asyncio.BufferedProtocol):
         self.lost = False
         self._buf = bytearray(BUFFER)
         self._view = memoryview(self._buf)
+        self.pending = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.pause_reading()  # until both sides exist, so no byte is read with nowhere to go
+        # a cast, not an isinstance check: uvloop's transports are not asyncio.Transport subclasses
+        self.transport = cast(asyncio.Transport, transport)
+        # until both sides exist; uvloop starts reading after connection_made regardless, so bytes that
+        # arrive before the peer is attached are kept in ``pending`` (see buffer_updated), never dropped
+        self.transport.pause_reading()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
@@ -64,8 +68,29 @@ class _Side(asyncio.BufferedProtocol):
         if self.relay.on_bytes is not None:
             self.relay.on_bytes(*((nbytes, 0) if self is self.relay.a else (0, nbytes)))
         peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.transport.is_closing():
-            peer.transport.write(self._view[:nbytes])
+        if peer is None or peer.transport is None:  # the other side is not attached yet
+            self.pending += self._view[:nbytes]
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        if not peer.transport.is_closing():
+            # a copy: uvloop keeps a reference to what it could not send at once, and the next read
+            # reuses this buffer
+            peer.transport.write(bytes(self._view[:nbytes]))
+
+    def attached(self) -> None:
+        """Both sides exist: forward what arrived early (data, then EOF) and start reading."""
+        peer = self.peer
+        if peer is None or peer.transport is None or self.transport is None:
+            return
+        if self.pending and not peer.transport.is_closing():
+            peer.transport.write(bytes(self.pending))
+        self.pending = bytearray()
+        if self.eof and not peer.transport.is_closing():
+            with contextlib.suppress(OSError, RuntimeError):
+                peer.transport.write_eof()
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -132,8 +157,7 @@ async def relay_tcp(
         await loop.connect_accepted_socket(lambda: relay.a, a)
         await loop.connect_accepted_socket(lambda: relay.b, b)
         for side in (relay.a, relay.b):
-            assert side.transport is not None
-            side.transport.resume_reading()
+            side.attached()
     except BaseException:
         _reset(relay.a.transport)
         _reset(relay.b.transport)
