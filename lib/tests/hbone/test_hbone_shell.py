@@ -8,7 +8,7 @@ import hashlib
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from meshkit.hbone.errors import ConnectFailed, HboneError, StreamReset
@@ -180,12 +180,17 @@ class Upstream:
         await self.server.wait_closed()
 
 
-async def _tunnel(upstream: Upstream, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate):  # type: ignore[no-untyped-def]
+@contextlib.asynccontextmanager
+async def tunnel(
+    upstream: Upstream, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> AsyncIterator[tuple[HboneServer, HboneStream]]:
+    """One tunnel through a server that forwards to ``upstream``; everything is closed afterwards."""
     port = await upstream.start()
-    server = await _server_with(forward_to(port), server_cert)
-    pool = ConnectionPool(lambda _i: client_cert)
-    stream = await pool.connect(make_key(server), "10.0.0.1:80")
-    return server, pool, stream
+    try:
+        async with serving(forward_to(port), server_cert, client_cert) as (server, pool):
+            yield server, await pool.connect(make_key(server), "10.0.0.1:80")
+    finally:
+        await upstream.close()
 
 
 async def test_client_half_close_reaches_upstream_and_it_can_still_answer(
@@ -198,8 +203,7 @@ async def test_client_half_close_reaches_upstream_and_it_can_still_answer(
         return data
 
     upstream = Upstream(script)
-    server, pool, stream = await _tunnel(upstream, server_cert, client_cert)
-    try:
+    async with tunnel(upstream, server_cert, client_cert) as (_server, stream):
         await stream.send(b"request")
         stream.write_eof()
         assert await asyncio.wait_for(upstream.done, 10) == b"request"
@@ -207,10 +211,6 @@ async def test_client_half_close_reaches_upstream_and_it_can_still_answer(
         assert await stream.read() == b""
         await asyncio.wait_for(stream.wait_closed(), 10)
         assert stream.error is None
-    finally:
-        await pool.close()
-        await server.close()
-        await upstream.close()
 
 
 async def test_upstream_half_close_reaches_client_and_it_can_still_send(
@@ -223,17 +223,12 @@ async def test_upstream_half_close_reaches_client_and_it_can_still_send(
         return await reader.read()
 
     upstream = Upstream(script)
-    server, pool, stream = await _tunnel(upstream, server_cert, client_cert)
-    try:
+    async with tunnel(upstream, server_cert, client_cert) as (_server, stream):
         assert await stream.readexactly(6) == b"banner"
         assert await stream.read() == b""  # END_STREAM from the upstream's FIN
         await stream.send(b"late words")
         stream.write_eof()
         assert await asyncio.wait_for(upstream.done, 10) == b"late words"
-    finally:
-        await pool.close()
-        await server.close()
-        await upstream.close()
 
 
 async def test_client_abort_resets_upstream(
@@ -248,8 +243,7 @@ async def test_client_abort_resets_upstream(
         return (first, rest)
 
     upstream = Upstream(script)
-    server, pool, stream = await _tunnel(upstream, server_cert, client_cert)
-    try:
+    async with tunnel(upstream, server_cert, client_cert) as (server, stream):
         await stream.send(b"hello")
         await wait_until(
             lambda: any(s.bytes_received for c in server.connections for s in c.streams.values())
@@ -260,10 +254,6 @@ async def test_client_abort_resets_upstream(
         first, rest = outcome
         assert first == b"hello"
         assert isinstance(rest, ConnectionResetError)  # RST, not a clean FIN
-    finally:
-        await pool.close()
-        await server.close()
-        await upstream.close()
 
 
 async def test_upstream_reset_resets_the_stream(
@@ -276,16 +266,11 @@ async def test_upstream_reset_resets_the_stream(
         writer.transport.abort()
 
     upstream = Upstream(script)
-    server, pool, stream = await _tunnel(upstream, server_cert, client_cert)
-    try:
+    async with tunnel(upstream, server_cert, client_cert) as (_server, stream):
         await stream.send(b"hello")
         with pytest.raises(StreamReset) as info:
             await asyncio.wait_for(stream.read(), 10)
         assert info.value.remote
-    finally:
-        await pool.close()
-        await server.close()
-        await upstream.close()
 
 
 async def test_slow_reader_does_not_grow_memory(
@@ -311,8 +296,7 @@ async def test_slow_reader_does_not_grow_memory(
 
     upstream = Upstream(script)
     settings = HboneSettings()
-    server, pool, stream = await _tunnel(upstream, server_cert, client_cert)
-    try:
+    async with tunnel(upstream, server_cert, client_cert) as (server, stream):
         (server_stream,) = [s for c in server.connections for s in c.streams.values()]
         # The client does not read. The pipeline is full once its buffer holds a whole stream window (no
         # WINDOW_UPDATE goes out for unread bytes), the server's relay stopped reading its upstream (send
@@ -340,10 +324,6 @@ async def test_slow_reader_does_not_grow_memory(
         assert len(received) == total == stream.bytes_received
         assert received.count(b"s") == total
         assert await asyncio.wait_for(upstream.done, 30) == total
-    finally:
-        await pool.close()
-        await server.close()
-        await upstream.close()
 
 
 async def test_accept_decision_hands_the_stream_to_the_caller(
@@ -646,48 +626,46 @@ async def test_slow_upstream_pushes_back_to_the_client_through_the_relay(
 
     upstream = Upstream(script)
     settings = HboneSettings()
-    server, pool, stream = await _tunnel(upstream, server_cert, client_cert)
     sent = 0
+    async with tunnel(upstream, server_cert, client_cert) as (server, stream):
 
-    async def produce() -> None:
-        nonlocal sent
-        block = b"p" * 65536
-        while sent < total:
-            await stream.send(block)
-            sent += len(block)
-        stream.write_eof()
+        async def produce() -> None:
+            nonlocal sent
+            block = b"p" * 65536
+            while sent < total:
+                await stream.send(block)
+                sent += len(block)
+            stream.write_eof()
 
-    producer = asyncio.ensure_future(produce())
-    try:
-        (server_stream,) = [s for c in server.connections for s in c.streams.values()]
-        # The relay's TCP side toward the silent upstream congests, so it stops reopening the HBONE window;
-        # the client's send window runs dry and its send buffer fills: the producer waits in drain().
-        await wait_until(
-            lambda: (
-                server_stream._acks_paused
-                and stream.conn.core.send_window(stream.stream_id) == 0
-                and not stream.write_ready
-            ),
-            limit_s=20,
-        )
-        assert len(stream.pending) < settings.client_max_send_buffer + 65536  # one write past the limit
-        # the server holds what one stream window let through, in the relay's TCP transport
-        relay_side = server_stream._sink
-        assert relay_side is not None
-        buffered = relay_side._transport.get_write_buffer_size()
-        assert buffered <= settings.stream_window + 65536
-        assert sent < 24 * 1024 * 1024  # window + send buffer + kernel socket buffers, far below 48 MiB
-        assert not producer.done()
-        release.set()
-        await asyncio.wait_for(producer, 30)
-        assert await asyncio.wait_for(upstream.done, 30) == total
-    finally:
-        producer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, HboneError):
-            await producer
-        await pool.close()
-        await server.close()
-        await upstream.close()
+        producer = asyncio.ensure_future(produce())
+        try:
+            (server_stream,) = [s for c in server.connections for s in c.streams.values()]
+            # The relay's TCP side toward the silent upstream congests, so it stops reopening the HBONE
+            # window; the client's send window runs dry and its send buffer fills: the producer waits in
+            # drain().
+            await wait_until(
+                lambda: (
+                    server_stream._acks_paused
+                    and stream.conn.core.send_window(stream.stream_id) == 0
+                    and not stream.write_ready
+                ),
+                limit_s=20,
+            )
+            assert len(stream.pending) < settings.client_max_send_buffer + 65536  # one write past the limit
+            # the server holds what one stream window let through, in the relay's TCP transport
+            relay_side = server_stream._sink
+            assert relay_side is not None
+            buffered = relay_side._transport.get_write_buffer_size()  # type: ignore[attr-defined]
+            assert buffered <= settings.stream_window + 65536
+            assert sent < 24 * 1024 * 1024  # window + send buffer + kernel socket buffers, far below 48 MiB
+            assert not producer.done()
+            release.set()
+            await asyncio.wait_for(producer, 30)
+            assert await asyncio.wait_for(upstream.done, 30) == total
+        finally:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, HboneError):
+                await producer
 
 
 async def test_pool_waiters_survive_a_cancelled_dial(mesh: Mesh) -> None:
