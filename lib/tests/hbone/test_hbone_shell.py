@@ -375,10 +375,8 @@ async def test_pool_reuses_then_opens_new_after_stream_limit(
     echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
 ) -> None:
     settings = HboneSettings(pool_max_streams_per_connection=3)
-    async with serving(forward_to(echo.port), server_cert, client_cert, pool_settings=settings) as (
-        server,
-        pool,
-    ):
+    mesh = serving(forward_to(echo.port), server_cert, client_cert, pool_settings=settings)
+    async with mesh as (server, pool):
         key = make_key(server)
         streams = [await pool.connect(key, "10.0.0.1:80") for _ in range(7)]
         conns = {s.conn for s in streams}
@@ -397,10 +395,8 @@ async def test_pool_counts_streams_over_the_connection_life(
     echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
 ) -> None:
     settings = HboneSettings(pool_max_streams_per_connection=2)
-    async with serving(forward_to(echo.port), server_cert, client_cert, pool_settings=settings) as (
-        server,
-        pool,
-    ):
+    mesh = serving(forward_to(echo.port), server_cert, client_cert, pool_settings=settings)
+    async with mesh as (server, pool):
         key = make_key(server)
         for _ in range(5):
             stream = await pool.connect(key, "10.0.0.1:80")
@@ -412,10 +408,8 @@ async def test_pool_respects_peer_max_concurrent_streams(
     echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
 ) -> None:
     settings = HboneSettings(server_max_concurrent_streams=2)
-    async with serving(forward_to(echo.port), server_cert, client_cert, server_settings=settings) as (
-        server,
-        pool,
-    ):
+    mesh = serving(forward_to(echo.port), server_cert, client_cert, server_settings=settings)
+    async with mesh as (server, pool):
         first = await pool.connect(make_key(server), "10.0.0.1:80")
         await wait_until(lambda: first.conn.core.peer_max_concurrent_streams == 2)
         streams = [first] + [await pool.connect(make_key(server), "10.0.0.1:80") for _ in range(4)]
@@ -428,10 +422,8 @@ async def test_pool_keys_separate_connections(
     echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
 ) -> None:
     other = Identity("cluster.local", "ns2", "other")
-    async with serving(forward_to(echo.port), server_cert, {CLIENT_ID: client_cert, other: client_cert}) as (
-        server,
-        pool,
-    ):
+    mesh = serving(forward_to(echo.port), server_cert, {CLIENT_ID: client_cert, other: client_cert})
+    async with mesh as (server, pool):
         a = await pool.connect(make_key(server), "10.0.0.1:80")
         b = await pool.connect(PoolKey.of(other, "127.0.0.1", [SERVER_ID], server.address), "10.0.0.1:80")
         c = await pool.connect(PoolKey.of(CLIENT_ID, "127.0.0.2", [SERVER_ID], server.address), "10.0.0.1:80")
@@ -451,12 +443,9 @@ async def test_pool_concurrent_opens_share_one_dial(mesh: Mesh) -> None:
 async def test_pool_releases_idle_connections(
     echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
 ) -> None:
-    async with serving(
-        forward_to(echo.port),
-        server_cert,
-        {CLIENT_ID: client_cert},
-        pool_settings=HboneSettings(pool_unused_release_timeout=0.2),
-    ) as (server, pool):
+    settings = HboneSettings(pool_unused_release_timeout=0.2)
+    mesh = serving(forward_to(echo.port), server_cert, client_cert, pool_settings=settings)
+    async with mesh as (server, pool):
         stream = await pool.connect(make_key(server), "10.0.0.1:80")
         assert pool.connection_count() == 1
         stream.abort()
@@ -538,12 +527,9 @@ async def test_server_certificate_rotation_applies_to_new_handshakes(
 async def test_keepalive_pings_are_answered_and_a_silent_peer_is_dropped(
     echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
 ) -> None:
-    async with serving(
-        forward_to(echo.port),
-        server_cert,
-        {CLIENT_ID: client_cert},
-        pool_settings=HboneSettings(keepalive_interval=0.05, keepalive_timeout=0.3),
-    ) as (server, pool):
+    settings = HboneSettings(keepalive_interval=0.05, keepalive_timeout=0.3)
+    mesh = serving(forward_to(echo.port), server_cert, client_cert, pool_settings=settings)
+    async with mesh as (server, pool):
         stream = await pool.connect(make_key(server), "10.0.0.1:80")
         conn = stream.conn
         pings = 0
@@ -685,12 +671,9 @@ async def test_pool_waiters_survive_a_cancelled_dial(mesh: Mesh) -> None:
 async def test_many_streams_on_one_connection_leave_no_state_behind(
     echo: EchoServer, server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
 ) -> None:
-    async with serving(
-        forward_to(echo.port),
-        server_cert,
-        {CLIENT_ID: client_cert},
-        pool_settings=HboneSettings(pool_max_streams_per_connection=10_000),
-    ) as (server, pool):
+    settings = HboneSettings(pool_max_streams_per_connection=10_000)
+    mesh = serving(forward_to(echo.port), server_cert, client_cert, pool_settings=settings)
+    async with mesh as (server, pool):
         conn = None
         for i in range(300):
             stream = await pool.connect(make_key(server), "10.0.0.1:80")
