@@ -199,3 +199,16 @@ def test_host_network_workloads_are_not_found_by_ip() -> None:
     assert state.find_workload_by_ip("172.18.0.3") is None
     state.apply_addresses([], [agent])
     assert not state.workloads.by_addr
+
+
+def test_pod_workload_prefers_the_pod_over_a_namesake() -> None:
+    """ZDS joins on (name, namespace, service account, node); a WorkloadEntry of the same name (written by a
+    user) must not be picked as the pod's workload, whatever its uid sorts like."""
+    state = State()
+    entry_uid = "A/networking.istio.io/WorkloadEntry/default/p"  # sorts before the pod's uid
+    entry = Workload(entry_uid, "p", "default", ("10.77.0.66",), node="n1")
+    pod = Workload("Kubernetes//Pod/default/p", "p", "default", ("10.77.0.6",), node="n1")
+    state.insert_workload(entry)
+    state.insert_workload(pod)
+    assert state.find_pod_workload("p", "default", "default", "n1") == pod
+    assert state.find_pod_workload("p", "default", "default", "n2") is None

@@ -187,12 +187,15 @@ class State:
     def find_pod_workload(
         self, name: str, namespace: str, service_account: str, node: str
     ) -> Workload | None:
-        """The WDS workload of a captured pod: same name/ns/sa and on this node (wire-contracts §5.4)."""
-        for uid in sorted(self.workloads.by_pod.get((name, namespace, service_account), ())):
-            wl = self.workloads.by_uid[uid]
-            if not node or wl.node == node:
-                return wl
-        return None
+        """The WDS workload of a captured pod: same name/ns/sa and on this node (wire-contracts §5.4).
+
+        A Pod workload wins over any other kind with the same name (a WorkloadEntry is written by users)."""
+        found = [
+            self.workloads.by_uid[uid]
+            for uid in sorted(self.workloads.by_pod.get((name, namespace, service_account), ()))
+            if not node or self.workloads.by_uid[uid].node == node
+        ]
+        return max(found, key=lambda wl: "//Pod/" in wl.uid, default=None)
 
     async def fetch_pod_workload(
         self, name: str, namespace: str, service_account: str, node: str, timeout_s: float
