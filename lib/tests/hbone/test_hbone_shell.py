@@ -11,6 +11,8 @@ import struct
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from meshkit.hbone.connection import CONTROL_SLACK, HboneConnection
+from meshkit.hbone.core import PREFACE, frame_header
 from meshkit.hbone.errors import ConnectFailed, HboneError, StreamReset
 from meshkit.hbone.pool import ConnectionPool, PoolKey
 from meshkit.hbone.relay import RelayResult
@@ -766,3 +768,71 @@ async def test_keepalive_goes_on_while_a_connection_drains(
     finally:
         await pool.close()
         await server.close()
+
+
+class _UnreadTransport:
+    """Just enough of an asyncio transport for an HboneConnection whose peer never reads what we write."""
+
+    def __init__(self) -> None:
+        self.buffered = 0
+        self.reading = True
+        self.closing = False
+
+    def get_extra_info(self, _name: str, default: object = None) -> object:
+        return default
+
+    def write(self, data: bytes) -> None:
+        self.buffered += len(data)
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    abort = close
+
+
+async def test_a_peer_that_never_reads_cannot_grow_our_buffer_with_pings() -> None:
+    conn = HboneConnection(client_side=False, settings=HboneSettings(keepalive_interval=0))
+    transport = _UnreadTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+
+    def feed(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            buf = conn.get_buffer(len(view))
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            conn.buffer_updated(n)
+            view = view[n:]
+
+    feed(PREFACE + frame_header(0, 0x4, 0, 0))
+    conn.pause_writing()  # what the transport does once its buffer passes its high-water mark
+    paused_at = transport.buffered
+    burst = (frame_header(8, 0x6, 0, 0) + b"12345678") * 1000  # each PING costs us a 17-byte ACK
+    for _ in range(1000):  # 17 MB of PINGs, if nothing stopped us reading
+        if not transport.is_reading():
+            break
+        feed(burst)
+    assert not transport.is_reading()
+    assert transport.buffered <= paused_at + CONTROL_SLACK + len(burst)
+    conn.resume_writing()  # the peer read: so do we again
+    assert transport.is_reading()
+    conn.connection_lost(None)

@@ -38,6 +38,9 @@ __all__ = ["HboneConnection"]
 log = logging.getLogger("hbone")
 
 READ_BUFFER = 256 * 1024
+#: answers (PING/SETTINGS acks, RST_STREAM, error responses) we queue for a peer that does not read before we
+#: stop reading it; legitimate peers produce a few hundred bytes of these per window
+CONTROL_SLACK = 256 * 1024
 Verify = Callable[[ssl.SSLObject], Identity]
 RequestCallback = Callable[[HboneStream], None]
 
@@ -87,6 +90,8 @@ class HboneConnection(asyncio.BufferedProtocol):
         self._buf = bytearray(READ_BUFFER)
         self._view = memoryview(self._buf)
         self._write_paused = False
+        self._paused_at = 0  # transport buffer size when writing was paused
+        self._read_paused = False  # by _limit_control_output
         self._receiving = False
         self._blocked: dict[HboneStream, None] = {}
         self._lost: asyncio.Future[None] | None = None
@@ -146,15 +151,39 @@ class HboneConnection(asyncio.BufferedProtocol):
             finally:
                 self._receiving = False
         self._flush()
+        if self._write_paused:
+            self._limit_control_output()
+
+    def _limit_control_output(self) -> None:
+        """While the peer does not read, stop reading it once our answers to it pile up.
+
+        Write-paused, we queue no DATA in the transport (streams keep it, within their limits), but every
+        PING, SETTINGS or bad request the peer sends still gets an answer: a peer that sends those and never
+        reads would grow our buffer without bound. Past CONTROL_SLACK of such output we read no more from it
+        (TCP pushes back) until it reads. Not on the first paused byte: both sides pausing reads while both
+        have DATA to send would deadlock.
+        """
+        transport = self._transport
+        if transport is None or self._read_paused:
+            return
+        if transport.get_write_buffer_size() > self._paused_at + CONTROL_SLACK:
+            self._read_paused = True
+            transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         return False
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        if self._transport is not None:
+            self._paused_at = self._transport.get_write_buffer_size()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._read_paused:
+            self._read_paused = False
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.resume_reading()
         self._unblock()
         self._flush()
 
