@@ -11,13 +11,23 @@ import struct
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from h2.errors import ErrorCodes
+from meshkit.hbone import events as ev
 from meshkit.hbone.connection import CONTROL_SLACK, HboneConnection
 from meshkit.hbone.core import PREFACE, frame_header
 from meshkit.hbone.errors import ConnectFailed, HboneError, StreamReset
 from meshkit.hbone.pool import ConnectionPool, PoolKey
 from meshkit.hbone.relay import RelayResult
 from meshkit.hbone.request import ConnectRequest, SourceMetadata, connect_headers
-from meshkit.hbone.server import Accept, Decision, Forward, HboneServer, InboundPeer, Reject
+from meshkit.hbone.server import (
+    MAX_PENDING_RESETS,
+    Accept,
+    Decision,
+    Forward,
+    HboneServer,
+    InboundPeer,
+    Reject,
+)
 from meshkit.hbone.settings import HboneSettings
 from meshkit.hbone.stream import HboneStream
 from meshkit.hbone.testing import TestCA
@@ -836,3 +846,38 @@ async def test_a_peer_that_never_reads_cannot_grow_our_buffer_with_pings() -> No
     conn.resume_writing()  # the peer read: so do we again
     assert transport.is_reading()
     conn.connection_lost(None)
+
+
+async def test_rapid_reset_cannot_start_unbounded_handler_work(
+    server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
+) -> None:
+    # CVE-2023-44487: HEADERS then RST_STREAM at once, over and over. Reset streams stop counting against
+    # SETTINGS_MAX_CONCURRENT_STREAMS, but each would leave a handler (policy, an upstream connect) behind.
+    release = asyncio.Event()
+    started = 0
+
+    async def handler(_peer: InboundPeer, _request: ConnectRequest) -> Decision:
+        nonlocal started
+        started += 1
+        await release.wait()
+        return Reject(503)
+
+    settings = HboneSettings(server_max_concurrent_streams=10)
+    async with serving(handler, server_cert, client_cert, server_settings=settings) as (server, pool):
+        conn = (await pool._checkout(make_key(server))).conn  # a connection; no CONNECT answer awaited
+        codes: list[int] = []
+        terminated = conn._terminated
+
+        def record(event: ev.ConnectionTerminated) -> None:
+            codes.append(event.error_code)
+            terminated(event)
+
+        conn._terminated = record  # type: ignore[method-assign]
+        for _ in range(200):
+            if not conn.usable:
+                break
+            conn.open_stream("10.0.0.1:80").abort()
+        await wait_until(lambda: conn.closed)
+        assert codes == [ErrorCodes.ENHANCE_YOUR_CALM]
+        assert 10 < started <= 10 + MAX_PENDING_RESETS
+        release.set()

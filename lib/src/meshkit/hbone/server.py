@@ -26,6 +26,8 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from h2.errors import ErrorCodes
+
 from meshkit.drain import TaskOwner
 from meshkit.hbone import tls
 from meshkit.hbone.connection import HboneConnection
@@ -38,6 +40,11 @@ from meshkit.identity.spiffe import Identity
 from meshkit.logs import kv
 
 __all__ = ["Accept", "Decision", "Forward", "Handler", "HboneServer", "InboundPeer", "Reject"]
+
+#: CONNECTs still being handled beyond SETTINGS_MAX_CONCURRENT_STREAMS (only streams the client reset early
+#: get there) before the connection is dropped with ENHANCE_YOUR_CALM: the HTTP/2 "rapid reset" attack
+#: (CVE-2023-44487) would otherwise start unbounded handler work; hyper's h2, under ztunnel, allows 20
+MAX_PENDING_RESETS = 20
 
 log = logging.getLogger("hbone")
 
@@ -90,6 +97,7 @@ class HboneServer:
         self.settings = settings or HboneSettings()
         self.name = name
         self.connections: set[HboneConnection] = set()
+        self._handling: dict[HboneConnection, int] = {}  # CONNECTs whose handler or relay still runs
         self._sock = sock
         self._certificate = certificate
         self._handler = handler
@@ -144,8 +152,26 @@ class HboneServer:
             conn.respond(stream, 400)
             return
         assert conn.peer_identity is not None
+        handling = self._handling.get(conn, 0)
+        if handling >= self.settings.server_max_concurrent_streams + MAX_PENDING_RESETS:
+            # Only streams the client reset while we still handle them get past the concurrent-stream limit.
+            log.warning(
+                "HBONE client resets streams faster than they are handled: dropping the connection",
+                extra=kv(peer=conn.peer_address, identity=str(conn.peer_identity), handling=handling),
+            )
+            conn.close(ErrorCodes.ENHANCE_YOUR_CALM)
+            return
+        self._handling[conn] = handling + 1
         peer = InboundPeer(conn.peer_identity, conn.peer_address, conn.local_address)
-        self._tasks.spawn(self._serve(peer, request, stream), name=f"stream-{stream.stream_id}")
+        task = self._tasks.spawn(self._serve(peer, request, stream), name=f"stream-{stream.stream_id}")
+        task.add_done_callback(lambda _task: self._handled(conn))
+
+    def _handled(self, conn: HboneConnection) -> None:
+        left = self._handling.get(conn, 0) - 1
+        if left > 0:
+            self._handling[conn] = left
+        else:
+            self._handling.pop(conn, None)
 
     async def _serve(self, peer: InboundPeer, request: ConnectRequest, stream: HboneStream) -> None:
         conn = stream.conn
