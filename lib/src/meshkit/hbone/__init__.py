@@ -41,7 +41,8 @@ Interfaces (stable; other components code against these):
     Accept(serve, response_headers)``. Malformed HTTP/2 requests (``:scheme``/``:path`` on CONNECT,
     ``:protocol``, an empty ``:authority``) → RST_STREAM(PROTOCOL_ERROR) as upstream's h2; a method other than
     CONNECT or a missing/unparsable authority → 400 before the handler; handler raising → 503;
-    ``Forward.connect()`` failing or timing out → 503; else 200 and relay.
+    ``Forward.connect()`` failing or timing out → 503; else 200 and relay. A client that resets streams
+    faster than they are handled (rapid reset) is dropped with GOAWAY(ENHANCE_YOUR_CALM).
 
 ``meshkit.hbone.pool.ConnectionPool(certificate, connector, settings)``
     ``await pool.connect(PoolKey.of(src_id, src_ip, dst_ids, (ip, 15008)), "ip:port", headers) ->
