@@ -350,6 +350,22 @@ class WaypointController:
         self._written[key] = stripped
 
 
+def _may_list(client: KubeClient, resource: r.Resource) -> bool:
+    """False only when the API server forbids listing ``resource`` (a missing CRD is the informer's job)."""
+    try:
+        client.list_page(resource, limit=1)
+    except ApiError as exc:
+        if exc.status == 403:
+            log.warning(
+                "not allowed to list an optional kind; waypoint config ignores it (add it to istiod's RBAC)",
+                extra=kv(resource=str(resource)),
+            )
+            return False
+    except Exception:
+        return True
+    return True
+
+
 def start_waypoints(
     cache: Any, client: KubeClient, informers: Mapping[str, Informer], owner: Any, settings: Any
 ) -> list[Informer]:
@@ -382,8 +398,14 @@ def start_waypoints(
         cluster_id=settings.cluster_id,
     )
     created = ctl.informers(client, existing=informers)
-    for informer in created.values():
-        informer.start()
+
+    async def start_informers() -> None:
+        for informer in created.values():
+            # An optional kind our RBAC does not grant stays unstarted (empty) instead of retrying forever.
+            if not informer.optional or await asyncio.to_thread(_may_list, client, informer.resource):
+                informer.start()
+
+    owner.spawn(start_informers(), name="waypoint-informers")
     if getattr(settings, "leader_election", False):
         # Like upstream's deployment controller: one writer per cluster; every replica still serves config.
         ctl.set_leader(False)
