@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from meshkit.hbone import tls
-from meshkit.hbone.errors import ConnectFailed, IdentityError
+from meshkit.hbone.errors import ConnectFailed, HboneError, IdentityError
 from meshkit.hbone.pool import ConnectionPool, PoolKey
 from meshkit.hbone.server import HboneServer
 from meshkit.hbone.testing import TestCA
@@ -372,5 +372,5 @@ def test_negotiated_parameters_are_checked_per_connection(ca: TestCA) -> None:
         def cipher(self) -> tuple[str, str, int]:
             return ("TLS_CHACHA20_POLY1305_SHA256", "TLSv1.3", 256)
 
-    with pytest.raises(IdentityError, match="CHACHA20"):
+    with pytest.raises(HboneError, match="CHACHA20"):
         tls.check_negotiated(Chacha())  # type: ignore[arg-type]

@@ -36,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection
 from typing import Any
 
-from meshkit.hbone.errors import IdentityError
+from meshkit.hbone.errors import HboneError, IdentityError
 from meshkit.identity.certs import WorkloadCertificate
 from meshkit.identity.spiffe import SCHEME, Identity, InvalidIdentity
 
@@ -106,13 +106,13 @@ def _restrict_tls13_suites(ctx: ssl.SSLContext) -> None:
 
 
 def check_negotiated(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> None:
-    """Raise :class:`IdentityError` unless the handshake settled on TLS 1.3 with one of our AES-GCM suites.
+    """Raise :class:`HboneError` unless the handshake settled on TLS 1.3 with one of our AES-GCM suites.
 
     Belt and braces over the context settings: a connection that got anything else is never used.
     """
     version, cipher = ssl_object.version(), (ssl_object.cipher() or ("",))[0]
     if version != "TLSv1.3" or cipher not in TLS13_SUITES:
-        raise IdentityError(f"negotiated {version} {cipher}, want TLSv1.3 with {' or '.join(TLS13_SUITES)}")
+        raise HboneError(f"negotiated {version} {cipher}, want TLSv1.3 with {' or '.join(TLS13_SUITES)}")
 
 
 def _load_chain(ctx: ssl.SSLContext, cert: WorkloadCertificate) -> None:
