@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 
+import pytest
 import uvloop
 from ztunnel.grpclite import Channel
 from ztunnel.proxy.tcp_relay import relay_tcp
@@ -96,3 +98,44 @@ def test_tcp_relay_keeps_bytes_intact_under_backpressure_on_uvloop() -> None:
         return bytes(received)
 
     assert uvloop.run(main()) == payload
+
+
+def _rst(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+async def _sees_reset(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bool:
+    try:
+        return await asyncio.wait_for(loop.sock_recv(sock, 16), 5) == b""
+    except ConnectionResetError:
+        return True
+
+
+@pytest.mark.parametrize("early", [True, False], ids=["before-the-relay", "mid-stream"])
+def test_tcp_relay_carries_a_client_reset_on_uvloop(early: bool) -> None:
+    """The client resets (before the relay attached both sides, or while relaying): the relay must end and
+    reset the server side, not hang with the upstream connection open."""
+
+    async def main() -> tuple[str | None, bool]:
+        loop = asyncio.get_running_loop()
+        app, down = _pair()
+        up, srv = _pair()
+        try:
+            if early:
+                _rst(app)
+                await asyncio.sleep(0.05)  # let the RST arrive before the relay starts
+            task = asyncio.ensure_future(relay_tcp(down, up))
+            if not early:
+                await loop.sock_sendall(app, b"x")
+                assert await asyncio.wait_for(loop.sock_recv(srv, 16), 5) == b"x"
+                _rst(app)
+            result = await asyncio.wait_for(task, 5)
+            return result.error, await _sees_reset(loop, srv)
+        finally:
+            app.close()
+            srv.close()
+
+    error, reset = uvloop.run(main())
+    assert error is not None
+    assert reset

@@ -35,7 +35,7 @@ def _reset(transport: asyncio.Transport | None) -> None:
         return
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):  # uvloop: ValueError once the fd is gone
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
 
@@ -158,6 +158,9 @@ async def relay_tcp(
         await loop.connect_accepted_socket(lambda: relay.b, b)
         for side in (relay.a, relay.b):
             side.attached()
+        if relay.error is not None:  # a side failed before the other existed (uvloop reads at once)
+            _reset(relay.a.transport)
+            _reset(relay.b.transport)
     except BaseException:
         _reset(relay.a.transport)
         _reset(relay.b.transport)
