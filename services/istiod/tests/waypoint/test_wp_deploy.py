@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from istiod.waypoint import deployment as dep
 from istiod.waypoint.controller import WaypointController
 from istiod.waypoint.publish import WAYPOINT_TYPE, register_waypoint_type
-from meshkit.k8s import NotFound
+from meshkit.drain import TaskOwner
+from meshkit.k8s import ApiError, NotFound
 from meshkit.k8s.resources import Resource
 from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
 
@@ -219,3 +221,76 @@ async def test_followers_publish_config_but_do_not_write() -> None:
     ctl.set_leader(True)
     await ctl.reconcile()
     assert ("create", "Deployment", "waypoint") in client.calls
+
+
+class ForbiddenStatusClient(FakeClient):
+    """Service status is forbidden (istiod's RBAC may lack services/status); everything else works."""
+
+    def patch_status(self, res: Resource, name: str, patch: Obj, ns: str | None = None) -> Obj:
+        if res.kind == "Service":
+            self.calls.append(("forbidden", res.kind, name))
+            raise ApiError(403, "Forbidden", "cannot patch services/status")
+        return super().patch_status(res, name, patch, ns)
+
+
+class BrokenClient(FakeClient):
+    def create(self, res: Resource, obj: Obj, ns: str | None = None) -> Obj:
+        raise ApiError(500, "InternalError")
+
+
+def _bound_sources() -> dict[str, FakeSource]:
+    sources = {k: FakeSource() for k in ("gatewayclasses", "pods", "deployments")}
+    sources["gateways"] = FakeSource([gw()])
+    sources["namespaces"] = FakeSource(
+        [{"metadata": {"name": "app", "labels": {"istio.io/use-waypoint": "waypoint"}}}]
+    )
+    sources["services"] = FakeSource(
+        [
+            {
+                "metadata": {"name": "reviews", "namespace": "app"},
+                "spec": {
+                    "clusterIP": "10.79.0.10",
+                    "selector": {"app": "reviews"},
+                    "ports": [{"name": "http", "port": 80}],
+                },
+            }
+        ]
+    )
+    return sources
+
+
+async def test_forbidden_status_is_not_a_failure_and_not_retried() -> None:
+    client, cache = ForbiddenStatusClient(), FakeCache()
+    ctl = WaypointController(client, register_waypoint_type(cache), debounce_s=0)  # type: ignore[arg-type]
+    for kind, src in _bound_sources().items():
+        ctl.watch(kind, src)  # type: ignore[arg-type]
+    await ctl.reconcile()
+    assert ctl.failed_writes == 0
+    assert ("forbidden", "Service", "reviews") in client.calls
+    client.calls.clear()
+    await ctl.reconcile()
+    assert ("forbidden", "Service", "reviews") not in client.calls
+
+
+async def test_changes_are_pushed_at_once_while_failed_writes_wait_for_their_retry() -> None:
+    client, cache = BrokenClient(), FakeCache()
+    ctl = WaypointController(client, register_waypoint_type(cache), debounce_s=0)  # type: ignore[arg-type]
+    sources = _bound_sources()
+    for kind, src in sources.items():
+        ctl.watch(kind, src)  # type: ignore[arg-type]
+    owner = TaskOwner("ctl-test")
+    owner.spawn(ctl.run(), name="run")
+    try:
+        async with asyncio.timeout(5):
+            while not cache.pushed:
+                await ctl.wait_reconciled()
+        assert ctl.failed_writes > 0  # the Deployment create failed: a retry is scheduled, not slept on
+        second = gw("waypoint2")
+        sources["gateways"].store["app/waypoint2"] = second
+        for handler in sources["gateways"].handlers:
+            handler([])
+        async with asyncio.timeout(0.5):  # below the 1 s retry back-off: the change was not held back
+            while not any("app/waypoint2" in names for _, names in cache.pushed):
+                await ctl.wait_reconciled()
+    finally:
+        await owner.close()

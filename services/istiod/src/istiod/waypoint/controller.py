@@ -130,6 +130,8 @@ class WaypointController:
         self.sources: dict[str, Informer] = {}
         self._dirty = asyncio.Event()
         self._written: dict[tuple[str, str, str], Any] = {}
+        self._forbidden: set[str] = set()
+        self._reconciled: list[asyncio.Future[None]] = []
         self.reconciles = 0
         self.failed_writes = 0
         #: Kubernetes writes happen only while True (the leader); config is published either way.
@@ -203,6 +205,8 @@ class WaypointController:
         """Reconcile on every change (debounced) until cancelled."""
         self._dirty.set()
         backoff = 1.0
+        retry: asyncio.TimerHandle | None = None
+        loop = asyncio.get_running_loop()
         while True:
             await self._dirty.wait()
             await asyncio.sleep(self.debounce_s)
@@ -213,13 +217,26 @@ class WaypointController:
             except Exception:
                 log.exception("waypoint reconcile failed")
                 self.failed_writes += 1
+            for waiter in self._reconciled:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._reconciled.clear()
+            if retry is not None:
+                retry.cancel()
+                retry = None
             if self.failed_writes:
-                # Retry failed writes later (not at once: a missing RBAC rule must not hammer the API server).
-                await asyncio.sleep(backoff)
+                # Retry failed writes later on a timer: changes keep being reconciled (and pushed) at once
+                # meanwhile, and a failing API server is not hammered.
+                retry = loop.call_later(backoff, self._dirty.set)
                 backoff = min(backoff * 2, 60.0)
-                self._dirty.set()
             else:
                 backoff = 1.0
+
+    async def wait_reconciled(self) -> None:
+        """Return once the next reconcile of :meth:`run` has finished (tests, diagnostics)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._reconciled.append(waiter)
+        await waiter
 
     async def reconcile(self) -> None:
         self.reconciles += 1
@@ -347,6 +364,16 @@ class WaypointController:
             )
         except NotFound:
             return  # deleted meanwhile, or the kind is not installed
+        except ApiError as exc:
+            if exc.status != 403:
+                raise
+            # RBAC does not allow this status: retrying cannot help until the status itself changes.
+            if update.kind not in self._forbidden:
+                self._forbidden.add(update.kind)
+                log.warning(
+                    "istiod may not write this status (add it to istiod's RBAC)",
+                    extra=kv(kind=update.kind, error=str(exc)),
+                )
         self._written[key] = stripped
 
 
