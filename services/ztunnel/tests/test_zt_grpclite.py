@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 
 import grpc
@@ -86,8 +87,9 @@ async def test_keepalive_detects_a_silent_peer(monkeypatch: pytest.MonkeyPatch) 
         await server.wait_closed()
 
 
-def _tls_material() -> tuple[bytes, bytes, bytes]:
-    """(root PEM, server cert PEM for DNS name localhost, server key PEM)."""
+def _tls_material(common_name_only: bool = False) -> tuple[bytes, bytes, bytes]:
+    """(root PEM, server cert PEM for DNS name localhost, server key PEM); ``common_name_only``: the name is
+    only in the subject CN (no SAN), which a client must not accept (RFC 6125 / upstream's rustls)."""
     import datetime as dt
 
     from cryptography import x509
@@ -109,13 +111,18 @@ def _tls_material() -> tuple[bytes, bytes, bytes]:
         .sign(ca_key, hashes.SHA256())
     )  # fmt: skip
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca_name).public_key(key.public_key())
+    builder = (
+        x509.CertificateBuilder().issuer_name(ca_name).public_key(key.public_key())
         .serial_number(2).not_valid_before(now - dt.timedelta(hours=1))
         .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=True)
-        .sign(ca_key, hashes.SHA256())
     )  # fmt: skip
+    if common_name_only:
+        builder = builder.subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+    else:
+        builder = builder.subject_name(x509.Name([])).add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=True
+        )
+    cert = builder.sign(ca_key, hashes.SHA256())
     pem = serialization.Encoding.PEM
     key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     return root.public_bytes(pem), cert.public_bytes(pem), key_pem
@@ -138,5 +145,17 @@ async def test_tls_with_alpn_and_hostname_check() -> None:
             channel.close()
         with pytest.raises(OSError):  # ssl.SSLCertVerificationError: the name does not match
             await Channel.open(f"127.0.0.1:{port}", root, server_name="istiod.example")
+    finally:
+        await server.stop(None)
+
+
+async def test_hostname_in_the_common_name_only_is_refused() -> None:
+    root, cert, key = _tls_material(common_name_only=True)
+    server = grpc.aio.server()
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
+    await server.start()
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError, match=r"Hostname mismatch|hostname"):
+            await Channel.open(f"127.0.0.1:{port}", root, server_name="localhost")
     finally:
         await server.stop(None)

@@ -120,6 +120,10 @@ class Channel(asyncio.Protocol):
         ctx = None
         if root_pem is not None:
             ctx = ssl.create_default_context(cadata=root_pem.decode())
+            # the server name must be in a SAN: no fall-back to the subject CN (RFC 6125; upstream's rustls
+            # never looks at the CN either)
+            ctx.hostname_checks_common_name = False
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_3  # wire-contracts §3.1: TLS 1.3 only
             ctx.set_alpn_protocols(["h2"])
         loop = asyncio.get_running_loop()
         _, channel = await asyncio.wait_for(
