@@ -541,7 +541,7 @@ async def measure(tmp: Path, net: Net, procs: list[subprocess.Popen[str]]) -> di
             env = {
                 "NODE_NAME": node,
                 "INPOD_UDS": str(tmp / f"{node}.sock"),
-                "XDS_ADDRESS": f"127.0.0.1:{xds_port}",
+                "XDS_ADDRESS": f"http://127.0.0.1:{xds_port}",
                 "XDS_ROOT_CA": "",
                 "AUTH_TOKEN": "",
                 "ADMIN_ADDR": "127.0.0.1:0",

@@ -298,7 +298,7 @@ class Mesh:
         if self.xds is not None:
             self.xds.publish(self.workloads, self.services, self.policies)
             xds_env = {
-                "XDS_ADDRESS": f"127.0.0.1:{self.xds.port}",
+                "XDS_ADDRESS": f"http://127.0.0.1:{self.xds.port}",
                 "XDS_ROOT_CA": "",
                 "AUTH_TOKEN": "",
                 "ZTUNNEL_GRPC": self.grpc_impl,
@@ -539,3 +539,50 @@ class FakeXds:
         if self.server is not None:
             await self.server.stop(None)
             self.server = None
+
+
+def make_tls_material(common_name_only: bool = False) -> tuple[bytes, bytes, bytes]:
+    """(root PEM, server cert PEM for DNS name localhost, server key PEM); ``common_name_only``: the name is
+    only in the subject CN (no SAN), which a client must not accept (RFC 6125 / upstream's rustls)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test istiod root")])
+    root = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(1).not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder().issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(2).not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+    )  # fmt: skip
+    if common_name_only:
+        builder = builder.subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+    else:
+        builder = builder.subject_name(x509.Name([])).add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=True
+        )
+    cert = builder.sign(ca_key, hashes.SHA256())
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return root.public_bytes(pem), cert.public_bytes(pem), key_pem
+
+
+@pytest.fixture
+def tls_material() -> object:
+    """:func:`make_tls_material`, for tests of ztunnel's TLS clients (a test istiod's root and cert)."""
+    return make_tls_material

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import grpc
 import pytest
 from ztunnel import grpclite
 from ztunnel.grpclite import Channel, GrpcError
+
+TlsMaterial = Callable[..., tuple[bytes, bytes, bytes]]
 
 
 async def echo_stream(
@@ -32,7 +35,7 @@ async def serve() -> tuple[grpc.aio.Server, int]:
 
 async def test_bidi_stream_and_large_messages() -> None:
     server, port = await serve()
-    channel = await Channel.open(f"127.0.0.1:{port}", None)
+    channel = await Channel.open(f"http://127.0.0.1:{port}")
     try:
         call = channel.stream("/test.Echo/Chat")
         big = b"x" * (3 * 1024 * 1024)  # beyond one window and many frames
@@ -49,7 +52,7 @@ async def test_bidi_stream_and_large_messages() -> None:
 
 async def test_error_status_and_unknown_method() -> None:
     server, port = await serve()
-    channel = await Channel.open(f"127.0.0.1:{port}", None)
+    channel = await Channel.open(f"http://127.0.0.1:{port}")
     try:
         call = channel.stream("/test.Echo/Chat")
         await call.send(b"fail")
@@ -74,7 +77,7 @@ async def test_keepalive_detects_a_silent_peer(monkeypatch: pytest.MonkeyPatch) 
 
     server = await asyncio.start_server(accept, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    channel = await Channel.open(f"127.0.0.1:{port}", None)
+    channel = await Channel.open(f"http://127.0.0.1:{port}")
     try:
         call = channel.stream("/x.Y/Z")
         with pytest.raises(GrpcError, match="keepalive"):
@@ -87,49 +90,8 @@ async def test_keepalive_detects_a_silent_peer(monkeypatch: pytest.MonkeyPatch) 
         await server.wait_closed()
 
 
-def _tls_material(common_name_only: bool = False) -> tuple[bytes, bytes, bytes]:
-    """(root PEM, server cert PEM for DNS name localhost, server key PEM); ``common_name_only``: the name is
-    only in the subject CN (no SAN), which a client must not accept (RFC 6125 / upstream's rustls)."""
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test istiod root")])
-    root = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(1).not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = (
-        x509.CertificateBuilder().issuer_name(ca_name).public_key(key.public_key())
-        .serial_number(2).not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-    )  # fmt: skip
-    if common_name_only:
-        builder = builder.subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-    else:
-        builder = builder.subject_name(x509.Name([])).add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=True
-        )
-    cert = builder.sign(ca_key, hashes.SHA256())
-    pem = serialization.Encoding.PEM
-    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return root.public_bytes(pem), cert.public_bytes(pem), key_pem
-
-
-async def test_tls_with_alpn_and_hostname_check() -> None:
-    root, cert, key = _tls_material()
+async def test_tls_with_alpn_and_hostname_check(tls_material: TlsMaterial) -> None:
+    root, cert, key = tls_material()
     handler = grpc.stream_stream_rpc_method_handler(echo_stream)
     server = grpc.aio.server()
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Echo", {"Chat": handler})])
@@ -149,8 +111,8 @@ async def test_tls_with_alpn_and_hostname_check() -> None:
         await server.stop(None)
 
 
-async def test_hostname_in_the_common_name_only_is_refused() -> None:
-    root, cert, key = _tls_material(common_name_only=True)
+async def test_hostname_in_the_common_name_only_is_refused(tls_material: TlsMaterial) -> None:
+    root, cert, key = tls_material(common_name_only=True)
     server = grpc.aio.server()
     port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
     await server.start()
@@ -159,3 +121,48 @@ async def test_hostname_in_the_common_name_only_is_refused() -> None:
             await Channel.open(f"127.0.0.1:{port}", root, server_name="localhost")
     finally:
         await server.stop(None)
+
+
+async def test_plaintext_channel_never_sends_a_token() -> None:
+    seen: list[dict[str, str]] = []
+
+    async def record(_request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        seen.append(dict(context.invocation_metadata() or ()))  # type: ignore[arg-type]
+        return b"ok"
+
+    handler = grpc.unary_unary_rpc_method_handler(record)
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Echo", {"Who": handler})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = await Channel.open(f"http://127.0.0.1:{port}")
+    try:
+        metadata = [("authorization", "Bearer secret"), ("clusterid", "c1")]
+        assert await channel.unary("/test.Echo/Who", b"x", metadata) == b"ok"
+    finally:
+        channel.close()
+        await server.stop(None)
+    assert "authorization" not in seen[0]
+    assert seen[0]["clusterid"] == "c1"
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("istiod.istio-system.svc:15012", ("istiod.istio-system.svc:15012", True)),
+        ("https://istiod:15012/", ("istiod:15012", True)),
+        ("http://127.0.0.1:15010", ("127.0.0.1:15010", False)),
+    ],
+)
+def test_tls_comes_from_the_scheme(address: str, expected: tuple[str, bool]) -> None:
+    assert grpclite.parse_address(address) == expected
+
+
+def test_unknown_scheme_and_empty_root_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(grpclite.ConfigError, match="scheme"):
+        grpclite.parse_address("tcp://istiod:15012")
+    with pytest.raises(grpclite.ConfigError, match="XDS_ROOT_CA is empty"):
+        grpclite.read_root("", "XDS_ROOT_CA", "istiod:15012")
+    with pytest.raises(grpclite.ConfigError, match="cannot read"):
+        grpclite.read_root(str(tmp_path / "missing.pem"), "XDS_ROOT_CA", "istiod:15012")
+    assert grpclite.read_root("SYSTEM", "XDS_ROOT_CA", "istiod:15012") is None  # the OS trust store

@@ -32,7 +32,7 @@ def test_grpclite_channel_opens_on_uvloop() -> None:
 
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        channel = await Channel.open(f"127.0.0.1:{port}", None)
+        channel = await Channel.open(f"http://127.0.0.1:{port}")
         try:
             assert channel.transport is not None
             return await asyncio.wait_for(got, 5)

@@ -1,12 +1,19 @@
 """Asyncio shell of the delta xDS client: one long-lived stream to istiod, reconnecting forever.
 
 Around :class:`~meshkit.xds.client_core.ClientCore` it adds the I/O: a gRPC channel (TLS verified against
-the mesh root, or plaintext for tests), per-connection metadata (``authorization: Bearer <token>`` re-read
-from the token file on every connect, ``clusterid``, extra ``XDS_HEADER_*`` headers), and the reconnect policy
-of ztunnel (wire-contracts.md §3.1): a clean end reconnects at once; Unknown/Cancelled/DeadlineExceeded and a
-GOAWAY-style Unavailable after 10 ms; other failures back off doubling from 10 ms to 15 s (reset once a
-response arrives). The stores behind the updater are never cleared on disconnect, so the last good state
-keeps serving while istiod is unreachable; the next stream resumes with ``initial_resource_versions``.
+the mesh root; plaintext only for an explicit ``http://`` address), per-connection metadata
+(``authorization: Bearer <token>`` re-read from the token file on every connect, ``clusterid``, extra
+``XDS_HEADER_*`` headers), and the reconnect policy of ztunnel (wire-contracts.md §3.1): a clean end
+reconnects at once; Unknown/Cancelled/DeadlineExceeded and a GOAWAY-style Unavailable after 10 ms; other
+failures back off doubling from 10 ms to 15 s (reset once a response arrives). The stores behind the
+updater are never cleared on disconnect, so the last good state keeps serving while istiod is unreachable;
+the next stream resumes with ``initial_resource_versions``.
+
+Transport security comes from the address scheme, as upstream (wire-contracts.md §3.1): ``https://host:port``
+and a bare ``host:port`` are TLS and need ``root_cert_pem`` (:class:`XdsClient` raises ``ValueError`` without
+one: a missing root never silently means plaintext); ``http://host:port`` is plaintext (tests, istiod's
+15010). The bearer token is sent only over TLS unless ``plaintext_token=True`` (a loopback test against 15010
+that needs the caller's identity): on the wire in the clear it would let anyone replay it.
 """
 
 from __future__ import annotations
@@ -37,9 +44,10 @@ _FAST_RETRY_CODES = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED, grpc.St
 
 @dataclass(frozen=True, slots=True)
 class XdsClientConfig:
-    """Where and how to connect. ``root_cert_pem=None`` means plaintext (tests and 15010 only)."""
+    """Where and how to connect: ``address`` is ``[https://]host:port`` (TLS, ``root_cert_pem`` required) or
+    ``http://host:port`` (plaintext: tests and 15010 only); see the module docstring."""
 
-    address: str  # host:port
+    address: str
     root_cert_pem: bytes | None = None
     server_name: str = ""  # TLS name to verify when it differs from the host in ``address``
     token: str = ""  # literal token, or a path (re-read on every connect)
@@ -49,6 +57,19 @@ class XdsClientConfig:
     keepalive_timeout_s: float = 10.0
     initial_backoff_s: float = 0.01
     max_backoff_s: float = 15.0
+    plaintext_token: bool = False  # send the token over an http:// address too (loopback tests only)
+
+    @property
+    def target(self) -> str:
+        """The gRPC target ``host:port`` (the address without its scheme)."""
+        return self.address.partition("://")[2].rstrip("/") if "://" in self.address else self.address
+
+    @property
+    def tls(self) -> bool:
+        scheme = self.address.partition("://")[0] if "://" in self.address else "https"
+        if scheme not in ("http", "https"):
+            raise ValueError(f"xDS address {self.address!r}: scheme must be https:// or http://")
+        return scheme == "https"
 
 
 class XdsClientMetrics:
@@ -101,6 +122,11 @@ class XdsClient:
     def __init__(
         self, config: XdsClientConfig, core: ClientCore, metrics: XdsClientMetrics | None = None
     ) -> None:
+        if config.tls and config.root_cert_pem is None:
+            raise ValueError(
+                f"xDS address {config.address!r} is TLS but no root certificate was given: pass "
+                "root_cert_pem (the mesh root), or use an http:// address for plaintext"
+            )
         self.config = config
         self.core = core
         self.metrics = metrics
@@ -115,7 +141,7 @@ class XdsClient:
     def metadata(self) -> list[tuple[str, str]]:
         token = _read_token(self.config.token or os.environ.get("AUTH_TOKEN", ""))
         out = [(k.lower(), v) for k, v in self.config.headers.items()]
-        if token:
+        if token and (self.config.tls or self.config.plaintext_token):
             out += [("authorization", f"Bearer {token}"), ("clusterid", self.config.cluster_id)]
         return out
 
@@ -127,12 +153,12 @@ class XdsClient:
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             ("grpc.enable_retries", 0),
         ]
-        if self.config.root_cert_pem is None:
-            return grpc.aio.insecure_channel(self.config.address, options=options)
+        if not self.config.tls:  # an explicit http:// address, nothing else (module docstring)
+            return grpc.aio.insecure_channel(self.config.target, options=options)
         if self.config.server_name:
             options.append(("grpc.ssl_target_name_override", self.config.server_name))
         creds = grpc.ssl_channel_credentials(root_certificates=self.config.root_cert_pem)
-        return grpc.aio.secure_channel(self.config.address, creds, options=options)
+        return grpc.aio.secure_channel(self.config.target, creds, options=options)
 
     async def run(self) -> None:
         """Connect, stream, reconnect; returns only when cancelled."""

@@ -7,10 +7,17 @@ against the mesh root, SNI = the target host), requests as HEADERS (``:method PO
 application/grpc``, ``te: trailers``) plus length-prefixed messages (1 byte compressed flag, 4 bytes length),
 the status in the trailers (``grpc-status``, ``grpc-message``). No compression, no retries; callers reconnect.
 
-:class:`Channel` is one connection (``await Channel.open(target, root_pem)``); :meth:`Channel.unary` does one
+:class:`Channel` is one connection (``await Channel.open(address, root_pem)``); :meth:`Channel.unary` does one
 call; :meth:`Channel.stream` opens a bidirectional :class:`Call` (``send``, ``recv`` -> message bytes or None
 at a clean end). Errors: :class:`GrpcError` with ``code`` (gRPC status number; 14 UNAVAILABLE for transport
 failures).
+
+TLS or not comes from the address scheme only (wire-contracts §3.1): ``https://host:port`` and a bare
+``host:port`` are TLS, verified against the root (:func:`read_root`: a PEM file, inline PEM, or ``SYSTEM``
+for the OS trust store; an empty root is a :class:`ConfigError`, never a silent downgrade); ``http://`` is
+plaintext, for tests and istiod's 15010 only. Over plaintext a channel never sends an ``authorization``
+header (the bearer token is what lets a node proxy obtain any local workload's certificate; upstream is
+TLS-only and has no such case), so a plaintext istiod sees an anonymous client.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import contextlib
 import ssl
 import struct
 from collections.abc import Sequence
+from pathlib import Path
 from typing import cast
 
 import h2.config
@@ -28,7 +36,17 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-__all__ = ["UNAVAILABLE", "Call", "Channel", "GrpcError"]
+__all__ = [
+    "SYSTEM_ROOTS",
+    "UNAVAILABLE",
+    "Call",
+    "Channel",
+    "ConfigError",
+    "GrpcError",
+    "parse_address",
+    "read_root",
+    "require_root",
+]
 
 UNAVAILABLE = 14
 MAX_MESSAGE = 200 * 1024 * 1024
@@ -36,6 +54,49 @@ WINDOW = 16 * 1024 * 1024
 #: HTTP/2 PING keepalive, as grpcio's channel options of meshkit.xds (30 s, dropped after 10 s unanswered).
 KEEPALIVE_S = 30.0
 KEEPALIVE_TIMEOUT_S = 10.0
+
+
+#: A root setting naming the OS trust store instead of a mesh root (as upstream's ``XDS_ROOT_CA=SYSTEM``).
+SYSTEM_ROOTS = "SYSTEM"
+
+
+class ConfigError(ValueError):
+    """An address/root combination we refuse to connect with (the message names the variables to fix)."""
+
+
+def parse_address(address: str) -> tuple[str, bool]:
+    """``(host:port, tls)``: ``http://`` is plaintext; ``https://`` and no scheme (https is prepended, as
+    upstream does) are TLS. Any other scheme is a :class:`ConfigError`."""
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        scheme, rest = "https", address
+    if scheme not in ("http", "https"):
+        raise ConfigError(f"address {address!r}: scheme must be https:// (or http:// for plaintext)")
+    return rest.rstrip("/"), scheme == "https"
+
+
+def require_root(value: str, variable: str, address: str) -> None:
+    """A :class:`ConfigError` when the root setting for a TLS address is empty (checked at start-up)."""
+    if not value:
+        raise ConfigError(
+            f"{variable} is empty but {address!r} is TLS: set {variable} to the root certificate "
+            f"(file, inline PEM or {SYSTEM_ROOTS}), or use an http:// address for plaintext"
+        )
+
+
+def read_root(value: str, variable: str, address: str) -> bytes | None:
+    """The root verifying a TLS server, from a setting such as ``XDS_ROOT_CA``: inline PEM, a PEM file, or
+    :data:`SYSTEM_ROOTS` (returns None: the OS trust store). Empty or a missing file is a :class:`ConfigError`
+    (an https address with no usable root must fail, not fall back to plaintext)."""
+    require_root(value, variable, address)
+    if value == SYSTEM_ROOTS:
+        return None
+    if "-----BEGIN" in value:
+        return value.encode()
+    try:
+        return Path(value).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{variable}={value}: cannot read the root certificate: {exc.strerror}") from None
 
 
 class GrpcError(Exception):
@@ -99,6 +160,7 @@ class Channel(asyncio.Protocol):
 
     def __init__(self, authority: str, tls: bool = True) -> None:
         self.authority = authority
+        self.tls = tls
         self.scheme = "https" if tls else "http"
         self.h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
@@ -112,14 +174,16 @@ class Channel(asyncio.Protocol):
 
     @classmethod
     async def open(
-        cls, target: str, root_pem: bytes | None, server_name: str = "", timeout_s: float = 10.0
+        cls, address: str, root_pem: bytes | None = None, server_name: str = "", timeout_s: float = 10.0
     ) -> Channel:
-        """Connect to ``host:port``; TLS verified by ``root_pem`` unless it is None (plaintext, tests)."""
+        """Connect to ``address`` (see :func:`parse_address`). TLS is verified by ``root_pem``, or by the OS
+        trust store when it is None; only an ``http://`` address is plaintext (``root_pem`` unused)."""
+        target, tls = parse_address(address)
         host, _, port = target.rpartition(":")
         host = host.strip("[]")
         ctx = None
-        if root_pem is not None:
-            ctx = ssl.create_default_context(cadata=root_pem.decode())
+        if tls:
+            ctx = ssl.create_default_context(cadata=root_pem.decode() if root_pem is not None else None)
             # the server name must be in a SAN: no fall-back to the subject CN (RFC 6125; upstream's rustls
             # never looks at the CN either)
             ctx.hostname_checks_common_name = False
@@ -236,6 +300,8 @@ class Channel(asyncio.Protocol):
     def stream(self, path: str, metadata: Sequence[tuple[str, str]] = ()) -> Call:
         if self.error is not None:
             raise self.error
+        if not self.tls:  # never a bearer token in the clear (module docstring)
+            metadata = [(k, v) for k, v in metadata if k.lower() != "authorization"]
         stream_id = self.h2.get_next_available_stream_id()
         headers = [
             (":method", "POST"), (":scheme", self.scheme), (":path", path), (":authority", self.authority),

@@ -5,13 +5,16 @@
 ``certificate_from_response``) but over :mod:`ztunnel.grpclite` instead of a grpcio channel, to stay inside
 ztunnel's memory budget. Settings are ``meshkit``'s ``CaClientSettings`` (``CA_ADDRESS``, ``CA_ROOT_CA``,
 ``AUTH_TOKEN``, ``SECRET_TTL``, ``PROXY_MODE``, ...).
+
+TLS follows ``CA_ADDRESS``'s scheme (:func:`ztunnel.grpclite.parse_address`): https (the default) needs a
+usable ``CA_ROOT_CA`` and fails with a clear :class:`~ztunnel.grpclite.ConfigError` without one, at
+construction when it is empty; only an explicit ``http://`` address is plaintext, and then no token is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 from google.protobuf import struct_pb2
 from meshkit.identity.caclient import CaClientError, CaClientSettings, token_source
@@ -21,22 +24,13 @@ from meshkit.identity.pem import ChainError, certificate_from_response
 from meshkit.identity.spiffe import Identity
 from meshproto.istio.v1.auth import ca_pb2
 
-from ztunnel.grpclite import Channel, GrpcError
+from ztunnel.grpclite import Channel, ConfigError, GrpcError, parse_address, read_root, require_root
 
 __all__ = ["CREATE_CERTIFICATE", "LiteCaClient"]
 
 log = logging.getLogger("identity")
 
 CREATE_CERTIFICATE = "/istio.v1.auth.IstioCertificateService/CreateCertificate"
-
-
-def _root(value: str) -> bytes | None:
-    """``CA_ROOT_CA``: inline PEM, a file path, or empty for plaintext (tests only)."""
-    if not value:
-        return None
-    if "-----BEGIN" in value:
-        return value.encode()
-    return Path(value).read_bytes()
 
 
 class LiteCaClient:
@@ -46,19 +40,23 @@ class LiteCaClient:
         self.settings = settings
         self.timeout_s = timeout_s
         self._token = token_source(settings.auth_token)
+        _, self.tls = parse_address(settings.address)
+        if self.tls:  # fail at start-up, not at the first certificate
+            require_root(settings.root_ca, "CA_ROOT_CA", settings.address)
         self._channel: Channel | None = None
         self._lock = asyncio.Lock()
 
     async def _connect(self) -> Channel:
         async with self._lock:
             if self._channel is None or self._channel.error is not None:
-                target = self.settings.address.split("://", 1)[-1].rstrip("/")
-                root = _root(self.settings.root_ca)
-                self._channel = await Channel.open(target, root, self.settings.alt_hostname, self.timeout_s)
+                s = self.settings
+                # re-read on every connect: a rotated root is picked up
+                root = read_root(s.root_ca, "CA_ROOT_CA", s.address) if self.tls else None
+                self._channel = await Channel.open(s.address, root, s.alt_hostname, self.timeout_s)
             return self._channel
 
     def _metadata(self) -> list[tuple[str, str]]:
-        token = self._token()
+        token = self._token() if self.tls else None  # never over plaintext (grpclite drops it too)
         if not token:
             return []
         return [("authorization", f"Bearer {token}"), ("clusterid", self.settings.cluster_id)]
@@ -81,7 +79,7 @@ class LiteCaClient:
             reply = await channel.unary(
                 CREATE_CERTIFICATE, request.SerializeToString(), self._metadata(), self.timeout_s
             )
-        except (GrpcError, OSError, TimeoutError) as exc:
+        except (GrpcError, ConfigError, OSError, TimeoutError) as exc:
             raise CaClientError(f"CreateCertificate for {identity} failed: {exc}") from None
         response = ca_pb2.IstioCertificateResponse.FromString(reply)
         try:

@@ -40,12 +40,16 @@ class Settings:
     admin_addr: str = env("ADMIN_ADDR", "127.0.0.1:15000", "Admin server (config_dump, logging).")
     stats_addr: str = env("STATS_ADDR", "0.0.0.0:15020", "Prometheus metrics server.")
     readiness_addr: str = env("READINESS_ADDR", "0.0.0.0:15021", "Readiness server (/healthz/ready).")
-    xds_address: str = env("XDS_ADDRESS", "istiod.istio-system.svc:15012", "istiod's xDS address.")
+    xds_address: str = env(
+        "XDS_ADDRESS",
+        "istiod.istio-system.svc:15012",
+        "istiod's xDS address; https:// unless given, http:// = plaintext without the token (tests).",
+    )
     ca_address: str = env("CA_ADDRESS", "istiod.istio-system.svc:15012", "The CA's address.")
     xds_root_ca: str = env(
         "XDS_ROOT_CA",
         "/var/run/secrets/istio/root-cert.pem",
-        "Root verifying istiod's xDS; empty = plaintext.",
+        "Root verifying istiod's xDS (file, inline PEM or SYSTEM); required for https.",
     )
     auth_token: str = env(
         "AUTH_TOKEN", "/var/run/secrets/tokens/istio-token", "Token file (or literal) for xDS."

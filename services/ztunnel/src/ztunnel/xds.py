@@ -30,7 +30,7 @@ from meshproto.istio.security import authorization_pb2 as authz_pb2
 from meshproto.istio.workload import workload_pb2 as wl_pb2
 from prometheus_client import CollectorRegistry
 
-from ztunnel.grpclite import Channel, GrpcError
+from ztunnel.grpclite import Channel, ConfigError, GrpcError, parse_address, read_root, require_root
 from ztunnel.settings import Settings
 from ztunnel.state.state import ADDRESS_TYPE, AUTHORIZATION_TYPE, Rejected, State
 
@@ -138,6 +138,9 @@ class LiteXdsClient:
     """
 
     def __init__(self, settings: Settings, core: ClientCore, metrics: XdsClientMetrics | None = None) -> None:
+        _, self.tls = parse_address(settings.xds_address)
+        if self.tls:  # an https istiod with no root is a start-up error, never a plaintext fall-back
+            require_root(settings.xds_root_ca, "XDS_ROOT_CA", settings.xds_address)
         self.settings = settings
         self.core = core
         self.metrics = metrics
@@ -145,6 +148,8 @@ class LiteXdsClient:
         self.connections = 0
 
     def _metadata(self) -> list[tuple[str, str]]:
+        if not self.tls:  # the token only ever travels over TLS (grpclite drops it too)
+            return []
         token = self.settings.auth_token
         path = Path(token)
         if token and path.is_file():
@@ -164,11 +169,11 @@ class LiteXdsClient:
 
     async def _connect_once(self) -> bool:
         s = self.settings
-        root = Path(s.xds_root_ca).read_bytes() if s.xds_root_ca else None  # noqa: ASYNC240
         got = False
         channel: Channel | None = None
         try:
-            channel = await Channel.open(s.xds_address.split("://", 1)[-1], root)
+            root = read_root(s.xds_root_ca, "XDS_ROOT_CA", s.xds_address) if self.tls else None  # rotation
+            channel = await Channel.open(s.xds_address, root)
             call = channel.stream(DELTA_METHOD, self._metadata())
             self.connections += 1
             for req in self.core.initial_requests():
@@ -187,7 +192,7 @@ class LiteXdsClient:
                 if self.core.synced:
                     self.synced.set()
             reason = "clean end"
-        except (GrpcError, OSError, TimeoutError) as exc:
+        except (GrpcError, ConfigError, OSError, TimeoutError) as exc:
             reason = str(exc)
         finally:
             if channel is not None:
@@ -199,10 +204,15 @@ class LiteXdsClient:
 
 
 def xds_source(settings: Settings, registry: CollectorRegistry | None = None) -> ConfigSource:
-    """The delta xDS client against ``XDS_ADDRESS`` (TLS verified by ``XDS_ROOT_CA``; empty = plaintext).
+    """The delta xDS client against ``XDS_ADDRESS``: https (the default scheme) verified by ``XDS_ROOT_CA``,
+    which must then be set (else :class:`~ztunnel.grpclite.ConfigError` here, at start-up); plaintext only for
+    an explicit ``http://`` address, and then without the token.
 
     ``ZTUNNEL_GRPC=lite`` (default) uses :class:`LiteXdsClient`; ``grpcio`` uses ``meshkit.xds``'s client.
     """
+    _, tls = parse_address(settings.xds_address)
+    if tls:
+        require_root(settings.xds_root_ca, "XDS_ROOT_CA", settings.xds_address)
 
     async def run_lite(state: State, synced: Callable[[], None]) -> None:
         metrics = XdsClientMetrics(registry) if registry is not None else None
@@ -218,10 +228,10 @@ def xds_source(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def run(state: State, synced: Callable[[], None]) -> None:
         from meshkit.xds.client import XdsClient, XdsClientConfig  # grpcio channel: only if chosen
 
-        root = Path(settings.xds_root_ca).read_bytes() if settings.xds_root_ca else None  # noqa: ASYNC240
+        root = read_root(settings.xds_root_ca, "XDS_ROOT_CA", settings.xds_address) if tls else None
         core = ClientCore(node(settings), StateUpdater(state))
         config = XdsClientConfig(
-            address=settings.xds_address.removeprefix("https://"),
+            address=settings.xds_address,  # its scheme picks TLS there too
             root_cert_pem=root,
             token=settings.auth_token,
             cluster_id=settings.cluster_id,
