@@ -120,6 +120,8 @@ def tcpdump(interface: str, bpf: str, netns: str | None = None) -> Iterator[Capt
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
         if pcap.exists():
             capture.load()
         pcap.unlink(missing_ok=True)
