@@ -52,7 +52,7 @@ async def test_waypoint_config_is_served_and_updated_over_delta_ads() -> None:
             waypoint_name="waypoint",
             pod_namespace="app",
             pod_ip="10.79.1.20",
-            xds_address=f"127.0.0.1:{istiod.addresses['xds_plaintext']}",
+            xds_address=f"http://127.0.0.1:{istiod.addresses['xds_plaintext']}",  # plaintext: http://
         )
         owner.spawn(xds_source(wp_settings, "", "")(store, synced.set), name="xds")
         await asyncio.wait_for(synced.wait(), 10)

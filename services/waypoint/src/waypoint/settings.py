@@ -21,7 +21,11 @@ class Settings:
         "SERVICE_ACCOUNT", "waypoint", "The waypoint's service account (its identity)."
     )
     trust_domain: str = env("TRUST_DOMAIN", "cluster.local", "Mesh trust domain.")
-    xds_address: str = env("XDS_ADDRESS", "istiod.istio-system.svc:15012", "istiod delta xDS (TLS gRPC).")
+    xds_address: str = env(
+        "XDS_ADDRESS",
+        "istiod.istio-system.svc:15012",
+        "istiod delta xDS: TLS (default), or http://host:port plaintext.",
+    )
     ca_address: str = env("CA_ADDRESS", "istiod.istio-system.svc:15012", "istiod CA (TLS gRPC).")
     config_file: str = env(
         "WAYPOINT_CONFIG_FILE", "", "Static WaypointConfig (protobuf JSON); no xDS when set."
