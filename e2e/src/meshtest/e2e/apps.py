@@ -48,7 +48,7 @@ def echo(
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": {"name": f"{name}-{version}" if service else name},
+            "metadata": {"name": name if service is None else f"{name}-{version}"},
             "spec": {
                 "replicas": replicas,
                 "selector": {"matchLabels": selector},
