@@ -11,6 +11,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
+import h2.config
+import h2.connection
+import h2.events
 import jwt
 import pytest
 import pytest_asyncio
@@ -646,3 +649,91 @@ async def test_websocket_upgrade_relays_raw_bytes_after_101(env: Env) -> None:
     req = env.backends["v1"].requests[-1]
     assert req.header("upgrade") == "websocket"
     assert req.header("x-request-id")  # it went through the L7 pipeline
+
+
+async def _raw_exchange(env: Env, raw: bytes) -> bytes:
+    """Send raw bytes in one tunnel and read until the waypoint closes it."""
+    stream = await env.client.open(f"{VIP}:80")
+    stream.write(raw)
+    out = b""
+    async with asyncio.timeout(10):
+        while chunk := await stream.read():
+            out += chunk
+    return out
+
+
+async def test_dot_segments_cannot_bypass_a_path_deny(env: Env) -> None:
+    stream = await env.client.open(f"{VIP}:80")
+    for path in ("/x/../admin/users", "/./admin/users", "/%2e%2e/admin/users"):
+        denied = await env.client.request(stream, get(path))
+        assert (path, denied.status, denied.body) == (path, 403, b"RBAC: access denied")
+    ok = await env.client.request(stream, get("/reviews/./1"))
+    assert ok.status == 200
+    assert ok.body == b"backend=v1 path=/reviews/1\n"  # the app gets the normalized path, as from Envoy
+    assert not any("admin" in r.path for b in env.backends.values() for r in b.requests)
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"GET /r HTTP/1.1\r\nhost: reviews\r\nhost: admin\r\n\r\n", b"400"),
+        (b"POST /r HTTP/1.1\r\nhost: reviews\r\ncontent-length: 1\r\ncontent-length: 5\r\n\r\nhello", b"400"),
+        (
+            b"POST /r HTTP/1.1\r\nhost: r\r\ncontent-length: 5\r\n"
+            b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"400",
+        ),
+        (b"GET /r HTTP/1.1\r\nhost: reviews\r\nx-a: 1\rx-b: 2\r\n\r\n", b"400"),
+        (b"GET /r HTTP/1.1\r\nhost: reviews\r\n" + b"x-pad: " + b"a" * 70_000 + b"\r\n\r\n", b"431"),
+        (b"GET /r HTTP/1.1\r\nhost: reviews\r\n" + b"x-h: 1\r\n" * 101 + b"\r\n", b"431"),
+    ],
+    ids=["dup-host", "dup-content-length", "cl-and-te", "bare-cr", "huge-header", "too-many-headers"],
+)
+async def test_smuggling_and_oversized_heads_are_refused(env: Env, raw: bytes, status: bytes) -> None:
+    answer = await _raw_exchange(env, raw)
+    assert answer.startswith(b"HTTP/1.1 " + status + b" ")
+    assert not any(r.path == "/r" for b in env.backends.values() for r in b.requests)
+
+
+async def test_header_head_trickled_in_small_pieces_is_capped(env: Env) -> None:
+    stream = await env.client.open(f"{VIP}:80")
+    stream.write(b"GET /r HTTP/1.1\r\nhost: reviews\r\nx-pad: ")
+    answer = b""
+    async with asyncio.timeout(10):
+        for _ in range(100):  # 100 x 1 KiB of one never-ending header value (httptools buffers it silently)
+            stream.write(b"a" * 1024)
+            await stream.drain()
+        while chunk := await stream.read():
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431 ")
+
+
+async def test_h2c_crlf_in_a_header_cannot_reach_an_http1_upstream(env: Env) -> None:
+    cfg = config(env.key)
+    cfg.services[0].ports[0].protocol = pb.HTTP
+    assert env.app.store.apply(TYPE_URL, [("default/waypoint", cfg)], []) == []
+    stream = await env.client.open(f"{VIP}:80")
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding="utf-8", validate_outbound_headers=False)
+    )
+    conn.initiate_connection()
+    evil = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/smuggle"),
+        (":authority", "reviews"),
+        ("x-evil", "a\r\n\r\nGET /admin/users HTTP/1.1\r\nhost: reviews"),
+    ]
+    conn.send_headers(1, evil, end_stream=True)
+    stream.write(conn.data_to_send())
+    status = None
+    async with asyncio.timeout(10):
+        while status is None:
+            data = await stream.read()
+            assert data, "tunnel closed without an answer"
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    status = dict(ev.headers)[":status"]
+            stream.write(conn.data_to_send())
+    assert status == "400"
+    assert not any(r.path in {"/smuggle", "/admin/users"} for b in env.backends.values() for r in b.requests)

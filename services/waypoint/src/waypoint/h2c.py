@@ -31,7 +31,7 @@ from h2.errors import ErrorCodes
 from meshkit.hbone.errors import HboneError
 from meshkit.hbone.stream import HboneStream
 
-from waypoint.http1 import Request, Response
+from waypoint.http1 import BadMessage, Request, Response, simple_response
 from waypoint.upstream import StreamOpener, UpstreamError
 
 if TYPE_CHECKING:
@@ -99,7 +99,32 @@ class _Pending:
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
+_FORBIDDEN = frozenset("\r\n\x00")
+_NO_SPACE = frozenset([":method", ":path", ":authority", ":scheme"])
+
+
+def _check_headers(headers: list[tuple[str, str]]) -> None:
+    """Refuse what HTTP/2 forbids in fields (RFC 9113 §8.2.1) before it can reach an HTTP/1.1 upstream.
+
+    Inbound validation in ``h2`` is off (it would tear down the whole connection); without this check a
+    CR/LF in a header value or ``:path`` would be written verbatim into the HTTP/1.1 request to the app,
+    letting a client smuggle headers or a second request past authorization.
+    """
+    for k, v in headers:
+        if not k or _FORBIDDEN.intersection(k) or _FORBIDDEN.intersection(v):
+            raise BadMessage("invalid character in header")
+        if k in _NO_SPACE and (not v or any(c in v for c in " \t")):
+            raise BadMessage(f"invalid {k}")
+        if k != k.lower() or any(c in k for c in " \t"):
+            raise BadMessage("invalid header name")
+    names = [k for k, _ in headers if k.startswith(":")]
+    if len(names) != len(set(names)):
+        raise BadMessage("duplicate pseudo-header")
+
+
 def _request_from(headers: list[tuple[str, str]], body: bytes) -> Request:
+    """The request of one stream; raises :class:`BadMessage` (answered with 400) for invalid fields."""
+    _check_headers(headers)
     pseudo = {k: v for k, v in headers if k.startswith(":")}
     path, _, query = pseudo.get(":path", "/").partition("?")
     plain = [(k.lower(), v) for k, v in headers if not k.startswith(":") and k.lower() not in HOP]
@@ -201,8 +226,12 @@ def _server_event(  # noqa: PLR0917
 async def _answer(
     proxy: WaypointProxy, conn: _H2Conn, down: Downstream, stream_id: int, item: _Pending
 ) -> None:
-    req = _request_from(item.headers, bytes(item.body))
-    resp = await proxy.process(req, down)
+    try:
+        req = _request_from(item.headers, bytes(item.body))
+    except BadMessage as exc:
+        req, resp = Request("GET", "/", "", []), simple_response(exc.status, str(exc))
+    else:
+        resp = await proxy.process(req, down)
     if conn.closed:
         return
     headers, trailers, body = _response_headers(req, resp)

@@ -26,6 +26,7 @@ __all__ = [
     "RequestParser",
     "Response",
     "ResponseParser",
+    "normalize_path",
     "serialize_request",
     "serialize_response",
     "simple_response",
@@ -60,6 +61,7 @@ REASONS = {
     404: "Not Found",
     408: "Request Timeout",
     413: "Payload Too Large",
+    431: "Request Header Fields Too Large",
     429: "Too Many Requests",
     500: "Internal Server Error",
     502: "Bad Gateway",
@@ -67,8 +69,39 @@ REASONS = {
     504: "Gateway Timeout",
 }
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+# Envoy's defaults (max_request_headers_kb 60, max_headers_count 100): llhttp itself has no limit, so without
+# these a peer could grow one request head without bound.
+MAX_HEAD_BYTES = 60 * 1024
+MAX_HEADERS = 100
 BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def normalize_path(path: str) -> str:
+    """RFC 3986 §5.2.4 dot-segment removal (Istio's default ``BASE`` path normalization in Envoy).
+
+    Authorization and routing look at the normalized path and it is what the app receives, so ``/./admin``,
+    ``/x/../admin`` or ``/%2e%2e/admin`` cannot slip past a policy on ``/admin``. Slashes are not merged and
+    ``%2F`` stays encoded (as upstream's defaults). Paths not starting with ``/`` (``*``) are left alone.
+    """
+    if not path.startswith("/") or ("." not in path and "%2" not in path):
+        return path
+    out: list[str] = []
+    segments = path[1:].split("/")
+    for i, seg in enumerate(segments):
+        dots = seg.replace("%2e", ".").replace("%2E", ".")
+        last = i == len(segments) - 1
+        if dots == ".":
+            if last:
+                out.append("")
+        elif dots == "..":
+            if out:
+                out.pop()
+            if last:
+                out.append("")
+        else:
+            out.append(seg)
+    return "/" + "/".join(out)
 
 
 class BadMessage(Exception):
@@ -180,17 +213,26 @@ class _Collector:
         self.headers: list[tuple[str, str]] = []
         self.body = bytearray()
         self.done: list[Any] = []
+        self.head_bytes = 0  # parsed head size of the current message (URL + header lines)
 
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = []
         self.body = bytearray()
+        self.head_bytes = 0
+
+    def _grow_head(self, n: int) -> None:
+        self.head_bytes += n
+        if self.head_bytes > MAX_HEAD_BYTES or len(self.headers) > MAX_HEADERS:
+            raise BadMessage("headers too large", 431)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self._grow_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        self._grow_head(len(name) + len(value) + 4)
 
     def on_body(self, body: bytes) -> None:
         self.body += body
@@ -203,8 +245,19 @@ class _RequestCollector(_Collector):
         super().__init__(max_body)
         self.parser: Any = None
         self.expect_continue = False
+        self.in_head = True  # between messages or inside a head (not in a body)
+        self.unparsed = 0  # bytes fed while in a head: httptools buffers a partial header without callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.in_head = True
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.unparsed = 0
+        if sum(1 for k, _ in self.headers if k == "host") > 1:
+            # RFC 9112 §3.2: two Hosts are ambiguous (authz could see one, the app the other)
+            raise BadMessage("duplicate host header")
         if any(k == "expect" and v.lower() == "100-continue" for k, v in self.headers):
             self.expect_continue = True
 
@@ -221,6 +274,7 @@ class _RequestCollector(_Collector):
                 keep_alive=self.parser.should_keep_alive(),
             )
         )
+        self.in_head = True
 
 
 class RequestParser:
@@ -234,6 +288,9 @@ class RequestParser:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Request]:
         """Complete requests; an Upgrade request comes last (``upgrade`` set; the rest is in ``leftover``)."""
+        c = self._c
+        if c.in_head:
+            c.unparsed += len(data)
         try:
             self._p.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -248,6 +305,8 @@ class RequestParser:
             if isinstance(cause, BadMessage):
                 raise cause from None
             raise BadMessage(f"malformed HTTP/1.1 request: {exc}") from None
+        if c.in_head and c.unparsed > MAX_HEAD_BYTES + len(data):
+            raise BadMessage("headers too large", 431)
         out, self._c.done = self._c.done, []
         return out
 
@@ -307,6 +366,8 @@ class ResponseParser:
                 return out
             cause = exc.__context__
             if isinstance(cause, BadMessage):
+                if cause.status == 431:  # an oversized response head is the backend's fault
+                    cause.status = 502
                 raise cause from None
             raise BadMessage(f"malformed HTTP/1.1 response: {exc}", 502) from None
         out, self._c.done = self._c.done, []

@@ -45,6 +45,7 @@ from waypoint.http1 import (
     Request,
     RequestParser,
     Response,
+    normalize_path,
     serialize_request,
     serialize_response,
     simple_response,
@@ -266,6 +267,7 @@ class WaypointProxy:
         """Run one request through the L7 pipeline; always returns a response (never raises)."""
         start = time.monotonic()
         out = Outcome()
+        req.path = normalize_path(req.path)  # before authz and routing see it (Envoy's normalize_path)
         request_id = req.header("x-request-id")
         if request_id is None:
             request_id = str(uuid.uuid4())
