@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import time
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
@@ -79,3 +83,46 @@ def test_missing_jwks_fails_closed(key: rsa.RSAPrivateKey) -> None:
     rules = compile_rules([pb.JwtRules(providers=[pb.JwtProvider(issuer=ISS, jwks_uri="http://jwks/keys")])])
     with pytest.raises(JwtFailure, match="Jwks"):
         rules.authenticate({"authorization": f"Bearer {_token(key)}"}, "")
+
+
+def _forge(header: dict[str, object], claims: dict[str, object], sig: bytes = b"") -> str:
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    return ".".join([b64(json.dumps(header).encode()), b64(json.dumps(claims).encode()), b64(sig)])
+
+
+def _claims() -> dict[str, object]:
+    return {"iss": ISS, "sub": "attacker", "exp": int(time.time()) + 600}
+
+
+def test_alg_none_and_hmac_with_the_rsa_public_key_are_refused(key: rsa.RSAPrivateKey) -> None:
+    rules = _rules(key)
+    unsigned = _forge({"alg": "none", "typ": "JWT", "kid": "k1"}, _claims())
+    # alg confusion: HS256 "signed" with the RSA public key (PEM and JWK forms) as the HMAC secret
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    signing = _forge({"alg": "HS256", "typ": "JWT", "kid": "k1"}, _claims()).rsplit(".", 1)[0]
+    macs = [
+        hmac.new(secret, signing.encode(), hashlib.sha256).digest() for secret in (pem, _jwks(key).encode())
+    ]
+    forged = [
+        unsigned,
+        *(f"{signing}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}" for mac in macs),
+    ]
+    for token in forged:
+        with pytest.raises(JwtFailure, match="verification fails"):
+            rules.authenticate({"authorization": f"Bearer {token}"}, "")
+
+
+def test_tampered_payload_and_not_yet_valid_are_refused(key: rsa.RSAPrivateKey) -> None:
+    rules = _rules(key)
+    head, _payload, sig = _token(key).split(".")
+    evil = base64.urlsafe_b64encode(json.dumps(_claims()).encode()).rstrip(b"=").decode()
+    with pytest.raises(JwtFailure, match="verification fails"):
+        rules.authenticate({"authorization": f"Bearer {head}.{evil}.{sig}"}, "")
+    with pytest.raises(JwtFailure, match="not yet valid"):
+        rules.authenticate({"authorization": f"Bearer {_token(key, nbf=int(time.time()) + 3600)}"}, "")
+    with pytest.raises(JwtFailure, match="Audiences"):  # audiences configured: a token without aud fails
+        _rules(key, audiences=["bookinfo"]).authenticate({"authorization": f"Bearer {_token(key)}"}, "")

@@ -144,6 +144,10 @@ def _verify(provider: JwtProvider, token: str, now: float | None) -> dict[str, A
             raise JwtFailure("Jwt not yet valid") from None
         except jwt.InvalidAudienceError:
             raise JwtFailure("Audiences in Jwt are not allowed") from None
+        except jwt.MissingRequiredClaimError as exc:
+            if exc.claim == "aud":  # audiences configured and the token names none: Envoy's audience error
+                raise JwtFailure("Audiences in Jwt are not allowed") from None
+            last = exc
         except jwt.PyJWTError as exc:
             last = exc
     raise JwtFailure("Jwt verification fails") from last
