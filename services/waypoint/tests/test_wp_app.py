@@ -737,3 +737,23 @@ async def test_h2c_crlf_in_a_header_cannot_reach_an_http1_upstream(env: Env) -> 
             stream.write(conn.data_to_send())
     assert status == "400"
     assert not any(r.path in {"/smuggle", "/admin/users"} for b in env.backends.values() for r in b.requests)
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["http://reviews/admin/users", "HTTP://reviews/./admin/users?x=1"],
+)
+async def test_absolute_form_target_is_authorized_on_its_path(env: Env, target: str) -> None:
+    answer = await _raw_exchange(
+        env, f"GET {target} HTTP/1.1\r\nhost: reviews\r\nconnection: close\r\n\r\n".encode()
+    )
+    assert answer.startswith(b"HTTP/1.1 403 ")
+    assert answer.endswith(b"RBAC: access denied")
+    assert not any("admin" in r.path for b in env.backends.values() for r in b.requests)
+
+
+@pytest.mark.parametrize("target", ["/admin/users#frag", "reviews:80", "admin/users"])
+async def test_fragments_and_odd_request_targets_are_400(env: Env, target: str) -> None:
+    answer = await _raw_exchange(env, f"GET {target} HTTP/1.1\r\nhost: reviews\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert not any("admin" in r.path for b in env.backends.values() for r in b.requests)

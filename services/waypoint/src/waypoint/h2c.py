@@ -31,7 +31,7 @@ from h2.errors import ErrorCodes
 from meshkit.hbone.errors import HboneError
 from meshkit.hbone.stream import HboneStream
 
-from waypoint.http1 import BadMessage, Request, Response, simple_response
+from waypoint.http1 import BadMessage, Request, Response, simple_response, split_target
 from waypoint.upstream import StreamOpener, UpstreamError
 
 if TYPE_CHECKING:
@@ -126,7 +126,9 @@ def _request_from(headers: list[tuple[str, str]], body: bytes) -> Request:
     """The request of one stream; raises :class:`BadMessage` (answered with 400) for invalid fields."""
     _check_headers(headers)
     pseudo = {k: v for k, v in headers if k.startswith(":")}
-    path, _, query = pseudo.get(":path", "/").partition("?")
+    path, query, in_path = split_target(pseudo.get(":path", "/"))
+    if in_path is not None:
+        raise BadMessage("invalid :path")  # RFC 9113 §8.3.1: origin form (or "*") only
     plain = [(k.lower(), v) for k, v in headers if not k.startswith(":") and k.lower() not in HOP]
     authority = pseudo.get(":authority", "")
     req = Request(pseudo.get(":method", "GET"), path, query, [("host", authority), *plain], body)

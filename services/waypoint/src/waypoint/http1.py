@@ -30,6 +30,7 @@ __all__ = [
     "serialize_request",
     "serialize_response",
     "simple_response",
+    "split_target",
 ]
 
 HOP_BY_HOP = frozenset(
@@ -102,6 +103,31 @@ def normalize_path(path: str) -> str:
         else:
             out.append(seg)
     return "/" + "/".join(out)
+
+
+def split_target(target: str) -> tuple[str, str, str | None]:
+    """(path, query, authority or None) of a request target; :class:`BadMessage` for forms we refuse.
+
+    Origin form (``/p?q``) and ``*`` pass. An absolute form (``http://host/p``) is split and its authority
+    replaces ``Host`` (RFC 9112 §3.2.2), as Envoy does: left as is, a policy on ``/admin`` would look at
+    ``http://x/admin`` while the app serves ``/admin``. A fragment is refused (Envoy's default), so
+    ``/admin#x`` cannot dodge an exact path match; anything else (authority form, relative) is refused too.
+    """
+    if "#" in target:
+        raise BadMessage("fragment in request target")
+    authority: str | None = None
+    if not target.startswith("/") and target != "*":
+        scheme, sep, rest = target.partition("://")
+        if not sep or scheme.lower() not in {"http", "https"}:
+            raise BadMessage("invalid request target")
+        cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+        authority, target = rest[:cut], rest[cut:]
+        if not authority:
+            raise BadMessage("invalid request target")
+        if not target.startswith("/"):
+            target = "/" + target
+    path, _, query = target.partition("?")
+    return path, query, authority
 
 
 class BadMessage(Exception):
@@ -262,8 +288,9 @@ class _RequestCollector(_Collector):
             self.expect_continue = True
 
     def on_message_complete(self) -> None:
-        url = self.url.decode("latin-1")
-        path, _, query = url.partition("?")
+        path, query, authority = split_target(self.url.decode("latin-1"))
+        if authority is not None:
+            self.headers = [("host", authority), *((k, v) for k, v in self.headers if k != "host")]
         self.done.append(
             Request(
                 self.parser.get_method().decode("ascii"),
