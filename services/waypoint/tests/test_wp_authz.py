@@ -134,3 +134,14 @@ def test_custom_and_audit_are_reported_dry_run_ignored() -> None:
     assert custom.provider is not None
     assert custom.provider.port == 8000
     assert evaluate([custom], ctx("/other")).custom == ()
+
+
+def test_unknown_when_key_errs_towards_denying() -> None:
+    unknown = pb.Condition(key="experimental.envoy.filters.whatever[x]", values=["y"])
+    deny = compile_policy(
+        policy(pb.DENY, pb.Rule(operations=[pb.Operation(paths=["/a*"])], conditions=[unknown]))
+    )
+    assert not evaluate([deny], ctx("/a/b")).allowed  # a DENY rule is not silently switched off
+    assert evaluate([deny], ctx("/other")).allowed  # the known parts still narrow it
+    allow = compile_policy(policy(pb.ALLOW, pb.Rule(conditions=[unknown])))
+    assert not evaluate([allow], ctx("/a/b")).allowed  # an ALLOW rule cannot be widened by it either

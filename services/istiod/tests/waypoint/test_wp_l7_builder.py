@@ -540,3 +540,34 @@ def test_destinationrule_connection_pool() -> None:
     cfg = build_configs(base(destinationrules=[dr])).configs["app/waypoint"]
     c = {c.name: c for c in cfg.clusters}["inbound-vip|80|http|reviews.app.svc.cluster.local"]
     assert (c.max_connections, c.max_pending_requests, c.max_requests_per_connection) == (1, 2, 3)
+
+
+def test_not_service_accounts_and_unknown_condition_keys() -> None:
+    from istiod.waypoint.policy import convert_authorization
+
+    allow = {
+        "metadata": {"name": "not-evil", "namespace": "app"},
+        "spec": {
+            "rules": [
+                {
+                    "from": [{"source": {"notServiceAccounts": ["evil", "other/bad"]}}],
+                    "when": [{"key": "request.headers[x-a]", "values": ["1"]}],
+                }
+            ]
+        },
+    }
+    policy, problems = convert_authorization(allow, "cluster.local", {})
+    assert policy is not None
+    assert problems == []
+    assert list(policy.rules[0].sources[0].not_principals) == [
+        "cluster.local/ns/app/sa/evil",
+        "cluster.local/ns/other/sa/bad",
+    ]
+    deny = {
+        "metadata": {"name": "odd", "namespace": "app"},
+        "spec": {"action": "DENY", "rules": [{"when": [{"key": "request.bogus", "values": ["x"]}]}]},
+    }
+    policy, problems = convert_authorization(deny, "cluster.local", {})
+    assert policy is not None
+    assert len(problems) == 1
+    assert "request.bogus" in problems[0]

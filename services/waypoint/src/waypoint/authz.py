@@ -225,8 +225,8 @@ def _claim(c: AuthzContext, path: list[str]) -> list[str]:
     return [str(value).lower() if isinstance(value, bool) else str(value)]
 
 
-def _condition_getter(key: str) -> Callable[[AuthzContext], list[str]]:
-    """Values of a ``when`` key; unknown keys yield nothing (so the condition cannot match)."""
+def _condition_getter(key: str) -> Callable[[AuthzContext], list[str]] | None:
+    """Values of a ``when`` key; ``None`` for a key we do not know (see :func:`_condition`)."""
     if key.startswith("request.headers[") and key.endswith("]"):
         name = key[len("request.headers[") : -1].lower()
         return lambda c: [c.headers[name]] if name in c.headers else []
@@ -250,11 +250,17 @@ def _condition_getter(key: str) -> Callable[[AuthzContext], list[str]]:
         return lambda c: _claim(c, ["aud"])
     if key == "request.auth.presenter":
         return lambda c: _claim(c, ["azp"])
-    return lambda _c: []
+    return None
 
 
-def _condition(cond: pb.Condition) -> Pred:
-    get = _condition_getter(cond.key)
+def _condition(cond: pb.Condition, fail_closed: bool) -> Pred:
+    """One ``when`` condition. An unknown key (Istio's validation would have refused the policy) can never
+    match in ALLOW/AUDIT policies and always matches in DENY/CUSTOM ones: either way the policy errs on the
+    side of denying rather than silently turning a DENY rule off."""
+    found = _condition_getter(cond.key)
+    if found is None:
+        return (lambda _c: True) if fail_closed else (lambda _c: False)
+    get = found
     if cond.key in {"source.ip", "remote.ip", "destination.ip"}:
         first: Callable[[AuthzContext], str | None] = lambda c: next(iter(get(c)), None)  # noqa: E731
         pos = _cidrs(cond.values, first)
@@ -272,10 +278,10 @@ def _condition(cond: pb.Condition) -> Pred:
     return pred
 
 
-def _rule(rule: pb.Rule) -> Pred:
+def _rule(rule: pb.Rule, fail_closed: bool) -> Pred:
     sources = [_source(s) for s in rule.sources]
     operations = [_operation(o) for o in rule.operations]
-    conditions = [_condition(c) for c in rule.conditions]
+    conditions = [_condition(c, fail_closed) for c in rule.conditions]
 
     def pred(ctx: AuthzContext) -> bool:
         if sources and not any(s(ctx) for s in sources):
@@ -304,7 +310,7 @@ def compile_policy(msg: pb.Policy) -> Policy:
         name=msg.name,
         namespace=msg.namespace,
         action=ACTIONS.get(msg.action, "ALLOW"),
-        rules=tuple(_rule(r) for r in msg.rules),
+        rules=tuple(_rule(r, msg.action in (pb.DENY, pb.CUSTOM)) for r in msg.rules),
         provider=provider,
         dry_run=msg.dry_run,
     )

@@ -64,12 +64,35 @@ def _source(src: Obj) -> pb.Source:
     )
 
 
-def _service_account_principals(src: Obj, ns: str, trust_domain: str) -> list[str]:
+def _service_account_principals(src: Obj, ns: str, trust_domain: str, field: str) -> list[str]:
     out = []
-    for sa in _strs(src.get("serviceAccounts")):
+    for sa in _strs(src.get(field)):
         sa_ns, _, name = sa.rpartition("/")
         out.append(f"{trust_domain}/ns/{sa_ns or ns}/sa/{name}")
     return out
+
+
+_KEYS = frozenset(
+    {
+        "source.ip",
+        "remote.ip",
+        "source.namespace",
+        "source.principal",
+        "request.auth.principal",
+        "request.auth.audiences",
+        "request.auth.presenter",
+        "destination.ip",
+        "destination.port",
+        "connection.sni",
+    }
+)
+
+
+def _known_key(key: str) -> bool:
+    """The ``when`` keys the waypoint evaluates (waypoint.authz); others get a status problem."""
+    if key in _KEYS:
+        return True
+    return any(key.startswith(p) and key.endswith("]") for p in ("request.headers[", "request.auth.claims["))
 
 
 def _operation(op: Obj) -> pb.Operation:
@@ -103,11 +126,20 @@ def convert_authorization(
         for entry in rule.get("from") or []:
             src = entry.get("source") or {}
             converted = _source(src)
-            converted.principals.extend(_service_account_principals(src, ns, trust_domain))
+            converted.principals.extend(_service_account_principals(src, ns, trust_domain, "serviceAccounts"))
+            # dropping notServiceAccounts would widen the source to everyone (an ALLOW letting them in)
+            converted.not_principals.extend(
+                _service_account_principals(src, ns, trust_domain, "notServiceAccounts")
+            )
             out.sources.append(converted)
         for entry in rule.get("to") or []:
             out.operations.append(_operation(entry.get("operation") or {}))
         for cond in rule.get("when") or []:
+            if not _known_key(str(cond.get("key", ""))):
+                problems.append(
+                    f"unknown condition key {cond.get('key')!r}: the rule "
+                    + ("matches regardless of it" if action_name in {"DENY", "CUSTOM"} else "never matches")
+                )
             out.conditions.append(
                 pb.Condition(
                     key=str(cond.get("key", "")),
