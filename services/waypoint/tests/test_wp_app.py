@@ -757,3 +757,21 @@ async def test_fragments_and_odd_request_targets_are_400(env: Env, target: str) 
     answer = await _raw_exchange(env, f"GET {target} HTTP/1.1\r\nhost: reviews\r\n\r\n".encode())
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert not any("admin" in r.path for b in env.backends.values() for r in b.requests)
+
+
+async def test_h2c_upgrade_is_refused_so_nothing_is_relayed_past_authz(env: Env) -> None:
+    answer = await _raw_exchange(
+        env,
+        b"GET /up HTTP/1.1\r\nhost: reviews\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\n"
+        b"http2-settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 403 ")
+    assert not any(r.path == "/up" for b in env.backends.values() for r in b.requests)
+
+
+async def test_denied_websocket_upgrade_is_answered_and_closed(env: Env) -> None:
+    answer = await _raw_exchange(
+        env, b"GET /admin/ws HTTP/1.1\r\nhost: reviews\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 403 ")
+    assert answer.endswith(b"RBAC: access denied")

@@ -195,7 +195,9 @@ class WaypointProxy:
                     stream.write(serialize_response(resp) + early)
                     await relay_streams(stream, upstream, parser.leftover)
                     return
-                keep = req.keep_alive and resp.keep_alive
+                # an Upgrade request that was not upgraded (denied, failed): llhttp stops after its head, so
+                # the connection cannot carry another request; close it rather than wait on it forever
+                keep = req.keep_alive and resp.keep_alive and not req.upgrade
                 stream.write(serialize_response(resp, keep_alive=keep, head=req.method == "HEAD"))
                 if not keep:
                     stream.write_eof()
@@ -291,6 +293,11 @@ class WaypointProxy:
     async def _pipeline(self, req: Request, down: Downstream, out: Outcome) -> Response:
         snap = self.store.snapshot
         svc = down.service
+        if req.upgrade and (req.header("upgrade") or "").strip().lower() != "websocket":
+            # Istio enables only the websocket upgrade; relaying e.g. an h2c upgrade raw would let the
+            # client speak HTTP/2 straight to the app, past authorization (Envoy: 403 upgrade_failed)
+            out.details = "upgrade_failed"
+            return simple_response(403, "")
         denied = await self._authorize(snap, req, down, out)
         if denied is not None:
             return denied
