@@ -775,3 +775,30 @@ async def test_denied_websocket_upgrade_is_answered_and_closed(env: Env) -> None
     )
     assert answer.startswith(b"HTTP/1.1 403 ")
     assert answer.endswith(b"RBAC: access denied")
+
+
+async def test_h2c_buffered_bodies_are_capped_per_connection(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import waypoint.h2c
+
+    monkeypatch.setattr(waypoint.h2c, "MAX_BODY", 50_000)
+    stream = await env.client.open(f"{VIP}:80")
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    head = [(":method", "POST"), (":scheme", "http"), (":path", "/big"), (":authority", "reviews")]
+    for sid in (1, 3):  # two streams of 30 kB each, neither finished: 60 kB buffered in one connection
+        conn.send_headers(sid, head)
+        for _ in range(3):
+            conn.send_data(sid, b"x" * 10_000)
+    stream.write(conn.data_to_send())
+    reset: set[int] = set()
+    async with asyncio.timeout(10):
+        while not reset:
+            data = await stream.read()
+            assert data, "tunnel closed"
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.StreamReset):
+                    reset.add(ev.stream_id)
+            stream.write(conn.data_to_send())
+    assert reset == {3}

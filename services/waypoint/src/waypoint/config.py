@@ -149,21 +149,7 @@ def _cluster(msg: pb.Cluster) -> r.Cluster:
         lb=LBS.get(msg.lb, "LEAST_REQUEST"),
         hash_kind=hash_kind,
         hash_key=hash_key,
-        endpoints=tuple(
-            r.Endpoint(
-                e.address,
-                e.port,
-                e.weight or 1,
-                e.workload,
-                e.namespace,
-                e.identity,
-                e.healthy,
-                e.canonical_name,
-                e.canonical_revision,
-                e.cluster_id,
-            )
-            for e in msg.endpoints
-        ),
+        endpoints=tuple(_endpoint(e) for e in msg.endpoints),
         connect_timeout_s=(msg.connect_timeout_ms or 10_000) / 1000.0,
         outlier=r.OutlierDetection(
             msg.outlier.consecutive_5xx,

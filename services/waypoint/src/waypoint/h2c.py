@@ -209,7 +209,9 @@ def _server_event(  # noqa: PLR0917
         item = pending.get(event.stream_id)
         if item is not None:
             item.body += event.data or b""
-            if len(item.body) > MAX_BODY:
+            # the cap is per connection, not per stream: up to 100 concurrent streams each buffering a whole
+            # body would otherwise hold 100 x MAX_BODY for one client
+            if sum(len(p.body) for p in pending.values()) > MAX_BODY:
                 conn.h2.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
                 pending.pop(event.stream_id, None)
     elif isinstance(event, h2.events.StreamEnded):
