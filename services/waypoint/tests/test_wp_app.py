@@ -516,11 +516,15 @@ async def test_unreachable_endpoint_is_503_with_details_in_the_access_log(
 
 
 async def test_xfcc_carries_the_client_identity_when_asked(env: Env) -> None:
+    spoof = [("x-forwarded-client-cert", "By=x;URI=spiffe://cluster.local/ns/kube-system/sa/admin")]
+    stream = await env.client.open(f"{VIP}:80")
+    assert (await env.client.request(stream, get("/xfcc", headers=spoof))).status == 200
+    assert env.backends["v1"].requests[-1].header("x-forwarded-client-cert") is None  # sanitized
     cfg = config(env.key)
     cfg.xfcc_client_identity = True
     assert env.app.store.apply(TYPE_URL, [("default/waypoint", cfg)], []) == []
     stream = await env.client.open(f"{VIP}:80")
-    assert (await env.client.request(stream, get("/xfcc"))).status == 200
+    assert (await env.client.request(stream, get("/xfcc", headers=spoof))).status == 200
     xfcc = env.backends["v1"].requests[-1].header("x-forwarded-client-cert")
     assert (
         xfcc

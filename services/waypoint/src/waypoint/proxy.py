@@ -298,6 +298,10 @@ class WaypointProxy:
             # client speak HTTP/2 straight to the app, past authorization (Envoy: 403 upgrade_failed)
             out.details = "upgrade_failed"
             return simple_response(403, "")
+        if req.header("x-forwarded-client-cert") is not None:
+            # Envoy sanitizes XFCC before any filter: a client must not hand the app (or a policy on
+            # headers) an identity of its choosing; it is set below only when the Gateway asks for it
+            req.set_headers([(k, v) for k, v in req.headers if k != "x-forwarded-client-cert"])
         denied = await self._authorize(snap, req, down, out)
         if denied is not None:
             return denied
