@@ -631,6 +631,9 @@ async def test_jwt_payload_is_forwarded_in_a_header_when_asked(env: Env) -> None
     payload = env.backends["v1"].requests[-1].header("x-jwt-payload") or ""
     decoded = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     assert decoded["sub"] == "sub-1"
+    forged = [("x-jwt-payload", base64.urlsafe_b64encode(b'{"sub": "admin"}').decode())]
+    assert (await env.client.request(stream, get("/reviews/1", headers=forged))).status == 200
+    assert env.backends["v1"].requests[-1].header("x-jwt-payload") is None  # no token: nothing forwarded
 
 
 async def test_websocket_upgrade_relays_raw_bytes_after_101(env: Env) -> None:

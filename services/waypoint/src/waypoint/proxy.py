@@ -353,6 +353,10 @@ class WaypointProxy:
         principal: str | None = None
         claims: Mapping[str, Any] = {}
         if jwt_rules:
+            spoofable = {p.output_payload_to_header.lower() for p in jwt_rules.providers} - {""}
+            if spoofable and any(k in spoofable for k, _ in req.headers):
+                # only a verified token may fill the payload header: drop what the client sent in it
+                req.set_headers([(k, v) for k, v in req.headers if k not in spoofable])
             try:
                 result = jwt_rules.authenticate(req.header_map(), req.query)
             except JwtFailure as exc:
