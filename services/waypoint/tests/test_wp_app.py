@@ -20,6 +20,7 @@ import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from meshkit.hbone.errors import ConnectFailed, HboneError
+from meshkit.hbone.pool import ConnectionPool, PoolKey
 from meshkit.hbone.testing import TestCA
 from meshkit.identity.spiffe import Identity
 from meshkit.metrics import render
@@ -809,3 +810,24 @@ async def test_h2c_buffered_bodies_are_capped_per_connection(
                     reset.add(ev.stream_id)
             stream.write(conn.data_to_send())
     assert reset == {3}
+
+
+async def test_peers_without_a_mesh_certificate_are_refused(env: Env) -> None:
+    cert = env.app.certs.find_certificate(env.app.identity)
+    assert cert is not None
+    # a leaf from a foreign root (same trust domain name) that trusts the waypoint's root: the client side of
+    # TLS succeeds, so only the waypoint's own check of the peer can stop it
+    rogue = TestCA(name="rogue root").issue(Identity(TD, "default", "sleep"), extra_roots_pem=cert.roots_pem)
+    pool = ConnectionPool(lambda _i: rogue, name="rogue")
+    try:
+        key = PoolKey.of(
+            Identity(TD, "default", "sleep"), "127.0.0.1", [cert.identity], env.app.hbone_address
+        )
+        with pytest.raises((ConnectFailed, HboneError, OSError)) as info:
+            await pool.connect(key, f"{VIP}:80", [])
+        assert "TLS handshake" not in str(info.value)  # the client's TLS succeeded: the waypoint refused
+    finally:
+        await pool.close()
+    assert not any(b.requests for b in env.backends.values())
+    # the same client with a leaf of the mesh's root gets through
+    assert (await env.client.request(await env.client.open(f"{VIP}:80"), get("/reviews/1"))).status == 200
