@@ -16,6 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from meshtest.cluster.config import pod_netns_name
 from meshtest.echo import EchoResponse, parse_responses
 from meshtest.kube import KubeCluster
 
@@ -101,7 +102,7 @@ def in_pod_netns(
     if host_network:
         netns = kube.layout.node(pod.node).netns_path
     else:  # the local cluster's node agent names each pod's netns after its UID (meshtest.cluster.pods)
-        netns = f"/run/netns/amb-p-{pod.uid.replace('-', '')[:10]}"
+        netns = f"/run/netns/{pod_netns_name(pod.uid, kube.layout.instance)}"
     proc = subprocess.run(
         ["nsenter", f"--net={netns}", "--", *argv],
         capture_output=True,
