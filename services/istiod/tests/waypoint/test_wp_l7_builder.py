@@ -571,3 +571,33 @@ def test_not_service_accounts_and_unknown_condition_keys() -> None:
     assert policy is not None
     assert len(problems) == 1
     assert "request.bogus" in problems[0]
+
+
+def test_cross_namespace_target_refs_are_ignored_with_status() -> None:
+    gw_ref = {"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint", "namespace": "app"}
+    everywhere = {"kind": "GatewayClass", "name": "istio-waypoint", "namespace": "istio-system"}
+    deny = {
+        "metadata": {"name": "from-elsewhere", "namespace": "intruder"},
+        "spec": {
+            "targetRefs": [{"kind": "Service", "name": "reviews", "namespace": "app"}, gw_ref, everywhere],
+            "action": "DENY",
+            "rules": [{}],
+        },
+    }
+    ra = {
+        "metadata": {"name": "own-issuer", "namespace": "intruder"},
+        "spec": {
+            "targetRefs": [gw_ref, everywhere],
+            "jwtRules": [{"issuer": "mine", "jwks": '{"keys": []}'}],
+        },
+    }
+    res = build_configs(base(authorizationpolicies=[deny], requestauthentications=[ra]))
+    cfg = res.configs["app/waypoint"]
+    assert list(cfg.policies) == []
+    assert [list(s.policies) for s in cfg.services] == [[] for _ in cfg.services]
+    assert list(cfg.jwt.providers) == []
+    assert all(list(s.jwt.providers) == [] for s in cfg.services)
+    for kind in ("AuthorizationPolicy", "RequestAuthentication"):
+        cond = next(s for s in res.statuses if s.kind == kind).status["conditions"][0]
+        assert cond["status"] == "False"
+        assert "cross-namespace" in cond["message"]

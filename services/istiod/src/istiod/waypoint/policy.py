@@ -20,7 +20,7 @@ from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
 
 Obj = dict[str, Any]
 
-__all__ = ["Target", "convert_authorization", "convert_request_authn", "targets"]
+__all__ = ["Target", "convert_authorization", "convert_request_authn", "cross_namespace_refs", "targets"]
 
 ACTIONS = {"ALLOW": pb.ALLOW, "DENY": pb.DENY, "AUDIT": pb.AUDIT, "CUSTOM": pb.CUSTOM}
 GATEWAY_GROUP = "gateway.networking.k8s.io"
@@ -33,15 +33,37 @@ class Target:
     name: str
 
 
-def targets(obj: Obj) -> list[Target]:
-    """The policy's targetRefs (and the legacy singular targetRef), namespaced to the policy."""
+def _refs(obj: Obj) -> tuple[str, list[Obj]]:
     spec = obj.get("spec") or {}
-    ns = (obj.get("metadata") or {}).get("namespace", "")
     refs = list(spec.get("targetRefs") or [])
     if spec.get("targetRef"):
         refs.append(spec["targetRef"])
+    return str((obj.get("metadata") or {}).get("namespace", "")), refs
+
+
+def targets(obj: Obj) -> list[Target]:
+    """The policy's targetRefs (and the legacy singular targetRef), in the policy's own namespace.
+
+    A ref naming another namespace is dropped: Istio refuses cross-namespace targetRefs, and honouring one
+    would let any namespace attach policy (or a JWT issuer of its own) to other teams' Services, or, naming
+    the root namespace, to every waypoint through the GatewayClass.
+    """
+    ns, refs = _refs(obj)
     return [
-        Target(str(r.get("kind", "")), str(r.get("namespace") or ns), str(r.get("name", ""))) for r in refs
+        Target(str(r.get("kind", "")), ns, str(r.get("name", "")))
+        for r in refs
+        if str(r.get("namespace") or ns) == ns
+    ]
+
+
+def cross_namespace_refs(obj: Obj) -> list[str]:
+    """Problems for the targetRefs :func:`targets` dropped."""
+    ns, refs = _refs(obj)
+    return [
+        f"targetRef {r.get('kind', '')} {r.get('namespace')}/{r.get('name', '')}: cross-namespace "
+        "references are not allowed, ignored"
+        for r in refs
+        if str(r.get("namespace") or ns) != ns
     ]
 
 
