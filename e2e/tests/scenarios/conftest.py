@@ -1,6 +1,10 @@
 """Session set-up of the e2e suite: pick the provider (printed), bring the cluster up, install the mesh with
 ``helm install ambient`` (from the previous chart version, then ``helm upgrade``), and per test a set of
-namespaces that are deleted afterwards. A failing test gets the diagnostics dump attached."""
+namespaces that are deleted afterwards. A failing test gets the diagnostics dump attached.
+
+The cluster and mesh fixtures are package-scoped: the mesh is uninstalled (and the machine-wide mesh lock
+released) as soon as this directory's tests are done, not at the end of a larger ``pytest -m cluster`` run
+whose later tests may need the cluster without it."""
 
 from __future__ import annotations
 
@@ -47,7 +51,7 @@ def provider(pytestconfig: pytest.Config) -> providers.Provider:
     return chosen
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def kube(provider: providers.Provider, pytestconfig: pytest.Config) -> Iterator[KubeCluster]:
     start = time.monotonic()
     cluster = provider.up()
@@ -58,7 +62,7 @@ def kube(provider: providers.Provider, pytestconfig: pytest.Config) -> Iterator[
         provider.down()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def mesh(kube: KubeCluster, provider: providers.Provider, pytestconfig: pytest.Config) -> Iterator[Mesh]:
     lock_dir = kube.layout.cache if kube.layout is not None else Path(tempfile.gettempdir())
     with exclusive(lock_dir):
@@ -88,7 +92,7 @@ def installed_chart() -> Path:
     return chart("ambient")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def image(provider: providers.Provider) -> str:
     """The echo app image (``<hub>/app:<tag>``; the local cluster maps any hub)."""
     if isinstance(provider, providers.KindProvider):
@@ -96,7 +100,7 @@ def image(provider: providers.Provider) -> str:
     return "localhost:5000/app:latest"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def workers(kube: KubeCluster) -> list[str]:
     nodes = kube.get("nodes")["items"]
     names = [
