@@ -370,7 +370,15 @@ async def test_metrics_and_config_dump(env: Env) -> None:
     assert dump["waypoint"]["config"]["services"][0]["hostname"] == HOST
 
 
+def _without_policies(env: Env) -> pb.WaypointConfig:
+    """The test config minus its (L7) policies: for TCP, their DENY rules would deny everything (below)."""
+    cfg = config(env.key)
+    del cfg.services[0].policies[:]
+    return cfg
+
+
 async def test_tcp_passthrough_for_non_http(env: Env) -> None:
+    assert env.app.store.apply(TYPE_URL, [("default/waypoint", _without_policies(env))], []) == []
     stream = await env.client.open(f"{VIP}:80")
     stream.write(b"\x00\x01binary-not-http")
     assert await stream.read() == b"v1:\x00\x01binary-not-http"
@@ -462,7 +470,7 @@ async def test_workload_addressed_traffic_goes_to_that_pod_on_the_dialled_port(e
 
 
 async def test_tcproute_sends_tcp_to_its_backend(env: Env) -> None:
-    cfg = config(env.key)
+    cfg = _without_policies(env)
     cfg.services[0].tcp_routes.append(
         pb.TcpRoute(
             name="tcp", port=80, backends=[pb.WeightedCluster(cluster=f"inbound-vip|80|v2|{HOST}", weight=1)]
@@ -831,3 +839,49 @@ async def test_peers_without_a_mesh_certificate_are_refused(env: Env) -> None:
     assert not any(b.requests for b in env.backends.values())
     # the same client with a leaf of the mesh's root gets through
     assert (await env.client.request(await env.client.open(f"{VIP}:80"), get("/reviews/1"))).status == 200
+
+
+async def _tcp_echo(env: Env) -> bytes:
+    stream = await env.client.open(f"{VIP}:80")
+    stream.write(b"\x00\x01binary-not-http")
+    async with asyncio.timeout(10):
+        try:
+            return await stream.read()
+        except HboneError:
+            return b""  # reset by the waypoint
+
+
+@pytest.mark.parametrize(
+    ("rules", "action", "passes"),
+    [
+        # Istio for TCP: a DENY ignores its HTTP-only fields (wider); an ALLOW rule naming one is dropped
+        ([pb.Rule(operations=[pb.Operation(paths=["/admin*"])])], pb.DENY, False),
+        ([pb.Rule(sources=[pb.Source(principals=["cluster.local/ns/default/sa/sleep"])])], pb.DENY, False),
+        ([pb.Rule(sources=[pb.Source(principals=["cluster.local/ns/default/sa/other"])])], pb.DENY, True),
+        ([pb.Rule(sources=[pb.Source(principals=["cluster.local/ns/default/sa/sleep"])])], pb.ALLOW, True),
+        (
+            [pb.Rule(sources=[pb.Source(namespaces=["default"])], operations=[pb.Operation(ports=["80"])])],
+            pb.ALLOW,
+            True,
+        ),
+        ([pb.Rule(operations=[pb.Operation(paths=["/"])])], pb.ALLOW, False),
+        ([pb.Rule(sources=[pb.Source(principals=["cluster.local/ns/default/sa/other"])])], pb.ALLOW, False),
+    ],
+    ids=[
+        "deny-l7-widens",
+        "deny-principal",
+        "deny-other",
+        "allow-principal",
+        "allow-ns-port",
+        "allow-l7-dropped",
+        "allow-other",
+    ],
+)
+async def test_tcp_passthrough_is_authorized_at_l4(
+    env: Env, rules: list[pb.Rule], action: int, passes: bool
+) -> None:
+    cfg = _without_policies(env)
+    cfg.services[0].policies.append(pb.Policy(name="p", namespace="default", action=action, rules=rules))  # type: ignore[arg-type]
+    assert env.app.store.apply(TYPE_URL, [("default/waypoint", cfg)], []) == []
+    got = await _tcp_echo(env)
+    assert (got == b"v1:\x00\x01binary-not-http") is passes, got

@@ -81,13 +81,14 @@ class Policy:
     rules: tuple[Pred, ...]
     provider: ExtAuthzSpec | None = None
     dry_run: bool = False
+    tcp_rules: tuple[Pred, ...] = ()  # the same rules for L4 (TCP passthrough) traffic, see _tcp_rule
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    def matches(self, ctx: AuthzContext) -> bool:
-        return any(rule(ctx) for rule in self.rules)
+    def matches(self, ctx: AuthzContext, *, tcp: bool = False) -> bool:
+        return any(rule(ctx) for rule in (self.tcp_rules if tcp else self.rules))
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +294,46 @@ def _rule(rule: pb.Rule, fail_closed: bool) -> Pred:
     return pred
 
 
+_L4_KEYS = frozenset(
+    {"source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"}
+)
+
+
+def _tcp_rule(rule: pb.Rule, action: int) -> Pred | None:
+    """A rule for TCP traffic, which has no HTTP attributes (Istio's TCP filter chain semantics).
+
+    ALLOW: a rule naming any HTTP-only field is dropped (``None``: never matches), so TCP is allowed less
+    rather than more. DENY and AUDIT: the HTTP-only fields are left out and the rule matches on its L4
+    fields alone (wider). HTTP-only: request principals, remote IPs, hosts, methods, paths and
+    every ``when`` key but the L4 ones.
+    """
+    l7 = any(
+        s.request_principals or s.not_request_principals or s.remote_ip_blocks or s.not_remote_ip_blocks
+        for s in rule.sources
+    ) or any(
+        o.hosts or o.not_hosts or o.methods or o.not_methods or o.paths or o.not_paths
+        for o in rule.operations
+    )
+    l7 = l7 or any(c.key not in _L4_KEYS for c in rule.conditions)
+    if l7 and action not in (pb.DENY, pb.AUDIT):
+        return None
+    l4 = pb.Rule()
+    for src in rule.sources:
+        kept = l4.sources.add()
+        kept.CopyFrom(src)
+        for name in (
+            "request_principals",
+            "not_request_principals",
+            "remote_ip_blocks",
+            "not_remote_ip_blocks",
+        ):
+            kept.ClearField(name)
+    for op in rule.operations:
+        l4.operations.add(ports=op.ports, not_ports=op.not_ports)
+    l4.conditions.extend(c for c in rule.conditions if c.key in _L4_KEYS)
+    return _rule(l4, fail_closed=True)
+
+
 def compile_policy(msg: pb.Policy) -> Policy:
     provider = None
     if msg.action == pb.CUSTOM and msg.HasField("provider"):
@@ -313,20 +354,27 @@ def compile_policy(msg: pb.Policy) -> Policy:
         rules=tuple(_rule(r, msg.action in (pb.DENY, pb.CUSTOM)) for r in msg.rules),
         provider=provider,
         dry_run=msg.dry_run,
+        tcp_rules=tuple(t for r in msg.rules if (t := _tcp_rule(r, msg.action)) is not None),
     )
 
 
-def evaluate(policies: Sequence[Policy], ctx: AuthzContext) -> Decision:
-    """CUSTOM (collected for the caller) → DENY → ALLOW; AUDIT matches are reported only."""
-    custom = tuple(p for p in policies if p.action == "CUSTOM" and not p.dry_run and p.matches(ctx))
-    audited = tuple(p.key for p in policies if p.action == "AUDIT" and p.matches(ctx))
+def evaluate(policies: Sequence[Policy], ctx: AuthzContext, *, tcp: bool = False) -> Decision:
+    """CUSTOM (collected for the caller) → DENY → ALLOW; AUDIT matches are reported only.
+
+    ``tcp``: a TCP passthrough connection, judged by each policy's ``tcp_rules``; CUSTOM (an HTTP check) is
+    not asked for TCP.
+    """
+    custom = (
+        () if tcp else tuple(p for p in policies if p.action == "CUSTOM" and not p.dry_run and p.matches(ctx))
+    )
+    audited = tuple(p.key for p in policies if p.action == "AUDIT" and p.matches(ctx, tcp=tcp))
     for policy in policies:
-        if policy.action == "DENY" and not policy.dry_run and policy.matches(ctx):
+        if policy.action == "DENY" and not policy.dry_run and policy.matches(ctx, tcp=tcp):
             return Decision(False, policy.key, "denied by policy", custom, audited)
     allows = [p for p in policies if p.action == "ALLOW" and not p.dry_run]
     if not allows:
         return Decision(True, "", "no ALLOW policy", custom, audited)
     for policy in allows:
-        if policy.matches(ctx):
+        if policy.matches(ctx, tcp=tcp):
             return Decision(True, policy.key, "allowed by policy", custom, audited)
     return Decision(False, "", "ALLOW policies exist but none matched", custom, audited)

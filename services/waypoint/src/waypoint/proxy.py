@@ -208,6 +208,28 @@ class WaypointProxy:
 
     async def _serve_tcp(self, stream: HboneStream, down: Downstream, first: bytes) -> None:
         snap, host = self.store.snapshot, down.service.hostname
+        policies = snap.policies + down.service.policies
+        if policies:  # L4 authorization (the TCP filter chain's RBAC): no HTTP attributes to look at
+            ctx = AuthzContext(
+                down.principal, down.peer.address[0], down.peer.local_address[0], down.port, "", "", "", {}
+            )
+            decision = evaluate(policies, ctx, tcp=True)
+            if not decision.allowed:
+                stream.abort()
+                log_access(
+                    {
+                        "src.addr": down.peer.address[0],
+                        "src.identity": down.peer.identity.uri,
+                        "dst.service": host,
+                        "protocol": "tcp",
+                        "response_flags": "RBAC",
+                        "response_code_details": "rbac_access_denied_matched_policy["
+                        + (decision.policy or "none")
+                        + "]",
+                    },
+                    error=False,
+                )
+                return
         tcp = down.service.tcp_route(down.port)
         backend = pick_backend(tcp, self.rng) if tcp is not None else None
         if backend is not None:
