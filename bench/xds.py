@@ -140,7 +140,7 @@ async def full_state(port: int, want: int) -> float:
 
     store = FullStateStore(want)
     node = base_pb2.Node(id=str(NodeId.ztunnel("10.0.0.1", "zt", "istio-system")))
-    client = XdsClient(XdsClientConfig(address=f"127.0.0.1:{port}"), ClientCore(node, store))
+    client = XdsClient(XdsClientConfig(address=f"http://127.0.0.1:{port}"), ClientCore(node, store))
     started = time.perf_counter()
     async with TaskOwner("bench") as owner:
         owner.spawn(client.run(), name="client")

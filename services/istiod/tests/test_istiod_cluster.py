@@ -97,7 +97,9 @@ async def test_real_objects_reach_a_real_delta_stream(
     node = base_pb2.Node(
         id=str(NodeId.ztunnel("127.0.0.1", "zt", ns))
     )  # the token's namespace (identity check)
-    config = XdsClientConfig(address=f"127.0.0.1:{app.addresses['xds_plaintext']}", token=str(token))
+    config = XdsClientConfig(
+        address=f"http://127.0.0.1:{app.addresses['xds_plaintext']}", token=str(token), plaintext_token=True
+    )
     client = XdsClient(config, ClientCore(node, store))
     async with TaskOwner("cluster-test") as owner:
         owner.spawn(client.run(), name="xds")

@@ -91,8 +91,9 @@ async def stack() -> AsyncIterator[Callable[..., Any]]:
     async def start(store: Store | None = None, settings: Settings = SETTINGS, **client_kw: Any) -> Running:
         app = await build(settings)
         store = store or Store()
-        port = app.addresses.get("xds_plaintext") or app.addresses["xds"]
-        config = XdsClientConfig(address=f"127.0.0.1:{port}", **client_kw)
+        plain = app.addresses.get("xds_plaintext")
+        address = f"http://127.0.0.1:{plain}" if plain else f"127.0.0.1:{app.addresses['xds']}"
+        config = XdsClientConfig(address=address, **client_kw)
         client = XdsClient(config, ClientCore(NODE, store))
         owner = TaskOwner("test-xds")
         owner.spawn(client.run(), name="client")
