@@ -16,6 +16,7 @@ Invariants: header names are lower-cased; ``Request.path`` never contains the qu
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any
 
 import httptools
@@ -78,19 +79,31 @@ BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+_PCT = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _unreserved(m: re.Match[str]) -> str:
+    char = chr(int(m.group(1), 16))
+    return char if char in _UNRESERVED else m.group(0)
+
+
 def normalize_path(path: str) -> str:
     """RFC 3986 §5.2.4 dot-segment removal (Istio's default ``BASE`` path normalization in Envoy).
 
-    Authorization and routing look at the normalized path and it is what the app receives, so ``/./admin``,
-    ``/x/../admin`` or ``/%2e%2e/admin`` cannot slip past a policy on ``/admin``. Slashes are not merged and
+    Percent-encoded unreserved characters are decoded first (RFC 3986 §6.2.2.2). Authorization and routing
+    look at the normalized path and it is what the app receives, so ``/./admin``, ``/x/../admin``,
+    ``/%2e%2e/admin`` or ``/%61dmin`` cannot slip past a policy on ``/admin``. Slashes are not merged and
     ``%2F`` stays encoded (as upstream's defaults). Paths not starting with ``/`` (``*``) are left alone.
     """
-    if not path.startswith("/") or ("." not in path and "%2" not in path):
+    if not path.startswith("/") or ("." not in path and "%" not in path):
         return path
+    if "%" in path:
+        path = _PCT.sub(_unreserved, path)
     out: list[str] = []
     segments = path[1:].split("/")
     for i, seg in enumerate(segments):
-        dots = seg.replace("%2e", ".").replace("%2E", ".")
+        dots = seg
         last = i == len(segments) - 1
         if dots == ".":
             if last:
