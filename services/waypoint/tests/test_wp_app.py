@@ -891,3 +891,13 @@ async def test_tcp_passthrough_is_authorized_at_l4(
     assert env.app.store.apply(TYPE_URL, [("default/waypoint", cfg)], []) == []
     got = await _tcp_echo(env)
     assert (got == b"v1:\x00\x01binary-not-http") is passes, got
+
+
+async def test_a_declared_http_port_never_falls_back_to_tcp(env: Env) -> None:
+    cfg = _without_policies(env)
+    cfg.services[0].ports[0].protocol = pb.HTTP
+    assert env.app.store.apply(TYPE_URL, [("default/waypoint", cfg)], []) == []
+    answer = await _raw_exchange(env, b"\x00\x01binary-not-http")
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert not any(b.requests for b in env.backends.values())
+    assert b"binary" not in answer  # nothing was relayed to a backend

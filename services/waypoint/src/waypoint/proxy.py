@@ -148,13 +148,16 @@ class WaypointProxy:
             if protocol == "TCP" or down.service.tcp_route(down.port) is not None:
                 await self._serve_tcp(stream, down, b"")
                 return
-            first = await self._first_bytes(stream)
+            # a port declared HTTP is only ever HTTP: no sniffing timeout, no TCP fallback (a client staying
+            # quiet, or sending junk, must not reach the app past L7 routing and authorization)
+            declared_http = protocol in {"HTTP", "HTTP2", "GRPC"}
+            first = await self._first_bytes(stream, sniff=not declared_http)
             if first is None:
                 stream.write_eof()
                 return
             if len(first) >= 3 and first.startswith(H2_PREFACE[: len(first)]):
                 await serve_h2c(self, stream, down, first)
-            elif _looks_like_http1(first):
+            elif declared_http or _looks_like_http1(first):
                 await self._serve_http1(stream, down, first)
             else:
                 await self._serve_tcp(stream, down, first)
@@ -167,9 +170,9 @@ class WaypointProxy:
         finally:
             self.active_tunnels -= 1
 
-    async def _first_bytes(self, stream: HboneStream) -> bytes | None:
+    async def _first_bytes(self, stream: HboneStream, *, sniff: bool = True) -> bytes | None:
         try:
-            async with asyncio.timeout(self._sniff_timeout):
+            async with asyncio.timeout(self._sniff_timeout if sniff else None):
                 data = await stream.read()
         except TimeoutError:
             return b""  # server-first protocol: nothing to sniff, pass through
