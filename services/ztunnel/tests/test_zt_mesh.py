@@ -472,3 +472,19 @@ async def test_hostname_workload_resolved_on_demand(mesh, topology) -> None:  # 
     mesh.publish()
     assert await mesh.request(client, "10.77.200.9", 80, b"by name") == b"by name"
     assert local.peers
+
+
+async def test_hbone_settings_from_the_environment_reach_every_pod(mesh, topology, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # HTTP2_*/POOL_*/HBONE_* used to be ignored: each pod built its pool and server with the defaults
+    monkeypatch.setenv("POOL_MAX_STREAMS_PER_CONNECTION", "3")
+    monkeypatch.setenv("HBONE_SERVER_MAX_CONCURRENT_STREAMS", "7")
+    monkeypatch.setenv("HTTP2_STREAM_WINDOW_SIZE", "1048576")
+    client, _server, _echo, _ = await setup(mesh, topology)
+    assert await mesh.request(client, VIP, 80, b"tuned") == b"tuned"
+    pods = [pod for app in mesh.apps.values() for pod in app.pods.values()]
+    assert len(pods) == 2
+    for pod in pods:
+        assert pod.pool.settings.pool_max_streams_per_connection == 3
+        assert pod.pool.settings.stream_window == 1048576
+        assert pod.hbone is not None
+        assert pod.hbone.settings.server_max_concurrent_streams == 7

@@ -52,12 +52,13 @@ def main() -> None:
 
 
 def usage() -> str:
+    from meshkit.hbone.settings import HboneSettings
     from meshkit.identity.caclient import CaClientSettings
     from meshkit.settings import describe
 
     from ztunnel.settings import Settings
 
-    rows = describe(Settings) + describe(CaClientSettings)
+    rows = describe(Settings) + describe(CaClientSettings) + describe(HboneSettings)
     width = max(len(var) for var, _, _ in rows)
     lines = [f"  {var:<{width}}  {text} (default {default})" for var, default, text in rows]
     return "usage: python -m ztunnel  (configured by environment variables)\n\n" + "\n".join(lines)

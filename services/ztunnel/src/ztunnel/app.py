@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from meshkit.drain import Drain, TaskOwner
+from meshkit.hbone.settings import HboneSettings
 from meshkit.identity.caclient import CertificateFetcher
 from meshkit.identity.manager import CertificateManager
 from meshkit.logs import kv
 from meshkit.netns import arun_in_netns
+from meshkit.settings import load
 from meshkit.sockets import SO_MARK, NetnsSocketFactory
 from meshkit.zds import WorkloadInfo
 from prometheus_client import CollectorRegistry, disable_created_metrics
@@ -178,8 +180,11 @@ async def build(
     fetcher: CertificateFetcher,
     config_source: ConfigSource | None = None,
     rng: random.Random | None = None,
+    hbone: HboneSettings | None = None,
 ) -> App:
-    """Build and start ztunnel. ``fetcher`` signs workload certificates (the CA client in production)."""
+    """Build and start ztunnel. ``fetcher`` signs workload certificates (the CA client in production);
+    ``hbone`` is the HBONE tuning every pod's pool and server use (default: ``load(HboneSettings)``, i.e.
+    the process environment)."""
     disable_created_metrics()  # type: ignore[no-untyped-call]  # Istio emits no *_created series
     registry = CollectorRegistry(auto_describe=True)
     build_info(registry, "0.1.0")
@@ -193,6 +198,7 @@ async def build(
         DnsMetrics(registry),
         Drain("ztunnel"),
         rng or random.Random(),
+        hbone=hbone or load(HboneSettings),
     )
     app_ref: list[App] = []
     manager = WorkloadProxyManager(_pod_starter(app_ref, services), WorkloadManagerMetrics(registry))

@@ -61,7 +61,7 @@ class InPodProxy:
         self.services = services
         self.pod = PodContext(uid, info, factory, services)
         self.pool = ConnectionPool(
-            self._certificate, self._connector, name=f"pool-{info.namespace}/{info.name}"
+            self._certificate, self._connector, services.hbone, name=f"pool-{info.namespace}/{info.name}"
         )
         self.outbound = OutboundProxy(self.pod, self.pool)
         self.inbound = InboundProxy(self.pod)
@@ -154,7 +154,11 @@ class InPodProxy:
                 await asyncio.sleep(1.0)
         identity = wl.identity
         self.hbone = DrainableHboneServer(
-            sock, lambda: self._certificate(identity), self.inbound.handle, name=f"hbone-{self.pod.info.name}"
+            sock,
+            lambda: self._certificate(identity),
+            self.inbound.handle,
+            self.services.hbone,
+            name=f"hbone-{self.pod.info.name}",
         )
         await self.hbone.start()
         self.inbound.find_stream = self.hbone.find_stream

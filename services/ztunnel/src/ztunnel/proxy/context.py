@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from meshkit.drain import Drain
+from meshkit.hbone.settings import HboneSettings
 from meshkit.identity.certs import WorkloadCertificate
 from meshkit.identity.spiffe import Identity
 from meshkit.sockets import SocketFactory
@@ -56,6 +57,9 @@ class ProxyServices:
     rng: random.Random = field(default_factory=random.Random)
     #: original-source spoofing towards the app (IP_TRANSPARENT + bind to the peer IP); in-pod only.
     spoof_source: bool = True
+    #: HBONE tuning (``HTTP2_*``, ``POOL_*``, ``HBONE_*``), loaded once by ``app.build`` for every pod's pool
+    #: and HBONE server.
+    hbone: HboneSettings = field(default_factory=HboneSettings)
     #: connections whose byte counts are polled (HBONE relays count inside meshkit.hbone): (record, totals);
     #: ``totals()`` returns None once the connection is gone, which drops the entry.
     live: set[tuple[ConnectionRecord, Callable[[], tuple[int, int] | None]]] = field(default_factory=set)
