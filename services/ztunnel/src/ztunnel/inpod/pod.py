@@ -179,7 +179,7 @@ class InPodProxy:
     async def stop_accepting(self, grace_s: float) -> None:
         """Drain step one: stop accepting in this pod (listeners close; with ``tcp_migrate_req`` the kernel
         moves connections still queued on them to a peer listener of the same SO_REUSEPORT group, i.e. the
-        new ztunnel's), then let the HBONE server finish its streams for up to ``grace_s``."""
+        new ztunnel's), then drain the HBONE server (GOAWAY: its streams finish within ``grace_s``)."""
         for acceptor in self._acceptors:
             acceptor.stop()
         self._acceptors.clear()
@@ -194,7 +194,7 @@ class InPodProxy:
             await self.dns.close()
             self.dns = None
         if self.hbone is not None:
-            await self.hbone.drain(grace_s)
+            await self.hbone.close(grace_s)  # GOAWAY, in-flight streams finish, the rest closes at grace_s
             self.hbone = None
 
     async def stop(self) -> None:

@@ -1,20 +1,15 @@
-"""HBONE server with a handover-safe drain (subclass of ``meshkit.hbone.server.HboneServer``).
+"""ztunnel's in-pod HBONE server: ``meshkit.hbone.server.HboneServer`` plus a stream lookup for live byte
+counts.
 
-Why: h2 4.4.1 moves a connection to CLOSED as soon as a GOAWAY is sent or received, after which neither side
-can send HEADERS or DATA, so a GOAWAY-based drain kills every in-flight stream. During a ztunnel handover
-that would fail live connections. Instead we:
-
-1. stop accepting (the listening socket closes; with ``tcp_migrate_req`` queued connections move to the new
-   ztunnel's listener of the same SO_REUSEPORT group);
-2. close each HBONE connection the moment it carries no stream (the client's pool sees EOF and dials
-   again, landing on the new ztunnel; a stream opened in that instant fails before any answer and the
-   client's outbound retries it once);
-3. at the deadline, close what is left.
+Draining is the base class's public API: :meth:`~meshkit.hbone.server.HboneServer.stop_accepting` closes the
+listening socket (with ``tcp_migrate_req`` the connections still queued on it move to the new ztunnel's
+listener of the same SO_REUSEPORT group), and ``close(grace_s)`` sends GOAWAY on every connection so the
+client opens no new stream on it, lets in-flight streams finish (each connection closes with its last
+stream), and closes what is left at the deadline. A client's pool dials again for its next stream and lands
+on the new ztunnel: that is the handover.
 """
 
 from __future__ import annotations
-
-import asyncio
 
 from meshkit.hbone.server import HboneServer
 from meshkit.hbone.stream import HboneStream
@@ -29,19 +24,3 @@ class DrainableHboneServer(HboneServer):
             if conn.peer_address == peer:
                 return conn.streams.get(stream_id)
         return None
-
-    def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
-    async def drain(self, deadline_s: float) -> None:
-        """Stop accepting, close connections as they go idle, then close everything at the deadline."""
-        self.stop_accepting()
-        loop = asyncio.get_running_loop()
-        end = loop.time() + deadline_s
-        while self.connections and loop.time() < end:
-            for conn in list(self.connections):
-                if not conn.streams:
-                    conn.close()
-            await asyncio.sleep(0.005)  # poll: connections expose no "became idle" event
-        await self.close(0.0)
