@@ -274,7 +274,13 @@ async def test_forbidden_status_is_not_a_failure_and_not_retried() -> None:
 
 async def test_changes_are_pushed_at_once_while_failed_writes_wait_for_their_retry() -> None:
     client, cache = BrokenClient(), FakeCache()
-    ctl = WaypointController(client, register_waypoint_type(cache), debounce_s=0)  # type: ignore[arg-type]
+    # A one-hour retry back-off: if the change below waited for the retry, the test would time out.
+    ctl = WaypointController(
+        client,  # type: ignore[arg-type]
+        register_waypoint_type(cache),
+        debounce_s=0,
+        retry_initial_s=3600,
+    )
     sources = _bound_sources()
     for kind, src in sources.items():
         ctl.watch(kind, src)  # type: ignore[arg-type]
@@ -289,7 +295,7 @@ async def test_changes_are_pushed_at_once_while_failed_writes_wait_for_their_ret
         sources["gateways"].store["app/waypoint2"] = second
         for handler in sources["gateways"].handlers:
             handler([])
-        async with asyncio.timeout(0.5):  # below the 1 s retry back-off: the change was not held back
+        async with asyncio.timeout(30):  # far below the retry back-off: the change was not held back
             while not any("app/waypoint2" in names for _, names in cache.pushed):
                 await ctl.wait_reconciled()
     finally:

@@ -118,8 +118,10 @@ class WaypointController:
         root_namespace: str = "istio-system",
         cluster_id: str = "Kubernetes",
         debounce_s: float = 0.1,
+        retry_initial_s: float = 1.0,
     ) -> None:
         self.client = client
+        self.retry_initial_s = retry_initial_s
         self.publisher = publisher
         self.deploy = deploy or dep.DeploySettings(
             trust_domain=trust_domain, domain_suffix=domain_suffix, cluster_id=cluster_id
@@ -204,7 +206,7 @@ class WaypointController:
     async def run(self) -> None:
         """Reconcile on every change (debounced) until cancelled."""
         self._dirty.set()
-        backoff = 1.0
+        backoff = self.retry_initial_s
         retry: asyncio.TimerHandle | None = None
         loop = asyncio.get_running_loop()
         while True:
@@ -230,7 +232,7 @@ class WaypointController:
                 retry = loop.call_later(backoff, self._dirty.set)
                 backoff = min(backoff * 2, 60.0)
             else:
-                backoff = 1.0
+                backoff = self.retry_initial_s
 
     async def wait_reconciled(self) -> None:
         """Return once the next reconcile of :meth:`run` has finished (tests, diagnostics)."""
