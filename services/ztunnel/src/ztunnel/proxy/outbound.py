@@ -133,19 +133,18 @@ class OutboundProxy:
         """Open the tunnel; retry once when a pooled connection went away under us before any answer.
 
         No app byte has been read yet, so a retry is invisible to the app. It covers the peer's GOAWAY race
-        (a stream sent just as the peer drains, e.g. during a ztunnel handover).
+        (a stream sent just as the peer drains, e.g. during a ztunnel handover). The pool reports that as a
+        :class:`ConnectFailed` caused by :class:`ConnectionClosed` or :class:`StreamReset`; anything else (TCP
+        refused, TLS failure, the connect timeout, a non-200 answer) means the peer is unreachable or said
+        no, and a second try would only double the wait (a black-holed peer would cost two timeouts).
         """
         try:
             return await self.pool.connect(key, plan.authority, headers)
-        except (ConnectionClosed, StreamReset) as exc:
-            log.debug(
-                "HBONE stream refused before an answer; retrying", extra=kv(dst=key.dst, error=str(exc))
-            )
         except ConnectFailed as exc:
-            if exc.status:
+            if not isinstance(exc.__cause__, ConnectionClosed | StreamReset):
                 raise
             log.debug(
-                "HBONE connect failed before an answer; retrying", extra=kv(dst=key.dst, error=str(exc))
+                "HBONE connection went away before an answer; retrying", extra=kv(dst=key.dst, error=str(exc))
             )
         return await self.pool.connect(key, plan.authority, headers)
 
