@@ -79,6 +79,9 @@ class InPodProxy:
         self.pod.on_workload.append(self._workload_found)
 
     def _certificate(self, identity: Identity) -> WorkloadCertificate:
+        """The current certificate; ``LookupError`` when there is none (expired, or the workload went away):
+        the pool then fails the outbound connect, and the HBONE server refuses the handshake cleanly with an
+        info line (:mod:`ztunnel.proxy.hbone_server`)."""
         cert = self.services.certs.find_certificate(identity)
         if cert is None:
             raise LookupError(f"no certificate for {identity}")
