@@ -17,7 +17,7 @@ import json
 import logging
 import random
 from collections.abc import Callable, Coroutine
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,14 @@ from meshkit.drain import TaskOwner
 from meshkit.hbone.pool import ConnectionPool, Connector, PoolKey
 from meshkit.hbone.request import SourceMetadata, connect_headers
 from meshkit.hbone.server import HboneServer
+from meshkit.hbone.settings import HboneSettings
 from meshkit.hbone.stream import HboneStream
 from meshkit.identity.caclient import CertificateFetcher
 from meshkit.identity.certs import WorkloadCertificate
 from meshkit.identity.manager import CertificateManager
 from meshkit.identity.spiffe import Identity, InvalidIdentity
 from meshkit.logs import kv
+from meshkit.settings import load
 from meshkit.sockets import HostSocketFactory, SocketFactory
 from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
 from opentelemetry.sdk.trace.export import SpanExporter
@@ -261,7 +263,9 @@ async def build(
     store.subscribe(proxy.config_changed)
     host, port = split_addr(settings.hbone_addr)
     sock = (socket_factory or HostSocketFactory()).listen_tcp(host, port)
-    hbone = HboneServer(sock, certificate, proxy.handle, name="waypoint-hbone")
+    # Upstream's waypoint listener (Envoy connect_terminate) allows 100 concurrent streams (behaviour §2.5).
+    hbone_settings = replace(load(HboneSettings), server_max_concurrent_streams=100)
+    hbone = HboneServer(sock, certificate, proxy.handle, hbone_settings, name="waypoint-hbone")
     app = App(settings, identity, store, proxy, hbone, pool, certs, readiness, registry, tracing, tasks, jwks)
     app_ref = [app]
     try:
