@@ -182,14 +182,27 @@ async def test_new_pod_is_redirected_before_its_init_container(
     await asyncio.to_thread(kc.kubectl, "label", "namespace", ns, "istio.io/dataplane-mode=ambient")
     app = await build(settings)
     ztunnel = asyncio.create_task(ack_everything(settings.ztunnel_uds))
-    check = "iptables-save -t nat | grep -q 'REDIRECT --to-ports 15001' || { echo no redirection; exit 1; }"
+    # A failing iptables-save must not read as "no redirection": its own exit status is checked first.
+    check = (
+        "rules=$(iptables-save -t nat) || { echo cannot read the nat table; exit 2; }; "
+        "echo \"$rules\" | grep -q 'REDIRECT --to-ports 15001' || { echo no redirection; exit 1; }"
+    )
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "fresh", "labels": {"app": "fresh"}},
         "spec": {
             "nodeSelector": {"kubernetes.io/hostname": node.name},
-            "initContainers": [{"name": "check", "image": "busybox", "command": ["sh", "-c", check]}],
+            "initContainers": [
+                {
+                    "name": "check",
+                    "image": "busybox",
+                    "command": ["sh", "-c", check],
+                    # reading the kernel's rule set needs CAP_NET_ADMIN, which the runtime's default
+                    # capability set (containerd's, as the local cluster gives it) leaves out
+                    "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}},
+                }
+            ],
             "containers": [{"name": "app", "image": IMAGE, "args": ["--port", "8080"]}],
         },
     }
