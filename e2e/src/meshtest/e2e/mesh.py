@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -159,44 +158,6 @@ class Mesh:
             check=False,
             timeout=200,
         )
-        self.clean_nodes_after_uninstall()
-
-    def clean_nodes_after_uninstall(self) -> list[str]:
-        """Run istio-cni's own node uninstall where an agent left its chained plugin behind.
-
-        The agent keeps its plugin when it cannot tell an uninstall from an upgrade (fail safe: e.g. the API
-        server timed out while Helm deleted the DaemonSet), as upstream does; an operator then runs the
-        uninstall. Later tests must start from a clean node, so the harness does the same. Returns the nodes
-        it cleaned (each is logged).
-        """
-        layout = self.kube.layout
-        if layout is None:
-            return []
-        cleaned = []
-        for node in layout.nodes:
-            root = layout.node_root(node.name)
-            conf_dir = root / "etc/cni/net.d"
-            if not any("istio-cni" in p.read_text() for p in conf_dir.glob("*.conflist")):
-                continue
-            env = {
-                "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-                "NODE_NAME": node.name,
-                "CNI_BIN_DIR": str(root / "opt/cni/bin"),
-                "CNI_CONF_DIR": str(conf_dir),
-                "CNI_AGENT_RUN_DIR": str(root / "var/run/istio-cni"),
-                "HOST_NETNS_PATH": node.netns_path,
-                "HOST_PROC_DIR": "/proc",
-            }
-            subprocess.run(
-                [sys.executable, "-m", "istio_cni", "uninstall"],
-                env=env,
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
-            print(f"e2e: istio-cni left its plugin on {node.name} after uninstall; ran its node uninstall")
-            cleaned.append(node.name)
-        return cleaned
 
     def pods(self, selector: str) -> list[dict[str, Any]]:
         return list(self.kube.get("pods", namespace=self.namespace, selector=selector)["items"])
