@@ -117,9 +117,7 @@ async def test_server_answers_udp_and_tcp_on_loopback() -> None:
     from ztunnel.dns.server import DnsServer
     from ztunnel.metrics import DnsMetrics
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _port_free_for_udp_and_tcp()
     server = DnsServer(
         HostSocketFactory(), resolver=DnsResolver(make_state(), "default"), upstreams=[],
         metrics=DnsMetrics(CollectorRegistry()), port=port,
@@ -157,3 +155,19 @@ async def test_unforwardable_query_gets_servfail() -> None:
     raw = await server.answer(dnslib.DNSRecord.question("unknown.example.org", "A").pack(), "udp")
     assert raw is not None
     assert dnslib.DNSRecord.parse(raw).header.rcode == dnslib.RCODE.SERVFAIL
+
+
+def _port_free_for_udp_and_tcp() -> int:
+    """A loopback port free for UDP and TCP (a free UDP port may be a busy TCP one on a loaded machine)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket() as tcp:
+            udp.bind(("127.0.0.1", 0))
+            port: int = udp.getsockname()[1]
+            try:
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no loopback port free for both UDP and TCP")
