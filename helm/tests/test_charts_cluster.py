@@ -147,6 +147,7 @@ def test_helm_upgrade_from_the_previous_chart(kube_cluster: KubeCluster) -> None
             with tempfile.TemporaryDirectory(prefix="pk-helm-prev-") as tmp:
                 mesh.helm_install(previous_charts(PREVIOUS_CHARTS, Path(tmp)))
             mesh.helm_install(chart("ambient"), upgrade=True)
+            mesh.wait_ready()  # the rollout finishes before the uninstall, as an operator would wait
             history = json.loads(
                 kube_cluster.helm("history", "ambient", "-n", "istio-system", "-o", "json").stdout
             )

@@ -146,7 +146,18 @@ class Mesh:
         out = self.kube.helm("status", self.release, "-n", self.namespace, check=False)
         return out.returncode == 0
 
-    def uninstall(self) -> None:
+    def uninstall(self, timeout: float = 180) -> None:
+        """``helm uninstall`` as an operator does it: after any rollout in progress has finished, then waiting
+        until the components' pods are gone, and checking every node is left without the istio-cni plugin.
+
+        The order matters: an agent stopped by a rolling update keeps its plugin for its successor (safe
+        upgrade, as upstream), so removing the DaemonSet before the successor ran would leave that node's pods
+        waiting for an agent that never comes.
+        """
+        if self.installed():
+            for kind, name in (("daemonset", "istio-cni-node"), ("daemonset", "ztunnel")):
+                with contextlib.suppress(RuntimeError, subprocess.SubprocessError):
+                    self.wait_rollout(kind, name, timeout)
         self.kube.helm(
             "uninstall",
             self.release,
@@ -154,10 +165,35 @@ class Mesh:
             self.namespace,
             "--wait",
             "--timeout",
-            "180s",
+            f"{int(timeout)}s",
             check=False,
-            timeout=200,
+            timeout=timeout + 20,
         )
+        self.kube.wait_for(
+            f"the mesh's pods in {self.namespace} to be gone",
+            lambda: not self.pods("app in (istiod, ztunnel)") and not self.pods("k8s-app=istio-cni-node"),
+            timeout,
+        )
+        left = self.nodes_with_cni_plugin()
+        if left:
+            raise RuntimeError(
+                f"istio-cni left its plugin chained on {', '.join(left)} after the uninstall: pods there "
+                "will fail CNI ADD; see the istio-cni-node logs for its 'shutting down' decision"
+            )
+
+    def nodes_with_cni_plugin(self) -> list[str]:
+        """Nodes whose CNI config still chains istio-cni (local provider only: it reads the node's files)."""
+        layout = self.kube.layout
+        if layout is None:
+            return []
+        return [
+            node.name
+            for node in layout.nodes
+            if any(
+                "istio-cni" in path.read_text()
+                for path in (layout.node_root(node.name) / "etc/cni/net.d").glob("*.conf*")
+            )
+        ]
 
     def pods(self, selector: str) -> list[dict[str, Any]]:
         return list(self.kube.get("pods", namespace=self.namespace, selector=selector)["items"])
