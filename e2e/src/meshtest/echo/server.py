@@ -269,10 +269,16 @@ _SNI: dict[int, str] = {}
 
 def tls_context(cert: str | None, key: str | None, hostname: str) -> ssl.SSLContext:
     """Server TLS: the given certificate, or a fresh self-signed one for ``hostname``; ALPN h2, http/1.1."""
-    if not cert or not key:
-        cert, key = _self_signed(hostname)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
+    if cert and key:
+        ctx.load_cert_chain(cert, key)
+    else:
+        # ssl loads chains from files only: write them where nothing outlives the load
+        cert_pem, key_pem = _self_signed(hostname)
+        with tempfile.TemporaryDirectory(prefix="echo-tls-") as directory:
+            (Path(directory) / "tls.crt").write_bytes(cert_pem)
+            (Path(directory) / "tls.key").write_bytes(key_pem)
+            ctx.load_cert_chain(Path(directory) / "tls.crt", Path(directory) / "tls.key")
     ctx.set_alpn_protocols(["h2", "http/1.1"])
 
     def remember_sni(tls_object: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
@@ -282,7 +288,8 @@ def tls_context(cert: str | None, key: str | None, hostname: str) -> ssl.SSLCont
     return ctx
 
 
-def _self_signed(hostname: str) -> tuple[str, str]:
+def _self_signed(hostname: str) -> tuple[bytes, bytes]:
+    """(certificate, key) in PEM for ``hostname``, valid for 30 days."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -302,14 +309,10 @@ def _self_signed(hostname: str) -> tuple[str, str]:
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname or "echo")]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    directory = Path(tempfile.mkdtemp(prefix="echo-tls-"))
-    (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "tls.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    return str(directory / "tls.crt"), str(directory / "tls.key")
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 class H2Session:
