@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 import threading
@@ -261,29 +262,73 @@ def test_server_sends_no_session_tickets(ca: TestCA) -> None:
     assert tls.client_context(client).options & ssl.OP_NO_TICKET
 
 
+class _HangUp(asyncio.Protocol):
+    """Closes each connection once its TLS handshake is done."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
 async def test_client_sends_no_sni(
-    server_cert: WorkloadCertificate, client_cert: WorkloadCertificate, echo: EchoServer
+    server_cert: WorkloadCertificate, client_cert: WorkloadCertificate
 ) -> None:
-    server = HboneServer(listen(), lambda: server_cert, forward_to(echo.port))
     names: list[str | None] = []
-    pick = server._pick_context
+    ctx = tls.server_context(server_cert)
+    ctx.sni_callback = lambda _sslobj, name, _ctx: names.append(name)  # OpenSSL runs it with or without SNI
 
-    def recording(sslobj: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
-        names.append(name)
-        pick(sslobj, name, ctx)
-
-    server._pick_context = recording  # type: ignore[method-assign,assignment]  # read when the context is built
-    await server.start()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_HangUp, sock=listen(), ssl=ctx)
     pool = _pool(client_cert)
     try:
-        stream = await pool.connect(
-            PoolKey.of(CLIENT_ID, "127.0.0.1", [SERVER_ID], server.address), "1.1.1.1:1"
-        )
-        stream.abort()
+        with pytest.raises(HboneError):
+            await pool.connect(
+                PoolKey.of(CLIENT_ID, "127.0.0.1", [SERVER_ID], server.sockets[0].getsockname()), "1.1.1.1:1"
+            )
         assert names == [None]
     finally:
         await pool.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("found", "message"),
+    [
+        (0, "HBONE connection refused: no certificate"),  # none when the connection is accepted
+        (1, "HBONE handshake refused: no certificate"),  # gone between the accept and the handshake
+    ],
+)
+async def test_certificate_provider_refuses_connections_while_it_has_none(
+    caplog: pytest.LogCaptureFixture, ca: TestCA, echo: EchoServer, found: int, message: str
+) -> None:
+    server_cert, client_cert = ca.issue(SERVER_ID), ca.issue(CLIENT_ID)
+    lookups: list[int] = []  # counts the provider's calls while "gone" is set
+    gone = False
+
+    def certificate() -> WorkloadCertificate | None:
+        if not gone:
+            return server_cert
+        lookups.append(1)
+        return server_cert if len(lookups) <= found else None
+
+    server = HboneServer(listen(), certificate, forward_to(echo.port))
+    await server.start()
+    pool = _pool(client_cert)
+    key = PoolKey.of(CLIENT_ID, "127.0.0.1", [SERVER_ID], server.address)
+    caplog.set_level(logging.DEBUG)
+    try:
+        gone = True
+        with pytest.raises(ConnectFailed):
+            await pool.connect(key, "1.1.1.1:1")
+        assert not server.connections
+        gone = False  # the certificate is back: the next connection is served
+        stream = await pool.connect(key, "1.1.1.1:1")
+        stream.abort()
+    finally:
+        await pool.close()
         await server.close()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert message in [r.getMessage() for r in caplog.records]
 
 
 async def _s_server(

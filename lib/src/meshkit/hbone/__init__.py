@@ -36,13 +36,14 @@ Interfaces (stable; other components code against these):
     ``await start()``, ``stop_accepting()``, ``await close(grace_s)`` (graceful drain: GOAWAY, open streams
     finish, each connection closes with its last stream; what is left at ``grace_s`` is aborted).
     ``sock`` is a listening socket (from a SocketFactory);
-    ``certificate()`` returns the current server ``WorkloadCertificate`` (rotation-aware); ``handler(peer:
-    InboundPeer, request: ConnectRequest) -> Reject(status) | Forward(connect, response_headers, on_done) |
-    Accept(serve, response_headers)``. Malformed HTTP/2 requests (``:scheme``/``:path`` on CONNECT,
-    ``:protocol``, an empty ``:authority``) → RST_STREAM(PROTOCOL_ERROR) as upstream's h2; a method other than
-    CONNECT or a missing/unparsable authority → 400 before the handler; handler raising → 503;
-    ``Forward.connect()`` failing or timing out → 503; else 200 and relay. A client that resets streams
-    faster than they are handled (rapid reset) is dropped with GOAWAY(ENHANCE_YOUR_CALM).
+    ``certificate()`` returns the current server ``WorkloadCertificate`` (rotation-aware), or ``None`` to
+    refuse new connections while there is none (``handshake_failure`` alert, an info log line);
+    ``handler(peer: InboundPeer, request: ConnectRequest) -> Reject(status) | Forward(connect,
+    response_headers, on_done) | Accept(serve, response_headers)``. Malformed HTTP/2 requests
+    (``:scheme``/``:path`` on CONNECT, ``:protocol``, an empty ``:authority``) → RST_STREAM(PROTOCOL_ERROR) as
+    upstream's h2; a method other than CONNECT or a missing/unparsable authority → 400 before the handler;
+    handler raising → 503; ``Forward.connect()`` failing or timing out → 503; else 200 and relay. A client
+    that resets streams faster than they are handled (rapid reset) is dropped with GOAWAY(ENHANCE_YOUR_CALM).
 
 ``meshkit.hbone.pool.ConnectionPool(certificate, connector, settings)``
     ``await pool.connect(PoolKey.of(src_id, src_ip, dst_ids, (ip, 15008)), "ip:port", headers) ->

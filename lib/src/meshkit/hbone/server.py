@@ -15,6 +15,13 @@ stream. The client certificate must chain to the roots and carry a SPIFFE SAN in
 connection is dropped before any stream. A rotated server certificate is picked up by the next handshake
 (the context is swapped in the handshake's servername callback, which OpenSSL runs whether or not the client
 sent SNI).
+
+Refusing connections is the certificate provider's call (:data:`CertProvider`, the public hook for it): it is
+asked when a connection is accepted and again in that connection's handshake, and ``None`` ("no certificate
+now", e.g. ztunnel's pod whose certificate expired while the CA is unreachable) refuses the connection: its
+handshake fails with a ``handshake_failure`` alert (should the certificate come back in between, the
+connection is dropped right after the handshake instead). One info line is logged per refused accept;
+nothing is raised, and connections already open go on.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from h2.errors import ErrorCodes
 
@@ -79,7 +87,18 @@ class Accept:
 
 Decision = Reject | Forward | Accept
 Handler = Callable[[InboundPeer, ConnectRequest], Awaitable[Decision]]
-CertProvider = Callable[[], WorkloadCertificate]
+#: The server certificate to present now (rotation-aware: a new one is picked up by the next handshake), or
+#: ``None`` to refuse new connections while there is none (see the module docstring). Keep it cheap: it is
+#: called twice per accepted connection, never per stream.
+CertProvider = Callable[[], WorkloadCertificate | None]
+
+
+class _Refused(asyncio.Protocol):
+    """Stands in for the HBONE connection of a refused accept. Its handshake normally fails (the SNI callback
+    finds no certificate either); should it complete, the connection is dropped at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.Transport, transport).abort()  # a cast: uvloop's transports are no subclasses
 
 
 class HboneServer:
@@ -110,10 +129,17 @@ class HboneServer:
         ctx.sni_callback = self._pick_context
         return ctx
 
-    def _pick_context(self, sslobj: ssl.SSLObject, _server_name: str | None, _ctx: ssl.SSLContext) -> None:
-        current = self._contexts.get(self._certificate())
+    def _pick_context(
+        self, sslobj: ssl.SSLObject, _server_name: str | None, _ctx: ssl.SSLContext
+    ) -> int | None:
+        cert = self._certificate()
+        if cert is None:  # went away between the accept and the handshake
+            log.debug("HBONE handshake refused: no certificate", extra=kv(server=self.name))
+            return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE
+        current = self._contexts.get(cert)
         if sslobj.context is not current:
             sslobj.context = current
+        return None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -122,7 +148,10 @@ class HboneServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        ctx = self._contexts.get(self._certificate())
+        cert = self._certificate()
+        if cert is None:
+            raise LookupError(f"{self.name}: no server certificate to start with")
+        ctx = self._contexts.get(cert)
         self._server = await loop.create_server(
             self._new_connection,
             sock=self._sock,
@@ -130,9 +159,13 @@ class HboneServer:
             ssl_handshake_timeout=self.settings.connect_timeout,
         )
 
-    def _new_connection(self) -> HboneConnection:
-        trust_domain = self._certificate().identity.trust_domain
-        conn = HboneConnection(
+    def _new_connection(self) -> asyncio.BaseProtocol:
+        cert = self._certificate()
+        if cert is None:
+            log.info("HBONE connection refused: no certificate", extra=kv(server=self.name))
+            return _Refused()
+        trust_domain = cert.identity.trust_domain
+        return HboneConnection(
             client_side=False,
             settings=self.settings,
             verify=lambda sslobj: tls.verify_client_identity(sslobj, trust_domain),
@@ -141,7 +174,6 @@ class HboneServer:
             on_close=self.connections.discard,
             name=f"{self.name}-conn",
         )
-        return conn
 
     def _on_request(self, stream: HboneStream) -> None:
         conn = stream.conn
