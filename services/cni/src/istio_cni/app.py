@@ -4,7 +4,8 @@ controller, plugin socket and the readiness/metrics servers, and returns a runni
 Readiness (``/readyz`` on 8000) needs ``install`` (plugin chained into the CNI config), ``kube`` (informers
 synced, start-up reconcile queued) and ``zds`` (socket listening). On shutdown the agent leaves pods and
 the plugin in place ("safe upgrade": new pods wait for the next agent) unless it is being uninstalled; then
-:meth:`App.uninstall` removes the conflist entry, the launcher, the kubeconfig and the node rules.
+:meth:`App.uninstall` removes the conflist entry, the launcher and its runtime, the kubeconfig and the node
+rules.
 Tests pass their own ``view``/``annotator`` (fakes of the Kubernetes side) and port 0.
 """
 
@@ -28,7 +29,7 @@ from istio_cni.controller import KubeView, PodController
 from istio_cni.dataplane import Annotator, DataplaneConfig, MeshDataplane
 from istio_cni.events import PluginEventServer
 from istio_cni.hostrules import HostRules
-from istio_cni.install import KUBECONFIG_NAME, Installer, in_cluster_kubeconfig
+from istio_cni.install import KUBECONFIG_NAME, Installer, choose_runtime, in_cluster_kubeconfig
 from istio_cni.iptables import RuleError
 from istio_cni.metrics import CniMetrics
 from istio_cni.netns import Netns
@@ -199,7 +200,7 @@ async def _start(app: App, metrics: CniMetrics) -> None:
     if s.install_cni:
         app.installer = Installer(
             s.cni_bin_dir, s.cni_conf_dir, s.run_dir, s.plugin_python, _entry(s), s.cni_conf_name,
-            in_cluster_kubeconfig(),
+            in_cluster_kubeconfig(), runtime=choose_runtime(s.plugin_runtime, s.plugin_python),
         )  # fmt: skip
         installed = asyncio.Event()
         app.tasks.spawn(_watch_install(app.installer, installed, metrics), name="install")

@@ -30,13 +30,20 @@ class DirWatcher:
         self._fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if self._fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        for d in dirs:
-            if _libc.inotify_add_watch(self._fd, os.fsencode(d), DIR_EVENTS) < 0:
-                err = ctypes.get_errno()
-                os.close(self._fd)
-                raise OSError(err, f"inotify_add_watch {d}: {os.strerror(err)}")
+        try:
+            for d in dirs:
+                self.add(d)
+        except OSError:
+            os.close(self._fd)
+            raise
         self._event = asyncio.Event()
         asyncio.get_running_loop().add_reader(self._fd, self._drain)
+
+    def add(self, path: str) -> None:
+        """Watch one more directory; calling it again for a watched one is a no-op (same watch)."""
+        if _libc.inotify_add_watch(self._fd, os.fsencode(path), DIR_EVENTS) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_add_watch {path}: {os.strerror(err)}")
 
     def _drain(self) -> None:
         try:

@@ -1,9 +1,19 @@
 """Installing the plugin on the node: the launcher in the CNI bin dir, our entry in the primary conflist, and
 the kubeconfig the plugin uses; keeping them in place while the agent runs; removing them on uninstall.
 
-The "binary" is a two-line launcher script named ``istio-cni`` that execs ``<python> -m istio_cni.plugin``
-(the Python must exist at the same path on the host). Files are written atomically (temp file + rename)
-keeping the original file mode, so kubelet never reads a half-written config.
+The "binary" is a small launcher script named ``istio-cni``, in one of two modes:
+
+- runtime mode (an image with a plugin runtime, see :mod:`istio_cni.runtime`): the runtime directory is
+  copied to ``<bin dir>/istio-cni.d/<hash>/`` (under a temp name, then renamed, so a half-copied runtime is
+  never run) and the launcher execs its interpreter, found relative to ``$0``: the container runtime runs the
+  plugin by its node path, which is not the path the agent sees (``/host/opt/cni/bin``). Other hash
+  directories are removed once the new launcher is in place.
+- python mode (no runtime in the image, e.g. the local cluster, whose "containers" share the host's files):
+  the launcher execs ``<python> -m istio_cni.plugin``; that Python must exist at the same path on the host.
+
+Files are written atomically (temp file + rename) keeping the original file mode, so kubelet never reads a
+half-written config. The install pass is synchronous on purpose: a thread still copying after cancellation
+could put files back after an uninstall; a runtime copy takes well under a second.
 """
 
 from __future__ import annotations
@@ -14,8 +24,11 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shlex
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +36,15 @@ from meshkit.logs import kv
 
 from istio_cni import conflist
 from istio_cni.inotify import DirWatcher
+from istio_cni.runtime import INTERPRETER, LIB_DIR, RuntimeBuildError, RuntimeInfo, read_info, tree_hash
 
 log = logging.getLogger("cni.install")
 
 LAUNCHER_NAME = "istio-cni"
+RUNTIMES_NAME = "istio-cni.d"  # <bin dir>/istio-cni.d/<hash>/: the plugin runtimes we copied (we own it)
+RUNTIME_TMP_PREFIX = ".copy-"
+STALE_COPY_S = 600.0  # an unfinished copy older than this was abandoned (agent killed mid-copy)
+_HASH_DIR = re.compile(r"[0-9a-f]{16}")
 KUBECONFIG_NAME = "istio-cni-kubeconfig"
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 REPAIR_QUIET_S = 1.0  # repairs closer together than this mean a fight with another writer
@@ -39,6 +57,43 @@ def launcher_script(python: str) -> str:
         "# istio-cni CNI plugin launcher, written by the istio-cni node agent (removed on uninstall).\n"
         f'exec {shlex.quote(python)} -m istio_cni.plugin "$@"\n'
     )
+
+
+def runtime_launcher_script(info: RuntimeInfo) -> str:
+    """The launcher for runtime mode. A missing runtime answers CNI error 11 (try again later), so the
+    sandbox is retried once the agent has restored it, instead of a shell's "not found"."""
+    env = f'LD_LIBRARY_PATH="$rt/{LIB_DIR}"; export LD_LIBRARY_PATH\n' if info.library_path else ""
+    missing = json.dumps(
+        {
+            "cniVersion": "1.0.0",
+            "code": 11,
+            "msg": "istio-cni: the plugin runtime is missing on this node"
+            " (is the istio-cni node agent running?)",
+        }
+    )
+    return (
+        "#!/bin/sh\n"
+        "# istio-cni CNI plugin launcher, written by the istio-cni node agent (removed on uninstall).\n"
+        "# Runs the plugin on the Python runtime copied next to this file; $0 is the node's path of it.\n"
+        'case "$0" in */*) d="${0%/*}" ;; *) d=. ;; esac\n'
+        f'rt="$d/{RUNTIMES_NAME}/{info.hash}"\n'
+        f'if [ ! -x "$rt/{INTERPRETER}" ]; then echo {shlex.quote(missing)}; exit 1; fi\n'
+        f"{env}"
+        f'exec "$rt/{INTERPRETER}" -I -m istio_cni.plugin "$@"\n'
+    )
+
+
+def choose_runtime(path: str, python: str) -> str | None:
+    """Runtime mode when ``path`` (``CNI_PLUGIN_RUNTIME``) is a directory, else python mode; logs which."""
+    if path and os.path.isdir(path):
+        log.info("the CNI plugin will run on the bundled Python runtime", extra=kv(mode="runtime", dir=path))
+        return path
+    log.info(
+        "no plugin runtime in this image: the CNI plugin will run on the agent's Python, which must exist"
+        " at the same path on the node",
+        extra=kv(mode="python", python=python, runtime=path),
+    )
+    return None
 
 
 def write_atomic(path: str, text: str, mode: int | None = None) -> None:
@@ -98,6 +153,8 @@ class Installer:
     failures: int = 0
     backoff_s: float = 0.0  # > 0 while another writer keeps undoing our changes
     chained_into: str | None = None
+    runtime: str | None = None  # a plugin runtime directory (runtime mode); None: python mode
+    _runtime_verified: bool = False  # the node copy was fully re-hashed once (at the first pass)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -108,19 +165,69 @@ class Installer:
     def kubeconfig_path(self) -> str:
         return os.path.join(self.run_dir, KUBECONFIG_NAME)
 
+    @property
+    def runtimes_path(self) -> str:
+        return os.path.join(self.bin_dir, RUNTIMES_NAME)
+
     def install_files(self) -> bool:
-        """Launcher and kubeconfig; True if anything had to be (re)written."""
+        """Runtime (in runtime mode), launcher and kubeconfig; True if anything had to be (re)written."""
+        os.makedirs(self.bin_dir, exist_ok=True)
         wrote = False
-        script = launcher_script(self.python)
+        keep = None
+        if self.runtime is None:
+            script = launcher_script(self.python)
+        else:
+            info = read_info(self.runtime)
+            wrote = self._ensure_runtime(info)
+            script, keep = runtime_launcher_script(info), info.hash
         if _read(self.launcher_path) != script:
-            os.makedirs(self.bin_dir, exist_ok=True)
             write_atomic(self.launcher_path, script, 0o755)
             wrote = True
+        self._prune_runtimes(keep)
         if self.kubeconfig_text is not None and _read(self.kubeconfig_path) != self.kubeconfig_text:
             os.makedirs(self.run_dir, exist_ok=True)
             write_atomic(self.kubeconfig_path, self.kubeconfig_text, 0o600)
             wrote = True
         return wrote
+
+    def _ensure_runtime(self, info: RuntimeInfo) -> bool:
+        """Copy the runtime to ``istio-cni.d/<hash>`` unless a good copy is there; True if it copied."""
+        target = os.path.join(self.runtimes_path, info.hash)
+        if _runtime_current(target, info, full=not self._runtime_verified):
+            self._runtime_verified = True
+            return False
+        os.makedirs(self.runtimes_path, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=RUNTIME_TMP_PREFIX, dir=self.runtimes_path)
+        try:
+            shutil.copytree(self.runtime or "", tmp, dirs_exist_ok=True)
+            os.chmod(tmp, 0o755)
+            if os.path.lexists(target):  # a damaged copy: out of the way first, rename cannot replace a dir
+                damaged = tempfile.mkdtemp(prefix=RUNTIME_TMP_PREFIX, dir=self.runtimes_path)
+                os.rename(target, os.path.join(damaged, "old"))
+                shutil.rmtree(damaged, ignore_errors=True)
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._runtime_verified = True
+        log.info("copied the plugin runtime onto the node", extra=kv(dir=target, python=info.python))
+        return True
+
+    def _prune_runtimes(self, keep: str | None) -> None:
+        """Remove runtimes other than ``keep`` and abandoned copies; only names we create are touched."""
+        try:
+            names = os.listdir(self.runtimes_path)
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = os.path.join(self.runtimes_path, name)
+            stale_copy = name.startswith(RUNTIME_TMP_PREFIX) and _age_s(path) > STALE_COPY_S
+            if name != keep and (_HASH_DIR.fullmatch(name) or stale_copy):
+                shutil.rmtree(path, ignore_errors=True)
+                log.info("removed an old plugin runtime from the node", extra=kv(dir=path))
+        if keep is None:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.runtimes_path)  # python mode: nothing of ours should stay
 
     def ensure_chained(self) -> bool:
         """Put our entry last in the primary config; True if the file was (re)written."""
@@ -151,7 +258,7 @@ class Installer:
         return files or chained
 
     async def watch(self, ready: asyncio.Event | None = None) -> None:
-        """Install, then repair whenever the bin or conf dir changes, until cancelled."""
+        """Install, then repair whenever the bin, conf or runtimes dir changes, until cancelled."""
         for d in (self.bin_dir, self.conf_dir):
             os.makedirs(d, exist_ok=True)
         watcher = DirWatcher([self.bin_dir, self.conf_dir])
@@ -160,6 +267,11 @@ class Installer:
         try:
             self._attempt()
             while True:
+                if self.runtime is not None:
+                    # a deleted hash dir shows up in istio-cni.d, not in the bin dir; (re-)watched after
+                    # every pass because a restore creates a new directory
+                    with contextlib.suppress(OSError):
+                        watcher.add(self.runtimes_path)
                 if ready is not None and self.chained_into is not None:
                     ready.set()
                 self._changed.set()
@@ -187,7 +299,7 @@ class Installer:
         """One install pass; a broken primary config is logged and retried on the next change."""
         try:
             wrote = self.install()
-        except (OSError, conflist.ConfError) as exc:
+        except (OSError, conflist.ConfError, RuntimeBuildError) as exc:
             self.failures += 1
             log.error("could not install the CNI plugin", extra=kv(error=str(exc)))  # noqa: TRY400
             return
@@ -203,7 +315,7 @@ class Installer:
         await self._changed.wait()
 
     def uninstall(self) -> None:
-        """Remove our conflist entry, the launcher and the kubeconfig; other files stay untouched."""
+        """Remove our conflist entry, the launcher, the runtimes and the kubeconfig; nothing else."""
         try:
             names = os.listdir(self.conf_dir)
         except FileNotFoundError:
@@ -223,6 +335,24 @@ class Installer:
         for path in (self.launcher_path, self.kubeconfig_path):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+        shutil.rmtree(self.runtimes_path, ignore_errors=True)  # after the launcher: it must not point nowhere
+
+
+def _runtime_current(target: str, info: RuntimeInfo, full: bool) -> bool:
+    """The node copy is this runtime: same VERSION and an interpreter (``full``: every file re-hashed)."""
+    try:
+        if read_info(target) != info or not os.access(os.path.join(target, INTERPRETER), os.X_OK):
+            return False
+    except RuntimeBuildError:
+        return False
+    return not full or tree_hash(target) == info.hash
+
+
+def _age_s(path: str) -> float:
+    try:
+        return time.time() - os.stat(path).st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _read(path: str) -> str | None:

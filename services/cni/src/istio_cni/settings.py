@@ -65,6 +65,11 @@ class Settings:
         sys.executable,
         "(ours) Python the plugin launcher execs (must exist on the host).",
     )
+    plugin_runtime: str = env(
+        "CNI_PLUGIN_RUNTIME",
+        "/app/cni-plugin-runtime",
+        "(ours) Plugin runtime dir copied to the node; absent or empty = CNI_PLUGIN_PYTHON mode.",
+    )
     run_dir: str = env(
         "CNI_AGENT_RUN_DIR",
         "/var/run/istio-cni",
