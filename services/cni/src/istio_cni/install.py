@@ -149,6 +149,7 @@ class Installer:
     conf_name: str = ""
     kubeconfig_text: str | None = None
     repairs: int = 0  # writes after the first: someone removed or rewrote our files
+    passes: int = 0  # install passes run by the watcher, written or not
     writes: int = 0
     failures: int = 0
     backoff_s: float = 0.0  # > 0 while another writer keeps undoing our changes
@@ -297,6 +298,7 @@ class Installer:
 
     def _attempt(self) -> None:
         """One install pass; a broken primary config is logged and retried on the next change."""
+        self.passes += 1
         try:
             wrote = self.install()
         except (OSError, conflist.ConfError, RuntimeBuildError) as exc:
