@@ -197,3 +197,102 @@ def test_profile_switches_ambient_on() -> None:
     assert charts.one(ambient, "ConfigMap", "istio-cni-config")["data"]["AMBIENT_ENABLED"] == "true"
     env = literal_env(ambient, container(ambient, "DaemonSet", "istio-cni-node"))
     assert env["HOST_NETNS_PATH"] == ""  # hostNetwork by default: the node namespace is the agent's own
+
+
+# -- the waypoint Deployment istiod renders, configured by the istiod chart's environment -------------------
+
+#: upstream waypoint variables our waypoint does not read (spec deploy-and-e2e.md §1.5, waypoint template)
+WAYPOINT_UPSTREAM_ONLY = {"ISTIO_META_INTERCEPTION_MODE"}
+
+
+def waypoint_objects(values: dict[str, Any] | None = None) -> dict[str, Obj]:
+    """ServiceAccount/Deployment/Service istiod creates for a Gateway, with the settings the chart sets."""
+    from istiod.waypoint.deployment import CLASS_NAME, DeploySettings, desired_objects
+
+    objects = charts.render("ambient", values=values or {})
+    deploy = meshkit_settings.load(
+        DeploySettings, literal_env(objects, container(objects, "Deployment", "istiod"))
+    )
+    gateway = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "waypoint", "namespace": "apps", "uid": "0b5c9a4e"},
+        "spec": {
+            "gatewayClassName": CLASS_NAME,
+            "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}],
+        },
+    }
+    return {kind: obj for kind, obj in desired_objects(gateway, deploy)}
+
+
+def waypoint_port(addr: str) -> int:
+    return int(addr.rsplit(":", 1)[1])
+
+
+def test_waypoint_objects_fit_kubernetes_schema() -> None:
+    from meshtest.e2e import k8sschema
+
+    problems = [p for o in waypoint_objects().values() for p in k8sschema.validate(o)]
+    assert problems == []
+
+
+def test_waypoint_env_is_read_by_the_waypoint() -> None:
+    from meshkit.hbone.settings import HboneSettings
+    from waypoint.settings import Settings as WaypointSettings
+
+    classes = (WaypointSettings, CaClientSettings, HboneSettings)
+    pod = waypoint_objects()["Deployment"]["spec"]["template"]["spec"]
+    env = {v["name"]: v.get("value", "dummy-from-fieldref") for v in pod["containers"][0]["env"]}
+    unknown = set(env) - settings_vars(*classes) - WAYPOINT_UPSTREAM_ONLY
+    assert unknown == set(), f"the waypoint Deployment sets variables nothing reads: {sorted(unknown)}"
+    for cls in classes:
+        meshkit_settings.load(cls, env)
+
+
+def test_waypoint_probes_ports_and_scrape_hit_what_the_waypoint_serves() -> None:
+    from meshkit.admin import READY_PATH
+    from meshkit.metrics import METRICS_PATHS
+    from waypoint.settings import Settings as WaypointSettings
+
+    served = WaypointSettings()
+    objects = waypoint_objects()
+    template = objects["Deployment"]["spec"]["template"]
+    c = template["spec"]["containers"][0]
+    for probe in ("readinessProbe", "startupProbe"):
+        get = c[probe]["httpGet"]
+        assert (get["path"], get["port"]) == (READY_PATH, waypoint_port(served.readiness_addr)), probe
+    ports = {p["containerPort"] for p in c["ports"]}
+    assert ports == {waypoint_port(a) for a in (served.hbone_addr, served.stats_addr, served.readiness_addr)}
+    annotations = template["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == waypoint_port(served.stats_addr)
+    assert annotations["prometheus.io/path"] in METRICS_PATHS
+    service_ports = {p["port"] for p in objects["Service"]["spec"]["ports"]}
+    assert service_ports == {waypoint_port(served.hbone_addr), waypoint_port(served.readiness_addr)}
+
+
+def test_waypoint_image_is_the_proxyv2_image_the_chart_names() -> None:
+    objects = waypoint_objects({"global.hub": "reg.test/mesh", "global.tag": "t1"})
+    c = objects["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert (c["image"], c["imagePullPolicy"]) == ("reg.test/mesh/proxyv2:t1", "IfNotPresent")
+    assert repository_name(c["image"]) in IMAGES
+
+
+def test_waypoint_security_context_as_upstream() -> None:
+    """Upstream's waypoint template: non-root 1337, read-only root filesystem, no privileges. Our waypoint
+    writes its certificate and key to a private temporary directory (``ssl`` loads keys only from files), so a
+    read-only root needs a writable ``/tmp``."""
+    pod = waypoint_objects()["Deployment"]["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["securityContext"] == {
+        "privileged": False,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": 1337,
+        "runAsGroup": 1337,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "/tmp" in mounts, "read-only root filesystem without a writable /tmp"
+    assert "emptyDir" in volumes[mounts["/tmp"]]

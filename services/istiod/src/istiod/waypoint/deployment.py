@@ -203,16 +203,21 @@ def _pod_spec(gw: Obj, name: str, sa: str, s: DeploySettings) -> Obj:
             "periodSeconds": 1,
             "failureThreshold": 60,
         },
+        # upstream's waypoint securityContext (deploy-and-e2e.md §1.5)
         "securityContext": {
+            "privileged": False,
             "runAsUser": 1337,
             "runAsGroup": 1337,
             "runAsNonRoot": True,
+            "readOnlyRootFilesystem": True,
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
         },
         "volumeMounts": [
             {"name": "istio-token", "mountPath": "/var/run/secrets/tokens"},
             {"name": "istiod-ca-cert", "mountPath": "/var/run/secrets/istio"},
+            # the only writable path: ssl loads the workload key from a file (meshkit.hbone.tls)
+            {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
     return {
@@ -235,6 +240,7 @@ def _pod_spec(gw: Obj, name: str, sa: str, s: DeploySettings) -> Obj:
                 },
             },
             {"name": "istiod-ca-cert", "configMap": {"name": "istio-ca-root-cert"}},
+            {"name": "tmp", "emptyDir": {}},
         ],
     }
 
