@@ -3,6 +3,9 @@
 HUB ?= localhost:5000
 TAG ?= latest
 DOCKER ?= docker
+# Plain single-platform images, no attestation manifests: with Docker's containerd image store (the default
+# since Docker 29) an image with them is an index that `kind load docker-image` cannot import (kind#3795).
+DOCKER_BUILD_FLAGS ?= --provenance=false --sbom=false
 
 IMAGES := pilot ztunnel install-cni proxyv2 app
 dockerfile.pilot := services/istiod/Dockerfile
@@ -19,7 +22,7 @@ help:
 images: $(addprefix image.,$(IMAGES))
 
 $(addprefix image.,$(IMAGES)): image.%:
-	$(DOCKER) build -f $(dockerfile.$*) -t $(HUB)/$*:$(TAG) .
+	$(DOCKER) build $(DOCKER_BUILD_FLAGS) -f $(dockerfile.$*) -t $(HUB)/$*:$(TAG) .
 
 push: images
 	@for image in $(IMAGES); do $(DOCKER) push $(HUB)/$$image:$(TAG) || exit 1; done

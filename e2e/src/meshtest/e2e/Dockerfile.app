@@ -26,6 +26,11 @@ RUN uv sync --frozen --no-dev --no-editable --package ambient-e2e
 FROM ${PYTHON_IMAGE}
 COPY --from=build /app/.venv /app/.venv
 ENV PATH=/app/.venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+# `server` and `client` on PATH, as in upstream's image (a Pod may name either as its command; the local
+# cluster's image table, meshtest.cluster.images, maps the same two names)
+RUN printf '#!/bin/sh\nexec python -m meshtest.echo server "$@"\n' >/usr/local/bin/server \
+    && printf '#!/bin/sh\nexec python -m meshtest.echo client "$@"\n' >/usr/local/bin/client \
+    && chmod 755 /usr/local/bin/server /usr/local/bin/client
 # upstream's echo app runs as uid 1338
 USER 1338:1338
 ENTRYPOINT ["python", "-m", "meshtest.echo", "server"]

@@ -26,8 +26,11 @@ from meshtest.cluster.control import Cluster
 from meshtest.e2e.tools import REPO
 from meshtest.kube import KubeCluster
 
-#: kind node image: Kubernetes >= 1.31 (Gateway API CEL rules need it; upstream CI uses 1.35)
-KIND_NODE_IMAGE = "kindest/node:v1.33.1"
+#: kind node image: Kubernetes >= 1.31 (Gateway API CEL rules need it; upstream CI uses 1.35), pinned by the
+#: digest kind v0.29.0 released it with (kind re-pushes node image tags, so a bare tag is not a pin)
+KIND_NODE_IMAGE = (
+    "kindest/node:v1.33.1@sha256:050072256b9a903bd914c0b2866828150cb229cea0efe5892e2b644d5dd3b34f"
+)
 KIND_CLUSTER = "ambient-e2e"
 #: the images the suite needs: (Dockerfile, image name); names match meshtest.cluster.images
 IMAGES: tuple[tuple[str, str], ...] = (
@@ -37,6 +40,8 @@ IMAGES: tuple[tuple[str, str], ...] = (
     ("services/waypoint/Dockerfile", "proxyv2"),
     ("e2e/src/meshtest/e2e/Dockerfile.app", "app"),
 )
+#: docker build flags for images that are side-loaded into kind (see KindProvider.plan_build)
+NO_ATTESTATIONS = ("--provenance=false", "--sbom=false")
 KIND_CONFIG = """\
 kind: Cluster
 apiVersion: kind.x-k8s.io/v1alpha4
@@ -115,8 +120,11 @@ class KindProvider:
         return f"{self.hub}/{name}:{self.tag}"
 
     def plan_build(self) -> list[list[str]]:
+        # Plain single-platform images: with Docker's containerd image store (the default since Docker 29) a
+        # build with attestations is an image index, which `kind load docker-image` fails to import
+        # ("content digest ... not found", kubernetes-sigs/kind#3795).
         return [
-            [self.docker, "build", "-f", dockerfile, "-t", self.image(name), "."]
+            [self.docker, "build", *NO_ATTESTATIONS, "-f", dockerfile, "-t", self.image(name), "."]
             for dockerfile, name in IMAGES
         ]
 
