@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -363,6 +364,34 @@ async def test_metrics_and_config_dump(env: Env) -> None:
         'connection_security_policy="mutual_tls"',
     ):
         assert label in line, (label, line)
+    # every exported label, pinned (Istio's standard set, behaviour.md §6.3)
+    assert dict(re.findall(r'(\w+)="([^"]*)"', line)) == {
+        "connection_security_policy": "mutual_tls",
+        "destination_app": "reviews",
+        "destination_canonical_revision": "v1",
+        "destination_canonical_service": "reviews",
+        "destination_cluster": "unknown",
+        "destination_principal": "spiffe://cluster.local/ns/default/sa/reviews",
+        "destination_service": HOST,
+        "destination_service_name": "reviews",
+        "destination_service_namespace": "default",
+        "destination_version": "v1",
+        "destination_workload": "reviews-v1",
+        "destination_workload_namespace": "default",
+        "grpc_response_status": "",
+        "reporter": "waypoint",
+        "request_protocol": "http",
+        "response_code": "200",
+        "response_flags": "-",
+        "source_app": "sleep",
+        "source_canonical_revision": "v1",
+        "source_canonical_service": "sleep",
+        "source_cluster": "Kubernetes",
+        "source_principal": "spiffe://cluster.local/ns/default/sa/sleep",
+        "source_version": "v1",
+        "source_workload": "sleep",
+        "source_workload_namespace": "default",
+    }
     assert 'response_code="403"' in text
     assert 'response_flags="RBAC"' in text
     assert "istio_request_duration_milliseconds_bucket" in text

@@ -31,6 +31,7 @@ from meshkit.hbone.errors import HboneError
 from meshkit.hbone.request import ConnectRequest
 from meshkit.hbone.server import Accept, Decision, InboundPeer, Reject
 from meshkit.hbone.stream import HboneStream
+from meshkit.istio_labels import UNKNOWN, Peer, peer_values
 from meshkit.logs import kv
 
 from waypoint import records as rec
@@ -59,19 +60,21 @@ from waypoint.routing import (
     select_route,
 )
 from waypoint.telemetry import (
-    PeerMeta,
     RequestMetrics,
     RequestSpan,
     Tracing,
     grpc_messages,
     log_access,
     parse_baggage,
+    tcp_labels,
 )
 from waypoint.upstream import StreamOpener, UpstreamError, relay_streams
 
-__all__ = ["Downstream", "ExtAuthzCheck", "WaypointProxy"]
+__all__ = ["Downstream", "ExtAuthzCheck", "WaypointProxy", "request_labels"]
 
 log = logging.getLogger("waypoint")
+
+_UNKNOWN_PEER = Peer().values()
 
 H2_PREFACE = b"PRI * HTTP/2.0"
 _METHOD_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -88,11 +91,47 @@ class Downstream:
     service: rec.Service
     port: int
     authority: str
-    source: PeerMeta
+    source: Peer
 
     @property
     def principal(self) -> str:
         return self.peer.identity.principal
+
+
+def request_labels(  # noqa: PLR0917
+    down: Downstream,
+    cluster: rec.Cluster | None,
+    ep: rec.Endpoint | None,
+    proto: str,
+    code: str,
+    flags: str,
+    grpc_status: str = "",
+) -> tuple[str, ...]:
+    """The values of Istio's request labels (``REQUEST_LABELS``, in that order) for one request or TCP chain:
+    the tunnel's source peer, the intended Service (the cluster's, else the bound one) and the endpoint."""
+    host = cluster.hostname if cluster else down.service.hostname
+    svc_name, _, rest = host.partition(".")
+    svc_ns = rest.partition(".")[0] if rest else UNKNOWN
+    dst = (
+        peer_values(
+            ep.workload, ep.namespace, ep.identity, ep.canonical_name, ep.canonical_revision, ep.cluster_id
+        )
+        if ep
+        else _UNKNOWN_PEER
+    )
+    return (
+        "waypoint",
+        *down.source.values(),
+        host,
+        svc_ns,
+        svc_name,
+        *dst,
+        proto,
+        code,
+        grpc_status,
+        flags,
+        "mutual_tls",
+    )
 
 
 class WaypointProxy:
@@ -242,7 +281,7 @@ class WaypointProxy:
                 f"inbound-vip|{down.port}|http|{host}", down.service, down.port
             )
         ep = self.balancer.pick(cluster, None, down.peer.address[0]) if cluster else None
-        labels = self._labels(down, cluster, ep, "tcp", "", "-" if ep else "UH")
+        labels = request_labels(down, cluster, ep, "tcp", "", "-" if ep else "UH")
         if ep is None:
             stream.abort()
             log_access(
@@ -273,7 +312,7 @@ class WaypointProxy:
             )
             return
         sent, received = await relay_streams(stream, upstream, first)
-        self.metrics.record_tcp(labels[:21] + labels[23:], sent, received)
+        self.metrics.record_tcp(tcp_labels(labels), sent, received)
         log_access(
             {
                 "src.addr": down.peer.address[0],
@@ -486,49 +525,6 @@ class WaypointProxy:
 
     # -- telemetry --------------------------------------------------------------------------------------
 
-    def _labels(  # noqa: PLR0917
-        self,
-        down: Downstream,
-        cluster: rec.Cluster | None,
-        ep: rec.Endpoint | None,
-        proto: str,
-        code: str,
-        flags: str,
-        grpc_status: str = "",
-    ) -> tuple[str, ...]:
-        src = down.source
-        host = cluster.hostname if cluster else down.service.hostname
-        svc_name, _, rest = host.partition(".")
-        svc_ns = rest.partition(".")[0] if rest else "unknown"
-        u = "unknown"
-        return (
-            "waypoint",
-            src.workload,
-            src.app,
-            src.version,
-            src.namespace,
-            src.principal,
-            src.app,
-            src.version,
-            src.cluster,
-            (ep.workload or u) if ep else u,
-            (ep.namespace or u) if ep else u,
-            (ep.identity or u) if ep else u,
-            (ep.canonical_name or u) if ep else u,
-            (ep.canonical_revision or u) if ep else u,
-            host,
-            svc_name,
-            svc_ns,
-            (ep.canonical_name or u) if ep else u,
-            (ep.canonical_revision or u) if ep else u,
-            (ep.cluster_id or u) if ep else u,
-            proto,
-            code,
-            grpc_status,
-            flags,
-            "mutual_tls",
-        )
-
     def _finish(  # noqa: PLR0917
         self,
         req: Request,
@@ -547,7 +543,7 @@ class WaypointProxy:
             found = next((v for k, v in [*resp.headers, *resp.trailers] if k == "grpc-status"), None)
             local = str(grpc_status_for(resp.status)) if resp.local and resp.status != 200 else ""
             grpc_status = found or local
-        labels = self._labels(
+        labels = request_labels(
             down,
             out.cluster,
             out.endpoint,
@@ -563,7 +559,7 @@ class WaypointProxy:
         fields: dict[str, object] = {
             "src.addr": f"{down.peer.address[0]}:{down.peer.address[1]}",
             "src.identity": down.peer.identity.uri,
-            "src.workload": down.source.workload,
+            "src.workload": down.source.workload or UNKNOWN,
             "dst.service": down.service.hostname,
             "method": req.method,
             "path": req.target,

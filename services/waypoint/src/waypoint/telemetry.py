@@ -3,9 +3,10 @@
 Metrics (behaviour.md §6.3, ``reporter="waypoint"``): ``istio_requests_total``,
 ``istio_request_duration_milliseconds``, ``istio_request_bytes``, ``istio_response_bytes`` and, for TCP
 passthrough, ``istio_tcp_connections_{opened,closed}_total`` / ``istio_tcp_{sent,received}_bytes_total``.
-Source labels come from the CONNECT ``baggage`` (what the source ztunnel knows) and the TLS peer identity;
-destination labels from the chosen endpoint and the intended Service. prometheus-client's ``labels()`` costs
-tens of µs with 25 labels, so children are cached per label tuple.
+Label names and the peer → labels mapping are Istio's standard ones, shared with ztunnel
+(:mod:`meshkit.istio_labels`). Source labels come from the CONNECT ``baggage`` (what the source ztunnel
+knows) and the TLS peer identity; destination labels from the chosen endpoint and the intended Service.
+prometheus-client's ``labels()`` costs tens of µs with 25 labels, so children are cached per label tuple.
 
 Tracing: the W3C ``traceparent`` of the request is continued (same trace id, new span id) and forwarded
 upstream. Spans go through an OpenTelemetry ``TracerProvider`` when an exporter is configured
@@ -16,10 +17,11 @@ in, e.g. the SDK's in-memory one in tests); without one, only the header is rewr
 from __future__ import annotations
 
 import logging
+import operator
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
 
+from meshkit.istio_labels import REQUEST_LABELS, REQUEST_TCP_LABELS, Peer
 from meshkit.logs import kv
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -28,38 +30,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-__all__ = ["LABELS", "PeerMeta", "RequestMetrics", "Tracing", "parse_baggage", "parse_traceparent"]
+__all__ = ["RequestMetrics", "Tracing", "parse_baggage", "parse_traceparent", "tcp_labels"]
 
 access_log = logging.getLogger("access")
 
-LABELS = (
-    "reporter",
-    "source_workload",
-    "source_canonical_service",
-    "source_canonical_revision",
-    "source_workload_namespace",
-    "source_principal",
-    "source_app",
-    "source_version",
-    "source_cluster",
-    "destination_workload",
-    "destination_workload_namespace",
-    "destination_principal",
-    "destination_app",
-    "destination_version",
-    "destination_service",
-    "destination_service_name",
-    "destination_service_namespace",
-    "destination_canonical_service",
-    "destination_canonical_revision",
-    "destination_cluster",
-    "request_protocol",
-    "response_code",
-    "grpc_response_status",
-    "response_flags",
-    "connection_security_policy",
-)
-TCP_LABELS = tuple(x for x in LABELS if x not in {"response_code", "grpc_response_status"})
 DURATION_BUCKETS = (
     0.5,
     1,
@@ -82,21 +56,18 @@ DURATION_BUCKETS = (
     3600000,
 )
 BYTES_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000)
+_TCP_VALUES = operator.itemgetter(*(REQUEST_LABELS.index(name) for name in REQUEST_TCP_LABELS))
 
 
-@dataclass(frozen=True, slots=True)
-class PeerMeta:
-    """Source workload labels, from the CONNECT ``baggage`` (behaviour.md §2.6) and the peer identity."""
-
-    workload: str = "unknown"
-    namespace: str = "unknown"
-    principal: str = "unknown"
-    app: str = "unknown"
-    version: str = "unknown"
-    cluster: str = "unknown"
+def tcp_labels(labels: tuple[str, ...]) -> tuple[str, ...]:
+    """The TCP metrics' share of request label values (those of ``REQUEST_TCP_LABELS``)."""
+    values: tuple[str, ...] = _TCP_VALUES(labels)
+    return values
 
 
-def parse_baggage(value: str | None, principal: str | None) -> PeerMeta:
+def parse_baggage(value: str | None, principal: str | None) -> Peer:
+    """The source peer of a tunnel: workload metadata from the CONNECT ``baggage`` (behaviour.md §2.6), the
+    principal from the TLS peer identity."""
     fields: dict[str, str] = {}
     for part in (value or "").split(","):
         k, _, v = part.strip().partition("=")
@@ -110,15 +81,15 @@ def parse_baggage(value: str | None, principal: str | None) -> PeerMeta:
             and k.endswith(".name")
             and k not in {"k8s.cluster.name", "k8s.namespace.name"}
         ),
-        "unknown",
+        "",
     )
-    return PeerMeta(
+    return Peer(
         workload=workload,
-        namespace=fields.get("k8s.namespace.name", "unknown"),
-        principal=principal or "unknown",
-        app=fields.get("service.name", workload),
-        version=fields.get("service.version", "unknown"),
-        cluster=fields.get("k8s.cluster.name", "unknown"),
+        namespace=fields.get("k8s.namespace.name", ""),
+        principal=principal or "",
+        canonical_service=fields.get("service.name", workload),
+        canonical_revision=fields.get("service.version", ""),
+        cluster=fields.get("k8s.cluster.name", ""),
     )
 
 
@@ -127,38 +98,52 @@ class RequestMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
-            "istio_requests_total", "Requests handled by the waypoint.", LABELS, registry=registry
+            "istio_requests_total", "Requests handled by the waypoint.", REQUEST_LABELS, registry=registry
         )
         self.duration = Histogram(
             "istio_request_duration_milliseconds",
             "Request duration, ms.",
-            LABELS,
+            REQUEST_LABELS,
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
         self.request_bytes = Histogram(
-            "istio_request_bytes", "Request sizes, bytes.", LABELS, buckets=BYTES_BUCKETS, registry=registry
+            "istio_request_bytes",
+            "Request sizes, bytes.",
+            REQUEST_LABELS,
+            buckets=BYTES_BUCKETS,
+            registry=registry,
         )
         self.response_bytes = Histogram(
-            "istio_response_bytes", "Response sizes, bytes.", LABELS, buckets=BYTES_BUCKETS, registry=registry
+            "istio_response_bytes",
+            "Response sizes, bytes.",
+            REQUEST_LABELS,
+            buckets=BYTES_BUCKETS,
+            registry=registry,
         )
         self.request_messages = Counter(
-            "istio_request_messages", "gRPC messages received from the client.", LABELS, registry=registry
+            "istio_request_messages",
+            "gRPC messages received from the client.",
+            REQUEST_LABELS,
+            registry=registry,
         )
         self.response_messages = Counter(
-            "istio_response_messages", "gRPC messages sent to the client.", LABELS, registry=registry
+            "istio_response_messages", "gRPC messages sent to the client.", REQUEST_LABELS, registry=registry
         )
         self.tcp_opened = Counter(
-            "istio_tcp_connections_opened", "TCP connections opened.", TCP_LABELS, registry=registry
+            "istio_tcp_connections_opened", "TCP connections opened.", REQUEST_TCP_LABELS, registry=registry
         )
         self.tcp_closed = Counter(
-            "istio_tcp_connections_closed", "TCP connections closed.", TCP_LABELS, registry=registry
+            "istio_tcp_connections_closed", "TCP connections closed.", REQUEST_TCP_LABELS, registry=registry
         )
         self.tcp_sent = Counter(
-            "istio_tcp_sent_bytes", "Bytes sent to the downstream.", TCP_LABELS, registry=registry
+            "istio_tcp_sent_bytes", "Bytes sent to the downstream.", REQUEST_TCP_LABELS, registry=registry
         )
         self.tcp_received = Counter(
-            "istio_tcp_received_bytes", "Bytes received from the downstream.", TCP_LABELS, registry=registry
+            "istio_tcp_received_bytes",
+            "Bytes received from the downstream.",
+            REQUEST_TCP_LABELS,
+            registry=registry,
         )
         self._children: dict[tuple[str, ...], tuple[Counter, Histogram, Histogram, Histogram]] = {}
 

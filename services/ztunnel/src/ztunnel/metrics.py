@@ -1,44 +1,16 @@
 """ztunnel's Prometheus metrics with Istio's names and labels (behaviour.md §7.1-§7.2).
 
 Built on the registry the composition root passes in. Connection metrics are recorded at open (opened) and
-close (closed, failed); byte counters are incremented while copying. Labels are in upstream's order.
+close (closed, failed); byte counters are incremented while copying. The traffic labels are Istio's common
+ones (``meshkit.istio_labels.TRAFFIC_LABELS``, shared with the waypoint).
 """
 
 from __future__ import annotations
 
+from meshkit.istio_labels import TRAFFIC_LABELS
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["TRAFFIC_LABELS", "DnsMetrics", "ProxyMetrics", "WorkloadManagerMetrics", "build_info"]
-
-TRAFFIC_LABELS = (
-    "reporter",
-    "source_workload",
-    "source_canonical_service",
-    "source_canonical_revision",
-    "source_workload_namespace",
-    "source_principal",
-    "source_app",
-    "source_version",
-    "source_cluster",
-    "destination_service",
-    "destination_service_namespace",
-    "destination_service_name",
-    "destination_workload",
-    "destination_canonical_service",
-    "destination_canonical_revision",
-    "destination_workload_namespace",
-    "destination_principal",
-    "destination_app",
-    "destination_version",
-    "destination_cluster",
-    "request_protocol",
-    "response_flags",
-    "connection_security_policy",
-    "source_region",
-    "source_zone",
-    "destination_region",
-    "destination_zone",
-)
+__all__ = ["FAILURE_FLAGS", "DnsMetrics", "ProxyMetrics", "WorkloadManagerMetrics", "build_info"]
 
 #: response_flags values that count as a failed connection.
 FAILURE_FLAGS = frozenset(

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshkit.identity.spiffe import Identity
+from meshkit.istio_labels import TRAFFIC_LABELS, UNKNOWN, Peer, service_labels
 from meshkit.logs import kv
 from prometheus_client import Counter
 
-from ztunnel.metrics import FAILURE_FLAGS, TRAFFIC_LABELS, ProxyMetrics
+from ztunnel.metrics import FAILURE_FLAGS, ProxyMetrics
 from ztunnel.state.records import Service, Workload
 
 __all__ = ["ConnectionRecord", "Endpoints", "connection_failed"]
@@ -42,42 +43,34 @@ class Endpoints:
     mtls: bool = False
 
 
-def _or_unknown(value: str | None) -> str:
-    return value or "unknown"
+def _peer(wl: Workload | None, identity: Identity | None) -> Peer:
+    principal = identity.uri if identity else ""
+    if wl is None:
+        return Peer(principal=principal)
+    return Peer(
+        workload=wl.workload_name,
+        namespace=wl.namespace,
+        principal=principal,
+        canonical_service=wl.canonical_name,
+        canonical_revision=wl.canonical_revision,
+        cluster=wl.cluster_id,
+        region=wl.locality.region,
+        zone=wl.locality.zone,
+    )
 
 
 def _labels(e: Endpoints, flags: str) -> dict[str, str]:
-    s, d, svc = e.src_workload, e.dst_workload, e.dst_service
-    values: dict[str, str] = {
+    svc = e.dst_service
+    values = {
         "reporter": "source" if e.direction == "outbound" else "destination",
-        "source_workload": s.workload_name if s else "",
-        "source_canonical_service": s.canonical_name if s else "",
-        "source_canonical_revision": s.canonical_revision if s else "",
-        "source_workload_namespace": s.namespace if s else "",
-        "source_principal": e.src_identity.uri if e.src_identity else "",
-        "source_app": s.canonical_name if s else "",
-        "source_version": s.canonical_revision if s else "",
-        "source_cluster": s.cluster_id if s else "",
-        "destination_service": svc.hostname if svc else "",
-        "destination_service_namespace": svc.namespace if svc else "",
-        "destination_service_name": svc.name if svc else "",
-        "destination_workload": d.workload_name if d else "",
-        "destination_canonical_service": d.canonical_name if d else "",
-        "destination_canonical_revision": d.canonical_revision if d else "",
-        "destination_workload_namespace": d.namespace if d else "",
-        "destination_principal": e.dst_identity.uri if e.dst_identity else "",
-        "destination_app": d.canonical_name if d else "",
-        "destination_version": d.canonical_revision if d else "",
-        "destination_cluster": d.cluster_id if d else "",
+        **_peer(e.src_workload, e.src_identity).labels("source"),
+        **(service_labels(svc.hostname, svc.name, svc.namespace) if svc else service_labels("", "", "")),
+        **_peer(e.dst_workload, e.dst_identity).labels("destination"),
         "request_protocol": "tcp",
         "response_flags": flags,
-        "connection_security_policy": "mutual_tls" if e.mtls else "unknown",
-        "source_region": s.locality.region if s else "",
-        "source_zone": s.locality.zone if s else "",
-        "destination_region": d.locality.region if d else "",
-        "destination_zone": d.locality.zone if d else "",
+        "connection_security_policy": "mutual_tls" if e.mtls else UNKNOWN,
     }
-    return {k: _or_unknown(values[k]) for k in TRAFFIC_LABELS}
+    return {k: values[k] for k in TRAFFIC_LABELS}
 
 
 def _addr(addr: tuple[str, int]) -> str:
