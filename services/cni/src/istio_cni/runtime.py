@@ -198,11 +198,15 @@ class SourcePython:
     ldlibrary: str | None  # "libpython3.11.so.1.0" when built shared
 
 
+# LIBDIR is where the build was configured to install (python-build-standalone says /install); the
+# interpreter's own prefix, found at run time, is where a relocated install really has its libpython.
 _PROBE = (
     "import json, os, sys, sysconfig; v = sysconfig.get_config_var;"
-    "shared = bool(v('Py_ENABLE_SHARED')); lib = v('INSTSONAME') if shared else None;"
+    "name = v('INSTSONAME') if v('Py_ENABLE_SHARED') else None;"
+    "dirs = [os.path.join(sys.base_prefix, 'lib'), v('LIBDIR')];"
+    "libs = [os.path.join(d, name) for d in dirs if name and os.path.isfile(os.path.join(d, name))];"
     "print(json.dumps({'version': '%d.%d' % sys.version_info[:2], 'full': sys.version.split()[0],"
-    " 'stdlib': sysconfig.get_path('stdlib'), 'lib': lib and os.path.join(v('LIBDIR'), lib)}))"
+    " 'stdlib': sysconfig.get_path('stdlib'), 'shared': name, 'lib': (libs or [None])[0]}))"
 )
 
 
@@ -213,6 +217,8 @@ def probe(prefix: str) -> SourcePython:
         raise RuntimeBuildError(f"no bin/python3 under {prefix}: is it a CPython installation prefix?")
     done = _run([str(exe), "-I", "-c", _PROBE], {})
     raw = json.loads(done)
+    if raw["shared"] and not raw["lib"]:
+        raise RuntimeBuildError(f"{exe} is built shared but its {raw['shared']} is not under {prefix}/lib")
     return SourcePython(str(exe.resolve()), raw["version"], raw["full"], raw["stdlib"], raw["lib"])
 
 
