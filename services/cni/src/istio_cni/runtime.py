@@ -289,10 +289,13 @@ def _self_check(stage: Path, env: dict[str, str]) -> None:
 
 
 def _walk(root: str) -> Iterator[str]:
+    """Relative file paths under ``root``, not descending into directories that are pruned whole."""
     for dirpath, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if d not in PRUNED_DIRS]
+        rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        prefix = "" if rel_dir == "." else rel_dir + "/"
+        dirs[:] = [d for d in dirs if keep_stdlib(f"{prefix}{d}/__init__.py")]  # site-packages can be huge
         for name in files:
-            yield os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/")
+            yield prefix + name
 
 
 def _copy(src: str, dst: Path) -> None:
