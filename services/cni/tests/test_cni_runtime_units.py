@@ -23,6 +23,7 @@ from istio_cni.runtime import (
     parse_ldd,
     plugin_sources,
 )
+from istio_cni.runtime import main as runtime_main
 
 PACKAGE_DIR = Path(istio_cni.__file__).parent
 EXT = ".cpython-311-x86_64-linux-gnu.so"
@@ -229,3 +230,10 @@ def test_import_check_catches_foreign_imports(tmp_path: Path) -> None:
         "plugin/core.py:4: istio_cni.settings (not shipped in the plugin runtime)",
         "plugin/core.py:5: tkinter (pruned from the plugin runtime)",
     ]
+
+
+def test_build_cli_refuses_a_non_python_prefix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert runtime_main(["build", "--prefix", str(tmp_path), "--into", str(tmp_path / "rt")]) == 1
+    assert "no bin/python3" in capsys.readouterr().err
+    assert not (tmp_path / "rt").exists()
+    assert list(tmp_path.iterdir()) == []  # no staging directory left behind
