@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import ipaddress
 import json
 import os
@@ -125,87 +124,17 @@ class Net:
                 sh("ip", "netns", "del", name)
 
 
-def make_ca(directory: Path) -> None:
-    """A throwaway P-256 root for this run (key and cert as PEM files)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "bench mesh root")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .sign(key, hashes.SHA256())
-    )
-    (directory / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "ca.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-
-
 class FileCa:
-    """Certificate fetcher for the ztunnel processes: signs leaves with the run's root."""
+    """Certificate fetcher for the ztunnel processes: issues leaves from the run's test CA, which the parent
+    saved to ``directory``."""
 
     def __init__(self, directory: Path) -> None:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import serialization
+        from meshkit.hbone.testing import TestCA
 
-        self.root_pem = (directory / "ca.pem").read_bytes()
-        self.root = x509.load_pem_x509_certificate(self.root_pem)
-        self.key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+        self.ca = TestCA.load(directory)
 
     async def fetch(self, identity):  # type: ignore[no-untyped-def]
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import ExtendedKeyUsageOID
-        from meshkit.identity.certs import WorkloadCertificate
-
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        nb, na = now - dt.timedelta(minutes=5), now + dt.timedelta(hours=24)
-        usage = x509.KeyUsage(True, False, True, False, False, False, False, False, False)
-        eku = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
-        leaf = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([]))
-            .issuer_name(self.root.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(nb)
-            .not_valid_after(na)
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), True)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(usage, critical=True)
-            .add_extension(eku, False)
-            .sign(self.key, hashes.SHA256())
-        )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        return WorkloadCertificate(
-            identity,
-            leaf.public_bytes(serialization.Encoding.PEM),
-            key_pem,
-            self.root_pem,
-            nb,
-            na,
-            leaf.serial_number,
-        )
+        return self.ca.issue(identity)
 
 
 def config(path: Path, extra_workloads: int) -> None:
@@ -622,6 +551,7 @@ def main() -> None:
         return
     import uvloop
     from _results import write_results
+    from meshkit.hbone.testing import TestCA
 
     if os.geteuid() != 0:
         raise SystemExit("bench/mesh.py needs root (network namespaces, iptables)")
@@ -630,7 +560,7 @@ def main() -> None:
         tmp = Path(tmpdir)
         try:
             net.build()
-            make_ca(tmp)
+            TestCA(name="bench mesh root").save(tmp)
             config(tmp / "config.json", 1000)
             for pod in ("server", "dserver"):
                 netns = net.pods[pod][0]

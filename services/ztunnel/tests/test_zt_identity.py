@@ -10,10 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from meshkit.hbone.testing import TestCA
 from meshkit.identity.caclient import CaClientError, CaClientSettings
 from meshkit.identity.spiffe import Identity
 from meshkit.settings import load
@@ -28,16 +25,7 @@ class FakeCa:
     """Signs CSRs; records the metadata and request of each call; can refuse."""
 
     def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "test root")])
-        now = dt.datetime.now(dt.UTC)
-        self.root = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
-            .serial_number(1).not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )  # fmt: skip
+        self.ca = TestCA(name="test root")
         self.calls: list[tuple[dict[str, str], ca_pb2.IstioCertificateRequest]] = []
         self.refuse = False
         self.wrong_identity = False
@@ -48,23 +36,14 @@ class FakeCa:
         self.calls.append((dict(context.invocation_metadata() or ()), request))  # type: ignore[arg-type]
         if self.refuse:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad token")
-        csr = x509.load_pem_x509_csr(request.csr.encode())
         uri = (
             "spiffe://cluster.local/ns/default/sa/other"
             if self.wrong_identity
             else request.metadata["ImpersonatedIdentity"]
         )
-        now = dt.datetime.now(dt.UTC)
-        leaf = (
-            x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(self.root.subject)
-            .public_key(csr.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + dt.timedelta(seconds=request.validity_duration))
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), True)
-            .sign(self.key, hashes.SHA256())
-        )  # fmt: skip
-        pem = serialization.Encoding.PEM
+        ttl = dt.timedelta(seconds=request.validity_duration)
         return ca_pb2.IstioCertificateResponse(
-            cert_chain=[leaf.public_bytes(pem).decode(), self.root.public_bytes(pem).decode()]
+            cert_chain=self.ca.sign_csr(request.csr.encode(), [uri], ttl=ttl)
         )
 
 
