@@ -42,22 +42,25 @@ LOOPBACK = "127.0.0.1"
 PREV = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0"}], "ips": [{"address": "10.78.9.5/24"}]}
 
 
-def hidden_paths() -> list[str]:
+def hidden_paths(keep: list[str]) -> list[str]:
     """Everywhere a Python of ours (or the system's) lives on this machine: none of it exists on a node."""
     base = Path(sys.base_prefix)
     pyenv = next((p for p in base.parents if p.name == ".pyenv"), None)
     repo = Path(istio_cni.__file__).resolve().parents[4]
-    paths = {str(pyenv or base), sys.prefix, str(repo)}
+    paths = {str(pyenv or base), sys.prefix}
+    paths |= {str(repo)} if (repo / "services" / "cni").is_dir() else set()
     paths |= {p for p in ("/work",) if os.path.isdir(p)}
     system = glob.glob("/usr/lib/python3*") + glob.glob("/usr/local/lib/python3*")
     paths |= {p for p in system if os.path.isdir(p)}
-    # an outer mount would hide the mount point of an inner one
+    # never what the test itself needs (the runtime, temp dirs); an outer mount would hide an inner one's
+    # mount point. If that left the source prefix visible, on_bare_node fails rather than proving nothing.
+    paths = {p for p in paths if not any(k == p or k.startswith(p + "/") for k in keep)}
     return sorted(p for p in paths if not any(p.startswith(q + "/") for q in paths))
 
 
 async def on_bare_node(argv: list[str], env: dict[str, str], stdin: bytes) -> tuple[int, bytes, bytes]:
     """Run ``argv`` in a private mount namespace with :func:`hidden_paths` covered by empty tmpfs."""
-    hide = hidden_paths()
+    hide = hidden_paths([p for p in (*argv, *env.values()) if p.startswith("/")])
     script = (
         'for d in "$@"; do [ "$d" = -- ] && break; mount -t tmpfs -o size=1m tmpfs "$d" || exit 97; done\n'
         f"[ ! -e {sys.base_prefix}/lib ] && [ ! -e {sys.prefix}/bin ] || exit 98\n"
