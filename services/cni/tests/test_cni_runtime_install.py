@@ -212,3 +212,25 @@ async def test_watch_restores_deleted_runtime(node: dict[str, Path]) -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
     inst.uninstall()
+
+
+def test_two_agents_copying_at_once_keep_one_copy(
+    node: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A surge pod's agent finishes the same copy while we are copying: ours is dropped, theirs stays."""
+    info = make_runtime(node["image"])
+    first, second = installer(node, node["image"]), installer(node, node["image"])
+    real_copytree = shutil.copytree
+    theirs: list[int] = []
+
+    def racing_copytree(src: str, dst: str, **kw: bool) -> object:
+        if not theirs:
+            monkeypatch.setattr(shutil, "copytree", real_copytree)
+            assert second.install()  # the other agent, start to finish
+            theirs.append(os.stat(node["bin"] / RUNTIMES_NAME / info.hash).st_ino)
+        return real_copytree(src, dst, **kw)
+
+    monkeypatch.setattr(shutil, "copytree", racing_copytree)
+    first.install()
+    assert runtimes(node) == [info.hash]  # no temp copy left behind
+    assert os.stat(node["bin"] / RUNTIMES_NAME / info.hash).st_ino == theirs[0]  # not replaced under them

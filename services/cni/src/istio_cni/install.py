@@ -197,15 +197,19 @@ class Installer:
         if _runtime_current(target, info, full=not self._runtime_verified):
             self._runtime_verified = True
             return False
+        damaged = os.path.lexists(target)
         os.makedirs(self.runtimes_path, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=RUNTIME_TMP_PREFIX, dir=self.runtimes_path)
         try:
             shutil.copytree(self.runtime or "", tmp, dirs_exist_ok=True)
             os.chmod(tmp, 0o755)
+            if not damaged and _runtime_current(target, info, full=False):  # a surge pod's agent was first
+                shutil.rmtree(tmp, ignore_errors=True)
+                return False
             if os.path.lexists(target):  # a damaged copy: out of the way first, rename cannot replace a dir
-                damaged = tempfile.mkdtemp(prefix=RUNTIME_TMP_PREFIX, dir=self.runtimes_path)
-                os.rename(target, os.path.join(damaged, "old"))
-                shutil.rmtree(damaged, ignore_errors=True)
+                aside = tempfile.mkdtemp(prefix=RUNTIME_TMP_PREFIX, dir=self.runtimes_path)
+                os.rename(target, os.path.join(aside, "old"))
+                shutil.rmtree(aside, ignore_errors=True)
             os.rename(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
