@@ -70,7 +70,9 @@ Interfaces (stable; other components code against these):
 
 ``meshkit.hbone.settings.HboneSettings`` (ztunnel defaults; env vars HTTP2_STREAM_WINDOW_SIZE, ...),
 ``meshkit.hbone.errors`` (HboneError > IdentityError, ConnectFailed(status), StreamReset(code, remote),
-ConnectionClosed), ``meshkit.hbone.testing.TestCA`` (test certificates).
+ConnectionClosed), ``meshkit.hbone.testing.TestCA`` (test certificates: ``issue(identity)``;
+``sign_csr(csr_pem, uris)`` answers a CSR as istiod's CA does; ``save(dir)`` / ``TestCA.load(dir)`` hand it to
+another process).
 """
 
 from __future__ import annotations
