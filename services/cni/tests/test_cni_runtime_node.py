@@ -78,11 +78,15 @@ async def on_bare_node(argv: list[str], env: dict[str, str], stdin: bytes) -> tu
     return proc.returncode or 0, out, err
 
 
-@pytest.fixture(scope="module")
-def runtime(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A runtime built from the interpreter running the tests (its prefix is what gets hidden)."""
+@pytest.fixture(scope="module", params=["test-python", "system-python"])
+def runtime(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A runtime built from the interpreter running the tests (pyenv: shared libpython, absolute RUNPATH),
+    and one from the system's (Debian: static interpreter, vendor-patched ``site``); both get hidden."""
+    prefix = sys.base_prefix if request.param == "test-python" else "/usr"
+    if not os.path.isfile(f"{prefix}/bin/python3"):
+        pytest.skip(f"no {prefix}/bin/python3 on this machine")
     into = tmp_path_factory.mktemp("image") / "cni-plugin-runtime"
-    build(sys.base_prefix, str(into))
+    build(prefix, str(into))
     return str(into)
 
 

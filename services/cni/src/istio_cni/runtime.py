@@ -9,13 +9,18 @@ Upstream ships the CNI plugin as a static Go binary; our plugin is Python, and a
                                      extension module loads (ldd), except glibc's own (the node's glibc is
                                      the floor: a copied libc would not match the node's ld.so)
     lib/python3.X/                   the standard library, pruned (:data:`PRUNED_STDLIB`), with bytecode
-    lib/python3.X/site-packages/istio_cni/   __init__.py, enrolment.py, plugin/ and nothing else
+    lib/python3.X/istio_cni/         __init__.py, enrolment.py, plugin/ and nothing else (see below)
     VERSION                          JSON :class:`RuntimeInfo`: content hash, Python version, library_path
 
 ``python -m istio_cni.runtime build --prefix <cpython prefix> --into <dir>`` makes one. The planning (what to
 keep, which libraries to copy, the content hash) is pure; :func:`build` is the thin file/ldd shell around it.
 This module, like the plugin, uses only the standard library, so any Python can run the build (the Dockerfile
 runs it with the relocatable interpreter itself, not with the agent's virtualenv).
+
+The plugin's package sits in the stdlib directory, not in site-packages: the stdlib directory is on
+``sys.path`` for every CPython build, while where site-packages is depends on the ``site`` module's vendor
+patches (Debian's puts ``dist-packages`` there instead), so this works whichever CPython the runtime is
+built from. The runtime has no site-packages at all.
 
 Invariants: the runtime never refers to its build location (prefix from the binary's own path, ``-I``, and
 either RUNPATH ``$ORIGIN`` or the launcher's ``LD_LIBRARY_PATH``, recorded in ``library_path``); the hash
@@ -112,8 +117,8 @@ def keep_stdlib(rel: str) -> bool:
     top = parts[0]
     if top in PRUNED_STDLIB or top.startswith(PRUNED_PREFIXES) or PRUNED_DIRS.intersection(parts[:-1]):
         return False
-    if top == "site-packages":
-        return False  # third-party packages: the plugin's own package is added separately
+    if top in ("site-packages", "dist-packages", "istio_cni"):
+        return False  # third-party packages; the plugin's own package is put next to the stdlib
     if top == "lib-dynload":
         module = parts[-1].split(".")[0]
         return module not in PRUNED_EXTENSIONS and not module.startswith("_test")
@@ -152,7 +157,7 @@ def foreign_libraries(deps: Iterable[tuple[str, str | None]], root: str) -> dict
 
 
 def plugin_sources(package_dir: str | os.PathLike[str]) -> list[str]:
-    """The plugin's files relative to the ``istio_cni`` package: what the runtime's site-packages gets."""
+    """The plugin's files relative to the ``istio_cni`` package: what the runtime gets of it."""
     pkg = Path(package_dir)
     plugin = sorted(f"plugin/{p.name}" for p in (pkg / "plugin").glob("*.py"))
     names = ["__init__.py", "enrolment.py", *plugin]
@@ -233,13 +238,13 @@ def build(prefix: str, into: str, package_dir: str | None = None) -> RuntimeInfo
         os.chmod(stage, 0o755)  # mkdtemp's 0700 would follow the copy onto the node
         pylib = f"{LIB_DIR}/python{src.version}"
         _copy(src.executable, stage / INTERPRETER)
-        if src.ldlibrary:
+        if src.ldlibrary and _links(src.executable, Path(src.ldlibrary).name):  # Debian's is static
             _copy(src.ldlibrary, stage / LIB_DIR / Path(src.ldlibrary).name)
         for rel in _walk(src.stdlib):
             if keep_stdlib(rel):
                 _copy(os.path.join(src.stdlib, rel), stage / pylib / rel)
         for rel in plugin_sources(pkg):
-            _copy(str(pkg / rel), stage / pylib / "site-packages" / "istio_cni" / rel)
+            _copy(str(pkg / rel), stage / pylib / "istio_cni" / rel)
         library_path = _bundle_libraries(stage)
         env = {"LD_LIBRARY_PATH": str(stage / LIB_DIR)} if library_path else {}
         _run([str(stage / INTERPRETER), "-I", "-m", "compileall", "-q", "-s", str(stage), "-p", "/",
@@ -252,6 +257,10 @@ def build(prefix: str, into: str, package_dir: str | None = None) -> RuntimeInfo
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return info
+
+
+def _links(elf: str, soname: str) -> bool:
+    return any(name == soname for name, _ in parse_ldd(_run(["ldd", elf], {})))
 
 
 def _bundle_libraries(stage: Path) -> bool:
