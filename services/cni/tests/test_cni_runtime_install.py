@@ -17,11 +17,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from istio_cni.install import (
+from istio_cni.install import Installer
+from istio_cni.noderuntime import (
     RUNTIME_TMP_PREFIX,
     RUNTIMES_NAME,
     STALE_COPY_S,
-    Installer,
     choose_runtime,
     runtime_launcher_script,
 )

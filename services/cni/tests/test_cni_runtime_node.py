@@ -33,7 +33,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from istio_cni.conflist import plugin_entry
 from istio_cni.events import AddOutcome, PluginAddEvent, PluginEventServer
-from istio_cni.install import RUNTIMES_NAME, Installer
+from istio_cni.install import Installer
+from istio_cni.noderuntime import RUNTIMES_NAME
 from istio_cni.runtime import INTERPRETER, build, is_glibc, read_info, tree_hash
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

@@ -29,10 +29,11 @@ from istio_cni.controller import KubeView, PodController
 from istio_cni.dataplane import Annotator, DataplaneConfig, MeshDataplane
 from istio_cni.events import PluginEventServer
 from istio_cni.hostrules import HostRules
-from istio_cni.install import KUBECONFIG_NAME, Installer, choose_runtime, in_cluster_kubeconfig
+from istio_cni.install import KUBECONFIG_NAME, Installer, in_cluster_kubeconfig
 from istio_cni.iptables import RuleError
 from istio_cni.metrics import CniMetrics
 from istio_cni.netns import Netns
+from istio_cni.noderuntime import choose_runtime
 from istio_cni.plugin.agentclient import PLUGIN_EVENT_SOCKET
 from istio_cni.settings import Settings
 from istio_cni.zdshub import ZtunnelHub

@@ -4,10 +4,8 @@ the kubeconfig the plugin uses; keeping them in place while the agent runs; remo
 The "binary" is a small launcher script named ``istio-cni``, in one of two modes:
 
 - runtime mode (an image with a plugin runtime, see :mod:`istio_cni.runtime`): the runtime directory is
-  copied to ``<bin dir>/istio-cni.d/<hash>/`` (under a temp name, then renamed, so a half-copied runtime is
-  never run) and the launcher execs its interpreter, found relative to ``$0``: the container runtime runs the
-  plugin by its node path, which is not the path the agent sees (``/host/opt/cni/bin``). Other hash
-  directories are removed once the new launcher is in place.
+  copied to ``<bin dir>/istio-cni.d/<hash>/`` and the launcher execs its interpreter
+  (:mod:`istio_cni.noderuntime`); other hash directories are removed once the new launcher is in place.
 - python mode (no runtime in the image, e.g. the local cluster, whose "containers" share the host's files):
   the launcher execs ``<python> -m istio_cni.plugin``; that Python must exist at the same path on the host.
 
@@ -24,11 +22,9 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shlex
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,15 +32,12 @@ from meshkit.logs import kv
 
 from istio_cni import conflist
 from istio_cni.inotify import DirWatcher
-from istio_cni.runtime import INTERPRETER, LIB_DIR, RuntimeBuildError, RuntimeInfo, read_info, tree_hash
+from istio_cni.noderuntime import RUNTIMES_NAME, copy_runtime, prune_runtimes, runtime_launcher_script
+from istio_cni.runtime import RuntimeBuildError, read_info
 
 log = logging.getLogger("cni.install")
 
 LAUNCHER_NAME = "istio-cni"
-RUNTIMES_NAME = "istio-cni.d"  # <bin dir>/istio-cni.d/<hash>/: the plugin runtimes we copied (we own it)
-RUNTIME_TMP_PREFIX = ".copy-"
-STALE_COPY_S = 600.0  # an unfinished copy older than this was abandoned (agent killed mid-copy)
-_HASH_DIR = re.compile(r"[0-9a-f]{16}")
 KUBECONFIG_NAME = "istio-cni-kubeconfig"
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 REPAIR_QUIET_S = 1.0  # repairs closer together than this mean a fight with another writer
@@ -57,43 +50,6 @@ def launcher_script(python: str) -> str:
         "# istio-cni CNI plugin launcher, written by the istio-cni node agent (removed on uninstall).\n"
         f'exec {shlex.quote(python)} -m istio_cni.plugin "$@"\n'
     )
-
-
-def runtime_launcher_script(info: RuntimeInfo) -> str:
-    """The launcher for runtime mode. A missing runtime answers CNI error 11 (try again later), so the
-    sandbox is retried once the agent has restored it, instead of a shell's "not found"."""
-    env = f'LD_LIBRARY_PATH="$rt/{LIB_DIR}"; export LD_LIBRARY_PATH\n' if info.library_path else ""
-    missing = json.dumps(
-        {
-            "cniVersion": "1.0.0",
-            "code": 11,
-            "msg": "istio-cni: the plugin runtime is missing on this node"
-            " (is the istio-cni node agent running?)",
-        }
-    )
-    return (
-        "#!/bin/sh\n"
-        "# istio-cni CNI plugin launcher, written by the istio-cni node agent (removed on uninstall).\n"
-        "# Runs the plugin on the Python runtime copied next to this file; $0 is the node's path of it.\n"
-        'case "$0" in */*) d="${0%/*}" ;; *) d=. ;; esac\n'
-        f'rt="$d/{RUNTIMES_NAME}/{info.hash}"\n'
-        f'if [ ! -x "$rt/{INTERPRETER}" ]; then echo {shlex.quote(missing)}; exit 1; fi\n'
-        f"{env}"
-        f'exec "$rt/{INTERPRETER}" -I -m istio_cni.plugin "$@"\n'
-    )
-
-
-def choose_runtime(path: str, python: str) -> str | None:
-    """Runtime mode when ``path`` (``CNI_PLUGIN_RUNTIME``) is a directory, else python mode; logs which."""
-    if path and os.path.isdir(path):
-        log.info("the CNI plugin will run on the bundled Python runtime", extra=kv(mode="runtime", dir=path))
-        return path
-    log.info(
-        "no plugin runtime in this image: the CNI plugin will run on the agent's Python, which must exist"
-        " at the same path on the node",
-        extra=kv(mode="python", python=python, runtime=path),
-    )
-    return None
 
 
 def write_atomic(path: str, text: str, mode: int | None = None) -> None:
@@ -179,60 +135,18 @@ class Installer:
             script = launcher_script(self.python)
         else:
             info = read_info(self.runtime)
-            wrote = self._ensure_runtime(info)
+            wrote = copy_runtime(self.runtime, self.runtimes_path, info, verify=not self._runtime_verified)
+            self._runtime_verified = True
             script, keep = runtime_launcher_script(info), info.hash
         if _read(self.launcher_path) != script:
             write_atomic(self.launcher_path, script, 0o755)
             wrote = True
-        self._prune_runtimes(keep)
+        prune_runtimes(self.runtimes_path, keep)
         if self.kubeconfig_text is not None and _read(self.kubeconfig_path) != self.kubeconfig_text:
             os.makedirs(self.run_dir, exist_ok=True)
             write_atomic(self.kubeconfig_path, self.kubeconfig_text, 0o600)
             wrote = True
         return wrote
-
-    def _ensure_runtime(self, info: RuntimeInfo) -> bool:
-        """Copy the runtime to ``istio-cni.d/<hash>`` unless a good copy is there; True if it copied."""
-        target = os.path.join(self.runtimes_path, info.hash)
-        if _runtime_current(target, info, full=not self._runtime_verified):
-            self._runtime_verified = True
-            return False
-        damaged = os.path.lexists(target)
-        os.makedirs(self.runtimes_path, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=RUNTIME_TMP_PREFIX, dir=self.runtimes_path)
-        try:
-            shutil.copytree(self.runtime or "", tmp, dirs_exist_ok=True)
-            os.chmod(tmp, 0o755)
-            if not damaged and _runtime_current(target, info, full=False):  # a surge pod's agent was first
-                shutil.rmtree(tmp, ignore_errors=True)
-                return False
-            if os.path.lexists(target):  # a damaged copy: out of the way first, rename cannot replace a dir
-                aside = tempfile.mkdtemp(prefix=RUNTIME_TMP_PREFIX, dir=self.runtimes_path)
-                os.rename(target, os.path.join(aside, "old"))
-                shutil.rmtree(aside, ignore_errors=True)
-            os.rename(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        self._runtime_verified = True
-        log.info("copied the plugin runtime onto the node", extra=kv(dir=target, python=info.python))
-        return True
-
-    def _prune_runtimes(self, keep: str | None) -> None:
-        """Remove runtimes other than ``keep`` and abandoned copies; only names we create are touched."""
-        try:
-            names = os.listdir(self.runtimes_path)
-        except FileNotFoundError:
-            return
-        for name in names:
-            path = os.path.join(self.runtimes_path, name)
-            stale_copy = name.startswith(RUNTIME_TMP_PREFIX) and _age_s(path) > STALE_COPY_S
-            if name != keep and (_HASH_DIR.fullmatch(name) or stale_copy):
-                shutil.rmtree(path, ignore_errors=True)
-                log.info("removed an old plugin runtime from the node", extra=kv(dir=path))
-        if keep is None:
-            with contextlib.suppress(OSError):
-                os.rmdir(self.runtimes_path)  # python mode: nothing of ours should stay
 
     def ensure_chained(self) -> bool:
         """Put our entry last in the primary config; True if the file was (re)written."""
@@ -342,23 +256,6 @@ class Installer:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         shutil.rmtree(self.runtimes_path, ignore_errors=True)  # after the launcher: it must not point nowhere
-
-
-def _runtime_current(target: str, info: RuntimeInfo, full: bool) -> bool:
-    """The node copy is this runtime: same VERSION and an interpreter (``full``: every file re-hashed)."""
-    try:
-        if read_info(target) != info or not os.access(os.path.join(target, INTERPRETER), os.X_OK):
-            return False
-    except RuntimeBuildError:
-        return False
-    return not full or tree_hash(target) == info.hash
-
-
-def _age_s(path: str) -> float:
-    try:
-        return time.time() - os.stat(path).st_mtime
-    except FileNotFoundError:
-        return 0.0
 
 
 def _read(path: str) -> str | None:
