@@ -33,4 +33,7 @@ RUN printf '#!/bin/sh\nexec python -m meshtest.echo server "$@"\n' >/usr/local/b
     && chmod 755 /usr/local/bin/server /usr/local/bin/client
 # upstream's echo app runs as uid 1338
 USER 1338:1338
+# As PID 1 the server would ignore SIGTERM (it installs no handler), so every pod deletion would wait out the
+# grace period; SIGINT is Python's KeyboardInterrupt, on which it closes its listeners and exits.
+STOPSIGNAL SIGINT
 ENTRYPOINT ["python", "-m", "meshtest.echo", "server"]
