@@ -6,6 +6,9 @@ picked up at once and a changed root rebuilds the channel (ztunnel hot-reloads i
 every request carries ``ImpersonatedIdentity``. The response is validated before it is handed out (>= 2
 elements, leaf SAN == the identity asked for). :class:`CaClient` satisfies :class:`CertificateFetcher`, which
 is what the certificate manager consumes.
+
+grpc is imported when a :class:`CaClient` first connects, not with this module: ztunnel imports the settings
+and errors from here but calls istiod with its own small client, and grpcio costs it over 10 MB of RSS.
 """
 
 from __future__ import annotations
@@ -18,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-import grpc
 from google.protobuf import struct_pb2
-from meshproto.istio.v1.auth import ca_pb2, ca_pb2_grpc
+from meshproto.istio.v1.auth import ca_pb2
 
 from meshkit.identity.certs import WorkloadCertificate
 from meshkit.identity.csr import KeyType, create_csr
@@ -30,6 +32,7 @@ from meshkit.logs import kv
 from meshkit.settings import env, parse_duration
 
 if TYPE_CHECKING:
+    import grpc
     from meshproto.istio.v1.auth.ca_pb2_grpc import IstioCertificateServiceAsyncStub
 
 __all__ = [
@@ -165,6 +168,9 @@ class CaClient:
         self._lock = asyncio.Lock()
 
     async def _stub_for_current_roots(self) -> IstioCertificateServiceAsyncStub:
+        import grpc  # on first use (module docstring)
+        from meshproto.istio.v1.auth import ca_pb2_grpc
+
         try:
             roots = self._roots()
             load_certificates(roots)
@@ -209,6 +215,8 @@ class CaClient:
 
     async def fetch(self, identity: Identity) -> WorkloadCertificate:
         """Create a CSR for ``identity``, have istiod sign it, validate and return the result."""
+        import grpc  # loaded by now: _stub_for_current_roots imported it
+
         bundle = create_csr(identity, self._config.key_type)
         stub = await self._stub_for_current_roots()
         request = self._request(identity, bundle.csr_pem)

@@ -29,10 +29,10 @@ from typing import Any
 
 import grpc
 from meshproto.envoy.service.discovery.v3 import discovery_pb2
-from prometheus_client import CollectorRegistry, Counter
 
 from meshkit.logs import kv
 from meshkit.xds.client_core import ClientCore
+from meshkit.xds.metrics import XdsClientMetrics
 from meshkit.xds.types import DELTA_METHOD, short_type
 
 __all__ = ["XdsClient", "XdsClientConfig", "XdsClientMetrics"]
@@ -70,19 +70,6 @@ class XdsClientConfig:
         if scheme not in ("http", "https"):
             raise ValueError(f"xDS address {self.address!r}: scheme must be https:// or http://")
         return scheme == "https"
-
-
-class XdsClientMetrics:
-    """``istio_xds_*`` client metrics (behaviour.md §7.1 names)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.messages = Counter("istio_xds_message", "xDS responses received.", ["url"], registry=registry)
-        self.message_bytes = Counter(
-            "istio_xds_message_bytes", "Bytes of xDS responses received.", ["url"], registry=registry
-        )
-        self.terminations = Counter(
-            "istio_xds_connection_terminations", "xDS stream ends.", ["reason"], registry=registry
-        )
 
 
 def _read_token(token: str) -> str:

@@ -20,9 +20,9 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 from meshkit.logs import kv
-from meshkit.xds.client import XdsClientMetrics
 from meshkit.xds.client_core import ClientCore
 from meshkit.xds.client_core import Rejected as XdsRejected
+from meshkit.xds.metrics import XdsClientMetrics
 from meshkit.xds.types import DELTA_METHOD, NodeId, short_type
 from meshproto.envoy.config.core.v3 import base_pb2
 from meshproto.envoy.service.discovery.v3 import discovery_pb2
