@@ -14,6 +14,7 @@ from meshkit.hbone.request import (
     forwarded,
     new_traceparent,
     parse_authority,
+    parse_baggage,
     parse_request,
 )
 
@@ -103,6 +104,20 @@ def test_baggage_in_upstream_order_without_empty_values() -> None:
         "service.name=productpage,service.version=v1,cloud.availability_zone=z1"
     )
     assert baggage(SourceMetadata()) == ""
+
+
+def test_baggage_parses_back() -> None:
+    meta = SourceMetadata("c1", "shop", "deployment", "web", "web-svc", "v2", "r1", "z1")
+    assert parse_baggage(baggage(meta)) == meta
+    # members trimmed, empty values skipped, unknown members ignored, no workload member: no type
+    assert parse_baggage(" k8s.namespace.name = shop , service.name=, foo=bar, service.version=v1") == (
+        SourceMetadata(namespace="shop", workload_type="", canonical_revision="v1")
+    )
+    assert parse_baggage("k8s.cluster.name=c1,k8s.namespace.name=ns") == SourceMetadata(
+        cluster_id="c1", namespace="ns", workload_type=""
+    )
+    assert parse_baggage("") is None
+    assert parse_baggage(None) is None
 
 
 def test_forwarded_quotes_the_client_address() -> None:

@@ -8,7 +8,7 @@ from meshkit.identity.spiffe import Identity
 from prometheus_client import CollectorRegistry
 from waypoint import records as rec
 from waypoint.proxy import Downstream, request_labels
-from waypoint.telemetry import RequestMetrics, parse_baggage, tcp_labels
+from waypoint.telemetry import RequestMetrics, source_peer, tcp_labels
 
 HOST = "reviews.default.svc.cluster.local"
 PEER = InboundPeer(Identity("cluster.local", "default", "sleep"), ("10.0.0.1", 40000), ("10.0.0.2", 15008))
@@ -47,7 +47,7 @@ TCP = {
 
 
 def _downstream(baggage: str | None) -> Downstream:
-    return Downstream(PEER, SERVICE, 80, "10.96.0.1:80", parse_baggage(baggage, PEER.identity.uri))
+    return Downstream(PEER, SERVICE, 80, "10.96.0.1:80", source_peer(baggage, PEER.identity.uri))
 
 
 def _exported(registry: CollectorRegistry, name: str) -> list[dict[str, str]]:

@@ -29,8 +29,8 @@ Interfaces (stable; other components code against these):
 ``meshkit.hbone.request``
     ``connect_headers(SourceMetadata, client_addr, service_host=, traceparent=, forwarded_network=)``,
     ``parse_authority``, ``parse_request -> ConnectRequest`` (``.authority``, ``.traceparent``,
-    ``.forwarded_host``, ``.baggage``, ``.forwarded_network``), ``baggage``, ``forwarded``,
-    ``new_traceparent``.
+    ``.forwarded_host``, ``.baggage``, ``.forwarded_network``), ``baggage`` / ``parse_baggage`` (encode and
+    decode ``SourceMetadata``), ``forwarded``, ``new_traceparent``.
 
 ``meshkit.hbone.server.HboneServer(sock, certificate, handler, settings)``
     ``await start()``, ``stop_accepting()``, ``await close(grace_s)`` (graceful drain: GOAWAY, open streams

@@ -29,12 +29,14 @@ __all__ = [
     "forwarded",
     "new_traceparent",
     "parse_authority",
+    "parse_baggage",
     "parse_request",
 ]
 
 MAX_AUTHORITY = 512  # longer than any DNS name plus a port; longer ones are a bad request
 _HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9\-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9\-]{0,62}))*\.?")
 _FORWARDED_HOST = re.compile(r'(?:^|;)\s*host="?([^";,]+)"?', re.IGNORECASE)
+_NOT_KIND = frozenset({"k8s.cluster.name", "k8s.namespace.name"})  # k8s.*.name members naming no workload
 
 
 class BadRequest(ValueError):
@@ -158,6 +160,33 @@ def baggage(meta: SourceMetadata) -> str:
         ("cloud.availability_zone", meta.zone),
     )
     return ",".join(f"{k}={v}" for k, v in pairs if v)
+
+
+def parse_baggage(value: str | None) -> SourceMetadata | None:
+    """What a ``baggage`` header says about the source workload (the inverse of :func:`baggage`), or None
+    without one. Keys and values are trimmed and empty values skipped; ``workload_type`` is ``""`` when no
+    ``k8s.<type>.name`` member names the workload."""
+    if not value:
+        return None
+    fields: dict[str, str] = {}
+    for member in value.split(","):
+        key, _, val = member.partition("=")
+        key, val = key.strip(), val.strip()
+        if key and val:
+            fields[key] = val
+    kind = next(
+        (k for k in fields if k.startswith("k8s.") and k.endswith(".name") and k not in _NOT_KIND), ""
+    )
+    return SourceMetadata(
+        cluster_id=fields.get("k8s.cluster.name", ""),
+        namespace=fields.get("k8s.namespace.name", ""),
+        workload_type=kind[len("k8s.") : -len(".name")],
+        workload_name=fields.get(kind, ""),
+        canonical_name=fields.get("service.name", ""),
+        canonical_revision=fields.get("service.version", ""),
+        region=fields.get("cloud.region", ""),
+        zone=fields.get("cloud.availability_zone", ""),
+    )
 
 
 def forwarded(client: tuple[str, int], service_host: str | None = None) -> str:

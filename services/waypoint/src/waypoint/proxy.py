@@ -65,7 +65,7 @@ from waypoint.telemetry import (
     Tracing,
     grpc_messages,
     log_access,
-    parse_baggage,
+    source_peer,
     tcp_labels,
 )
 from waypoint.upstream import StreamOpener, UpstreamError, relay_streams
@@ -176,7 +176,7 @@ class WaypointProxy:
                 extra=kv(authority=str(auth), peer=peer.identity.uri, src=peer.address[0]),
             )
             return Reject(503, "no bound service")
-        down = Downstream(peer, svc, auth.port, str(auth), parse_baggage(request.baggage, peer.identity.uri))
+        down = Downstream(peer, svc, auth.port, str(auth), source_peer(request.baggage, peer.identity.uri))
         return Accept(lambda stream: self._serve(stream, down))
 
     async def _serve(self, stream: HboneStream, down: Downstream) -> None:

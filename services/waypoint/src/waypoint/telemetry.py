@@ -21,6 +21,7 @@ import operator
 import secrets
 from collections.abc import Mapping
 
+from meshkit.hbone.request import SourceMetadata, parse_baggage
 from meshkit.istio_labels import REQUEST_LABELS, REQUEST_TCP_LABELS, Peer
 from meshkit.logs import kv
 from opentelemetry import trace
@@ -30,7 +31,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-__all__ = ["RequestMetrics", "Tracing", "parse_baggage", "parse_traceparent", "tcp_labels"]
+__all__ = ["RequestMetrics", "Tracing", "parse_traceparent", "source_peer", "tcp_labels"]
 
 access_log = logging.getLogger("access")
 
@@ -65,31 +66,17 @@ def tcp_labels(labels: tuple[str, ...]) -> tuple[str, ...]:
     return values
 
 
-def parse_baggage(value: str | None, principal: str | None) -> Peer:
+def source_peer(baggage: str | None, principal: str | None) -> Peer:
     """The source peer of a tunnel: workload metadata from the CONNECT ``baggage`` (behaviour.md §2.6), the
-    principal from the TLS peer identity."""
-    fields: dict[str, str] = {}
-    for part in (value or "").split(","):
-        k, _, v = part.strip().partition("=")
-        if k and v:
-            fields[k] = v
-    workload = next(
-        (
-            v
-            for k, v in fields.items()
-            if k.startswith("k8s.")
-            and k.endswith(".name")
-            and k not in {"k8s.cluster.name", "k8s.namespace.name"}
-        ),
-        "",
-    )
+    principal from the TLS peer identity. Without ``service.name`` the canonical service is the workload."""
+    meta = parse_baggage(baggage) or SourceMetadata()
     return Peer(
-        workload=workload,
-        namespace=fields.get("k8s.namespace.name", ""),
+        workload=meta.workload_name,
+        namespace=meta.namespace,
         principal=principal or "",
-        canonical_service=fields.get("service.name", workload),
-        canonical_revision=fields.get("service.version", ""),
-        cluster=fields.get("k8s.cluster.name", ""),
+        canonical_service=meta.canonical_name or meta.workload_name,
+        canonical_revision=meta.canonical_revision,
+        cluster=meta.cluster_id,
     )
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshkit.hbone.relay import RelayResult
-from meshkit.hbone.request import ConnectRequest, baggage
+from meshkit.hbone.request import ConnectRequest, baggage, parse_baggage
 from meshkit.hbone.server import Decision, Forward, InboundPeer, Reject
 from meshkit.hbone.stream import HboneStream
 from meshkit.logs import kv
@@ -39,21 +39,19 @@ log = logging.getLogger("proxy.inbound")
 
 def workload_from_baggage(value: str | None) -> Workload | None:
     """Source labels from the request's ``baggage`` when the peer IP is not a known workload (§7.2)."""
-    if not value:
+    meta = parse_baggage(value)
+    if meta is None:
         return None
-    fields = dict(item.split("=", 1) for item in value.split(",") if "=" in item)
-    generic = ("k8s.cluster.name", "k8s.namespace.name")
-    kind = next((k for k in fields if k.startswith("k8s.") and k.endswith(".name") and k not in generic), "")
     return Workload(
         uid="",
-        name=fields.get(kind, ""),
-        namespace=fields.get("k8s.namespace.name", ""),
-        workload_name=fields.get(kind, ""),
-        workload_type=kind[4:-5] if kind else "deployment",
-        canonical_name=fields.get("service.name", ""),
-        canonical_revision=fields.get("service.version", ""),
-        cluster_id=fields.get("k8s.cluster.name", ""),
-        locality=Locality(fields.get("cloud.region", ""), fields.get("cloud.availability_zone", "")),
+        name=meta.workload_name,
+        namespace=meta.namespace,
+        workload_name=meta.workload_name,
+        workload_type=meta.workload_type or "deployment",
+        canonical_name=meta.canonical_name,
+        canonical_revision=meta.canonical_revision,
+        cluster_id=meta.cluster_id,
+        locality=Locality(meta.region, meta.zone),
     )
 
 
