@@ -39,9 +39,7 @@ def pytest_runtest_makereport(
 
 
 def _say(config: pytest.Config, text: str) -> None:
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(text)
+    providers.announce(config, text)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -147,3 +148,26 @@ def test_image_entrypoint_and_user_match_the_local_image_table(dockerfile: str, 
         missing = f"{name}: the local image table runs {command!r}; the image has no such command"
         assert f"exec {script} " in text, missing
         assert f">/usr/local/bin/{command}" in text, missing
+
+
+def test_the_run_says_which_provider_even_with_output_captured(tmp_path: Path) -> None:
+    """``tox -e e2e`` runs pytest without ``-s``; a fixture's terminal line must still reach the user."""
+    (tmp_path / "test_say.py").write_text(
+        "import pytest\n"
+        "from meshtest.e2e import providers\n"
+        "@pytest.fixture(scope='session')\n"
+        "def said(pytestconfig):\n"
+        "    providers.announce(pytestconfig, 'e2e provider: probe-marker')\n"
+        "def test_one(said):\n"
+        "    pass\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "e2e provider: probe-marker" in proc.stdout

@@ -12,6 +12,7 @@ listed explicitly below (:meth:`KindProvider.plan_up`), which also lets a test c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from meshtest.cluster.config import ClusterLayout
 from meshtest.cluster.control import Cluster
@@ -181,6 +182,18 @@ class KindProvider:
     def down(self) -> None:
         for argv in self.plan_down():
             self.runner(argv)
+
+
+def announce(config: Any, text: str) -> None:
+    """Write ``text`` on the terminal from a fixture (``config`` is the ``pytest.Config``). Output capture is
+    suspended for the line: the reporter's stream is captured too while a fixture runs, so without this
+    the run would say which provider it used only under ``-s``."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        reporter.write_line(text)
 
 
 def docker_available(docker: str = "docker") -> bool:
