@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import re
 import time
@@ -751,11 +752,14 @@ async def test_header_head_trickled_in_small_pieces_is_capped(env: Env) -> None:
     stream.write(b"GET /r HTTP/1.1\r\nhost: reviews\r\nx-pad: ")
     answer = b""
     async with asyncio.timeout(10):
-        for _ in range(100):  # 100 x 1 KiB of one never-ending header value (httptools buffers it silently)
-            stream.write(b"a" * 1024)
-            await stream.drain()
-        while chunk := await stream.read():
-            answer += chunk
+        # the proxy may answer and reset the stream before all of it is sent: what it answered is still read
+        with contextlib.suppress(HboneError):
+            for _ in range(100):  # 100 x 1 KiB of one never-ending header value (httptools buffers it)
+                stream.write(b"a" * 1024)
+                await stream.drain()
+        with contextlib.suppress(HboneError):
+            while chunk := await stream.read():
+                answer += chunk
     assert answer.startswith(b"HTTP/1.1 431 ")
 
 
