@@ -141,8 +141,6 @@ def test_image_entrypoint_and_user_match_the_local_image_table(dockerfile: str, 
     # the components handle SIGTERM (meshkit.drain); the echo server, as PID 1, only SIGINT
     stop = next((x.split()[1] for x in stage if x.startswith("STOPSIGNAL ")), "SIGTERM")
     assert stop == ("SIGINT" if name == "app" else "SIGTERM")
-    if name == "install-cni":
-        return  # services/cni/Dockerfile is the CNI owner's (reported: no install-cni/istio-cni on PATH)
     for command, argv in spec.commands.items():
         script = " ".join("python" if part == PYTHON else part for part in argv)
         missing = f"{name}: the local image table runs {command!r}; the image has no such command"
@@ -171,3 +169,39 @@ def test_the_run_says_which_provider_even_with_output_captured(tmp_path: Path) -
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "e2e provider: probe-marker" in proc.stdout
+
+
+def test_kind_node_files_come_through_docker_exec(tmp_path: Path) -> None:
+    """The argv is ``docker exec <node> sh -c ...``; the shell part runs here as the node's shell would."""
+    (tmp_path / "10-kindnet.conflist").write_text('{"plugins": [{"type": "istio-cni"}]}\n')
+    (tmp_path / "99-loopback.conf").write_text("{}")
+    (tmp_path / "README").write_text("not a config")
+    (tmp_path / "sub.conf").mkdir()
+    seen: list[list[str]] = []
+
+    def node_shell(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        seen.append(list(argv))
+        assert list(argv[:4]) == ["docker", "exec", "ambient-e2e-worker", "sh"]
+        return subprocess.run(list(argv[3:]), capture_output=True, text=True, check=True)
+
+    kind = providers.KindProvider(runner=node_shell)
+    files = kind.node_files("ambient-e2e-worker", str(tmp_path), "*.conf*")
+    assert files == {
+        "10-kindnet.conflist": '{"plugins": [{"type": "istio-cni"}]}\n',
+        "99-loopback.conf": "{}",
+    }
+    assert kind.node_files("ambient-e2e-worker", str(tmp_path / "missing")) == {}
+    assert len(seen) == 2
+
+
+def test_local_node_files_read_the_node_root(tmp_path: Path) -> None:
+    layout = providers.ClusterLayout(cache=tmp_path, workers=2, instance=9)
+    node = layout.nodes[1].name
+    conf = layout.node_root(node) / "etc/cni/net.d"
+    conf.mkdir(parents=True)
+    (conf / "10-amb-bridge.conflist").write_text("chained istio-cni")
+    (conf / "other").write_text("x")
+    local = providers.LocalProvider(layout=layout)
+    found = local.node_files(node, "/etc/cni/net.d", "*.conf*")
+    assert found == {"10-amb-bridge.conflist": "chained istio-cni"}
+    assert local.node_files(layout.nodes[0].name, "/etc/cni/net.d") == {}
