@@ -1,6 +1,7 @@
 """Enrolling and unenrolling pods on this node (behaviour.md §3.1): the one updater of the pod cache.
 
-Enrol: open the pod netns → in-pod rules (failure is final for this attempt) → probe ipset → cache → hand
+Enrol: open the pod netns → in-pod rules (failure is final for this attempt) → ``tcp_migrate_req`` (best
+effort, :mod:`istio_cni.podsysctl`) → probe ipset → cache → hand
 to the newest ztunnel over ZDS → on ack, annotate ``ambient.istio.io/redirection: enabled``; without
 an ack the pod is annotated ``pending`` and retried every ``retry_interval`` (and it is in the next ztunnel's
 snapshot). The annotation tells the truth within one retry interval: a ztunnel refusing a pod in its
@@ -32,6 +33,7 @@ from istio_cni.iptables import RuleError, apply_pod_rules, remove_pod_rules
 from istio_cni.metrics import CniMetrics
 from istio_cni.netns import Netns, NetnsError
 from istio_cni.netnsfind import find_named_netns, find_netns_path
+from istio_cni.podsysctl import enable_reqsk_migration
 from istio_cni.rules import InvalidRuleConfig, PodRuleConfig
 from istio_cni.zdshub import ZdsPod, ZtunnelHub
 
@@ -109,6 +111,7 @@ class MeshDataplane:
         self._marks: dict[str, str | None] = {}  # the annotation value each cached pod carries
         self.hub: ZtunnelHub | None = None  # set by the app (the hub needs our snapshot, we need the hub)
         self.window_s = cfg.retry_window_s
+        self._reqsk_warned = False
 
     def snapshot(self) -> list[ZdsPod]:
         return [rec.zds() for rec in self.pods.values()]
@@ -166,6 +169,7 @@ class MeshDataplane:
         try:
             if apply_rules:
                 await apply_pod_rules(netns, rule_config(pod, self.cfg), self.cfg.ipv6)
+            await self._enable_reqsk_migration(netns)  # also for a previous agent's rules: idempotent
             if self.host is not None:
                 await self.host.add_ips(ips)
         except BaseException:
@@ -186,6 +190,16 @@ class MeshDataplane:
             "pod enrolled", extra=kv(pod=f"{rec.namespace}/{rec.name}", uid=uid, state=self.pods[uid].state)
         )
         return acked
+
+    async def _enable_reqsk_migration(self, netns: Netns) -> None:
+        reason = await enable_reqsk_migration(netns)
+        if reason is not None and not self._reqsk_warned:
+            self._reqsk_warned = True  # the cause (kernel, runtime) is the same for every pod of this node
+            log.warning(
+                "could not set net.ipv4.tcp_migrate_req in a pod network namespace (logged once): a ztunnel"
+                " rollout may reset connections still queued on the old ztunnel's listeners",
+                extra=kv(netns=netns.source, error=reason),
+            )
 
     async def _roll_back(self, netns: Netns, ips: tuple[str, ...], *, rules: bool) -> None:
         """Undo a half-done enrol; left behind, the rules would send the pod's traffic to listeners that no
