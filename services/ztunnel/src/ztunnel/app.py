@@ -88,10 +88,31 @@ def _trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _enable_reqsk_migration() -> None:
-    """Per-netns sysctl: on listener close, queued connections move to another SO_REUSEPORT listener."""
-    with contextlib.suppress(OSError), open("/proc/sys/net/ipv4/tcp_migrate_req", "w") as f:
-        f.write("1")
+_reqsk_unset_noted: list[None] = [None]  # popped by the first note: one per process, atomic under the GIL
+
+
+def _enable_reqsk_migration(path: str = "/proc/sys/net/ipv4/tcp_migrate_req") -> None:
+    """Per-netns sysctl: on listener close, queued connections move to another SO_REUSEPORT listener.
+
+    Runs in the pod netns. The istio-cni agent sets it when it enrols the pod, since in a container ztunnel's
+    ``/proc/sys`` is read-only; this is the fallback (an agent that did not, or a host where ztunnel may
+    write). It cannot fail the pod: without it a hand-over may reset connections still queued on the old
+    ztunnel's listeners, which is noted once per process.
+    """
+    try:
+        with open(path) as f:
+            if f.read().strip() == "1":
+                return
+        with open(path, "w") as f:
+            f.write("1")
+    except OSError as exc:
+        with contextlib.suppress(IndexError):
+            _reqsk_unset_noted.pop()
+            log.info(
+                "tcp_migrate_req is not set in a pod netns and ztunnel cannot set it (logged once): a"
+                " hand-over to a new ztunnel may reset connections queued on this one's listeners",
+                extra=kv(error=str(exc)),
+            )
 
 
 @dataclass
