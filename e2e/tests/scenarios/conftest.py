@@ -70,7 +70,7 @@ def mesh(kube: KubeCluster, provider: providers.Provider, pytestconfig: pytest.C
 def _mesh_session(
     kube: KubeCluster, provider: providers.Provider, pytestconfig: pytest.Config
 ) -> Iterator[Mesh]:
-    installed = Mesh(kube, values=provider.helm_values)
+    installed = Mesh(kube, values=provider.helm_values, read_node_files=provider.node_files)
     if installed.installed():  # left by a previous run or by scripts/demo: upgrade it in place
         installed.helm_install(installed_chart(), upgrade=True)
         installed.wait_ready()

@@ -4,6 +4,7 @@ ztunnel and one CNI agent per node, the waypoint GatewayClass, and the mesh root
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from meshtest.e2e.mesh import Mesh
@@ -36,3 +37,15 @@ def test_root_cert_published_to_new_namespace(kube: KubeCluster, mesh: Mesh, mak
         f"istio-ca-root-cert in {ns}", lambda: kube.get("configmap", "istio-ca-root-cert", ns), timeout=60
     )
     assert "BEGIN CERTIFICATE" in cm["data"]["root-cert.pem"]
+
+
+def test_cni_plugin_runs_from_the_runtime_copied_onto_each_node(mesh: Mesh) -> None:
+    """A real node has no Python: the agent copies the plugin's own runtime next to the launcher, and the
+    launcher runs that (on the local provider too, which builds the runtime the image would carry)."""
+    for node in mesh.nodes():
+        launcher = mesh.node_files(node, "/opt/cni/bin", "istio-cni").get("istio-cni", "")
+        found = re.search(r'rt="\$d/istio-cni\.d/([0-9a-f]+)"', launcher)
+        assert found, f"{node}: the launcher does not use a node runtime:\n{launcher}"
+        version = mesh.node_files(node, f"/opt/cni/bin/istio-cni.d/{found[1]}", "VERSION").get("VERSION")
+        assert version, f"{node}: the launcher's runtime istio-cni.d/{found[1]} is not on the node"
+        assert json.loads(version)["hash"] == found[1]

@@ -14,7 +14,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,8 @@ class Mesh:
     namespace: str = NAMESPACE
     release: str = RELEASE
     timings: dict[str, float] = field(default_factory=dict)
+    #: reads a node's files (the provider's ``node_files``); by default the local cluster's node directories
+    read_node_files: Callable[[str, str, str], dict[str, str]] | None = None
 
     def nodes(self) -> list[str]:
         return [n["metadata"]["name"] for n in self.kube.get("nodes")["items"]]
@@ -181,17 +183,22 @@ class Mesh:
                 "will fail CNI ADD; see the istio-cni-node logs for its 'shutting down' decision"
             )
 
+    def node_files(self, node: str, directory: str, pattern: str = "*") -> dict[str, str]:
+        """A node's files (as :meth:`Provider.node_files`): the provider's reader, else the local layout's."""
+        if self.read_node_files is not None:
+            return self.read_node_files(node, directory, pattern)
+        if self.kube.layout is None:
+            raise RuntimeError("no way to read node files: pass read_node_files (the provider's node_files)")
+        path = self.kube.layout.node_root(node) / directory.lstrip("/")
+        return {f.name: f.read_text() for f in sorted(path.glob(pattern)) if f.is_file()}
+
     def nodes_with_cni_plugin(self) -> list[str]:
-        """Nodes whose CNI config still chains istio-cni (local provider only: it reads the node's files)."""
-        layout = self.kube.layout
-        if layout is None:
-            return []
+        """Nodes whose CNI config still chains istio-cni."""
         return [
-            node.name
-            for node in layout.nodes
+            node
+            for node in self.nodes()
             if any(
-                "istio-cni" in path.read_text()
-                for path in (layout.node_root(node.name) / "etc/cni/net.d").glob("*.conf*")
+                "istio-cni" in text for text in self.node_files(node, "/etc/cni/net.d", "*.conf*").values()
             )
         ]
 

@@ -16,6 +16,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -75,19 +76,42 @@ class Provider(Protocol):
 
     def down(self) -> None: ...
 
+    def node_files(self, node: str, directory: str, pattern: str = "*") -> dict[str, str]:
+        """The regular files matching the glob ``pattern`` directly in ``directory`` on ``node`` (as the node
+        sees its own filesystem): name → text; ``{}`` when the directory does not exist."""
+        ...
+
+
+#: where the local provider builds the CNI plugin's node runtime (in the cluster's run directory)
+PLUGIN_RUNTIME_DIR = "cni-plugin-runtime"
+
 
 @dataclass
 class LocalProvider:
-    """The local cluster: reused when up (and left up), else started and stopped around the run."""
+    """The local cluster: reused when up (and left up), else started and stopped around the run.
+
+    The image table maps the chart's images to commands, so no image values are needed. One value is: the
+    install-cni image carries a self-contained Python runtime for the CNI plugin that the agent copies onto
+    each node (a real node has no Python); the local cluster's pods run from the host's environment, so ``up``
+    builds that runtime from this interpreter and points the agent at it. The suite then exercises the same
+    plugin path as on kind, instead of the launcher that execs the host's interpreter.
+    """
 
     layout: ClusterLayout = field(default_factory=ClusterLayout.default)
     name: str = "local"
-    helm_values: dict[str, str] = field(default_factory=dict)  # the image table maps the chart defaults
+    helm_values: dict[str, str] = field(default_factory=dict)
     _started: bool = False
 
     def up(self) -> KubeCluster:
         self._started = Cluster(self.layout).ensure_up()  # safe when other sessions ask at the same time
+        runtime = self.layout.run / PLUGIN_RUNTIME_DIR
+        run([sys.executable, "-m", "istio_cni.runtime", "build", "--into", str(runtime)])
+        self.helm_values["cni.env.CNI_PLUGIN_RUNTIME"] = str(runtime)
         return KubeCluster(self.layout.kubeconfig, self.layout)
+
+    def node_files(self, node: str, directory: str, pattern: str = "*") -> dict[str, str]:
+        path = self.layout.node_root(node) / directory.lstrip("/")
+        return {f.name: f.read_text(errors="replace") for f in sorted(path.glob(pattern)) if f.is_file()}
 
     def down(self) -> None:
         if self._started and os.environ.get("AMBIENT_CLUSTER_KEEP") != "1":
@@ -182,6 +206,19 @@ class KindProvider:
     def down(self) -> None:
         for argv in self.plan_down():
             self.runner(argv)
+
+    def plan_node_files(self, node: str, directory: str, pattern: str = "*") -> list[str]:
+        """kind's node containers are named after their Kubernetes nodes: ``docker exec`` prints each regular
+        file in ``directory`` as ``name NUL text NUL`` (nothing when the directory is missing)."""
+        script = (
+            'cd "$1" 2>/dev/null || exit 0; '
+            'for f in $2; do [ -f "$f" ] && printf "%s\\0" "$f" && cat "$f" && printf "\\0"; done; exit 0'
+        )
+        return [self.docker, "exec", node, "sh", "-c", script, "sh", directory, pattern]
+
+    def node_files(self, node: str, directory: str, pattern: str = "*") -> dict[str, str]:
+        parts = self.runner(self.plan_node_files(node, directory, pattern)).stdout.split("\0")
+        return dict(zip(parts[0:-1:2], parts[1::2], strict=False))
 
 
 def announce(config: Any, text: str) -> None:
