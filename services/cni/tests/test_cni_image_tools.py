@@ -84,8 +84,19 @@ def test_agent_executes_only_through_run_command() -> None:
     assert {f.split(":")[0] for f in found} == {"netns.py"}, found
 
 
+class ExecLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def names(self) -> set[str]:
+        return set(self.path.read_text().split()) if self.path.exists() else set()
+
+
 @pytest.fixture
-def exec_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], set[str]]:
+def exec_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ExecLog:
     """``PATH`` = shims of every system program, each logging its name and exec'ing the real one."""
     shims, log = tmp_path / "shims", tmp_path / "exec.log"
     shims.mkdir()
@@ -99,7 +110,7 @@ def exec_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], se
                 shim.write_text(f"#!/bin/sh\necho '{name}' >>'{log}'\nexec '{real}' \"$@\"\n")
                 shim.chmod(0o755)
     monkeypatch.setenv("PATH", str(shims))
-    return lambda: set(log.read_text().split()) if log.exists() else set()
+    return ExecLog(log)
 
 
 class Annotations:
@@ -117,9 +128,10 @@ def pod(ip: str) -> dict[str, Any]:
 
 @pytest.mark.root
 async def test_programs_the_agent_runs_are_in_the_image(
-    make_netns: Callable[[], Any], subnet: str, exec_log: Callable[[], set[str]]
+    make_netns: Callable[[], Any], subnet: str, exec_log: ExecLog
 ) -> None:
     node, pod_ns = Netns.open(make_netns().path), make_netns()
+    exec_log.clear()  # only what the agent runs from here on
     host = HostRules(node, DEFAULT_PROBE_SNAT_V4, DEFAULT_PROBE_SNAT_V6)
     dataplane = MeshDataplane(DataplaneConfig(), Annotations(), CniMetrics(new_registry()), host)
     try:
@@ -131,7 +143,7 @@ async def test_programs_the_agent_runs_are_in_the_image(
     finally:
         dataplane.close()
         node.close()
-    ran = exec_log()
+    ran = exec_log.names()
     assert {"nsenter", "ipset", "iptables-restore", "ip6tables-restore", "ip"} <= ran  # the shims work
     unknown = sorted(ran - PACKAGE_OF.keys())
     assert not unknown, f"the agent runs {unknown}: add each with its Debian package to PACKAGE_OF"
