@@ -1,6 +1,6 @@
-"""The Argo CD reference (samples/ambient-argo): Applications valid against our structural Application
-schema, chart paths that exist, Helm values every chart's schema accepts and renders, ordered sync waves, and
-workloads valid against the base chart's CRDs and the Kubernetes schema."""
+"""The Argo CD reference (samples/ambient-argo): Applications valid against Argo CD's own CRDs (from its Go
+module) and our stricter Application schema, chart paths that exist, Helm values every chart's schema accepts
+and renders, ordered sync waves, workloads valid against the base chart's CRDs and the Kubernetes schema."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import jsonschema
 from meshtest.e2e import charts, k8sschema
 from meshtest.e2e.crdschema import CrdValidator
-from meshtest.e2e.samples import ARGO_CRD, applications, docs, workloads
+from meshtest.e2e.samples import ARGO_CRD, applications, docs, upstream_argo_crds, workloads
 from meshtest.e2e.tools import REPO
 
 Obj = dict[str, Any]
@@ -26,6 +26,20 @@ def test_applications_fit_the_application_schema() -> None:
     assert len(apps) == 6
     for app in apps:
         assert validator.errors(app) == []
+
+
+def test_applications_fit_argo_cds_own_crds() -> None:
+    """Against the CRDs Argo CD publishes (from its Go module), with strict field validation: a misspelt or
+    misplaced field in the sample fails here as ``kubectl apply --validate=strict`` would fail it."""
+    validator = CrdValidator(upstream_argo_crds())
+    apps = applications()
+    assert apps
+    for app in apps:
+        assert validator.knows(app), (app["apiVersion"], app["kind"])
+        assert validator.errors(app) == []
+    broken = json.loads(json.dumps(apps[0]))
+    broken["spec"]["syncPolicy"]["automatedd"] = {}
+    assert any("automatedd" in e for e in validator.errors(broken))
 
 
 def test_every_path_exists_and_every_helm_value_is_a_chart_value() -> None:

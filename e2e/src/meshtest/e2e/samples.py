@@ -3,6 +3,11 @@ scenarios apply, loaded for the validation tests."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +18,41 @@ from meshtest.e2e.tools import REPO
 
 SAMPLE = REPO / "samples" / "ambient-argo"
 ARGO_CRD = SAMPLE / "argocd" / "schema" / "applications.argoproj.io.yaml"
+#: Argo CD's own CRDs come from its Go module (the proxy is a package registry, and `go` checks the module
+#: against the checksum database); the version the sample's README is written against
+ARGO_CD_MODULE = "github.com/argoproj/argo-cd/v3"
+ARGO_CD_VERSION = "v3.2.0"
 Obj = dict[str, Any]
+
+
+def go_tool() -> str:
+    """The ``go`` command: PATH first, then where scripts/setup puts one (Go's default install dir, or the
+    toolchain it fetched)."""
+    tools = Path(os.environ.get("AMBIENT_TOOLS", Path.home() / ".cache" / "ambient-tools"))
+    for candidate in (shutil.which("go"), "/usr/local/go/bin/go", *map(str, tools.glob("go*/bin/go"))):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeError("no go command: run scripts/setup (it fetches Go when the machine has none)")
+
+
+def upstream_argo_crds() -> list[Obj]:
+    """Argo CD's published CRDs (Application, ApplicationSet, AppProject) at :data:`ARGO_CD_VERSION`, from the
+    Go module cache (downloaded once through GOPROXY)."""
+    proc = subprocess.run(
+        [go_tool(), "mod", "download", "-json", f"{ARGO_CD_MODULE}@{ARGO_CD_VERSION}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+        env={**os.environ, "GOFLAGS": "-mod=mod", "GO111MODULE": "on"},
+        cwd=tempfile.gettempdir(),  # outside any module: a plain download
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"go mod download {ARGO_CD_MODULE}@{ARGO_CD_VERSION}: {proc.stdout}{proc.stderr}")
+    crds = Path(json.loads(proc.stdout)["Dir"]) / "manifests" / "crds"
+    return [
+        d for name in ("application", "applicationset", "appproject") for d in docs(crds / f"{name}-crd.yaml")
+    ]
 
 
 def docs(path: Path) -> list[Obj]:
