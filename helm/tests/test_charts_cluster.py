@@ -17,7 +17,7 @@ import pytest
 import yaml
 from meshtest.e2e import charts
 from meshtest.e2e.mesh import Mesh, exclusive, previous_charts
-from meshtest.e2e.samples import ARGO_CRD, applications, scenario_resources, workloads
+from meshtest.e2e.samples import applications, scenario_resources, upstream_argo_crds, workloads
 from meshtest.e2e.tools import REPO, chart
 from meshtest.fixtures import kube_cluster  # noqa: F401 - fixture used by name
 from meshtest.kube import KubeCluster
@@ -116,18 +116,27 @@ def test_custom_resources_pass_the_installed_crds(kube_cluster: KubeCluster, scr
 
 
 def test_argo_applications_pass_server_validation(kube_cluster: KubeCluster, scratch: str) -> None:  # noqa: F811
-    crd = yaml.safe_load(ARGO_CRD.read_text())
+    """Server-side dry-run of the sample's Applications against Argo CD's own Application CRD."""
+    crd = next(c for c in upstream_argo_crds() if c["spec"]["names"]["kind"] == "Application")
     existing = {c["metadata"]["name"] for c in kube_cluster.get("crd")["items"]}
     if crd["metadata"]["name"] in existing:
         pytest.fail("an Application CRD already exists (a real Argo CD?): refusing to replace it in a test")
-    kube_cluster.apply(crd)
+    kube_cluster.kubectl("create", "-f", "-", input=yaml.safe_dump(crd))  # too big for apply's annotation
     try:
-        kube_cluster.kubectl(
-            "wait", "--for=condition=Established", "crd/applications.argoproj.io", "--timeout=60s"
+        kube_cluster.wait_for(  # not `kubectl wait`: it errors while a fresh CRD has no conditions yet
+            "the Application CRD to be established",
+            lambda: any(
+                c["type"] == "Established" and c["status"] == "True"
+                for c in (kube_cluster.get("crd", crd["metadata"]["name"]).get("status") or {}).get(
+                    "conditions"
+                )
+                or []
+            ),
+            timeout=60,
         )
         dry_run(kube_cluster, in_namespace(applications(), scratch), scratch)
     finally:
-        kube_cluster.kubectl("delete", "crd", "applications.argoproj.io", "--wait=false", check=False)
+        kube_cluster.kubectl("delete", "crd", crd["metadata"]["name"], "--wait=false", check=False)
 
 
 def test_repo_root_found() -> None:
