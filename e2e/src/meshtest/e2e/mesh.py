@@ -25,6 +25,8 @@ from meshtest.kube import KubeCluster
 
 NAMESPACE = "istio-system"
 RELEASE = "ambient"
+#: the label naming the chart that rendered an object (our CRDs: istio-base)
+CHART_NAME_LABEL = "app.kubernetes.io/name"
 
 
 @contextlib.contextmanager
@@ -88,15 +90,23 @@ class Mesh:
 
     def adopt_crds(self) -> list[str]:
         """Hand CRDs of our charts that exist without a Helm owner (applied by hand, e.g. by a component's own
-        cluster test) to this release, as an operator would, so ``helm install`` can take them over."""
-        wanted = {
-            c["metadata"]["name"]
-            for c in by_kind(render("ambient", values=self.values), "CustomResourceDefinition")
-        }
+        cluster test) to this release, as an operator would, so ``helm install`` can take them over.
+
+        Only copies of our own CRDs (they carry our chart's name label): the suite wants our schemas, and the
+        base chart would leave an unowned one alone. Another owner's (the provider's, upstream's
+        standard-install.yaml) stays theirs, as the chart leaves it; adopting it would replace their schemas.
+        """
+        rendered = by_kind(render("ambient", values=self.values), "CustomResourceDefinition")
+        wanted = {c["metadata"]["name"] for c in rendered}
+        ours = {(k, v) for c in rendered for k, v in c["metadata"]["labels"].items() if k == CHART_NAME_LABEL}
         adopted = []
         for crd in self.kube.get("crd")["items"]:
             meta = crd["metadata"]
-            if meta["name"] in wanted and "meta.helm.sh/release-name" not in (meta.get("annotations") or {}):
+            if (
+                meta["name"] in wanted
+                and "meta.helm.sh/release-name" not in (meta.get("annotations") or {})
+                and set((meta.get("labels") or {}).items()) & ours
+            ):
                 self.kube.kubectl(
                     "annotate",
                     "crd",
