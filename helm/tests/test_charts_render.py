@@ -113,3 +113,22 @@ def test_unknown_profile_fails_on_direct_install() -> None:
 
 def test_golden_file_is_yaml() -> None:
     assert [d for d in yaml.safe_load_all(GOLDEN.read_text()) if d]
+
+
+GATEWAY_API_CRDS = {
+    f"{plural}.gateway.networking.k8s.io"
+    for plural in ("gatewayclasses", "gateways", "httproutes", "grpcroutes", "referencegrants")
+}
+
+
+def test_offline_render_has_every_gateway_api_crd() -> None:
+    """The chart leaves a Gateway API CRD another owner has in the cluster alone (``lookup``), but offline
+    renders (``helm template``: the golden file, Argo CD) see no cluster and so always contain all of them."""
+    crds = {
+        c["metadata"]["name"] for c in charts.by_kind(charts.render("ambient"), "CustomResourceDefinition")
+    }
+    assert crds >= GATEWAY_API_CRDS
+    alone = charts.render("base", release="istio-base", values={"gatewayAPI.enabled": True})
+    assert {c["metadata"]["name"] for c in alone} >= GATEWAY_API_CRDS
+    off = charts.render("ambient", values={"base.gatewayAPI.enabled": False})
+    assert not {c["metadata"]["name"] for c in off} & GATEWAY_API_CRDS
