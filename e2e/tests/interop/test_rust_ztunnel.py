@@ -1,0 +1,375 @@
+"""Wire compatibility with the REAL upstream ztunnel (Rust): our istiod serves it config and certificates.
+
+Our istiod runs in-process against the local cluster's API server (as the istiod cluster tests do), with its
+CA on and TLS on its gRPC port. The Rust ztunnel (built by ``scripts/build-rust-ztunnel``; path in
+``AMBIENT_RUST_ZTUNNEL``) runs as a separate process in shared (in-pod) mode with no CNI: no ZDS server
+answers on its ``INPOD_UDS``, so it captures no traffic, but it subscribes to delta xDS and prefetches
+certificates for HBONE workloads on its node, which is all this test needs. With the local cluster it runs
+inside a cluster node's network namespace, so its fixed ports (15000/15020/15021) cannot collide with anything
+on the host; istiod listens on the bridge address that namespace routes to.
+
+Pods are bound to made-up node names (no kubelet runs them); the test writes their status (IP, Ready) as a
+kubelet would. ztunnel's token is a real ServiceAccount token for audience ``istio-ca`` bound to its own pod,
+which is what our CA's node authorizer needs to let it impersonate the workloads on its node.
+
+Asserted from ztunnel's own ``/config_dump``: it holds our Workload and Service resources (names, addresses,
+identities, ports, endpoints), follows an update and a removal, holds a certificate for the HBONE workload on
+its node issued by our root, and sends no NACK (checked on both sides: istiod's ``pilot_total_xds_rejects``
+and ztunnel's log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from cryptography import x509
+from istiod.app import App, build
+from istiod.settings import Settings
+from meshkit.k8s import KubeClient
+from meshkit.netns import arun_in_netns
+from meshtest.fixtures import kube_cluster, kube_namespace  # noqa: F401 - pytest fixtures
+from meshtest.kube import KubeCluster
+
+pytestmark = [pytest.mark.cluster, pytest.mark.root, pytest.mark.interop]
+
+BINARY_ENV = "AMBIENT_RUST_ZTUNNEL"
+DEFAULT_BINARY = Path.home() / ".cache" / "ambient-interop" / "target" / "release" / "ztunnel"
+IMAGE = "localhost:5000/app:istio-testing"
+NODE = "interop-node"  # made up: ztunnel's node; the pods here are never run
+OTHER_NODE = "interop-other-node"
+ZTUNNEL_IP, WEB_IP, DB_IP = "10.244.250.20", "10.244.250.21", "10.244.250.22"
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="session")
+def ztunnel_binary() -> Path:
+    """The Rust ztunnel to test; a missing one fails (not skips): selecting this test means wanting it.
+    Session-scoped and first in the test's arguments, so it fails before the cluster is brought up."""
+    path = Path(os.environ.get(BINARY_ENV) or DEFAULT_BINARY)
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(
+            f"no Rust ztunnel binary at {path}: build one with scripts/build-rust-ztunnel"
+            f" (needs Rust >= 1.90) and point {BINARY_ENV} at it",
+            pytrace=False,
+        )
+    return path
+
+
+# -- cluster objects -----------------------------------------------------------------------------------------
+
+
+def pod(ns: str, name: str, *, sa: str, node: str, labels: dict[str, str], hbone: bool) -> dict[str, Any]:
+    annotations = {"ambient.istio.io/redirection": "enabled"} if hbone else {}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels, "annotations": annotations},
+        "spec": {"serviceAccountName": sa, "nodeName": node, "containers": [{"name": "app", "image": IMAGE}]},
+    }
+
+
+def service(ns: str, name: str, ports: list[tuple[str, int, int]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "selector": {"app": name},
+            "ports": [{"name": n, "port": p, "targetPort": t} for n, p, t in ports],
+        },
+    }
+
+
+def run_pod(cluster: KubeCluster, ns: str, name: str, ip: str) -> None:
+    """Write the status a kubelet would: Running, Ready, with an IP."""
+    status = {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                         "conditions": [{"type": "Ready", "status": "True"}]}}  # fmt: skip
+    cluster.kubectl(
+        "patch", "pod", name, "-n", ns, "--subresource=status", "--type=merge", "-p", json.dumps(status)
+    )
+
+
+@pytest.fixture
+def mesh_objects(kube_cluster: KubeCluster, kube_namespace: str) -> Iterator[str]:  # noqa: F811
+    """ztunnel's own pod (its token is bound to it), an HBONE workload on its node behind a Service, and a
+    plain workload on another node behind another Service."""
+    ns, k = kube_namespace, kube_cluster
+    for sa in ("ztunnel", "web", "db"):
+        k.kubectl("create", "serviceaccount", "-n", ns, sa)
+    k.apply(
+        [
+            pod(ns, "ztunnel-interop", sa="ztunnel", node=NODE, labels={"app": "ztunnel"}, hbone=False),
+            pod(ns, "web-1", sa="web", node=NODE, labels={"app": "web"}, hbone=True),
+            pod(ns, "db-1", sa="db", node=OTHER_NODE, labels={"app": "db"}, hbone=False),
+            service(ns, "web", [("http", 80, 8080)]),
+            service(ns, "db", [("tcp", 5432, 5432)]),
+        ],
+        ns,
+    )
+    for name, ip in (("ztunnel-interop", ZTUNNEL_IP), ("web-1", WEB_IP), ("db-1", DB_IP)):
+        run_pod(k, ns, name, ip)
+    try:
+        yield ns
+    finally:  # no kubelet will ever confirm their deletion
+        k.kubectl("delete", "pods", "--all", "-n", ns, "--force", "--grace-period=0", check=False)
+
+
+# -- istiod (ours, in-process) -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def istiod(
+    kube_cluster: KubeCluster,  # noqa: F811
+    mesh_objects: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> AsyncIterator[App]:
+    ns = mesh_objects
+    # The CA reads its settings from the environment: keep its Secrets, root ConfigMap and trusted node
+    # account inside this test's namespace, and never pick up a plug-in CA from the machine.
+    monkeypatch.setenv("POD_NAMESPACE", ns)
+    monkeypatch.setenv("CA_TRUSTED_NODE_ACCOUNTS", f"{ns}/ztunnel")
+    monkeypatch.setenv("CACERTS_DIR", str(tmp_path / "no-cacerts"))
+    host = kube_cluster.layout.bridge_gateway if kube_cluster.layout is not None else "127.0.0.1"
+    settings = Settings(
+        secure_xds_addr=f"{host}:0", plaintext_xds_addr="", monitoring_addr="127.0.0.1:0",
+        readiness_addr="127.0.0.1:0", ca_enabled=True, leader_election=True, namespace=ns,
+        lease_name="istiod-interop", pod_name="istiod-interop", debounce_s=0.05,
+    )  # fmt: skip
+    app = await build(settings, kube_client=KubeClient.from_config(str(kube_cluster.kubeconfig)))
+    try:
+        async with asyncio.timeout(60):
+            await app.readiness.wait_ready()
+        yield app
+    finally:
+        await app.shutdown()
+
+
+# -- the Rust ztunnel ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class RustZtunnel:
+    process: asyncio.subprocess.Process
+    log_path: Path
+    netns: str | None  # path of the netns it runs in; None: the host's
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    async def get(self, port: int, path: str) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{port}{path}"
+        if self.netns is None:
+            return await asyncio.to_thread(http_get, url)
+        return await arun_in_netns(self.netns, http_get, url)
+
+    async def config_dump(self) -> dict[str, Any]:
+        code, body = await self.get(15000, "/config_dump")
+        assert code == 200, f"/config_dump answered {code}: {body[:500]}"
+        dump: dict[str, Any] = json.loads(body)
+        return dump
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def ztunnel_env(app: App, ns: str, host: str, files: Path) -> dict[str, str]:
+    root = files / "root-cert.pem"
+    root.write_bytes(app.ca.ca.roots_pem)
+    address = f"https://{host}:{app.addresses['xds']}"
+    istiod_host = f"istiod.{ns}.svc"  # the name on istiod's serving certificate
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "RUST_LOG": "info,ztunnel::xds=debug",
+        "XDS_ADDRESS": address,
+        "CA_ADDRESS": address,
+        "ALT_XDS_HOSTNAME": istiod_host,
+        "ALT_CA_HOSTNAME": istiod_host,
+        "XDS_ROOT_CA": str(root),
+        "CA_ROOT_CA": str(root),
+        "AUTH_TOKEN": str(files / "istio-token"),
+        "CLUSTER_ID": "Kubernetes",
+        "POD_NAME": "ztunnel-interop",
+        "POD_NAMESPACE": ns,
+        "NODE_NAME": NODE,
+        "INSTANCE_IP": ZTUNNEL_IP,
+        "INPOD_UDS": str(files / "ztunnel.sock"),  # nobody serves ZDS here: no pod is ever captured
+        "ZTUNNEL_WORKER_THREADS": "1",
+    }
+
+
+@pytest.fixture
+async def rust_ztunnel(
+    ztunnel_binary: Path,
+    istiod: App,
+    kube_cluster: KubeCluster,  # noqa: F811
+    mesh_objects: str,
+    tmp_path: Path,
+) -> AsyncIterator[RustZtunnel]:
+    binary, ns = ztunnel_binary, mesh_objects
+    token = kube_cluster.kubectl(
+        "create", "token", "ztunnel", "-n", ns, "--audience", "istio-ca", "--duration", "1h",
+        "--bound-object-kind", "Pod", "--bound-object-name", "ztunnel-interop",
+    ).stdout.strip()  # fmt: skip
+    (tmp_path / "istio-token").write_text(token)
+    layout = kube_cluster.layout
+    netns = layout.nodes[-1].netns_path if layout is not None else None
+    host = layout.bridge_gateway if layout is not None else "127.0.0.1"
+    argv = [str(binary)] if netns is None else ["nsenter", f"--net={netns}", "--", str(binary)]
+    log_path = tmp_path / "ztunnel.log"
+    with log_path.open("wb") as log:
+        env = ztunnel_env(istiod, ns, host, tmp_path)
+        process = await asyncio.create_subprocess_exec(*argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    zt = RustZtunnel(process, log_path, netns)
+    try:
+        yield zt
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 20)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+
+
+async def eventually(
+    zt: RustZtunnel, what: str, check: Callable[[], Awaitable[T | None]], within_s: float = 60
+) -> T:
+    """Poll ``check`` (ztunnel's admin API has no watch) until it returns a value; fail with ztunnel's log."""
+    last: object = None
+    try:
+        async with asyncio.timeout(within_s):
+            while True:
+                if zt.process.returncode is not None:
+                    raise AssertionError(f"ztunnel exited ({zt.process.returncode}):\n{zt.log_tail()}")
+                try:
+                    result = await check()
+                except (OSError, ValueError, AssertionError) as err:  # not up yet, or not there yet
+                    last = err
+                else:
+                    if result is not None:
+                        return result
+                await asyncio.sleep(0.25)
+    except TimeoutError:
+        raise AssertionError(
+            f"timed out waiting for ztunnel {what}; last: {last!r}\n{zt.log_tail()}"
+        ) from None
+
+
+def by_uid(dump: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {w["uid"]: w for w in dump.get("workloads") or []}
+
+
+def by_host(dump: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["hostname"]: s for s in dump.get("services") or []}
+
+
+def metric(app: App, sample: str) -> float:
+    """A sample's value summed over all its label sets (istiod's registry, read in-process)."""
+    return sum(s.value for m in app.registry.collect() for s in m.samples if s.name == sample)
+
+
+# -- the test ------------------------------------------------------------------------------------------------
+
+
+async def test_rust_ztunnel_takes_config_and_certificates_from_our_istiod(
+    ztunnel_binary: Path,
+    istiod: App,
+    rust_ztunnel: RustZtunnel,
+    kube_cluster: KubeCluster,  # noqa: F811
+    mesh_objects: str,
+) -> None:
+    ns, zt = mesh_objects, rust_ztunnel
+    web_uid, db_uid = f"Kubernetes//Pod/{ns}/web-1", f"Kubernetes//Pod/{ns}/db-1"
+    web_host, db_host = f"web.{ns}.svc.cluster.local", f"db.{ns}.svc.cluster.local"
+    web_ip = kube_cluster.get("service", "web", ns)["spec"]["clusterIP"]
+
+    async def has(keys: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+        dump = await zt.config_dump()
+        return dump if keys(dump) else None
+
+    # 1. Workloads and Services arrive over delta xDS.
+    def all_there(d: dict[str, Any]) -> bool:
+        return {web_uid, db_uid} <= by_uid(d).keys() and {web_host, db_host} <= by_host(d).keys()
+
+    dump = await eventually(zt, "to hold our workloads and services", lambda: has(all_there))
+    web = by_uid(dump)[web_uid]
+    assert (web["name"], web["namespace"], web["serviceAccount"]) == ("web-1", ns, "web")
+    assert web["workloadIps"] == [WEB_IP]
+    assert web["node"] == NODE
+    assert web["protocol"] == "HBONE"
+    assert web["status"] == "Healthy"
+    db = by_uid(dump)[db_uid]
+    assert (db["serviceAccount"], db["workloadIps"], db["protocol"]) == ("db", [DB_IP], "TCP")
+    svc = by_host(dump)[web_host]
+    assert (svc["name"], svc["namespace"]) == ("web", ns)
+    assert any(vip.endswith(f"/{web_ip}") for vip in svc["vips"]), svc["vips"]
+    assert svc["ports"] == {"80": 8080}
+    assert web_uid in json.dumps(svc.get("endpoints")), svc.get("endpoints")
+
+    # 2. A certificate for the HBONE workload on ztunnel's node, from our CA, chained to our root.
+    web_id = f"spiffe://cluster.local/ns/{ns}/sa/web"
+
+    async def web_cert() -> dict[str, Any] | None:
+        certs = {c["identity"]: c for c in (await zt.config_dump()).get("certificates") or []}
+        cert = certs.get(web_id)
+        return cert if cert and cert.get("certChain") else None
+
+    cert = await eventually(zt, f"to hold a certificate for {web_id}", web_cert)
+    leaf = x509.load_pem_x509_certificate(cert["certChain"][0]["pem"].encode())
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [web_id]
+    ours = x509.load_pem_x509_certificate(istiod.ca.ca.roots_pem)
+    roots = [x509.load_pem_x509_certificate(r["pem"].encode()) for r in cert["rootCerts"]]
+    assert ours in roots
+    assert leaf.issuer == ours.subject
+    assert metric(istiod, "citadel_server_success_cert_issuance_count_total") >= 1
+    dumped_ids = {c["identity"] for c in (await zt.config_dump()).get("certificates") or []}
+    assert f"spiffe://cluster.local/ns/{ns}/sa/db" not in dumped_ids  # not on its node, not HBONE
+
+    # 3. Updates and removals (delta) are followed.
+    svc_obj = kube_cluster.get("service", "web", ns)
+    svc_obj["spec"]["ports"].append({"name": "grpc", "port": 90, "targetPort": 9090})
+    await asyncio.to_thread(kube_cluster.apply, svc_obj, ns)
+    await eventually(
+        zt, "to see the Service's new port",
+        lambda: has(lambda d: by_host(d).get(web_host, {}).get("ports") == {"80": 8080, "90": 9090}),
+    )  # fmt: skip
+    await asyncio.to_thread(
+        kube_cluster.kubectl, "delete", "pod", "db-1", "-n", ns, "--force", "--grace-period=0"
+    )
+    await eventually(zt, "to drop the deleted pod", lambda: has(lambda d: db_uid not in by_uid(d)))
+
+    # 4. Both ends agree nothing was rejected, and ztunnel acknowledged what it got.
+    nacks = metric(istiod, "pilot_total_xds_rejects_total")
+    assert nacks == 0, f"istiod counted {nacks} NACKs; ztunnel log:\n{zt.log_tail()}"
+    assert not istiod.server.nacked.is_set()
+    log = zt.log()
+    assert "type=Nack" not in log, [line for line in log.splitlines() if "Nack" in line]
+    assert "type=Ack" in log
+    assert metric(istiod, "pilot_xds") >= 1  # ztunnel's stream is still connected
+    _, body = await zt.get(15021, "/healthz/ready")
+    assert "state manager" not in body, body  # xDS synced; proxy/dns wait for ZDS, which nobody serves here
