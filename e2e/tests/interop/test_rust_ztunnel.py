@@ -21,6 +21,7 @@ and ztunnel's log).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 from cryptography import x509
 from istiod.app import App, build
 from istiod.settings import Settings
@@ -40,12 +42,15 @@ from meshkit.k8s import KubeClient
 from meshkit.netns import arun_in_netns
 from meshtest.fixtures import kube_cluster, kube_namespace  # noqa: F401 - pytest fixtures
 from meshtest.kube import KubeCluster
+from prometheus_client import generate_latest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.root, pytest.mark.interop]
 
 BINARY_ENV = "AMBIENT_RUST_ZTUNNEL"
+ARTIFACTS_ENV = "AMBIENT_INTEROP_ARTIFACTS"
 DEFAULT_BINARY = Path.home() / ".cache" / "ambient-interop" / "target" / "release" / "ztunnel"
 IMAGE = "localhost:5000/app:istio-testing"
+REPO = Path(__file__).resolve().parents[3]
 NODE = "interop-node"  # made up: ztunnel's node; the pods here are never run
 OTHER_NODE = "interop-other-node"
 ZTUNNEL_IP, WEB_IP, DB_IP = "10.244.250.20", "10.244.250.21", "10.244.250.22"
@@ -100,10 +105,49 @@ def run_pod(cluster: KubeCluster, ns: str, name: str, ip: str) -> None:
     )
 
 
+def authorization_policy(ns: str) -> dict[str, Any]:
+    """web accepts only db's identity on 8080 (an L4 policy: ztunnel enforces it itself)."""
+    rule = {"from": [{"source": {"principals": [f"cluster.local/ns/{ns}/sa/db"]}}],
+            "to": [{"operation": {"ports": ["8080"]}}]}  # fmt: skip
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "web-from-db", "namespace": ns},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "action": "ALLOW", "rules": [rule]},
+    }
+
+
 @pytest.fixture
-def mesh_objects(kube_cluster: KubeCluster, kube_namespace: str) -> Iterator[str]:  # noqa: F811
-    """ztunnel's own pod (its token is bound to it), an HBONE workload on its node behind a Service, and a
-    plain workload on another node behind another Service."""
+def authz_crd(kube_cluster: KubeCluster) -> Iterator[None]:  # noqa: F811
+    """The AuthorizationPolicy CRD from our base chart, unless the cluster has it already (then it is left
+    alone); one this fixture created is deleted again."""
+    name = "authorizationpolicies.security.istio.io"
+    if kube_cluster.kubectl("get", "crd", name, check=False).returncode == 0:
+        yield
+        return
+    rendered = kube_cluster.helm("template", "interop", str(REPO / "helm" / "base"),
+                                 "--show-only", "templates/crds-istio.yaml").stdout  # fmt: skip
+    crd = next(d for d in yaml.safe_load_all(rendered) if d and d["metadata"]["name"] == name)
+    crd["metadata"] = {
+        "name": name
+    }  # not Helm's: a later `helm install` of the base chart must not trip on it
+    kube_cluster.kubectl("create", "-f", "-", input=yaml.safe_dump(crd))
+    try:
+        kube_cluster.wait_for(f"CRD {name} established", lambda: crd_established(kube_cluster, name))
+        yield
+    finally:
+        kube_cluster.kubectl("delete", "crd", name, "--wait=false", check=False)
+
+
+def crd_established(cluster: KubeCluster, name: str) -> bool:
+    conditions = cluster.get("crd", name).get("status", {}).get("conditions") or []
+    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+
+@pytest.fixture
+def mesh_objects(kube_cluster: KubeCluster, kube_namespace: str, authz_crd: None) -> Iterator[str]:  # noqa: F811
+    """ztunnel's own pod (its token is bound to it), an HBONE workload on its node behind a Service with an
+    L4 AuthorizationPolicy, and a plain workload on another node behind another Service."""
     ns, k = kube_namespace, kube_cluster
     for sa in ("ztunnel", "web", "db"):
         k.kubectl("create", "serviceaccount", "-n", ns, sa)
@@ -114,6 +158,7 @@ def mesh_objects(kube_cluster: KubeCluster, kube_namespace: str) -> Iterator[str
             pod(ns, "db-1", sa="db", node=OTHER_NODE, labels={"app": "db"}, hbone=False),
             service(ns, "web", [("http", 80, 8080)]),
             service(ns, "db", [("tcp", 5432, 5432)]),
+            authorization_policy(ns),
         ],
         ns,
     )
@@ -243,6 +288,7 @@ async def rust_ztunnel(
     try:
         yield zt
     finally:
+        await keep_artifacts(zt, istiod)
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
         try:
@@ -250,6 +296,30 @@ async def rust_ztunnel(
         except TimeoutError:
             process.kill()
             await process.wait()
+
+
+async def keep_artifacts(zt: RustZtunnel, app: App) -> None:
+    """With ``AMBIENT_INTEROP_ARTIFACTS=<dir>``, keep ztunnel's log, its last config_dump and istiod's
+    metrics there (the evidence behind e2e/tests/interop/README.md)."""
+    target = os.environ.get(ARTIFACTS_ENV)
+    if not target:
+        return
+    try:
+        dump = json.dumps(await zt.config_dump(), indent=2)
+    except (OSError, ValueError, AssertionError) as err:
+        dump = f"unavailable: {err!r}"
+    files = {
+        "ztunnel.log": zt.log(),
+        "config_dump.json": dump,
+        "istiod-metrics.txt": generate_latest(app.registry).decode(),
+    }
+    await asyncio.to_thread(write_files, Path(target), files)
+
+
+def write_files(directory: Path, files: dict[str, str]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text)
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
@@ -285,6 +355,11 @@ def by_uid(dump: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def by_host(dump: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {s["hostname"]: s for s in dump.get("services") or []}
+
+
+def dumped_cert(entry: dict[str, Any]) -> x509.Certificate:
+    """A certificate from ztunnel's config_dump, which shows each PEM base64-encoded."""
+    return x509.load_pem_x509_certificate(base64.b64decode(entry["pem"]))
 
 
 def metric(app: App, sample: str) -> float:
@@ -330,6 +405,17 @@ async def test_rust_ztunnel_takes_config_and_certificates_from_our_istiod(
     assert svc["ports"] == {"80": 8080}
     assert web_uid in json.dumps(svc.get("endpoints")), svc.get("endpoints")
 
+    # ... and our Authorization resource, attached to the workload it selects.
+    policies = {f"{p['namespace']}/{p['name']}": p for p in dump.get("policies") or []}
+    policy = policies.get(f"{ns}/web-from-db")
+    assert policy is not None, sorted(policies)
+    assert (policy["scope"], policy["action"], policy["dryRun"]) == ("WorkloadSelector", "Allow", False)
+    assert json.dumps(policy["rules"], sort_keys=True) == json.dumps(
+        [[[{"destinationPorts": [8080]}], [{"principals": [{"Exact": f"cluster.local/ns/{ns}/sa/db"}]}]]],
+        sort_keys=True,
+    )
+    assert web.get("authorizationPolicies") == [f"{ns}/web-from-db"]
+
     # 2. A certificate for the HBONE workload on ztunnel's node, from our CA, chained to our root.
     web_id = f"spiffe://cluster.local/ns/{ns}/sa/web"
 
@@ -339,11 +425,12 @@ async def test_rust_ztunnel_takes_config_and_certificates_from_our_istiod(
         return cert if cert and cert.get("certChain") else None
 
     cert = await eventually(zt, f"to hold a certificate for {web_id}", web_cert)
-    leaf = x509.load_pem_x509_certificate(cert["certChain"][0]["pem"].encode())
+    assert cert["state"] == "Available", cert["state"]
+    leaf = dumped_cert(cert["certChain"][0])
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [web_id]
     ours = x509.load_pem_x509_certificate(istiod.ca.ca.roots_pem)
-    roots = [x509.load_pem_x509_certificate(r["pem"].encode()) for r in cert["rootCerts"]]
+    roots = [dumped_cert(r) for r in cert["rootCerts"]]
     assert ours in roots
     assert leaf.issuer == ours.subject
     assert metric(istiod, "citadel_server_success_cert_issuance_count_total") >= 1
