@@ -8,9 +8,10 @@ certificates for HBONE workloads on its node, which is all this test needs. With
 inside a cluster node's network namespace, so its fixed ports (15000/15020/15021) cannot collide with anything
 on the host; istiod listens on the bridge address that namespace routes to.
 
-Pods are bound to made-up node names (no kubelet runs them); the test writes their status (IP, Ready) as a
-kubelet would. ztunnel's token is a real ServiceAccount token for audience ``istio-ca`` bound to its own pod,
-which is what our CA's node authorizer needs to let it impersonate the workloads on its node.
+Pods are bound to made-up Nodes (Node objects without a kubelet: nothing runs the pods); the test writes
+their status (IP, Ready) as a kubelet would. ztunnel's token is a real ServiceAccount token for audience
+``istio-ca`` bound to its own pod, which is what our CA's node authorizer needs to let it impersonate the
+workloads on its node.
 
 Asserted from ztunnel's own ``/config_dump``: it holds our Workload and Service resources (names, addresses,
 identities, ports, endpoints), follows an update and a removal, holds a certificate for the HBONE workload on
@@ -51,8 +52,6 @@ ARTIFACTS_ENV = "AMBIENT_INTEROP_ARTIFACTS"
 DEFAULT_BINARY = Path.home() / ".cache" / "ambient-interop" / "target" / "release" / "ztunnel"
 IMAGE = "localhost:5000/app:istio-testing"
 REPO = Path(__file__).resolve().parents[3]
-NODE = "interop-node"  # made up: ztunnel's node; the pods here are never run
-OTHER_NODE = "interop-other-node"
 ZTUNNEL_IP, WEB_IP, DB_IP = "10.244.250.20", "10.244.250.21", "10.244.250.22"
 T = TypeVar("T")
 
@@ -80,8 +79,19 @@ def pod(ns: str, name: str, *, sa: str, node: str, labels: dict[str, str], hbone
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": ns, "labels": labels, "annotations": annotations},
-        "spec": {"serviceAccountName": sa, "nodeName": node, "containers": [{"name": "app", "image": IMAGE}]},
+        "spec": {
+            "serviceAccountName": sa,
+            "nodeName": node,
+            "containers": [{"name": "app", "image": IMAGE}],
+            "tolerations": [{"operator": "Exists"}],  # the Node never turns Ready: no taint may evict it
+        },
     }
+
+
+def nodes_of(ns: str) -> tuple[str, str]:
+    """(ztunnel's node, another node): made-up Nodes, unique per test. Real Node objects, because the pod
+    garbage collector deletes pods bound to a node name it has seen missing for 40 s."""
+    return f"{ns}-zt", f"{ns}-other"
 
 
 def service(ns: str, name: str, ports: list[tuple[str, int, int]]) -> dict[str, Any]:
@@ -149,13 +159,15 @@ def mesh_objects(kube_cluster: KubeCluster, kube_namespace: str, authz_crd: None
     """ztunnel's own pod (its token is bound to it), an HBONE workload on its node behind a Service with an
     L4 AuthorizationPolicy, and a plain workload on another node behind another Service."""
     ns, k = kube_namespace, kube_cluster
+    node, other_node = nodes_of(ns)
+    k.apply([{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}} for n in (node, other_node)])
     for sa in ("ztunnel", "web", "db"):
         k.kubectl("create", "serviceaccount", "-n", ns, sa)
     k.apply(
         [
-            pod(ns, "ztunnel-interop", sa="ztunnel", node=NODE, labels={"app": "ztunnel"}, hbone=False),
-            pod(ns, "web-1", sa="web", node=NODE, labels={"app": "web"}, hbone=True),
-            pod(ns, "db-1", sa="db", node=OTHER_NODE, labels={"app": "db"}, hbone=False),
+            pod(ns, "ztunnel-interop", sa="ztunnel", node=node, labels={"app": "ztunnel"}, hbone=False),
+            pod(ns, "web-1", sa="web", node=node, labels={"app": "web"}, hbone=True),
+            pod(ns, "db-1", sa="db", node=other_node, labels={"app": "db"}, hbone=False),
             service(ns, "web", [("http", 80, 8080)]),
             service(ns, "db", [("tcp", 5432, 5432)]),
             authorization_policy(ns),
@@ -168,6 +180,7 @@ def mesh_objects(kube_cluster: KubeCluster, kube_namespace: str, authz_crd: None
         yield ns
     finally:  # no kubelet will ever confirm their deletion
         k.kubectl("delete", "pods", "--all", "-n", ns, "--force", "--grace-period=0", check=False)
+        k.kubectl("delete", "node", node, other_node, "--wait=false", check=False)
 
 
 # -- istiod (ours, in-process) -------------------------------------------------------------------------------
@@ -255,7 +268,7 @@ def ztunnel_env(app: App, ns: str, host: str, files: Path) -> dict[str, str]:
         "CLUSTER_ID": "Kubernetes",
         "POD_NAME": "ztunnel-interop",
         "POD_NAMESPACE": ns,
-        "NODE_NAME": NODE,
+        "NODE_NAME": nodes_of(ns)[0],
         "INSTANCE_IP": ZTUNNEL_IP,
         "INPOD_UDS": str(files / "ztunnel.sock"),  # nobody serves ZDS here: no pod is ever captured
         "ZTUNNEL_WORKER_THREADS": "1",
@@ -394,7 +407,7 @@ async def test_rust_ztunnel_takes_config_and_certificates_from_our_istiod(
     web = by_uid(dump)[web_uid]
     assert (web["name"], web["namespace"], web["serviceAccount"]) == ("web-1", ns, "web")
     assert web["workloadIps"] == [WEB_IP]
-    assert web["node"] == NODE
+    assert web["node"] == nodes_of(ns)[0]
     assert web["protocol"] == "HBONE"
     assert web["status"] == "Healthy"
     db = by_uid(dump)[db_uid]
