@@ -52,7 +52,9 @@ ARTIFACTS_ENV = "AMBIENT_INTEROP_ARTIFACTS"
 DEFAULT_BINARY = Path.home() / ".cache" / "ambient-interop" / "target" / "release" / "ztunnel"
 IMAGE = "localhost:5000/app:istio-testing"
 REPO = Path(__file__).resolve().parents[3]
-ZTUNNEL_IP, WEB_IP, DB_IP = "10.244.250.20", "10.244.250.21", "10.244.250.22"
+ZTUNNEL_IP, WEB_IP, DB_IP, VM_IP = "10.244.250.20", "10.244.250.21", "10.244.250.22", "10.244.250.30"
+API_HOST, API_VIP = "api.interop.example", "240.240.0.10"
+EXT_HOST, EXT_BACKEND = "ext.interop.example", "ext-backend.interop.example"
 T = TypeVar("T")
 
 
@@ -127,26 +129,57 @@ def authorization_policy(ns: str) -> dict[str, Any]:
     }
 
 
+def service_entries(ns: str) -> list[dict[str, Any]]:
+    """A VIP ServiceEntry selecting a WorkloadEntry (with a locality), and a DNS one with a hostname
+    endpoint (a Workload with ``hostname`` and no address)."""
+    api = {"hosts": [API_HOST], "addresses": [API_VIP], "location": "MESH_INTERNAL", "resolution": "STATIC",
+           "ports": [{"number": 443, "name": "https", "protocol": "TLS", "targetPort": 8443}],
+           "workloadSelector": {"labels": {"app": "api"}}}  # fmt: skip
+    ext = {"hosts": [EXT_HOST], "location": "MESH_EXTERNAL", "resolution": "DNS",
+           "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+           "endpoints": [{"address": EXT_BACKEND}]}  # fmt: skip
+    vm = {
+        "address": VM_IP,
+        "labels": {"app": "api"},
+        "serviceAccount": "api",
+        "locality": "region1/zone1/sub1",
+    }
+    kinds = (("ServiceEntry", "api", api), ("ServiceEntry", "ext", ext), ("WorkloadEntry", "api-vm", vm))
+    return [
+        {"apiVersion": "networking.istio.io/v1", "kind": kind, "metadata": {"name": name, "namespace": ns},
+         "spec": spec}
+        for kind, name, spec in kinds
+    ]  # fmt: skip
+
+
+ISTIO_CRDS = (
+    "authorizationpolicies.security.istio.io",
+    "serviceentries.networking.istio.io",
+    "workloadentries.networking.istio.io",
+)
+
+
 @pytest.fixture
-def authz_crd(kube_cluster: KubeCluster) -> Iterator[None]:  # noqa: F811
-    """The AuthorizationPolicy CRD from our base chart, unless the cluster has it already (then it is left
-    alone); one this fixture created is deleted again."""
-    name = "authorizationpolicies.security.istio.io"
-    if kube_cluster.kubectl("get", "crd", name, check=False).returncode == 0:
+def istio_crds(kube_cluster: KubeCluster) -> Iterator[None]:  # noqa: F811
+    """The Istio CRDs used here, from our base chart, unless the cluster has them already (then they are left
+    alone); those this fixture created are deleted again."""
+    k = kube_cluster
+    missing = [n for n in ISTIO_CRDS if k.kubectl("get", "crd", n, check=False).returncode != 0]
+    if not missing:
         yield
         return
-    rendered = kube_cluster.helm("template", "interop", str(REPO / "helm" / "base"),
-                                 "--show-only", "templates/crds-istio.yaml").stdout  # fmt: skip
-    crd = next(d for d in yaml.safe_load_all(rendered) if d and d["metadata"]["name"] == name)
-    crd["metadata"] = {
-        "name": name
-    }  # not Helm's: a later `helm install` of the base chart must not trip on it
-    kube_cluster.kubectl("create", "-f", "-", input=yaml.safe_dump(crd))
+    rendered = k.helm("template", "interop", str(REPO / "helm" / "base"),
+                      "--show-only", "templates/crds-istio.yaml").stdout  # fmt: skip
+    crds = [d for d in yaml.safe_load_all(rendered) if d and d["metadata"]["name"] in missing]
+    for crd in crds:  # not Helm's: a later `helm install` of the base chart must not trip on them
+        crd["metadata"] = {"name": crd["metadata"]["name"]}
+    k.kubectl("create", "-f", "-", input=yaml.safe_dump_all(crds))
     try:
-        kube_cluster.wait_for(f"CRD {name} established", lambda: crd_established(kube_cluster, name))
+        for name in missing:
+            k.wait_for(f"CRD {name} established", lambda n=name: crd_established(k, n))  # type: ignore[misc]
         yield
     finally:
-        kube_cluster.kubectl("delete", "crd", name, "--wait=false", check=False)
+        k.kubectl("delete", "crd", *missing, "--wait=false", check=False)
 
 
 def crd_established(cluster: KubeCluster, name: str) -> bool:
@@ -155,9 +188,9 @@ def crd_established(cluster: KubeCluster, name: str) -> bool:
 
 
 @pytest.fixture
-def mesh_objects(kube_cluster: KubeCluster, kube_namespace: str, authz_crd: None) -> Iterator[str]:  # noqa: F811
+def mesh_objects(kube_cluster: KubeCluster, kube_namespace: str, istio_crds: None) -> Iterator[str]:  # noqa: F811
     """ztunnel's own pod (its token is bound to it), an HBONE workload on its node behind a Service with an
-    L4 AuthorizationPolicy, and a plain workload on another node behind another Service."""
+    L4 AuthorizationPolicy, a plain workload on another node behind another Service, and ServiceEntries."""
     ns, k = kube_namespace, kube_cluster
     node, other_node = nodes_of(ns)
     k.apply([{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}} for n in (node, other_node)])
@@ -171,6 +204,7 @@ def mesh_objects(kube_cluster: KubeCluster, kube_namespace: str, authz_crd: None
             service(ns, "web", [("http", 80, 8080)]),
             service(ns, "db", [("tcp", 5432, 5432)]),
             authorization_policy(ns),
+            *service_entries(ns),
         ],
         ns,
     )
@@ -478,3 +512,35 @@ async def test_rust_ztunnel_takes_config_and_certificates_from_our_istiod(
     assert metric(istiod, "pilot_xds") >= 1  # ztunnel's stream is still connected
     _, body = await zt.get(15021, "/healthz/ready")
     assert "state manager" not in body, body  # xDS synced; proxy/dns wait for ZDS, which nobody serves here
+
+
+async def test_rust_ztunnel_takes_service_entries_and_workload_entries(
+    ztunnel_binary: Path,
+    istiod: App,
+    rust_ztunnel: RustZtunnel,
+    mesh_objects: str,
+) -> None:
+    ns, zt = mesh_objects, rust_ztunnel
+    vm_uid = f"Kubernetes/networking.istio.io/WorkloadEntry/{ns}/api-vm"
+    ext_uid = f"Kubernetes/networking.istio.io/ServiceEntry/{ns}/ext/{EXT_BACKEND}"
+
+    async def all_there() -> dict[str, Any] | None:
+        dump = await zt.config_dump()
+        there = {vm_uid, ext_uid} <= by_uid(dump).keys() and {API_HOST, EXT_HOST} <= by_host(dump).keys()
+        return dump if there else None
+
+    dump = await eventually(zt, "to hold the ServiceEntry services and workloads", all_there)
+    vm = by_uid(dump)[vm_uid]
+    assert (vm["name"], vm["namespace"], vm["serviceAccount"]) == ("api-vm", ns, "api")
+    assert vm["workloadIps"] == [VM_IP]
+    assert vm["locality"] == {"region": "region1", "zone": "zone1", "subzone": "sub1"}
+    api = by_host(dump)[API_HOST]
+    assert (api["name"], api["namespace"]) == ("api", ns)
+    assert api["vips"] == [f"/{API_VIP}"]
+    assert api["ports"] == {"443": 8443}
+    assert vm_uid in json.dumps(api.get("endpoints")), api.get("endpoints")
+    ext = by_uid(dump)[ext_uid]
+    assert ext["workloadIps"] == []
+    assert ext["hostname"] == EXT_BACKEND
+    assert ext_uid in json.dumps(by_host(dump)[EXT_HOST].get("endpoints"))
+    assert (zt.nacks(), metric(istiod, "pilot_total_xds_rejects_total")) == ([], 0)
