@@ -152,28 +152,43 @@ def service_entries(ns: str) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-ISTIO_CRDS = (
-    "authorizationpolicies.security.istio.io",
-    "serviceentries.networking.istio.io",
-    "workloadentries.networking.istio.io",
-)
+#: CRD → the base chart template (and values) it is rendered from.
+CRDS = {
+    "authorizationpolicies.security.istio.io": ("templates/crds-istio.yaml", ()),
+    "serviceentries.networking.istio.io": ("templates/crds-istio.yaml", ()),
+    "workloadentries.networking.istio.io": ("templates/crds-istio.yaml", ()),
+    "gatewayclasses.gateway.networking.k8s.io": (
+        "templates/crds-gateway-api.yaml",
+        ("gatewayAPI.enabled=true",),
+    ),
+    "gateways.gateway.networking.k8s.io": ("templates/crds-gateway-api.yaml", ("gatewayAPI.enabled=true",)),
+}
+
+
+def render_crds(cluster: KubeCluster, names: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for template, values in sorted({CRDS[n] for n in names}):
+        sets = [arg for v in values for arg in ("--set", v)]
+        rendered = cluster.helm("template", "interop", str(REPO / "helm" / "base"), *sets,
+                                "--show-only", template).stdout  # fmt: skip
+        out += [d for d in yaml.safe_load_all(rendered) if d and d["metadata"]["name"] in names]
+    for crd in out:  # not Helm's: a later `helm install` of the base chart must not trip on them
+        annotations = crd["metadata"].get("annotations") or {}
+        kept = {k: v for k, v in annotations.items() if not k.startswith("helm.sh/")}  # keeps api-approved
+        crd["metadata"] = {"name": crd["metadata"]["name"], "annotations": kept}
+    return out
 
 
 @pytest.fixture
 def istio_crds(kube_cluster: KubeCluster) -> Iterator[None]:  # noqa: F811
-    """The Istio CRDs used here, from our base chart, unless the cluster has them already (then they are left
-    alone); those this fixture created are deleted again."""
+    """The Istio and Gateway API CRDs used here, from our base chart, unless the cluster has them already
+    (then they are left alone); those this fixture created are deleted again (with all their objects)."""
     k = kube_cluster
-    missing = [n for n in ISTIO_CRDS if k.kubectl("get", "crd", n, check=False).returncode != 0]
+    missing = [n for n in CRDS if k.kubectl("get", "crd", n, check=False).returncode != 0]
     if not missing:
         yield
         return
-    rendered = k.helm("template", "interop", str(REPO / "helm" / "base"),
-                      "--show-only", "templates/crds-istio.yaml").stdout  # fmt: skip
-    crds = [d for d in yaml.safe_load_all(rendered) if d and d["metadata"]["name"] in missing]
-    for crd in crds:  # not Helm's: a later `helm install` of the base chart must not trip on them
-        crd["metadata"] = {"name": crd["metadata"]["name"]}
-    k.kubectl("create", "-f", "-", input=yaml.safe_dump_all(crds))
+    k.kubectl("create", "-f", "-", input=yaml.safe_dump_all(render_crds(k, missing)))
     try:
         for name in missing:
             k.wait_for(f"CRD {name} established", lambda n=name: crd_established(k, n))  # type: ignore[misc]
@@ -543,4 +558,47 @@ async def test_rust_ztunnel_takes_service_entries_and_workload_entries(
     assert ext["workloadIps"] == []
     assert ext["hostname"] == EXT_BACKEND
     assert ext_uid in json.dumps(by_host(dump)[EXT_HOST].get("endpoints"))
+    assert (zt.nacks(), metric(istiod, "pilot_total_xds_rejects_total")) == ([], 0)
+
+
+async def test_rust_ztunnel_takes_waypoint_addresses(
+    ztunnel_binary: Path,
+    istiod: App,
+    rust_ztunnel: RustZtunnel,
+    kube_cluster: KubeCluster,  # noqa: F811
+    mesh_objects: str,
+) -> None:
+    """A waypoint (a Gateway whose status has a Hostname address, as istiod's controller writes once the
+    waypoint runs) used by web's Service and pod: both carry a hostname GatewayAddress to ztunnel."""
+    ns, zt, k = mesh_objects, rust_ztunnel, kube_cluster
+    web_uid, web_host = f"Kubernetes//Pod/{ns}/web-1", f"web.{ns}.svc.cluster.local"
+    waypoint_host = f"waypoint.{ns}.svc.cluster.local"
+    gateway = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "waypoint", "namespace": ns, "labels": {"istio.io/waypoint-for": "all"}},
+        # Not istio-waypoint: our waypoint controller must not deploy it (no kubelet would run it).
+        "spec": {"gatewayClassName": "interop-unmanaged",
+                 "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+    }  # fmt: skip
+    status = {"status": {"addresses": [{"type": "Hostname", "value": waypoint_host}]}}
+    await asyncio.to_thread(k.apply, gateway, ns)
+    await asyncio.to_thread(
+        k.kubectl, "patch", "gateway", "waypoint", "-n", ns, "--subresource=status", "--type=merge",
+        "-p", json.dumps(status),
+    )  # fmt: skip
+    for kind, name in (("service", "web"), ("pod", "web-1")):
+        await asyncio.to_thread(k.kubectl, "label", kind, name, "-n", ns, "istio.io/use-waypoint=waypoint")
+
+    async def both_use_it() -> dict[str, Any] | None:
+        dump = await zt.config_dump()
+        using = by_uid(dump).get(web_uid, {}).get("waypoint") and by_host(dump).get(web_host, {}).get(
+            "waypoint"
+        )
+        return dump if using else None
+
+    dump = await eventually(zt, "to see web's waypoint", both_use_it)
+    expected = {"destination": f"{ns}/{waypoint_host}", "hboneMtlsPort": 15008}
+    assert by_uid(dump)[web_uid]["waypoint"] == expected
+    assert by_host(dump)[web_host]["waypoint"] == expected
     assert (zt.nacks(), metric(istiod, "pilot_total_xds_rejects_total")) == ([], 0)
