@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import os
 import signal
@@ -241,7 +242,9 @@ async def istiod(
     mesh_objects: str,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[App]:
+    """Our istiod; a test overrides Settings fields with ``parametrize("istiod", [{...}], indirect=True)``."""
     ns = mesh_objects
     # The CA reads its settings from the environment: keep its Secrets, root ConfigMap and trusted node
     # account inside this test's namespace, and never pick up a plug-in CA from the machine.
@@ -254,6 +257,7 @@ async def istiod(
         readiness_addr="127.0.0.1:0", ca_enabled=True, leader_election=True, namespace=ns,
         lease_name="istiod-interop", pod_name="istiod-interop", debounce_s=0.05,
     )  # fmt: skip
+    settings = dataclasses.replace(settings, **getattr(request, "param", {}))
     app = await build(settings, kube_client=KubeClient.from_config(str(kube_cluster.kubeconfig)))
     try:
         async with asyncio.timeout(60):
@@ -601,4 +605,35 @@ async def test_rust_ztunnel_takes_waypoint_addresses(
     expected = {"destination": f"{ns}/{waypoint_host}", "hboneMtlsPort": 15008}
     assert by_uid(dump)[web_uid]["waypoint"] == expected
     assert by_host(dump)[web_host]["waypoint"] == expected
+    assert (zt.nacks(), metric(istiod, "pilot_total_xds_rejects_total")) == ([], 0)
+
+
+@pytest.mark.parametrize("istiod", [{"max_connection_age_s": 2.0}], indirect=True)
+async def test_rust_ztunnel_follows_connection_rotation(
+    ztunnel_binary: Path,
+    istiod: App,
+    rust_ztunnel: RustZtunnel,
+    kube_cluster: KubeCluster,  # noqa: F811
+    mesh_objects: str,
+) -> None:
+    """istiod rotates xDS connections (GOAWAY after MAX_CONNECTION_AGE, here 2 s, then a grace period):
+    ztunnel reconnects, keeps its config, and the new stream carries changes."""
+    ns, zt = mesh_objects, rust_ztunnel
+    web_uid, db_uid = f"Kubernetes//Pod/{ns}/web-1", f"Kubernetes//Pod/{ns}/db-1"
+
+    async def reconnected() -> bool | None:
+        return True if zt.log().count("Stream established") >= 2 else None
+
+    await eventually(zt, "to reconnect after the connection was rotated", reconnected, within_s=60)
+    dump = await zt.config_dump()
+    assert {web_uid, db_uid} <= by_uid(dump).keys()
+    await asyncio.to_thread(
+        kube_cluster.kubectl, "delete", "pod", "db-1", "-n", ns, "--force", "--grace-period=0"
+    )
+
+    async def dropped() -> bool | None:
+        return True if db_uid not in by_uid(await zt.config_dump()) else None
+
+    await eventually(zt, "to drop the deleted pod over the new stream", dropped)
+    assert web_uid in by_uid(await zt.config_dump())
     assert (zt.nacks(), metric(istiod, "pilot_total_xds_rejects_total")) == ([], 0)
