@@ -205,3 +205,11 @@ def test_local_node_files_read_the_node_root(tmp_path: Path) -> None:
     found = local.node_files(node, "/etc/cni/net.d", "*.conf*")
     assert found == {"10-amb-bridge.conflist": "chained istio-cni"}
     assert local.node_files(layout.nodes[0].name, "/etc/cni/net.d") == {}
+
+
+def test_local_plugin_runtime_is_built_where_pods_can_see_it(tmp_path: Path) -> None:
+    """Local-cluster pods get a private /tmp: a runtime built there would be invisible to the CNI agent."""
+    under_tmp = providers.LocalProvider(layout=providers.ClusterLayout(cache=Path("/tmp/cold"), instance=5))
+    assert under_tmp.plugin_runtime_dir() == Path("/var/tmp/ambient-cluster-5/cni-plugin-runtime")
+    home = providers.LocalProvider(layout=providers.ClusterLayout(cache=Path("/root/.cache/x"), instance=2))
+    assert home.plugin_runtime_dir() == home.layout.run / "cni-plugin-runtime"

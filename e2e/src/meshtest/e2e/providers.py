@@ -104,10 +104,19 @@ class LocalProvider:
 
     def up(self) -> KubeCluster:
         self._started = Cluster(self.layout).ensure_up()  # safe when other sessions ask at the same time
-        runtime = self.layout.run / PLUGIN_RUNTIME_DIR
+        runtime = self.plugin_runtime_dir()
         run([sys.executable, "-m", "istio_cni.runtime", "build", "--into", str(runtime)])
         self.helm_values["cni.env.CNI_PLUGIN_RUNTIME"] = str(runtime)
         return KubeCluster(self.layout.kubeconfig, self.layout)
+
+    def plugin_runtime_dir(self) -> Path:
+        """Where ``up`` builds the plugin runtime: in the cluster's run directory, unless that is under /tmp,
+        which every pod of the local cluster gets a private copy of (the agent would not see the runtime there
+        and would fall back to the host-Python launcher); then under /var/tmp, per cluster instance."""
+        runtime = self.layout.run / PLUGIN_RUNTIME_DIR
+        if runtime.resolve().is_relative_to("/tmp"):
+            return Path("/var/tmp") / f"ambient-cluster-{self.layout.instance}" / PLUGIN_RUNTIME_DIR
+        return runtime
 
     def node_files(self, node: str, directory: str, pattern: str = "*") -> dict[str, str]:
         path = self.layout.node_root(node) / directory.lstrip("/")
@@ -116,6 +125,9 @@ class LocalProvider:
     def down(self) -> None:
         if self._started and os.environ.get("AMBIENT_CLUSTER_KEEP") != "1":
             Cluster(self.layout).down()
+            runtime = self.plugin_runtime_dir()
+            if not runtime.is_relative_to(self.layout.run):  # the /var/tmp case: nothing else removes it
+                shutil.rmtree(runtime.parent, ignore_errors=True)
 
 
 @dataclass
