@@ -156,6 +156,7 @@ def service_entries(ns: str) -> list[dict[str, Any]]:
 #: CRD → the base chart template (and values) it is rendered from.
 CRDS = {
     "authorizationpolicies.security.istio.io": ("templates/crds-istio.yaml", ()),
+    "peerauthentications.security.istio.io": ("templates/crds-istio.yaml", ()),
     "serviceentries.networking.istio.io": ("templates/crds-istio.yaml", ()),
     "workloadentries.networking.istio.io": ("templates/crds-istio.yaml", ()),
     "gatewayclasses.gateway.networking.k8s.io": (
@@ -636,4 +637,48 @@ async def test_rust_ztunnel_follows_connection_rotation(
 
     await eventually(zt, "to drop the deleted pod over the new stream", dropped)
     assert web_uid in by_uid(await zt.config_dump())
+    assert (zt.nacks(), metric(istiod, "pilot_total_xds_rejects_total")) == ([], 0)
+
+
+async def test_rust_ztunnel_takes_converted_peer_authentication(
+    ztunnel_binary: Path,
+    istiod: App,
+    rust_ztunnel: RustZtunnel,
+    kube_cluster: KubeCluster,  # noqa: F811
+    mesh_objects: str,
+) -> None:
+    """PeerAuthentications become Authorization resources (the static STRICT policy and a converted
+    port-level one); ztunnel takes them and the workload references."""
+    ns, zt = mesh_objects, rust_ztunnel
+    web_uid = f"Kubernetes//Pod/{ns}/web-1"
+    strict_key, converted_key = (
+        "istio-system/istio_converted_static_strict",
+        f"{ns}/converted_peer_authentication_web",
+    )
+    pas = [
+        {"metadata": {"name": "default", "namespace": ns}, "spec": {"mtls": {"mode": "STRICT"}}},
+        {"metadata": {"name": "web", "namespace": ns},
+         "spec": {"selector": {"matchLabels": {"app": "web"}},
+                  "portLevelMtls": {"8080": {"mode": "PERMISSIVE"}}}},
+    ]  # fmt: skip
+    pas = [{"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication", **pa} for pa in pas]
+    await asyncio.to_thread(kube_cluster.apply, pas, ns)
+
+    async def converted() -> dict[str, Any] | None:
+        dump = await zt.config_dump()
+        keys = {f"{p['namespace']}/{p['name']}" for p in dump.get("policies") or []}
+        return dump if {strict_key, converted_key} <= keys else None
+
+    dump = await eventually(zt, "to hold the converted PeerAuthentication policies", converted)
+    policies = {f"{p['namespace']}/{p['name']}": p for p in dump["policies"]}
+    assert (policies[converted_key]["action"], policies[converted_key]["scope"]) == (
+        "Deny",
+        "WorkloadSelector",
+    )
+    assert policies[strict_key]["action"] == "Deny"
+    # Deny callers without a peer identity (plaintext); the port-level one exempts 8080 (PERMISSIVE).
+    no_identity: list[dict[str, Any]] = [{"notPrincipals": [{"Presence": []}]}]
+    assert policies[strict_key]["rules"] == [[no_identity]]
+    assert policies[converted_key]["rules"] == [[[{"notDestinationPorts": [8080]}], no_identity]]
+    assert converted_key in by_uid(dump)[web_uid].get("authorizationPolicies", [])
     assert (zt.nacks(), metric(istiod, "pilot_total_xds_rejects_total")) == ([], 0)
