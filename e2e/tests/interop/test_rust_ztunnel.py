@@ -28,6 +28,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -41,6 +42,7 @@ from cryptography import x509
 from istiod.app import App, build
 from istiod.settings import Settings
 from meshkit.k8s import KubeClient
+from meshkit.k8s.resources import Resource
 from meshkit.netns import arun_in_netns
 from meshtest.fixtures import kube_cluster, kube_namespace  # noqa: F401 - pytest fixtures
 from meshtest.kube import KubeCluster
@@ -682,3 +684,71 @@ async def test_rust_ztunnel_takes_converted_peer_authentication(
     assert policies[converted_key]["rules"] == [[[{"notDestinationPorts": [8080]}], no_identity]]
     assert converted_key in by_uid(dump)[web_uid].get("authorizationPolicies", [])
     assert (zt.nacks(), metric(istiod, "pilot_total_xds_rejects_total")) == ([], 0)
+
+
+class SlowPodList(KubeClient):
+    """A client whose list of Pods takes ``delay_s`` longer, like a busy API server or a big cluster."""
+
+    delay_s = 0.0
+
+    def list_all(
+        self, resource: Resource, namespace: str | None = None, **query: Any
+    ) -> tuple[list[Any], str]:
+        if resource.plural == "pods":
+            time.sleep(self.delay_s)  # runs in the informer's own thread
+        return super().list_all(resource, namespace, **query)
+
+
+NOT_READY_GATE = (
+    "our istiod serves xDS before its informers have synced; upstream istiod refuses the stream "
+    "(Unavailable, 'server is not ready to serve discovery information', IsServerReady, istio/istio#25495), "
+    "so a reconnecting proxy never sees a partial world. Here ztunnel resumes with "
+    "initial_resource_versions and is told to delete its live workloads until the pod list arrives."
+)
+
+
+@pytest.mark.parametrize(
+    "pod_list_delay_s",
+    [0.0, pytest.param(3.0, marks=pytest.mark.xfail(strict=True, reason=NOT_READY_GATE))],
+)
+async def test_rust_ztunnel_keeps_config_across_istiod_restart(
+    ztunnel_binary: Path,
+    istiod: App,
+    rust_ztunnel: RustZtunnel,
+    kube_cluster: KubeCluster,  # noqa: F811
+    pod_list_delay_s: float,
+) -> None:
+    """istiod restarts (a new process would do the same) while a pod is deleted: ztunnel reconnects resuming
+    with ``initial_resource_versions``, and must get that removal and nothing else: no live workload may be
+    deleted, however slow the new istiod's initial sync is."""
+    ns, zt, k = istiod.settings.namespace, rust_ztunnel, kube_cluster  # istiod runs in the test's namespace
+    web_uid, db_uid = f"Kubernetes//Pod/{ns}/web-1", f"Kubernetes//Pod/{ns}/db-1"
+
+    async def both() -> bool | None:
+        return True if {web_uid, db_uid} <= by_uid(await zt.config_dump()).keys() else None
+
+    await eventually(zt, "to hold web-1 and db-1", both)
+    port, host = istiod.addresses["xds"], istiod.settings.secure_xds_addr.rpartition(":")[0]
+    await istiod.shutdown()
+    await asyncio.to_thread(k.kubectl, "delete", "pod", "db-1", "-n", ns, "--force", "--grace-period=0")
+    mark = len(zt.log())
+    client = SlowPodList.from_config(str(k.kubeconfig))
+    assert isinstance(client, SlowPodList)
+    client.delay_s = pod_list_delay_s
+    second = await build(
+        dataclasses.replace(istiod.settings, secure_xds_addr=f"{host}:{port}"), kube_client=client
+    )
+    try:
+
+        async def settled() -> bool | None:
+            workloads = by_uid(await zt.config_dump())
+            back = zt.log()[mark:].count("Stream established") >= 1 and second.readiness.ready
+            return True if back and db_uid not in workloads and web_uid in workloads else None
+
+        await eventually(zt, "to reconnect to the restarted istiod and drop db-1", settled)
+        log = zt.log()[mark:].splitlines()
+        deleted = [line.split("handling delete", 1)[1].strip() for line in log if "handling delete" in line]
+        assert deleted == [db_uid]  # and, above all, not web-1 or ztunnel's own pod
+        assert (zt.nacks(), metric(second, "pilot_total_xds_rejects_total")) == ([], 0)
+    finally:
+        await second.shutdown()
