@@ -768,7 +768,7 @@ async def test_rust_ztunnel_resumes_after_istiod_restart(
         await second.shutdown()
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_READY_GATE)
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=NOT_READY_GATE)
 async def test_rust_ztunnel_keeps_live_workloads_across_slow_istiod_restart(
     ztunnel_binary: Path,
     istiod: App,
