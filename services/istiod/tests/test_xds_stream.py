@@ -261,3 +261,33 @@ async def test_changes_in_one_debounce_window_are_one_push(stack: Callable[..., 
     assert s.app.server.push_rounds == rounds + 1
     pushes = s.app.registry.get_sample_value("pilot_xds_pushes_total", {"type": "address"})
     assert pushes == 2  # the initial answer and one batched push
+
+
+async def test_no_xds_until_inputs_synced() -> None:
+    """A restarted istiod with a half-listed index would tell ztunnel that live workloads are gone: streams
+    are refused (UNAVAILABLE, as upstream) until every watched kind has synced, then served in full."""
+    app = await build(SETTINGS)
+    try:
+        app.readiness.register("sync pods")  # as _watch does before the informers have listed
+        put(app, "pods", pod("a", "10.0.0.1"))  # the first page of a slow list
+        store = Store()
+        address = f"http://127.0.0.1:{app.addresses['xds_plaintext']}"
+        client = XdsClient(XdsClientConfig(address=address), ClientCore(NODE, store))
+        owner = TaskOwner("test-xds")
+        owner.spawn(client.run(), name="client")
+        try:
+            async with asyncio.timeout(10):
+                await app.server.refused_not_ready.wait()
+            assert not client.synced.is_set()
+            assert store.upserts == []
+            assert store.removes == []
+            put(app, "pods", pod("b", "10.0.0.2"))  # the rest of the list
+            app.readiness.set("sync pods")
+            async with asyncio.timeout(20):
+                await client.synced.wait()
+            await store.wait(lambda: len(store.items[ADDRESS_TYPE]) == 2)
+            assert store.removes == []
+        finally:
+            await owner.close()
+    finally:
+        await app.shutdown()

@@ -136,6 +136,7 @@ async def build(
     aliases = lambda key: [r.resource_name for r in index.addresses.by_index("ip", key)]  # noqa: E731
     server.cache.watch(index.addresses, index.authorizations, aliases)
     app = App(settings, index, server, Readiness(), registry, ca=ca)
+    server.ready = lambda: app.readiness.ready  # no xDS before every watched kind has synced (as /ready)
     app._closers.append(owner.close)
     owner.spawn(server.run_pushes(), name="pushes")
     try:

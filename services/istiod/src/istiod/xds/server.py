@@ -17,7 +17,7 @@ import ipaddress
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from istiod.xds.metrics import XdsMetrics
 __all__ = ["Authenticator", "Connection", "DiscoveryServer", "grpc_handler", "server_options"]
 
 log = logging.getLogger("xds")
+NOT_READY = "server is not ready to serve discovery information"  # upstream's words: clients retry on it
 
 
 class Authenticator(Protocol):
@@ -123,6 +124,10 @@ class DiscoveryServer:
         self._stream_tasks: set[asyncio.Task[Any]] = set()
         self.nacked = asyncio.Event()  # set on every NACK and refused stream (observable by tests and debug)
         self.refused = asyncio.Event()
+        #: False until the inputs have synced: streams are refused (UNAVAILABLE) until then, as upstream does.
+        #: Serving a half-built index would tell a (re)connecting ztunnel that live workloads are gone.
+        self.ready: Callable[[], bool] = lambda: True
+        self.refused_not_ready = asyncio.Event()  # set when a stream was refused for that (tests, debug)
 
     # ---- changes and pushes ----
 
@@ -191,6 +196,11 @@ class DiscoveryServer:
         if task is not None:
             self._stream_tasks.add(task)
             task.add_done_callback(self._stream_tasks.discard)
+        if not self.ready():
+            self.refused_not_ready.set()
+            log.info("xds client refused: not synced yet", extra=kv(peer=context.peer()))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, NOT_READY)
+            return
         caller = await self._authenticate(context)
         conn = Connection(f"conn-{next(self._ids)}", str(context.peer()), caller, ServerStream(self.cache))
         reader = asyncio.get_running_loop().create_task(self._read(conn, request_iterator), name=conn.id)
