@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ctypes
 import dataclasses
 import json
 import os
@@ -58,6 +59,7 @@ REPO = Path(__file__).resolve().parents[3]
 ZTUNNEL_IP, WEB_IP, DB_IP, VM_IP = "10.244.250.20", "10.244.250.21", "10.244.250.22", "10.244.250.30"
 API_HOST, API_VIP = "api.interop.example", "240.240.0.10"
 EXT_HOST, EXT_BACKEND = "ext.interop.example", "ext-backend.interop.example"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 T = TypeVar("T")
 
 
@@ -193,8 +195,8 @@ def istio_crds(kube_cluster: KubeCluster) -> Iterator[None]:  # noqa: F811
     if not missing:
         yield
         return
-    k.kubectl("create", "-f", "-", input=yaml.safe_dump_all(render_crds(k, missing)))
     try:
+        k.kubectl("create", "-f", "-", input=yaml.safe_dump_all(render_crds(k, missing)))
         for name in missing:
             k.wait_for(f"CRD {name} established", lambda n=name: crd_established(k, n))  # type: ignore[misc]
         yield
@@ -213,24 +215,24 @@ def mesh_objects(kube_cluster: KubeCluster, kube_namespace: str, istio_crds: Non
     L4 AuthorizationPolicy, a plain workload on another node behind another Service, and ServiceEntries."""
     ns, k = kube_namespace, kube_cluster
     node, other_node = nodes_of(ns)
-    k.apply([{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}} for n in (node, other_node)])
-    for sa in ("ztunnel", "web", "db"):
-        k.kubectl("create", "serviceaccount", "-n", ns, sa)
-    k.apply(
-        [
-            pod(ns, "ztunnel-interop", sa="ztunnel", node=node, labels={"app": "ztunnel"}, hbone=False),
-            pod(ns, "web-1", sa="web", node=node, labels={"app": "web"}, hbone=True),
-            pod(ns, "db-1", sa="db", node=other_node, labels={"app": "db"}, hbone=False),
-            service(ns, "web", [("http", 80, 8080)]),
-            service(ns, "db", [("tcp", 5432, 5432)]),
-            authorization_policy(ns),
-            *service_entries(ns),
-        ],
-        ns,
-    )
-    for name, ip in (("ztunnel-interop", ZTUNNEL_IP), ("web-1", WEB_IP), ("db-1", DB_IP)):
-        run_pod(k, ns, name, ip)
-    try:
+    try:  # everything is cleaned up, even when creating it fails half-way
+        k.apply([{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}} for n in (node, other_node)])
+        for sa in ("ztunnel", "web", "db"):
+            k.kubectl("create", "serviceaccount", "-n", ns, sa)
+        k.apply(
+            [
+                pod(ns, "ztunnel-interop", sa="ztunnel", node=node, labels={"app": "ztunnel"}, hbone=False),
+                pod(ns, "web-1", sa="web", node=node, labels={"app": "web"}, hbone=True),
+                pod(ns, "db-1", sa="db", node=other_node, labels={"app": "db"}, hbone=False),
+                service(ns, "web", [("http", 80, 8080)]),
+                service(ns, "db", [("tcp", 5432, 5432)]),
+                authorization_policy(ns),
+                *service_entries(ns),
+            ],
+            ns,
+        )
+        for name, ip in (("ztunnel-interop", ZTUNNEL_IP), ("web-1", WEB_IP), ("db-1", DB_IP)):
+            run_pod(k, ns, name, ip)
         yield ns
     finally:  # no kubelet will ever confirm their deletion
         k.kubectl("delete", "pods", "--all", "-n", ns, "--force", "--grace-period=0", check=False)
@@ -303,6 +305,14 @@ class RustZtunnel:
         return dump
 
 
+def die_with_parent() -> None:
+    """In the child, before exec (nsenter execs ztunnel in place): if the test process is killed before its
+    finalizers run, the kernel kills ztunnel too, so no run leaves one behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
 def http_get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
@@ -357,7 +367,9 @@ async def rust_ztunnel(
     log_path = tmp_path / "ztunnel.log"
     with log_path.open("wb") as log:
         env = ztunnel_env(istiod, ns, host, tmp_path)
-        process = await asyncio.create_subprocess_exec(*argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = await asyncio.create_subprocess_exec(
+            *argv, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+        )
     zt = RustZtunnel(process, log_path, netns)
     try:
         yield zt
