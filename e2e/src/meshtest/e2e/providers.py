@@ -123,11 +123,17 @@ class LocalProvider:
         return {f.name: f.read_text(errors="replace") for f in sorted(path.glob(pattern)) if f.is_file()}
 
     def down(self) -> None:
-        if self._started and os.environ.get("AMBIENT_CLUSTER_KEEP") != "1":
+        keep = os.environ.get("AMBIENT_CLUSTER_KEEP") == "1"
+        if self._started and not keep:
             Cluster(self.layout).down()
-            runtime = self.plugin_runtime_dir()
-            if not runtime.is_relative_to(self.layout.run):  # the /var/tmp case: nothing else removes it
-                shutil.rmtree(runtime.parent, ignore_errors=True)
+        runtime = self.plugin_runtime_dir()
+        # the /var/tmp case: the cluster's down does not know it; the suite has uninstalled the mesh by now
+        if (
+            not runtime.is_relative_to(self.layout.run)
+            and not keep
+            and os.environ.get("AMBIENT_E2E_KEEP_MESH") != "1"
+        ):
+            shutil.rmtree(runtime.parent, ignore_errors=True)
 
 
 @dataclass
