@@ -7,7 +7,9 @@ gets one), so a machine that can reach only package registries can still get it:
 and its ``h1:`` hash is checked against the checksum database (also read through the proxy) before anything is
 unpacked. Standard library only: this runs before the project's environment exists.
 
-    python3 scripts/fetch_go.py <dest-dir> [version]     # prints the GOROOT it unpacked
+    python3 scripts/fetch_go.py <dest-dir> <version>     # prints the GOROOT it unpacked
+
+The version is scripts/paths.sh's GO_FALLBACK_VERSION (the one place it is set: PATH looks for that GOROOT).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-GO_VERSION = "1.24.13"  # the 1.24 line Kubernetes 1.33 is built with
 MODULE = "golang.org/toolchain"
 ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
@@ -78,7 +79,7 @@ def _get(url: str) -> bytes:
     return data
 
 
-def fetch(dest: Path, go_version: str = GO_VERSION) -> Path:
+def fetch(dest: Path, go_version: str) -> Path:
     proxy = os.environ.get("GOPROXY", "https://proxy.golang.org").split(",")[0].split("|")[0]
     if not proxy.startswith("https://"):
         proxy = "https://proxy.golang.org"
@@ -101,10 +102,10 @@ def fetch(dest: Path, go_version: str = GO_VERSION) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or len(argv) > 2:
+    if len(argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
-    print(fetch(Path(argv[0]), *argv[1:]))
+    print(fetch(Path(argv[0]), argv[1]))
     return 0
 
 
