@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from meshtest.e2e.charts import by_kind, render, set_args
+from meshtest.e2e.providers import LocalProvider
 from meshtest.e2e.tools import REPO, chart
 from meshtest.kube import KubeCluster
 
@@ -199,8 +200,7 @@ class Mesh:
             return self.read_node_files(node, directory, pattern)
         if self.kube.layout is None:
             raise RuntimeError("no way to read node files: pass read_node_files (the provider's node_files)")
-        path = self.kube.layout.node_root(node) / directory.lstrip("/")
-        return {f.name: f.read_text() for f in sorted(path.glob(pattern)) if f.is_file()}
+        return LocalProvider(layout=self.kube.layout).node_files(node, directory, pattern)
 
     def nodes_with_cni_plugin(self) -> list[str]:
         """Nodes whose CNI config still chains istio-cni."""
