@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 Obj = dict[str, Any]
 
-__all__ = ["ClusterBuilder", "Index", "workload_name"]
+__all__ = ["ClusterBuilder", "Index", "pod_endpoint", "workload_name"]
 
 LB = {
     "ROUND_ROBIN": pb.ROUND_ROBIN,
@@ -144,26 +144,8 @@ class ClusterBuilder:
             target = _target_port(svc_port, pod)
             if target is None:
                 continue
-            labels = meta.labels(pod)
-            sa = (pod.get("spec") or {}).get("serviceAccountName") or "default"
-            cluster.endpoints.append(
-                pb.Endpoint(
-                    address=str(pod["status"]["podIP"]),
-                    port=target,
-                    weight=1,
-                    healthy=True,
-                    workload=workload_name(pod),
-                    namespace=meta.namespace(pod),
-                    identity=f"spiffe://{self.index.inputs.trust_domain}/ns/{meta.namespace(pod)}/sa/{sa}",
-                    canonical_name=labels.get("service.istio.io/canonical-name")
-                    or labels.get("app")
-                    or workload_name(pod),
-                    canonical_revision=labels.get("service.istio.io/canonical-revision")
-                    or labels.get("version")
-                    or "latest",
-                    cluster_id=self.index.inputs.cluster_id,
-                )
-            )
+            address = str(pod["status"]["podIP"])
+            cluster.endpoints.append(pod_endpoint(pod, self.index.inputs, address, target))
         return cluster
 
 
@@ -218,6 +200,28 @@ def _client_tls(cluster: pb.Cluster, dr: Obj | None, subset: Obj | None) -> None
             ca_certificates=ca if ca.startswith("-----BEGIN") else "",  # a file path means nothing to us
             insecure_skip_verify=bool(tls.get("insecureSkipVerify", False)),
         )
+    )
+
+
+def pod_endpoint(pod: Obj, inputs: L7Inputs, address: str, port: int = 0) -> pb.Endpoint:
+    """A pod as an endpoint: its workload, SPIFFE identity and canonical name/revision labels."""
+    labels, ns = meta.labels(pod), meta.namespace(pod)
+    sa = (pod.get("spec") or {}).get("serviceAccountName") or "default"
+    return pb.Endpoint(
+        address=address,
+        port=port,
+        weight=1,
+        healthy=True,
+        workload=workload_name(pod),
+        namespace=ns,
+        identity=f"spiffe://{inputs.trust_domain}/ns/{ns}/sa/{sa}",
+        canonical_name=labels.get("service.istio.io/canonical-name")
+        or labels.get("app")
+        or workload_name(pod),
+        canonical_revision=labels.get("service.istio.io/canonical-revision")
+        or labels.get("version")
+        or "latest",
+        cluster_id=inputs.cluster_id,
     )
 
 

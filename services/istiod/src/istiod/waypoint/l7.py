@@ -27,7 +27,7 @@ from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
 
 from istiod.index import meta
 from istiod.index import waypoints as wp
-from istiod.waypoint.clusters import ClusterBuilder, Index, workload_name
+from istiod.waypoint.clusters import ClusterBuilder, Index, pod_endpoint
 from istiod.waypoint.deployment import CLASS_NAME
 from istiod.waypoint.policy import convert_authorization, convert_request_authn, cross_namespace_refs, targets
 from istiod.waypoint.routes import Converted, convert_httproute, convert_tcproute
@@ -196,23 +196,8 @@ class _Builder:
     def workload_config(self, pod: Obj) -> pb.Service:
         status = pod.get("status") or {}
         ips = [str(p.get("ip")) for p in status.get("podIPs") or [] if p.get("ip")] or [str(status["podIP"])]
-        sa = (pod.get("spec") or {}).get("serviceAccountName") or "default"
-        labels, ns = meta.labels(pod), meta.namespace(pod)
-        endpoint = pb.Endpoint(
-            address=ips[0],
-            weight=1,
-            healthy=True,
-            workload=workload_name(pod),
-            namespace=ns,
-            identity=f"spiffe://{self.inputs.trust_domain}/ns/{ns}/sa/{sa}",
-            canonical_name=labels.get("service.istio.io/canonical-name")
-            or labels.get("app")
-            or workload_name(pod),
-            canonical_revision=labels.get("service.istio.io/canonical-revision")
-            or labels.get("version")
-            or "latest",
-            cluster_id=self.inputs.cluster_id,
-        )
+        ns = meta.namespace(pod)
+        endpoint = pod_endpoint(pod, self.inputs, ips[0])
         return pb.Service(
             hostname=f"{meta.name(pod)}.{ns}.pod",
             name=meta.name(pod),
