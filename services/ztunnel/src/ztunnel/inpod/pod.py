@@ -80,8 +80,8 @@ class InPodProxy:
 
     def _certificate(self, identity: Identity) -> WorkloadCertificate:
         """The current certificate; ``LookupError`` when there is none (expired, or the workload went away):
-        the pool then fails the outbound connect, and the HBONE server refuses the handshake cleanly with an
-        info line (:mod:`ztunnel.proxy.hbone_server`)."""
+        the pool then fails the outbound connect. (The HBONE server is given ``find_certificate`` itself:
+        its ``None`` refuses the handshake cleanly, :mod:`ztunnel.proxy.hbone_server`.)"""
         cert = self.services.certs.find_certificate(identity)
         if cert is None:
             raise LookupError(f"no certificate for {identity}")
@@ -158,7 +158,7 @@ class InPodProxy:
         identity = wl.identity
         self.hbone = DrainableHboneServer(
             sock,
-            lambda: self._certificate(identity),
+            lambda: self.services.certs.find_certificate(identity),
             self.inbound.handle,
             self.services.hbone,
             name=f"hbone-{self.pod.info.name}",
