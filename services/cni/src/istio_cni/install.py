@@ -33,7 +33,7 @@ from meshkit.logs import kv
 from istio_cni import conflist
 from istio_cni.inotify import DirWatcher
 from istio_cni.noderuntime import RUNTIMES_NAME, copy_runtime, prune_runtimes, runtime_launcher_script
-from istio_cni.runtime import RuntimeBuildError, read_info
+from istio_cni.runtime import RuntimeBuildError, RuntimeInfo, read_info
 
 log = logging.getLogger("cni.install")
 
@@ -111,7 +111,9 @@ class Installer:
     backoff_s: float = 0.0  # > 0 while another writer keeps undoing our changes
     chained_into: str | None = None
     runtime: str | None = None  # a plugin runtime directory (runtime mode); None: python mode
-    _runtime_verified: bool = False  # the node copy was fully re-hashed once (at the first pass)
+    # the runtime's VERSION, read (and the node copy fully re-hashed) at the first pass that copied it; the
+    # image's runtime does not change while the agent runs, so later passes only do the cheap check
+    _runtime_info: RuntimeInfo | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -134,9 +136,9 @@ class Installer:
         if self.runtime is None:
             script = launcher_script(self.python)
         else:
-            info = read_info(self.runtime)
-            wrote = copy_runtime(self.runtime, self.runtimes_path, info, verify=not self._runtime_verified)
-            self._runtime_verified = True
+            info = self._runtime_info or read_info(self.runtime)
+            wrote = copy_runtime(self.runtime, self.runtimes_path, info, verify=self._runtime_info is None)
+            self._runtime_info = info
             script, keep = runtime_launcher_script(info), info.hash
         if _read(self.launcher_path) != script:
             write_atomic(self.launcher_path, script, 0o755)
