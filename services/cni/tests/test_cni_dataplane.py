@@ -68,12 +68,17 @@ async def test_failed_enrol_keeps_a_previous_agents_rules(make_netns, broken_nod
     assert dataplane.pods == {}
 
 
-class StaleCache:
-    """``KubeView`` whose informer cache still holds a pod's same-name predecessor (a StatefulSet pod)."""
+class PodView:
+    """``KubeView`` over one pod of namespace ``demo``: the informer cache holds ``cached``, the API server
+    answers ``current`` (a same-name predecessor when they differ, as for a StatefulSet pod); the test may
+    relabel ``ns`` while the controller runs."""
 
-    def __init__(self, cached: dict[str, Any], current: dict[str, Any]) -> None:
+    def __init__(
+        self, cached: dict[str, Any], current: dict[str, Any], labels: dict[str, str] | None = None
+    ) -> None:
         self.cached, self.current = cached, current
-        self.ns = {"metadata": {"name": "demo", "labels": {"istio.io/dataplane-mode": "ambient"}}}
+        labels = {"istio.io/dataplane-mode": "ambient"} if labels is None else labels
+        self.ns: dict[str, Any] = {"metadata": {"name": "demo", "labels": labels}}
 
     def pod(self, key: str) -> dict[str, Any] | None:
         return self.cached
@@ -108,7 +113,7 @@ async def test_plugin_add_enrols_the_pod_the_runtime_names(make_netns) -> None: 
     old, new = pod(), pod()
     new["metadata"]["uid"] = "u2"
     dataplane = MeshDataplane(DataplaneConfig(), Recorder(), CniMetrics(new_registry()))
-    controller = PodController(StaleCache(old, new), dataplane, DEFAULT_SELECTORS, [])
+    controller = PodController(PodView(old, new), dataplane, DEFAULT_SELECTORS, [])
     event = PluginAddEvent("web", "demo", "u2", ns.path, "c1", "eth0", ("10.78.251.2",))
     try:
         outcome = await controller.plugin_add(event)
@@ -137,29 +142,6 @@ async def test_annotation_injection_runs_nothing_and_installs_nothing(make_netns
     assert dataplane.pods == {}
 
 
-class OneNamespace:
-    """``KubeView`` over one pod whose namespace the test labels while the controller runs."""
-
-    def __init__(self, pod: dict[str, Any]) -> None:
-        self.the_pod = pod
-        self.ns: dict[str, Any] = {"metadata": {"name": "demo", "labels": {}}}
-
-    def pod(self, key: str) -> dict[str, Any] | None:
-        return self.the_pod
-
-    def namespace(self, name: str) -> dict[str, Any] | None:
-        return self.ns
-
-    def node_pods(self) -> list[Mapping[str, Any]]:
-        return [self.the_pod]
-
-    async def fetch_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.the_pod
-
-    async def fetch_namespace(self, name: str) -> dict[str, Any] | None:
-        return self.ns
-
-
 async def test_owner_written_redirection_annotation_does_not_skip_rules(make_netns, subnet: str) -> None:  # type: ignore[no-untyped-def]
     """With AMBIENT_RECONCILE_POD_RULES_ON_STARTUP=false the agent trusts a previous agent's rules, but only
     during its start-up reconcile: later, a pod that carries the annotation from its own spec (its owner wrote
@@ -174,7 +156,7 @@ async def test_owner_written_redirection_annotation_does_not_skip_rules(make_net
     ns.sh("ip", "addr", "add", f"{subnet}.7/24", "dev", "cni-d0")
     the_pod = pod({"ambient.istio.io/redirection": "enabled"})
     the_pod["status"] = {"phase": "Running", "podIP": f"{subnet}.7"}
-    view = OneNamespace(the_pod)
+    view = PodView(the_pod, the_pod, labels={})
     dataplane = MeshDataplane(DataplaneConfig(), Recorder(), CniMetrics(new_registry()))
     controller = PodController(view, dataplane, DEFAULT_SELECTORS, [], reapply_on_startup=False)
     controller.resync()
