@@ -5,7 +5,6 @@ to cost two full connect timeouts)."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 from types import SimpleNamespace
@@ -17,6 +16,7 @@ from meshkit.hbone.settings import HboneSettings
 from meshkit.hbone.stream import HboneStream
 from meshkit.hbone.testing import TestCA
 from meshkit.identity.spiffe import Identity
+from meshkit.sockets import HostSocketFactory, open_tcp
 from ztunnel.proxy.outbound import OutboundProxy
 
 SRC = Identity("cluster.local", "default", "client")
@@ -34,14 +34,7 @@ class CountingConnector:
 
     async def __call__(self, key: PoolKey) -> socket.socket:
         self.calls += 1
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        try:
-            await asyncio.get_running_loop().sock_connect(sock, key.dst)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        return await open_tcp(HostSocketFactory(), *key.dst)  # as a pod's connector does, on the host
 
 
 def real_pool(connector: CountingConnector, timeout_s: float = 10.0) -> ConnectionPool:

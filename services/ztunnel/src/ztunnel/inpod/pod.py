@@ -26,7 +26,7 @@ from meshkit.hbone.pool import ConnectionPool, PoolKey
 from meshkit.identity.certs import WorkloadCertificate
 from meshkit.identity.spiffe import Identity
 from meshkit.logs import kv
-from meshkit.sockets import SocketFactory
+from meshkit.sockets import SocketFactory, open_tcp
 from meshkit.zds import WorkloadInfo
 
 from ztunnel.dns.resolver import DnsResolver
@@ -88,13 +88,7 @@ class InPodProxy:
         return cert
 
     async def _connector(self, key: PoolKey) -> socket.socket:
-        sock = self.pod.factory.connect_tcp(*key.dst)
-        try:
-            await asyncio.get_running_loop().sock_connect(sock, key.dst)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        return await open_tcp(self.pod.factory, *key.dst)
 
     def _listen(self, port: int) -> socket.socket:
         """Wildcard listener: ``[::]`` (dual stack) if the pod has IPv6, else ``0.0.0.0`` (spec §1)."""
