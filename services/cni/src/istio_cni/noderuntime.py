@@ -21,7 +21,15 @@ import time
 
 from meshkit.logs import kv
 
-from istio_cni.runtime import INTERPRETER, LIB_DIR, RuntimeBuildError, RuntimeInfo, read_info, tree_hash
+from istio_cni.runtime import (
+    INTERPRETER,
+    LIB_DIR,
+    RuntimeBuildError,
+    RuntimeInfo,
+    read_info,
+    replace_dir,
+    tree_hash,
+)
 
 log = logging.getLogger("cni.install")
 
@@ -86,11 +94,7 @@ def copy_runtime(source: str, runtimes_path: str, info: RuntimeInfo, verify: boo
         if not damaged and is_current(target, info, full=False):  # a surge pod's agent finished first
             shutil.rmtree(tmp, ignore_errors=True)
             return False
-        if os.path.lexists(target):  # a damaged copy: out of the way first, rename cannot replace a dir
-            aside = tempfile.mkdtemp(prefix=RUNTIME_TMP_PREFIX, dir=runtimes_path)
-            os.rename(target, os.path.join(aside, "old"))
-            shutil.rmtree(aside, ignore_errors=True)
-        os.rename(tmp, target)
+        replace_dir(tmp, target, RUNTIME_TMP_PREFIX)  # a damaged copy goes aside under a prunable name
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

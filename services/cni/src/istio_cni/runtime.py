@@ -252,7 +252,7 @@ def build(prefix: str, into: str, package_dir: str | None = None) -> RuntimeInfo
         _self_check(stage, env)
         info = RuntimeInfo(tree_hash(stage), src.full_version, library_path)
         (stage / VERSION_FILE).write_text(info.to_json(), encoding="utf-8")
-        _replace_dir(stage, Path(into))
+        replace_dir(stage, into, ".runtime-")
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -314,14 +314,16 @@ def _copy(src: str, dst: Path) -> None:
     os.chmod(dst, 0o755 if os.access(src, os.X_OK) else 0o644)
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.rename(target, old)
+def replace_dir(new: str | os.PathLike[str], target: str | os.PathLike[str], aside_prefix: str) -> None:
+    """Rename ``new`` to ``target``; an existing ``target`` is first moved into a fresh ``aside_prefix*``
+    directory next to it (rename cannot replace a non-empty directory), then removed."""
+    aside = None
+    if os.path.lexists(target):
+        aside = tempfile.mkdtemp(prefix=aside_prefix, dir=os.path.dirname(os.path.abspath(target)))
+        os.rename(target, os.path.join(aside, "old"))
     os.rename(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _run(argv: list[str], env: dict[str, str]) -> str:
