@@ -87,6 +87,11 @@ class Workload:
     def hbone(self) -> bool:
         return self.tunnel_protocol == "HBONE"
 
+    @property
+    def is_pod(self) -> bool:
+        """A Pod's workload (uid ``<cluster>//Pod/<ns>/<name>``), not one a user wrote (WorkloadEntry)."""
+        return "//Pod/" in self.uid
+
 
 @dataclass(frozen=True, slots=True)
 class LoadBalancing:

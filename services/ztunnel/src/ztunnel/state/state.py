@@ -195,7 +195,7 @@ class State:
             for uid in sorted(self.workloads.by_pod.get((name, namespace, service_account), ()))
             if not node or self.workloads.by_uid[uid].node == node
         ]
-        return max(found, key=lambda wl: "//Pod/" in wl.uid, default=None)
+        return max(found, key=lambda wl: wl.is_pod, default=None)
 
     async def fetch_pod_workload(
         self, name: str, namespace: str, service_account: str, node: str, timeout_s: float

@@ -71,7 +71,7 @@ class WorkloadStore:
 
 def _addr_rank(wl: Workload) -> tuple[bool, bool]:
     """Pods first (their IPs are assigned by the cluster, not written by users), then captured workloads."""
-    return "//Pod/" in wl.uid, wl.hbone
+    return wl.is_pod, wl.hbone
 
 
 class ServiceStore:
