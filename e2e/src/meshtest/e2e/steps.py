@@ -41,13 +41,14 @@ def pod(kube: KubeCluster, namespace: str, selector: str, timeout: float = 60) -
 
 def why_not_ready(kube: KubeCluster, namespace: str, selector: str) -> str:
     lines = []
-    for item in kube.get("pods", namespace=namespace, selector=selector)["items"]:
+    pods = kube.get("pods", namespace=namespace, selector=selector)["items"]
+    events = kube.get("events", namespace=namespace)["items"] if pods else []  # once for all the pods
+    for item in pods:
         name = item["metadata"]["name"]
         waiting = [
             c.get("state", {}).get("waiting", {}) for c in item.get("status", {}).get("containerStatuses", [])
         ]
         lines.append(f"pod {name}: phase {item.get('status', {}).get('phase')}, waiting {waiting}")
-        events = kube.get("events", namespace=namespace)["items"]
         for event in events:
             if event.get("involvedObject", {}).get("name") == name and event.get("type") == "Warning":
                 lines.append(f"  {event.get('reason')}: {str(event.get('message'))[:400]}")
