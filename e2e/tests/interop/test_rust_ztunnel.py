@@ -437,6 +437,25 @@ async def eventually(
         ) from None
 
 
+async def dump_where(zt: RustZtunnel, what: str, keys: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """ztunnel's config_dump once ``keys`` holds for it (polled as by ``eventually``)."""
+
+    async def has() -> dict[str, Any] | None:
+        dump = await zt.config_dump()
+        return dump if keys(dump) else None
+
+    return await eventually(zt, what, has)
+
+
+def assert_no_rejects(zt: RustZtunnel, app: App) -> None:
+    """Neither end saw a NACK: ztunnel's log and istiod's reject counter."""
+    assert (zt.nacks(), metric(app, "pilot_total_xds_rejects_total")) == ([], 0)
+
+
+async def force_delete_pod(k: KubeCluster, ns: str, name: str) -> None:
+    await asyncio.to_thread(k.kubectl, "delete", "pod", name, "-n", ns, "--force", "--grace-period=0")
+
+
 def by_uid(dump: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {w["uid"]: w for w in dump.get("workloads") or []}
 
@@ -470,15 +489,11 @@ async def test_rust_ztunnel_takes_config_and_certificates_from_our_istiod(
     web_host, db_host = f"web.{ns}.svc.cluster.local", f"db.{ns}.svc.cluster.local"
     web_ip = kube_cluster.get("service", "web", ns)["spec"]["clusterIP"]
 
-    async def has(keys: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
-        dump = await zt.config_dump()
-        return dump if keys(dump) else None
-
     # 1. Workloads and Services arrive over delta xDS.
     def all_there(d: dict[str, Any]) -> bool:
         return {web_uid, db_uid} <= by_uid(d).keys() and {web_host, db_host} <= by_host(d).keys()
 
-    dump = await eventually(zt, "to hold our workloads and services", lambda: has(all_there))
+    dump = await dump_where(zt, "to hold our workloads and services", all_there)
     web = by_uid(dump)[web_uid]
     assert (web["name"], web["namespace"], web["serviceAccount"]) == ("web-1", ns, "web")
     assert web["workloadIps"] == [WEB_IP]
@@ -529,14 +544,12 @@ async def test_rust_ztunnel_takes_config_and_certificates_from_our_istiod(
     svc_obj = kube_cluster.get("service", "web", ns)
     svc_obj["spec"]["ports"].append({"name": "grpc", "port": 90, "targetPort": 9090})
     await asyncio.to_thread(kube_cluster.apply, svc_obj, ns)
-    await eventually(
+    await dump_where(
         zt, "to see the Service's new port",
-        lambda: has(lambda d: by_host(d).get(web_host, {}).get("ports") == {"80": 8080, "90": 9090}),
+        lambda d: by_host(d).get(web_host, {}).get("ports") == {"80": 8080, "90": 9090},
     )  # fmt: skip
-    await asyncio.to_thread(
-        kube_cluster.kubectl, "delete", "pod", "db-1", "-n", ns, "--force", "--grace-period=0"
-    )
-    await eventually(zt, "to drop the deleted pod", lambda: has(lambda d: db_uid not in by_uid(d)))
+    await force_delete_pod(kube_cluster, ns, "db-1")
+    await dump_where(zt, "to drop the deleted pod", lambda d: db_uid not in by_uid(d))
 
     # 4. Both ends agree nothing was rejected, and ztunnel acknowledged what it got.
     nacks = metric(istiod, "pilot_total_xds_rejects_total")
@@ -559,12 +572,10 @@ async def test_rust_ztunnel_takes_service_entries_and_workload_entries(
     vm_uid = f"Kubernetes/networking.istio.io/WorkloadEntry/{ns}/api-vm"
     ext_uid = f"Kubernetes/networking.istio.io/ServiceEntry/{ns}/ext/{EXT_BACKEND}"
 
-    async def all_there() -> dict[str, Any] | None:
-        dump = await zt.config_dump()
-        there = {vm_uid, ext_uid} <= by_uid(dump).keys() and {API_HOST, EXT_HOST} <= by_host(dump).keys()
-        return dump if there else None
+    def all_there(d: dict[str, Any]) -> bool:
+        return {vm_uid, ext_uid} <= by_uid(d).keys() and {API_HOST, EXT_HOST} <= by_host(d).keys()
 
-    dump = await eventually(zt, "to hold the ServiceEntry services and workloads", all_there)
+    dump = await dump_where(zt, "to hold the ServiceEntry services and workloads", all_there)
     vm = by_uid(dump)[vm_uid]
     assert (vm["name"], vm["namespace"], vm["serviceAccount"]) == ("api-vm", ns, "api")
     assert vm["workloadIps"] == [VM_IP]
@@ -578,7 +589,7 @@ async def test_rust_ztunnel_takes_service_entries_and_workload_entries(
     assert ext["workloadIps"] == []
     assert ext["hostname"] == EXT_BACKEND
     assert ext_uid in json.dumps(by_host(dump)[EXT_HOST].get("endpoints"))
-    assert (zt.nacks(), metric(istiod, "pilot_total_xds_rejects_total")) == ([], 0)
+    assert_no_rejects(zt, istiod)
 
 
 async def test_rust_ztunnel_takes_waypoint_addresses(
@@ -610,18 +621,16 @@ async def test_rust_ztunnel_takes_waypoint_addresses(
     for kind, name in (("service", "web"), ("pod", "web-1")):
         await asyncio.to_thread(k.kubectl, "label", kind, name, "-n", ns, "istio.io/use-waypoint=waypoint")
 
-    async def both_use_it() -> dict[str, Any] | None:
-        dump = await zt.config_dump()
-        using = by_uid(dump).get(web_uid, {}).get("waypoint") and by_host(dump).get(web_host, {}).get(
-            "waypoint"
+    def both_use_it(d: dict[str, Any]) -> bool:
+        return bool(by_uid(d).get(web_uid, {}).get("waypoint")) and bool(
+            by_host(d).get(web_host, {}).get("waypoint")
         )
-        return dump if using else None
 
-    dump = await eventually(zt, "to see web's waypoint", both_use_it)
+    dump = await dump_where(zt, "to see web's waypoint", both_use_it)
     expected = {"destination": f"{ns}/{waypoint_host}", "hboneMtlsPort": 15008}
     assert by_uid(dump)[web_uid]["waypoint"] == expected
     assert by_host(dump)[web_host]["waypoint"] == expected
-    assert (zt.nacks(), metric(istiod, "pilot_total_xds_rejects_total")) == ([], 0)
+    assert_no_rejects(zt, istiod)
 
 
 @pytest.mark.parametrize("istiod", [{"max_connection_age_s": 2.0}], indirect=True)
@@ -643,16 +652,10 @@ async def test_rust_ztunnel_follows_connection_rotation(
     await eventually(zt, "to reconnect after the connection was rotated", reconnected, within_s=60)
     dump = await zt.config_dump()
     assert {web_uid, db_uid} <= by_uid(dump).keys()
-    await asyncio.to_thread(
-        kube_cluster.kubectl, "delete", "pod", "db-1", "-n", ns, "--force", "--grace-period=0"
-    )
-
-    async def dropped() -> bool | None:
-        return True if db_uid not in by_uid(await zt.config_dump()) else None
-
-    await eventually(zt, "to drop the deleted pod over the new stream", dropped)
+    await force_delete_pod(kube_cluster, ns, "db-1")
+    await dump_where(zt, "to drop the deleted pod over the new stream", lambda d: db_uid not in by_uid(d))
     assert web_uid in by_uid(await zt.config_dump())
-    assert (zt.nacks(), metric(istiod, "pilot_total_xds_rejects_total")) == ([], 0)
+    assert_no_rejects(zt, istiod)
 
 
 async def test_rust_ztunnel_takes_converted_peer_authentication(
@@ -679,12 +682,11 @@ async def test_rust_ztunnel_takes_converted_peer_authentication(
     pas = [{"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication", **pa} for pa in pas]
     await asyncio.to_thread(kube_cluster.apply, pas, ns)
 
-    async def converted() -> dict[str, Any] | None:
-        dump = await zt.config_dump()
-        keys = {f"{p['namespace']}/{p['name']}" for p in dump.get("policies") or []}
-        return dump if {strict_key, converted_key} <= keys else None
+    def converted(d: dict[str, Any]) -> bool:
+        keys = {f"{p['namespace']}/{p['name']}" for p in d.get("policies") or []}
+        return {strict_key, converted_key} <= keys
 
-    dump = await eventually(zt, "to hold the converted PeerAuthentication policies", converted)
+    dump = await dump_where(zt, "to hold the converted PeerAuthentication policies", converted)
     policies = {f"{p['namespace']}/{p['name']}": p for p in dump["policies"]}
     assert (policies[converted_key]["action"], policies[converted_key]["scope"]) == (
         "Deny",
@@ -696,7 +698,7 @@ async def test_rust_ztunnel_takes_converted_peer_authentication(
     assert policies[strict_key]["rules"] == [[no_identity]]
     assert policies[converted_key]["rules"] == [[[{"notDestinationPorts": [8080]}], no_identity]]
     assert converted_key in by_uid(dump)[web_uid].get("authorizationPolicies", [])
-    assert (zt.nacks(), metric(istiod, "pilot_total_xds_rejects_total")) == ([], 0)
+    assert_no_rejects(zt, istiod)
 
 
 class SlowPodList(KubeClient):
@@ -720,13 +722,10 @@ async def restart_istiod(
     ns = istiod.settings.namespace  # istiod runs in the test's namespace
     web_uid, db_uid = f"Kubernetes//Pod/{ns}/web-1", f"Kubernetes//Pod/{ns}/db-1"
 
-    async def both() -> bool | None:
-        return True if {web_uid, db_uid} <= by_uid(await zt.config_dump()).keys() else None
-
-    await eventually(zt, "to hold web-1 and db-1", both)
+    await dump_where(zt, "to hold web-1 and db-1", lambda d: {web_uid, db_uid} <= by_uid(d).keys())
     port, host = istiod.addresses["xds"], istiod.settings.secure_xds_addr.rpartition(":")[0]
     await istiod.shutdown()
-    await asyncio.to_thread(k.kubectl, "delete", "pod", "db-1", "-n", ns, "--force", "--grace-period=0")
+    await force_delete_pod(k, ns, "db-1")
     mark = len(zt.log())
     client = SlowPodList.from_config(str(k.kubeconfig))
     assert isinstance(client, SlowPodList)
@@ -767,7 +766,7 @@ async def test_rust_ztunnel_resumes_after_istiod_restart(
     try:
         assert "sending initial request\tresources=0" not in zt.log()[mark:]  # it resumed with what it holds
         assert f"Kubernetes//Pod/{istiod.settings.namespace}/db-1" in deleted_since(zt, mark)
-        assert (zt.nacks(), metric(second, "pilot_total_xds_rejects_total")) == ([], 0)
+        assert_no_rejects(zt, second)
     finally:
         await second.shutdown()
 
