@@ -151,13 +151,9 @@ class FakeCache:
         self.on_change = lambda t, names: self.pushed.append((t, names))
 
 
-async def test_controller_reconciles_class_objects_status_config_and_cleanup() -> None:
-    client, cache = FakeClient(), FakeCache()
-    ctl = WaypointController(client, register_waypoint_type(cache), debounce_s=0)  # type: ignore[arg-type]
-    sources = {
-        k: FakeSource()
-        for k in ("gateways", "gatewayclasses", "namespaces", "services", "pods", "deployments")
-    }
+def _bound_sources() -> dict[str, FakeSource]:
+    """A Gateway ``app/waypoint`` and a Service ``app/reviews`` bound to it through its namespace label."""
+    sources = {k: FakeSource() for k in ("gatewayclasses", "pods", "deployments")}
     sources["gateways"] = FakeSource([gw()])
     sources["namespaces"] = FakeSource(
         [{"metadata": {"name": "app", "labels": {"istio.io/use-waypoint": "waypoint"}}}]
@@ -174,6 +170,13 @@ async def test_controller_reconciles_class_objects_status_config_and_cleanup() -
             }
         ]
     )
+    return sources
+
+
+async def test_controller_reconciles_class_objects_status_config_and_cleanup() -> None:
+    client, cache = FakeClient(), FakeCache()
+    ctl = WaypointController(client, register_waypoint_type(cache), debounce_s=0)  # type: ignore[arg-type]
+    sources = _bound_sources()
     for kind, src in sources.items():
         ctl.watch(kind, src)  # type: ignore[arg-type]
     await ctl.reconcile()
@@ -236,27 +239,6 @@ class ForbiddenStatusClient(FakeClient):
 class BrokenClient(FakeClient):
     def create(self, res: Resource, obj: Obj, ns: str | None = None) -> Obj:
         raise ApiError(500, "InternalError")
-
-
-def _bound_sources() -> dict[str, FakeSource]:
-    sources = {k: FakeSource() for k in ("gatewayclasses", "pods", "deployments")}
-    sources["gateways"] = FakeSource([gw()])
-    sources["namespaces"] = FakeSource(
-        [{"metadata": {"name": "app", "labels": {"istio.io/use-waypoint": "waypoint"}}}]
-    )
-    sources["services"] = FakeSource(
-        [
-            {
-                "metadata": {"name": "reviews", "namespace": "app"},
-                "spec": {
-                    "clusterIP": "10.79.0.10",
-                    "selector": {"app": "reviews"},
-                    "ports": [{"name": "http", "port": 80}],
-                },
-            }
-        ]
-    )
-    return sources
 
 
 async def test_forbidden_status_is_not_a_failure_and_not_retried() -> None:
