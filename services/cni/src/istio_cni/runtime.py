@@ -247,7 +247,9 @@ def build(prefix: str, into: str, package_dir: str | None = None) -> RuntimeInfo
             _copy(str(pkg / rel), stage / pylib / "istio_cni" / rel)
         library_path = _bundle_libraries(stage)
         env = {"LD_LIBRARY_PATH": str(stage / LIB_DIR)} if library_path else {}
-        _run([str(stage / INTERPRETER), "-I", "-m", "compileall", "-q", "-s", str(stage), "-p", "/",
+        # -B: the modules compileall itself imports would otherwise get timestamped .pyc files first, and a
+        # rebuild of the same sources would get a new hash (a new copy on every node)
+        _run([str(stage / INTERPRETER), "-I", "-B", "-m", "compileall", "-q", "-s", str(stage), "-p", "/",
               "--invalidation-mode", "unchecked-hash", str(stage / pylib)], env)  # fmt: skip
         _self_check(stage, env)
         info = RuntimeInfo(tree_hash(stage), src.full_version, library_path)
