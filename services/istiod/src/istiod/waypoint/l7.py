@@ -29,7 +29,7 @@ from istiod.index import meta
 from istiod.index import waypoints as wp
 from istiod.waypoint.clusters import ClusterBuilder, Index, pod_endpoint
 from istiod.waypoint.deployment import CLASS_NAME
-from istiod.waypoint.policy import convert_authorization, convert_request_authn, cross_namespace_refs, targets
+from istiod.waypoint.policy import convert_authorization, convert_request_authn, targets
 from istiod.waypoint.routes import Converted, convert_httproute, convert_tcproute
 from istiod.waypoint.virtualservice import convert_virtualservice, vs_hosts
 
@@ -310,8 +310,7 @@ class _Builder:
 
     def policies(self) -> None:
         for ap in self.inputs.authorizationpolicies:
-            refs = targets(ap)
-            foreign = cross_namespace_refs(ap)
+            refs, foreign = targets(ap)
             if not refs and not foreign:
                 continue  # selector / namespace policies are ztunnel's
             policy, problems = convert_authorization(ap, self.inputs.trust_domain, self.inputs.ext_authz)
@@ -328,8 +327,7 @@ class _Builder:
                 )
             self._problems_status("AuthorizationPolicy", ap, problems)
         for ra in self.inputs.requestauthentications:
-            refs = targets(ra)
-            foreign = cross_namespace_refs(ra)
+            refs, foreign = targets(ra)
             if not refs and not foreign:
                 continue
             providers, problems = convert_request_authn(ra)

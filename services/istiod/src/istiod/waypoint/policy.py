@@ -20,7 +20,7 @@ from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
 
 Obj = dict[str, Any]
 
-__all__ = ["Target", "convert_authorization", "convert_request_authn", "cross_namespace_refs", "targets"]
+__all__ = ["Target", "convert_authorization", "convert_request_authn", "targets"]
 
 ACTIONS = {"ALLOW": pb.ALLOW, "DENY": pb.DENY, "AUDIT": pb.AUDIT, "CUSTOM": pb.CUSTOM}
 GATEWAY_GROUP = "gateway.networking.k8s.io"
@@ -33,38 +33,29 @@ class Target:
     name: str
 
 
-def _refs(obj: Obj) -> tuple[str, list[Obj]]:
+def targets(obj: Obj) -> tuple[list[Target], list[str]]:
+    """The policy's targetRefs (and the legacy singular targetRef) in the policy's own namespace, and a
+    problem for each ref naming another namespace, which is dropped.
+
+    Istio refuses cross-namespace targetRefs: honouring one would let any namespace attach policy (or a JWT
+    issuer of its own) to other teams' Services, or, naming the root namespace, to every waypoint through
+    the GatewayClass.
+    """
     spec = obj.get("spec") or {}
+    ns = str((obj.get("metadata") or {}).get("namespace", ""))
     refs = list(spec.get("targetRefs") or [])
     if spec.get("targetRef"):
         refs.append(spec["targetRef"])
-    return str((obj.get("metadata") or {}).get("namespace", "")), refs
-
-
-def targets(obj: Obj) -> list[Target]:
-    """The policy's targetRefs (and the legacy singular targetRef), in the policy's own namespace.
-
-    A ref naming another namespace is dropped: Istio refuses cross-namespace targetRefs, and honouring one
-    would let any namespace attach policy (or a JWT issuer of its own) to other teams' Services, or, naming
-    the root namespace, to every waypoint through the GatewayClass.
-    """
-    ns, refs = _refs(obj)
-    return [
-        Target(str(r.get("kind", "")), ns, str(r.get("name", "")))
-        for r in refs
-        if str(r.get("namespace") or ns) == ns
-    ]
-
-
-def cross_namespace_refs(obj: Obj) -> list[str]:
-    """Problems for the targetRefs :func:`targets` dropped."""
-    ns, refs = _refs(obj)
-    return [
-        f"targetRef {r.get('kind', '')} {r.get('namespace')}/{r.get('name', '')}: cross-namespace "
-        "references are not allowed, ignored"
-        for r in refs
-        if str(r.get("namespace") or ns) != ns
-    ]
+    own: list[Target] = []
+    foreign: list[str] = []
+    for r in refs:
+        kind, name = str(r.get("kind", "")), str(r.get("name", ""))
+        if str(r.get("namespace") or ns) == ns:
+            own.append(Target(kind, ns, name))
+        else:
+            where = f"{r.get('namespace')}/{name}"
+            foreign.append(f"targetRef {kind} {where}: cross-namespace references are not allowed, ignored")
+    return own, foreign
 
 
 def _strs(value: Any) -> list[str]:
