@@ -247,3 +247,11 @@ async def test_runtime_uses_its_own_prefix_and_libraries(runtime: str) -> None:
     assert loaded_bundled <= from_runtime, "a bundled library was loaded from the node instead"
     from_node = [m for m in seen["maps"] if not m.startswith(runtime)]
     assert all(is_glibc(Path(m).name) for m in from_node), from_node  # only glibc comes from the node
+
+
+def test_rebuilding_the_same_sources_keeps_the_hash(tmp_path: Path) -> None:
+    """The build is reproducible: a rebuild (every local e2e run, every image build) names the same node copy
+    instead of copying a new runtime onto every node."""
+    first = build(sys.base_prefix, str(tmp_path / "first"))
+    again = build(sys.base_prefix, str(tmp_path / "again"))
+    assert again.hash == first.hash
