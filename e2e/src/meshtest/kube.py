@@ -98,6 +98,14 @@ class KubeCluster:
         return result
 
     # -- waits -----------------------------------------------------------------------------------------------
+    def workers(self) -> list[str]:
+        """The names of the nodes that are not control-plane nodes, sorted."""
+        return sorted(
+            n["metadata"]["name"]
+            for n in self.get("nodes")["items"]
+            if "node-role.kubernetes.io/control-plane" not in n["metadata"].get("labels", {})
+        )
+
     def wait_for(
         self, what: str, check: Callable[[], Any], timeout: float = 60, interval: float = 0.25
     ) -> Any:

@@ -127,11 +127,7 @@ def policy() -> dict[str, Any]:
 def deploy_app(kube: KubeCluster) -> dict[str, PodRef]:
     with step(f"deploying the sample app in namespace {NS} (istio.io/dataplane-mode=ambient)"):
         kube.apply(apps.namespace(NS, dict(apps.AMBIENT)))
-        workers = sorted(
-            n["metadata"]["name"]
-            for n in kube.get("nodes")["items"]
-            if "node-role.kubernetes.io/control-plane" not in n["metadata"].get("labels", {})
-        )
+        workers = kube.workers()
         kube.apply(app_objects(*(workers[:2] if len(workers) >= 2 else ())), NS)
         pods = {name: steps.pod(kube, NS, f"app={name}") for name in ("web", "intruder")}
         kube.ready_pods(NS, "app=api", 2)
