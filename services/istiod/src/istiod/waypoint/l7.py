@@ -27,6 +27,7 @@ from meshproto.ambient.waypoint.v1 import waypoint_pb2 as pb
 
 from istiod.index import meta
 from istiod.index import waypoints as wp
+from istiod.index.workloads import pod_ips
 from istiod.waypoint.clusters import ClusterBuilder, Index, pod_endpoint
 from istiod.waypoint.deployment import CLASS_NAME
 from istiod.waypoint.policy import convert_authorization, convert_request_authn, targets
@@ -194,8 +195,7 @@ class _Builder:
                 self.bound_pods[ref.key].append(pod)
 
     def workload_config(self, pod: Obj) -> pb.Service:
-        status = pod.get("status") or {}
-        ips = [str(p.get("ip")) for p in status.get("podIPs") or [] if p.get("ip")] or [str(status["podIP"])]
+        ips = pod_ips(pod)  # bound pods all have a podIP (_bind_pods)
         ns = meta.namespace(pod)
         endpoint = pod_endpoint(pod, self.inputs, ips[0])
         return pb.Service(
